@@ -1,0 +1,48 @@
+//! One error type for the crate: every message says what failed and why.
+
+use std::path::PathBuf;
+
+/// Errors of the overlay crate.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// A local I/O operation failed (file, socket, process spawn).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external command ran but reported failure.
+    #[error("command `{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// Something did not happen within its deadline.
+    #[error("timed out after {after_ms} ms: {what}")]
+    Timeout { what: String, after_ms: u64 },
+    /// A netlink request was refused by the kernel.
+    #[error("netlink: {what}: {reason}")]
+    Netlink { what: String, reason: String },
+    /// The OVSDB server, the transport or the reply was wrong.
+    #[error("ovsdb: {0}")]
+    Ovsdb(#[from] crate::ovsdb::OvsdbError),
+    /// The caller gave a value we cannot use.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A path we need does not exist or is unusable.
+    #[error("{what}: {path}")]
+    Path { what: String, path: PathBuf },
+}
+
+pub type Result<T, E = OverlayError> = std::result::Result<T, E>;
+
+impl OverlayError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        OverlayError::Io { what: what.into(), source }
+    }
+    pub(crate) fn netlink(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        OverlayError::Netlink { what: what.into(), reason: reason.to_string() }
+    }
+}

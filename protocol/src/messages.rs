@@ -1,0 +1,585 @@
+//! Every message that crosses the wire between agents and the orchestrator.
+//!
+//! Times on the wire are Unix microseconds (`*_us`) so events from different hosts can be put on
+//! one timeline; durations carry their unit in the field name.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Message, MessageKind};
+use crate::model::{PamParams, Plan};
+
+/// What an agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An edge host next to a base station: runs services, can be a source or destination.
+    Edge,
+    /// A mobile device (drone, vehicle): runs the client, steers its flow, never hosts services.
+    Mobile,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Edge => "edge",
+            Role::Mobile => "mobile",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "edge" => Ok(Role::Edge),
+            "mobile" => Ok(Role::Mobile),
+            other => Err(format!("unknown role '{other}': expected 'edge' or 'mobile'")),
+        }
+    }
+}
+
+/// What the host can do; the orchestrator never plans a strategy a host cannot run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub podman_version: Option<String>,
+    pub runtime: Option<String>,
+    pub criu_version: Option<String>,
+    /// Kernel soft-dirty tracking works, so pre-copy rounds are possible.
+    pub dirty_tracking: bool,
+    /// CRIU can dump established TCP connections here.
+    pub tcp_dump: bool,
+    /// CRIU lazy pages (post-copy) work here.
+    pub lazy_pages: bool,
+    pub page_size: u32,
+    /// 1 or 2; 0 when unknown.
+    pub cgroup_version: u8,
+    /// Open vSwitch is reachable for flow steering.
+    pub ovs: bool,
+}
+
+/// Who an agent is and what its host can do. Served by the agent's profile queryable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentProfile {
+    pub id: String,
+    pub role: Role,
+    pub hostname: String,
+    pub agent_version: String,
+    pub started_us: u64,
+    pub capabilities: Capabilities,
+    /// Calibrated model parameters of this host, once calibration has run.
+    pub pam: Option<PamParams>,
+}
+
+/// Host-wide load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    pub cpu_percent: f32,
+    pub cpus: u32,
+    pub load_avg: [f32; 3],
+    pub mem_total_bytes: u64,
+    pub mem_used_bytes: u64,
+}
+
+/// How a dirty rate was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirtyMethod {
+    /// Kernel soft-dirty bits: pages really written.
+    SoftDirty,
+    /// Accessed bits (clear_refs 1 + Referenced): pages touched, an upper bound on pages written.
+    AccessedBit,
+}
+
+/// One container's migration-relevant state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerMetrics {
+    pub name: String,
+    /// M: anonymous memory of the container's processes.
+    pub state_bytes: u64,
+    /// R: estimated bytes dirtied per second, if measured.
+    pub dirty_rate_bps: Option<u64>,
+    pub dirty_method: Option<DirtyMethod>,
+}
+
+/// An estimate of the bandwidth towards a peer agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkEstimate {
+    pub peer: String,
+    pub bandwidth_bps: u64,
+}
+
+/// Periodic sample published by every agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSample {
+    pub agent: String,
+    pub seq: u64,
+    pub taken_us: u64,
+    pub host: HostMetrics,
+    pub containers: Vec<ContainerMetrics>,
+    pub links: Vec<LinkEstimate>,
+}
+
+/// The network identity a service keeps wherever it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: [u8; 6],
+    /// The client whose flow follows the service, with its MAC carried to the destination.
+    pub client_ip: Option<Ipv4Addr>,
+    pub client_mac: Option<[u8; 6]>,
+}
+
+/// What a destination needs to recreate a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub network: ServiceNetwork,
+}
+
+/// A migration task as published on `tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service: String,
+    pub source: String,
+    pub destination: String,
+    /// The mobile agent whose client flow must follow the service.
+    pub mobile: Option<String>,
+    pub plan: Plan,
+    pub created_us: u64,
+}
+
+/// A migration step an agent is asked to carry out (`agents/{id}/rpc/{op}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// Source: report the service's spec and current state size.
+    Describe { service: String },
+    /// Destination: make everything ready before the freeze (image, netns, neighbour, flows).
+    Prepare { spec: ServiceSpec },
+    /// Source: checkpoint with established TCP and serve the image under `image`.
+    Checkpoint {
+        service: String,
+        image: String,
+        leave_running: bool,
+        pre_dump: bool,
+    },
+    /// Destination: fetch `image` from `from_agent` and restore the service.
+    Restore {
+        spec: ServiceSpec,
+        from_agent: String,
+        image: String,
+    },
+    /// Mobile: steer the client's flow for `network` towards `to_agent`.
+    SwitchFlow {
+        network: ServiceNetwork,
+        to_agent: String,
+    },
+    /// Source: bring the service back to running (rollback).
+    Resume { service: String },
+    /// Destination: remove whatever a prepare/restore left (rollback).
+    Abort { service: String },
+    /// Source: release the service once the destination confirmed.
+    Release { service: String },
+}
+
+impl Step {
+    /// The rpc operation name, which is also the last chunk of the queryable's key.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Step::Describe { .. } => "describe",
+            Step::Prepare { .. } => "prepare",
+            Step::Checkpoint { .. } => "checkpoint",
+            Step::Restore { .. } => "restore",
+            Step::SwitchFlow { .. } => "switch-flow",
+            Step::Resume { .. } => "resume",
+            Step::Abort { .. } => "abort",
+            Step::Release { .. } => "release",
+        }
+    }
+}
+
+/// A step request, with the time the caller will wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRequest {
+    pub task: String,
+    pub step: Step,
+    pub timeout_ms: u64,
+}
+
+/// CRIU statistics of a dump or restore, in microseconds and pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriuStats {
+    pub freezing_time_us: Option<u64>,
+    pub frozen_time_us: Option<u64>,
+    pub memdump_time_us: Option<u64>,
+    pub memwrite_time_us: Option<u64>,
+    pub pages_written: Option<u64>,
+    pub restore_time_us: Option<u64>,
+}
+
+/// What a successful step produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StepOutcome {
+    Done,
+    Described {
+        spec: ServiceSpec,
+        state_bytes: u64,
+    },
+    Checkpointed {
+        image_bytes: u64,
+        stats: CriuStats,
+    },
+    Restored {
+        stats: CriuStats,
+    },
+}
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFailure {
+    pub op: String,
+    pub reason: String,
+}
+
+/// The answer to a [`StepRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReply {
+    pub task: String,
+    pub result: Result<StepOutcome, StepFailure>,
+}
+
+/// A migration phase, as in MOSE's downtime breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Prepare,
+    PreCopy,
+    Checkpoint,
+    Transfer,
+    Netns,
+    Restore,
+    FlowSwitch,
+    Cleanup,
+    Rollback,
+}
+
+/// How a phase went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseStatus {
+    Started,
+    Finished,
+    Failed { error: String },
+}
+
+/// A phase start/end on `tasks/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseEvent {
+    pub task: String,
+    pub agent: String,
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    pub at_us: u64,
+}
+
+macro_rules! impl_message {
+    ($($ty:ident),*) => { $(impl Message for $ty { const KIND: MessageKind = MessageKind::$ty; })* };
+}
+impl_message!(AgentProfile, MetricsSample, Task, StepRequest, StepReply, PhaseEvent);
+
+/// Microseconds since the Unix epoch, for `*_us` fields.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode, CodecError, PROTOCOL_VERSION};
+    use crate::model::{Objective, Strategy};
+    use proptest::prelude::*;
+
+    fn network() -> ServiceNetwork {
+        ServiceNetwork {
+            ip: Ipv4Addr::new(10, 77, 0, 10),
+            prefix_len: 24,
+            mac: [0x02, 0, 0, 0, 0, 0x0a],
+            client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
+            client_mac: Some([0x02, 0, 0, 0, 0, 0x02]),
+        }
+    }
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "counter".into(),
+            image: "localhost/mose/counter:latest".into(),
+            network: network(),
+        }
+    }
+
+    fn profile() -> AgentProfile {
+        AgentProfile {
+            id: "edge1".into(),
+            role: Role::Edge,
+            hostname: "edge1".into(),
+            agent_version: "0.1.0".into(),
+            started_us: 1,
+            capabilities: Capabilities {
+                podman_version: Some("4.3.1".into()),
+                runtime: Some("runc".into()),
+                criu_version: Some("4.2.1".into()),
+                dirty_tracking: false,
+                tcp_dump: true,
+                lazy_pages: false,
+                page_size: 4096,
+                cgroup_version: 2,
+                ovs: true,
+            },
+            pam: None,
+        }
+    }
+
+    fn metrics() -> MetricsSample {
+        MetricsSample {
+            agent: "edge1".into(),
+            seq: 7,
+            taken_us: 123,
+            host: HostMetrics {
+                cpu_percent: 12.5,
+                cpus: 2,
+                load_avg: [0.1, 0.2, 0.3],
+                mem_total_bytes: 1 << 34,
+                mem_used_bytes: 1 << 30,
+            },
+            containers: vec![ContainerMetrics {
+                name: "counter".into(),
+                state_bytes: 10 << 20,
+                dirty_rate_bps: Some(1 << 20),
+                dirty_method: Some(DirtyMethod::AccessedBit),
+            }],
+            links: vec![LinkEstimate {
+                peer: "edge2".into(),
+                bandwidth_bps: 125_000_000,
+            }],
+        }
+    }
+
+    fn task() -> Task {
+        Task {
+            id: "t1".into(),
+            service: "counter".into(),
+            source: "edge1".into(),
+            destination: "edge2".into(),
+            mobile: Some("mobile1".into()),
+            plan: Plan {
+                strategy: Strategy::Cold,
+                objective: Objective::Resources,
+            },
+            created_us: 5,
+        }
+    }
+
+    fn all_steps() -> Vec<Step> {
+        vec![
+            Step::Describe { service: "counter".into() },
+            Step::Prepare { spec: spec() },
+            Step::Checkpoint {
+                service: "counter".into(),
+                image: "ckpt".into(),
+                leave_running: false,
+                pre_dump: false,
+            },
+            Step::Restore {
+                spec: spec(),
+                from_agent: "edge1".into(),
+                image: "ckpt".into(),
+            },
+            Step::SwitchFlow {
+                network: network(),
+                to_agent: "edge2".into(),
+            },
+            Step::Resume { service: "counter".into() },
+            Step::Abort { service: "counter".into() },
+            Step::Release { service: "counter".into() },
+        ]
+    }
+
+    fn all_replies() -> Vec<StepReply> {
+        let outcomes = vec![
+            Ok(StepOutcome::Done),
+            Ok(StepOutcome::Described {
+                spec: spec(),
+                state_bytes: 42,
+            }),
+            Ok(StepOutcome::Checkpointed {
+                image_bytes: 1 << 20,
+                stats: CriuStats {
+                    frozen_time_us: Some(400_000),
+                    pages_written: Some(256),
+                    ..Default::default()
+                },
+            }),
+            Ok(StepOutcome::Restored {
+                stats: CriuStats {
+                    restore_time_us: Some(300_000),
+                    ..Default::default()
+                },
+            }),
+            Err(StepFailure {
+                op: "restore".into(),
+                reason: "image digest mismatch".into(),
+            }),
+        ];
+        outcomes
+            .into_iter()
+            .map(|result| StepReply {
+                task: "t1".into(),
+                result,
+            })
+            .collect()
+    }
+
+    fn all_events() -> Vec<PhaseEvent> {
+        [
+            PhaseStatus::Started,
+            PhaseStatus::Finished,
+            PhaseStatus::Failed {
+                error: "timeout".into(),
+            },
+        ]
+        .into_iter()
+        .map(|status| PhaseEvent {
+            task: "t1".into(),
+            agent: "edge2".into(),
+            phase: Phase::Restore,
+            status,
+            at_us: 99,
+        })
+        .collect()
+    }
+
+    fn roundtrip<M: Message + PartialEq + std::fmt::Debug>(m: &M) {
+        let bytes = encode(m).unwrap();
+        let back: M = decode(&bytes).unwrap();
+        assert_eq!(&back, m);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        roundtrip(&profile());
+        roundtrip(&metrics());
+        roundtrip(&task());
+        for step in all_steps() {
+            roundtrip(&StepRequest {
+                task: "t1".into(),
+                step,
+                timeout_ms: 5000,
+            });
+        }
+        for reply in all_replies() {
+            roundtrip(&reply);
+        }
+        for event in all_events() {
+            roundtrip(&event);
+        }
+    }
+
+    #[test]
+    fn step_ops_are_valid_key_chunks_and_distinct() {
+        let ops: Vec<_> = all_steps().iter().map(Step::op).collect();
+        for op in &ops {
+            crate::keys::validate_id("op", op).unwrap();
+        }
+        let mut dedup = ops.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), ops.len());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&profile()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                decode::<AgentProfile>(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_version_kind_magic_and_trailing_bytes_are_typed_errors() {
+        let bytes = encode(&task()).unwrap();
+
+        let mut v = bytes.clone();
+        v[2..4].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            decode::<Task>(&v),
+            Err(CodecError::UnsupportedVersion { got }) if got == PROTOCOL_VERSION + 1
+        ));
+
+        assert!(matches!(
+            decode::<AgentProfile>(&bytes),
+            Err(CodecError::WrongKind { expected: "AgentProfile", .. })
+        ));
+
+        let mut m = bytes.clone();
+        m[0] = b'X';
+        assert!(matches!(decode::<Task>(&m), Err(CodecError::BadMagic { .. })));
+
+        let mut t = bytes.clone();
+        t.push(0);
+        assert!(matches!(
+            decode::<Task>(&t),
+            Err(CodecError::TrailingBytes { count: 1, .. })
+        ));
+        assert!(matches!(decode::<Task>(&[]), Err(CodecError::Truncated { got: 0 })));
+    }
+
+    proptest! {
+        /// Random bytes never panic the decoder, whatever the message type.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<AgentProfile>(&bytes);
+            let _ = decode::<MetricsSample>(&bytes);
+            let _ = decode::<Task>(&bytes);
+            let _ = decode::<StepRequest>(&bytes);
+            let _ = decode::<StepReply>(&bytes);
+            let _ = decode::<PhaseEvent>(&bytes);
+        }
+
+        /// Garbage behind a valid header (the case a fuzzer finds first) is an error, not a panic.
+        #[test]
+        fn garbage_body_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for kind in 1u8..=7 {
+                let mut bytes = b"MO".to_vec();
+                bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+                bytes.push(kind);
+                bytes.extend_from_slice(&body);
+                let _ = decode::<AgentProfile>(&bytes);
+                let _ = decode::<MetricsSample>(&bytes);
+                let _ = decode::<Task>(&bytes);
+                let _ = decode::<StepRequest>(&bytes);
+                let _ = decode::<StepReply>(&bytes);
+                let _ = decode::<PhaseEvent>(&bytes);
+            }
+        }
+
+        /// Flipping any byte of a valid message gives an error or some value, never a panic.
+        #[test]
+        fn bit_flips_never_panic(pos in 0usize..4096, bit in 0u8..8) {
+            let bytes = encode(&metrics()).unwrap();
+            let mut b = bytes.clone();
+            let i = pos % b.len();
+            b[i] ^= 1 << bit;
+            let _ = decode::<MetricsSample>(&b);
+        }
+    }
+}

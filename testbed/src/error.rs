@@ -1,0 +1,41 @@
+//! The crate's error type: every message says what failed and why.
+
+use std::path::PathBuf;
+
+/// Errors of the testbed library.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// A local I/O operation failed (file, socket, process spawn, namespace switch).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external command ran but reported failure.
+    #[error("command `{command}` failed ({status}): {stderr}")]
+    Command { command: String, status: String, stderr: String },
+    /// Something did not happen within its deadline.
+    #[error("timed out after {after_ms} ms: {what}")]
+    Timeout { what: String, after_ms: u64 },
+    /// The caller gave a value we cannot use (name, address, rate...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The machine is not in the state the operation needs (missing tool, leftover host...).
+    #[error("{0}")]
+    State(String),
+    /// A file we read or produced has unexpected content.
+    #[error("unexpected content in {path}: {why}")]
+    Parse { path: PathBuf, why: String },
+    /// The host's Open vSwitch could not be started or stopped.
+    #[error("open vswitch: {0}")]
+    Ovs(#[from] mose_overlay::OverlayError),
+}
+
+pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
+
+impl TestbedError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        TestbedError::Io { what: what.into(), source }
+    }
+}

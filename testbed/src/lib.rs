@@ -1,0 +1,29 @@
+//! `mose-testbed`: emulated edge hosts on one machine, their LAN, workloads and images.
+//!
+//! * [`host`]: an emulated host = network + mount + UTS namespace with private podman/OvS state.
+//! * [`lan`]: the bridge connecting hosts, with per-host rate/delay shaping.
+//! * [`quirks`]: machine-specific container settings (ulimits without `CAP_SYS_RESOURCE`).
+//! * [`images`]: reproducible local images of our static workloads (`counter-service`, `memload`).
+//! * [`sweep_stale`]: removes everything a crashed run left behind.
+//!
+//! See `docs/testbed.md` for the model, the addressing and measured timings.
+
+mod cmd;
+pub mod error;
+pub mod host;
+pub mod images;
+pub mod lan;
+pub mod quirks;
+mod sweep;
+mod sys;
+
+pub use error::{Result, TestbedError};
+pub use host::{Host, NsInodes};
+pub use images::{BuiltImage, ImageBuilder, ImageSpec};
+pub use lan::{Lan, LinkShape};
+pub use quirks::Quirks;
+pub use sweep::{sweep_stale, SweepReport};
+
+/// Name prefix of everything the testbed CLI makes; tests use longer prefixes that start with it,
+/// so `mose-testbed down` (which sweeps this prefix) also clears what crashed tests left.
+pub const DEFAULT_PREFIX: &str = "mtb-";

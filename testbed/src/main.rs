@@ -1,0 +1,39 @@
+//! `mose-testbed`: emulated edge hosts, workloads, demo and benchmarks. The full CLI comes with
+//! the testbed issue; `down` already works because clearing a crashed run is needed today.
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mose-testbed", about = "MOSE-RS emulated edge testbed")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Remove everything the testbed made (hosts, namespaces, LAN, containers, OvS), also after a crash.
+    Down {
+        /// Name prefix to sweep.
+        #[arg(long, default_value = mose_testbed::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Down { prefix } => {
+            let r = mose_testbed::sweep_stale(&prefix).await?;
+            println!("removed {} host(s) {:?}, {} link(s) {:?}", r.hosts.len(), r.hosts, r.links.len(), r.links);
+            if !r.is_clean() {
+                anyhow::bail!("could not remove everything: {}", r.problems.join("; "));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Removing what a crashed run left behind, found by name prefix.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cmd;
+use crate::error::{Result, TestbedError};
+use crate::host::{teardown_sync, RUN_BASE, STATE_BASE};
+use crate::sys;
+
+/// What [`sweep_stale`] removed, and what it could not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Full names of hosts torn down.
+    pub hosts: Vec<String>,
+    /// Root-namespace interfaces deleted (bridges, veths).
+    pub links: Vec<String>,
+    /// Things that could not be removed, with the reason.
+    pub problems: Vec<String>,
+}
+
+impl SweepReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Remove every host (processes, containers, OvS, namespaces, mounts, state) and every
+/// root-namespace interface (LAN bridge, veths) whose name starts with `prefix`.
+/// Safe to run when nothing is left, and while unrelated prefixes are in use.
+pub async fn sweep_stale(prefix: &str) -> Result<SweepReport> {
+    // A short prefix could match things we did not make (`m` matches every `mose-*`).
+    if prefix.len() < 3 || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(TestbedError::Invalid(format!(
+            "sweep prefix `{prefix}` must be at least 3 characters of [a-z0-9-]"
+        )));
+    }
+    let prefix = prefix.to_string();
+    tokio::task::spawn_blocking(move || sweep_sync(&prefix))
+        .await
+        .map_err(|e| TestbedError::State(format!("sweep task failed: {e}")))
+}
+
+/// Names in `dir` starting with `prefix`.
+fn entries_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect())
+        .unwrap_or_default()
+}
+
+fn sweep_sync(prefix: &str) -> SweepReport {
+    let mut report = SweepReport::default();
+    let mut hosts: BTreeSet<String> = entries_with_prefix(Path::new(RUN_BASE), prefix).into_iter().collect();
+    hosts.extend(entries_with_prefix(Path::new(STATE_BASE), prefix));
+    for h in hosts {
+        tracing::info!(host = %h, "sweeping stale host");
+        report.problems.extend(teardown_sync(&h, None).into_iter().map(|p| format!("{h}: {p}")));
+        report.hosts.push(h);
+    }
+    // Bridges last: veths first so nothing is enslaved while the bridge goes.
+    let mut links: Vec<String> = sys::link_names().into_iter().filter(|l| l.starts_with(prefix)).collect();
+    links.sort_by_key(|l| l.ends_with("br"));
+    for l in links {
+        match cmd::run_sync("ip", &["link", "del", &l], Duration::from_secs(10)) {
+            Ok(_) => report.links.push(l),
+            // A veth vanishes with its peer's namespace: gone by now is fine.
+            Err(_) if !sys::link_names().contains(&l) => report.links.push(l),
+            Err(e) => report.problems.push(e),
+        }
+    }
+    report
+}

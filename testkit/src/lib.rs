@@ -1,0 +1,188 @@
+//! Test hosts for root integration tests: network namespaces created by the test, joined by a
+//! Linux bridge, and removed again when the test ends — also when it fails (Drop) or when an
+//! earlier run crashed (a sweep by name at creation).
+//!
+//! Processes inside a namespace are separate processes (`ip netns exec`): a namespace belongs to
+//! a thread, and libraries such as Zenoh keep process-wide thread pools, so one process cannot
+//! safely speak from two namespaces. To run library code there, a test binary re-executes itself
+//! with [`spawn_self`], and an `#[ignore]`d entry test picks its role up with [`child_role`].
+
+use std::process::{Child, Command, Output, Stdio};
+
+/// Environment variable that tells a re-executed test binary which role to play.
+pub const ROLE_ENV: &str = "MOSE_TESTKIT_ROLE";
+
+/// Runs a command, failing with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<Output, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// Panics with a clear message unless running as root (these tests create namespaces).
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "this integration test creates network namespaces and must run as root"
+    );
+}
+
+/// A bridge in the root namespace with test hosts (namespaces) attached by veths.
+///
+/// Addresses: `10.{subnet}.0.254/24` on the bridge, `10.{subnet}.0.{n}/24` for host n (from 1).
+pub struct TestNet {
+    tag: String,
+    subnet: u8,
+    hosts: Vec<String>,
+}
+
+impl TestNet {
+    /// Creates the bridge `mk{tag}` (tag ≤ 8 chars, unique per test) after sweeping leftovers.
+    pub fn new(tag: &str, subnet: u8) -> Result<Self, String> {
+        require_root();
+        assert!(
+            tag.len() <= 8 && tag.chars().all(|c| c.is_ascii_alphanumeric()),
+            "tag must be ≤ 8 alphanumerics (interface names are ≤ 15 chars)"
+        );
+        let net = Self {
+            tag: tag.to_string(),
+            subnet,
+            hosts: Vec::new(),
+        };
+        net.sweep();
+        let br = net.bridge();
+        run("ip", &["link", "add", &br, "type", "bridge"])?;
+        run("ip", &["addr", "add", &format!("{}/24", net.bridge_ip()), "dev", &br])?;
+        run("ip", &["link", "set", &br, "up"])?;
+        Ok(net)
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("mk{}", self.tag)
+    }
+
+    /// The root namespace's address on the bridge (reachable from every host).
+    pub fn bridge_ip(&self) -> String {
+        format!("10.{}.0.254", self.subnet)
+    }
+
+    /// Namespace name of host `n`.
+    pub fn ns(&self, n: usize) -> String {
+        format!("mk-{}-{n}", self.tag)
+    }
+
+    /// Address of host `n`.
+    pub fn ip(&self, n: usize) -> String {
+        format!("10.{}.0.{n}", self.subnet)
+    }
+
+    /// Host-side interface name of host `n` (its link to the LAN).
+    pub fn link(&self, n: usize) -> String {
+        format!("mk{}h{n}", self.tag)
+    }
+
+    /// Adds host `n` (1-based): a namespace with loopback up and `eth0` on the bridge.
+    pub fn add_host(&mut self, n: usize) -> Result<String, String> {
+        let ns = self.ns(n);
+        let outer = self.link(n);
+        run("ip", &["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        run(
+            "ip",
+            &["link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+        )?;
+        run("ip", &["link", "set", &outer, "master", &self.bridge(), "up"])?;
+        let inside = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", ns.as_str()];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        };
+        inside(&["ip", "link", "set", "lo", "up"])?;
+        inside(&["ip", "addr", "add", &format!("{}/24", self.ip(n)), "dev", "eth0"])?;
+        inside(&["ip", "link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts host `n` off the LAN without telling anyone (like a radio link dying).
+    pub fn cut(&self, n: usize) -> Result<(), String> {
+        run("ip", &["link", "del", &self.link(n)]).map(|_| ())
+    }
+
+    /// A command that runs `program` inside host `n`.
+    pub fn command(&self, n: usize, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(n), program]);
+        cmd
+    }
+
+    /// Removes every namespace and link of this tag, including a crashed run's.
+    fn sweep(&self) {
+        let _ = run("ip", &["link", "del", &self.bridge()]);
+        if let Ok(out) = run("ip", &["netns", "list"]) {
+            let prefix = format!("mk-{}-", self.tag);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = line.split_whitespace().next() {
+                    if name.starts_with(&prefix) {
+                        let _ = run("ip", &["netns", "del", name]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its end of each veth, and with it the peer.
+        for ns in &self.hosts {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        self.sweep();
+    }
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no process behind.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Re-executes the current test binary inside host `n` as `role`, running the ignored entry test
+/// `entry` (which calls [`child_role`]). `env` passes the role's parameters.
+pub fn spawn_self(net: &TestNet, n: usize, entry: &str, role: &str, env: &[(&str, String)]) -> ChildGuard {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = net.command(n, exe.to_str().expect("utf-8 test binary path"));
+    cmd.args([entry, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard(cmd.spawn().expect("spawn child test process"))
+}
+
+/// The role this process was re-executed for, if any.
+pub fn child_role() -> Option<String> {
+    std::env::var(ROLE_ENV).ok()
+}
