@@ -1,1 +1,10 @@
+//! `mose-agent`: runs on every edge host and mobile device.
+//!
+//! * [`config`] / [`cli`]: TOML configuration with command-line overrides.
+//! * [`node`]: presence on the MOSE network (liveliness, profile, metrics).
+//! * [`profiling`]: host load and per-container state size.
 
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod profiling;

@@ -1,1 +1,36 @@
-fn main() {}
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mose_agent::cli::Cli;
+use mose_agent::node::AgentNode;
+use mose_agent::profiling::CgroupProbe;
+use mose_protocol::messages::{now_us, AgentProfile, Capabilities};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mose_protocol::cli::init_logging();
+    let config = Cli::parse().settle()?;
+    let session = config.zenoh.open().await.context("joining the MOSE network")?;
+    let profile = AgentProfile {
+        id: config.id.clone(),
+        role: config.role,
+        hostname: sysinfo::System::host_name().unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_us: now_us(),
+        capabilities: Capabilities::default(),
+        pam: None,
+    };
+    let node = AgentNode::start(
+        session,
+        config.keys.clone(),
+        profile,
+        config.metrics_interval,
+        Arc::new(CgroupProbe::default()),
+    )
+    .await?;
+    mose_protocol::cli::shutdown_signal().await?;
+    tracing::info!("shutting down");
+    node.close().await;
+    Ok(())
+}

@@ -127,49 +127,6 @@ fn json_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(","))
 }
 
-/// Command-line flags that override [`ZenohOptions`] (shared by every MOSE binary).
-#[cfg(feature = "cli")]
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ZenohArgs {
-    /// Zenoh endpoint to listen on (repeatable), e.g. tcp/0.0.0.0:7447
-    #[arg(long = "listen", value_name = "ENDPOINT")]
-    pub listen: Vec<String>,
-    /// Zenoh endpoint to connect to (repeatable); not needed on a LAN with multicast
-    #[arg(long = "connect", value_name = "ENDPOINT")]
-    pub connect: Vec<String>,
-    /// Disable multicast scouting (then give --connect or --listen)
-    #[arg(long)]
-    pub no_multicast: bool,
-    /// Network interface for multicast scouting
-    #[arg(long, value_name = "IFACE")]
-    pub multicast_interface: Option<String>,
-    /// Link lease in ms: a host silent this long is declared gone [default: 1000]
-    #[arg(long, value_name = "MS")]
-    pub lease_ms: Option<u64>,
-}
-
-#[cfg(feature = "cli")]
-impl ZenohOptions {
-    /// Applies command-line flags over options read from a file.
-    pub fn apply(&mut self, args: &ZenohArgs) {
-        if !args.listen.is_empty() {
-            self.listen = args.listen.clone();
-        }
-        if !args.connect.is_empty() {
-            self.connect = args.connect.clone();
-        }
-        if args.no_multicast {
-            self.multicast_scouting = false;
-        }
-        if let Some(iface) = &args.multicast_interface {
-            self.multicast_interface = Some(iface.clone());
-        }
-        if let Some(lease) = args.lease_ms {
-            self.lease_ms = lease;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

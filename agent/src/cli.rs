@@ -1,0 +1,83 @@
+//! Command line of `mose-agent`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use mose_protocol::messages::Role;
+use mose_protocol::cli::ZenohArgs;
+
+use crate::config::{AgentConfig, ConfigError, ConfigFile};
+
+/// MOSE-RS agent: announces this host on the edge LAN (Zenoh, no configuration needed with
+/// multicast), publishes its metrics and carries out migration steps for the orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "mose-agent", version)]
+pub struct Cli {
+    /// TOML config file; flags given here override its values
+    #[arg(long, short, value_name = "FILE", env = "MOSE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Agent id, one key chunk of [A-Za-z0-9._-] [default: host name]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// edge (hosts services) or mobile (runs the client, steers its flow) [default: edge]
+    #[arg(long)]
+    pub role: Option<Role>,
+    /// Key-expression prefix of the MOSE domain [default: mose]
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Metrics publication interval in ms [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub metrics_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub zenoh: ZenohArgs,
+}
+
+impl Cli {
+    /// Reads the config file (if any) and applies the flags over it.
+    pub fn settle(self) -> Result<AgentConfig, ConfigError> {
+        let mut file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        file.id = self.id.or(file.id);
+        file.role = self.role.or(file.role);
+        file.prefix = self.prefix.or(file.prefix);
+        file.metrics_interval_ms = self.metrics_interval_ms.or(file.metrics_interval_ms);
+        file.zenoh.apply(&self.zenoh);
+        file.settle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "id = \"from-file\"\nrole = \"mobile\"\n[zenoh]\nlease_ms = 3000").unwrap();
+        let cli = Cli::parse_from([
+            "mose-agent",
+            "--config",
+            f.path().to_str().unwrap(),
+            "--id",
+            "from-flag",
+            "--no-multicast",
+            "--connect",
+            "tcp/127.0.0.1:7447",
+        ]);
+        let cfg = cli.settle().unwrap();
+        assert_eq!(cfg.id, "from-flag");
+        assert_eq!(cfg.role, Role::Mobile);
+        assert_eq!(cfg.zenoh.lease_ms, 3000);
+        assert!(!cfg.zenoh.multicast_scouting);
+        assert_eq!(cfg.zenoh.connect, vec!["tcp/127.0.0.1:7447".to_string()]);
+    }
+
+    #[test]
+    fn bad_role_flag_is_rejected_by_the_parser() {
+        let err = Cli::try_parse_from(["mose-agent", "--role", "satellite"]).unwrap_err();
+        assert!(err.to_string().contains("satellite"), "{err}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Agent configuration: a TOML file, overridden field by field by command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mose_protocol::messages::Role;
+use mose_protocol::transport::ZenohOptions;
+use mose_protocol::{KeyError, KeySpace};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The configuration file. Every field is optional; see [`AgentConfig`] for the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub id: Option<String>,
+    pub role: Option<Role>,
+    pub prefix: Option<String>,
+    pub metrics_interval_ms: Option<u64>,
+    pub zenoh: ZenohOptions,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid agent id: {0}")]
+    Id(KeyError),
+    #[error("invalid key prefix: {0}")]
+    Prefix(KeyError),
+    #[error("metrics interval must be between 50 ms and 1 h, got {0} ms")]
+    MetricsInterval(u64),
+    #[error("cannot determine the host name for the default agent id; set --id")]
+    NoHostname,
+}
+
+/// The settled configuration an agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Agent id (one key chunk); default: the host name.
+    pub id: String,
+    /// Default: edge.
+    pub role: Role,
+    pub keys: KeySpace,
+    /// Default: 1 s.
+    pub metrics_interval: Duration,
+    pub zenoh: ZenohOptions,
+}
+
+impl ConfigFile {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Fills the defaults and checks every value.
+    pub fn settle(self) -> Result<AgentConfig, ConfigError> {
+        let id = match self.id {
+            Some(id) => id,
+            None => sysinfo::System::host_name().ok_or(ConfigError::NoHostname)?,
+        };
+        mose_protocol::keys::validate_id("agent id", &id).map_err(ConfigError::Id)?;
+        let keys = KeySpace::new(
+            self.prefix
+                .as_deref()
+                .unwrap_or(mose_protocol::keys::DEFAULT_PREFIX),
+        )
+        .map_err(ConfigError::Prefix)?;
+        let interval_ms = self.metrics_interval_ms.unwrap_or(1000);
+        if !(50..=3_600_000).contains(&interval_ms) {
+            return Err(ConfigError::MetricsInterval(interval_ms));
+        }
+        Ok(AgentConfig {
+            id,
+            role: self.role.unwrap_or(Role::Edge),
+            keys,
+            metrics_interval: Duration::from_millis(interval_ms),
+            zenoh: self.zenoh,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let cfg = ConfigFile {
+            id: Some("edge1".into()),
+            ..Default::default()
+        }
+        .settle()
+        .unwrap();
+        assert_eq!(cfg.role, Role::Edge);
+        assert_eq!(cfg.keys.prefix(), "mose");
+        assert_eq!(cfg.metrics_interval, Duration::from_secs(1));
+        assert!(cfg.zenoh.multicast_scouting);
+        assert_eq!(cfg.zenoh.lease_ms, 1000);
+    }
+
+    #[test]
+    fn toml_file_parses() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            id = "drone-7"
+            role = "mobile"
+            prefix = "site-a/mose"
+            metrics_interval_ms = 250
+            [zenoh]
+            connect = ["tcp/10.0.0.1:7447"]
+            lease_ms = 2000
+            "#,
+        )
+        .unwrap();
+        let cfg = file.settle().unwrap();
+        assert_eq!(cfg.id, "drone-7");
+        assert_eq!(cfg.role, Role::Mobile);
+        assert_eq!(cfg.keys.agent("x"), "site-a/mose/agents/x");
+        assert_eq!(cfg.zenoh.connect, vec!["tcp/10.0.0.1:7447".to_string()]);
+        assert_eq!(cfg.zenoh.lease_ms, 2000);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(toml::from_str::<ConfigFile>("colour = \"red\"").is_err());
+        assert!(toml::from_str::<ConfigFile>("role = \"satellite\"").is_err());
+        let bad_id = ConfigFile {
+            id: Some("a/b".into()),
+            ..Default::default()
+        };
+        assert!(matches!(bad_id.settle(), Err(ConfigError::Id(_))));
+        let bad_interval = ConfigFile {
+            id: Some("a".into()),
+            metrics_interval_ms: Some(1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad_interval.settle(),
+            Err(ConfigError::MetricsInterval(1))
+        ));
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = ConfigFile::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/agent.toml"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Command line and config file of the `mose-orchestrator` daemon.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use mose_protocol::cli::ZenohArgs;
+use mose_protocol::transport::ZenohOptions;
+use mose_protocol::{KeyError, KeySpace};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default address of the HTTP API (SPEC §8).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
+
+/// MOSE-RS orchestrator: discovers the agents on the edge LAN (Zenoh, no configuration needed
+/// with multicast), keeps their live view, and serves it over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "mose-orchestrator", version)]
+pub struct Cli {
+    /// TOML config file; flags given here override its values
+    #[arg(long, short, value_name = "FILE", env = "MOSE_ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Key-expression prefix of the MOSE domain [default: mose]
+    #[arg(long)]
+    pub prefix: Option<String>,
+    #[command(flatten)]
+    pub zenoh: ZenohArgs,
+}
+
+/// The config file; every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub http: Option<SocketAddr>,
+    pub prefix: Option<String>,
+    pub zenoh: ZenohOptions,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub http: SocketAddr,
+    pub keys: KeySpace,
+    pub zenoh: ZenohOptions,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid key prefix: {0}")]
+    Prefix(#[from] KeyError),
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Cli {
+    /// Reads the config file (if any) and applies the flags over it.
+    pub fn settle(self) -> Result<OrchestratorConfig, ConfigError> {
+        let mut file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        file.zenoh.apply(&self.zenoh);
+        let http = match self.http.or(file.http) {
+            Some(addr) => addr,
+            None => DEFAULT_HTTP.parse().expect("DEFAULT_HTTP is a socket address"),
+        };
+        let prefix = self.prefix.or(file.prefix);
+        Ok(OrchestratorConfig {
+            http,
+            keys: KeySpace::new(prefix.as_deref().unwrap_or(mose_protocol::keys::DEFAULT_PREFIX))?,
+            zenoh: file.zenoh,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cfg = Cli::parse_from(["mose-orchestrator"]).settle().unwrap();
+        assert_eq!(cfg.http.to_string(), DEFAULT_HTTP);
+        assert_eq!(cfg.keys.prefix(), "mose");
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "http = \"0.0.0.0:8080\"\nprefix = \"lab\"\n[zenoh]\nlease_ms = 2000").unwrap();
+        let path = f.path().to_str().unwrap();
+        let cfg = Cli::parse_from(["mose-orchestrator", "-c", path, "--prefix", "site"])
+            .settle()
+            .unwrap();
+        assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.keys.prefix(), "site");
+        assert_eq!(cfg.zenoh.lease_ms, 2000);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert!(Cli::try_parse_from(["mose-orchestrator", "--http", "nowhere"]).is_err());
+        let err = Cli::parse_from(["mose-orchestrator", "--prefix", "a b"]).settle().unwrap_err();
+        assert!(err.to_string().contains("prefix"), "{err}");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "listen = 3").unwrap();
+        let path = f.path().to_str().unwrap();
+        let err = Cli::parse_from(["mose-orchestrator", "-c", path]).settle().unwrap_err();
+        assert!(err.to_string().contains(path), "{err}");
+    }
+}

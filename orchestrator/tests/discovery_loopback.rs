@@ -1,0 +1,166 @@
+//! Discovery in one process over explicit loopback endpoints: an agent appears with its profile
+//! and metrics, profile changes propagate, bad publications are ignored, and an agent that leaves
+//! disappears from the view and the HTTP API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mose_agent::node::AgentNode;
+use mose_agent::profiling::CgroupProbe;
+use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::client::{ApiClient, ClientError};
+use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_protocol::messages::{now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role};
+use mose_protocol::transport::ZenohOptions;
+use mose_protocol::{encode, KeySpace};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn profile(id: &str, role: Role) -> AgentProfile {
+    AgentProfile {
+        id: id.into(),
+        role,
+        hostname: "test-host".into(),
+        agent_version: "test".into(),
+        started_us: now_us(),
+        capabilities: Capabilities::default(),
+        pam: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_joins_reports_and_leaves() {
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let keys = KeySpace::default();
+    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
+    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+    let view = registry.view();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(api::serve(
+        listener,
+        ApiState { agents: view.clone() },
+        std::future::pending(),
+    ));
+    let client = ApiClient::new(&format!("http://{http}"));
+
+    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+    let node = AgentNode::start(
+        agent_session,
+        keys.clone(),
+        profile("edge1", Role::Edge),
+        Duration::from_millis(100),
+        Arc::new(CgroupProbe::default()),
+    )
+    .await
+    .unwrap();
+
+    let complete = view
+        .wait_until(Duration::from_secs(10), |m| {
+            m.get("edge1").is_some_and(|a| a.profile.is_some() && a.metrics.is_some())
+        })
+        .await;
+    assert!(complete, "agent never showed up complete: {:?}", view.list());
+
+    let agents = client.agents().await.unwrap();
+    assert_eq!(agents.len(), 1);
+    let a = &agents[0];
+    assert_eq!(a.id, "edge1");
+    assert_eq!(a.profile.as_ref().unwrap().role, Role::Edge);
+    let metrics = a.metrics.as_ref().unwrap();
+    assert!(metrics.host.cpus >= 1 && metrics.host.mem_total_bytes > 0);
+    assert_eq!(client.agent("edge1").await.unwrap().id, "edge1");
+    match client.agent("nobody").await {
+        Err(ClientError::Api { status: 404, message, .. }) => assert!(message.contains("nobody")),
+        other => panic!("expected a 404 naming the agent, got {other:?}"),
+    }
+
+    // Metrics keep flowing (sequence advances).
+    let seq = metrics.seq;
+    assert!(
+        view.wait_until(Duration::from_secs(5), |m| m["edge1"].metrics.as_ref().unwrap().seq > seq)
+            .await
+    );
+
+    // A profile change is pushed, not polled.
+    node.update_profile(|p| p.capabilities.criu_version = Some("4.2".into()))
+        .await
+        .unwrap();
+    assert!(
+        view.wait_until(Duration::from_secs(5), |m| {
+            m["edge1"].profile.as_ref().unwrap().capabilities.criu_version.as_deref() == Some("4.2")
+        })
+        .await
+    );
+
+    // Leaving withdraws the token: gone from the view and the API.
+    let left = Instant::now();
+    node.close().await;
+    assert!(view.wait_until(Duration::from_secs(3), |m| m.is_empty()).await);
+    println!("agent gone from the view {:?} after it closed", left.elapsed());
+    assert!(client.agents().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_impostor_publications_are_ignored() {
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let keys = KeySpace::new("garbage-test").unwrap();
+    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
+    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+    let view = registry.view();
+
+    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+    let _node = AgentNode::start(
+        agent_session,
+        keys.clone(),
+        profile("drone1", Role::Mobile),
+        Duration::from_secs(3600),
+        Arc::new(CgroupProbe::default()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        view.wait_until(Duration::from_secs(10), |m| {
+            m.get("drone1").is_some_and(|a| a.profile.is_some())
+        })
+        .await
+    );
+
+    let rogue = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
+    // Random bytes, a message of the wrong kind, and a sample claiming another agent's id.
+    rogue.put(keys.agent_metrics("drone1"), vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+    rogue
+        .put(keys.agent_metrics("drone1"), encode(&profile("drone1", Role::Edge)).unwrap())
+        .await
+        .unwrap();
+    let impostor = MetricsSample {
+        agent: "someone-else".into(),
+        seq: 99,
+        taken_us: now_us(),
+        host: HostMetrics::default(),
+        containers: vec![],
+        links: vec![],
+    };
+    rogue.put(keys.agent_metrics("drone1"), encode(&impostor).unwrap()).await.unwrap();
+    rogue
+        .put(keys.agent_profile("drone1"), encode(&profile("edge9", Role::Edge)).unwrap())
+        .await
+        .unwrap();
+    // A genuine sample sent after them arrives, so they have been processed (same session,
+    // same key: in order).
+    let genuine = MetricsSample { agent: "drone1".into(), seq: 1, ..impostor.clone() };
+    rogue.put(keys.agent_metrics("drone1"), encode(&genuine).unwrap()).await.unwrap();
+    assert!(
+        view.wait_until(Duration::from_secs(5), |m| m["drone1"].metrics.is_some()).await
+    );
+    let list = view.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].metrics.as_ref().unwrap().seq, 1);
+    assert_eq!(list[0].profile.as_ref().unwrap().role, Role::Mobile);
+}

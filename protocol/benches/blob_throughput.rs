@@ -1,0 +1,121 @@
+//! Blob transfer throughput over Zenoh vs a raw TCP copy of the same bytes over the same path
+//! (loopback), measured in the same run. `cargo bench -p mose-protocol`.
+//!
+//! The raw copy is the floor: one TCP stream, no chunking, no framing. Both sides hash what they
+//! receive (SHA-256), since a fetch that did not verify would not be the same job.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mose_protocol::blob::{self, BlobServer, FetchOptions};
+use mose_protocol::transport::ZenohOptions;
+use sha2::{Digest, Sha256};
+
+const SIZE: usize = 256 << 20;
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mb_per_s(d: Duration) -> f64 {
+    SIZE as f64 / d.as_secs_f64() / 1e6
+}
+
+fn raw_tcp_copy(path: &Path) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let path = path.to_path_buf();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let mut file = std::fs::File::open(path).unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).unwrap();
+        }
+    });
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    sender.join().unwrap();
+    let took = start.elapsed();
+    assert_eq!(total, SIZE);
+    std::hint::black_box(hasher.finalize());
+    took
+}
+
+async fn zenoh_fetch(path: &Path, in_flight: usize) -> Duration {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let owner = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
+    let fetcher = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
+    let _server = BlobServer::serve_file(&owner, "bench/blob", path, blob::DEFAULT_CHUNK_SIZE)
+        .await
+        .unwrap();
+    let opts = FetchOptions {
+        in_flight,
+        ..FetchOptions::default()
+    };
+    // The manifest is fetched once up front so a not-yet-propagated queryable does not count.
+    blob::fetch_manifest(&fetcher, "bench/blob", &opts).await.unwrap();
+    let start = Instant::now();
+    let m = blob::fetch_into(&fetcher, "bench/blob", &mut tokio::io::sink(), &opts, &mut |_| {})
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(m.size, SIZE as u64);
+    drop(_server);
+    let _ = fetcher.close().await;
+    let _ = owner.close().await;
+    took
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    let mut data = vec![0u8; SIZE];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&path, &data).unwrap();
+    drop(data);
+    let runs = RUNS;
+
+    let raw = median((0..runs).map(|_| raw_tcp_copy(&path)).collect());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    println!("blob transfer, {} MiB, median of {runs} runs, loopback", SIZE >> 20);
+    println!("  raw TCP copy + SHA-256      {:>8.0} MB/s  (baseline)", mb_per_s(raw));
+    for in_flight in [1, 4, 8] {
+        let z = median(
+            (0..runs)
+                .map(|_| rt.block_on(zenoh_fetch(&path, in_flight)))
+                .collect(),
+        );
+        println!(
+            "  zenoh chunked, {in_flight} in flight   {:>8.0} MB/s  ratio {:.2} of raw",
+            mb_per_s(z),
+            raw.as_secs_f64() / z.as_secs_f64()
+        );
+    }
+}

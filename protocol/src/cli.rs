@@ -1,0 +1,65 @@
+//! What every MOSE binary shares on its command line: Zenoh flags, logging, shutdown.
+
+use crate::transport::ZenohOptions;
+
+/// Command-line flags that override [`ZenohOptions`] (shared by every MOSE binary).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ZenohArgs {
+    /// Zenoh endpoint to listen on (repeatable), e.g. tcp/0.0.0.0:7447
+    #[arg(long = "listen", value_name = "ENDPOINT")]
+    pub listen: Vec<String>,
+    /// Zenoh endpoint to connect to (repeatable); not needed on a LAN with multicast
+    #[arg(long = "connect", value_name = "ENDPOINT")]
+    pub connect: Vec<String>,
+    /// Disable multicast scouting (then give --connect or --listen)
+    #[arg(long)]
+    pub no_multicast: bool,
+    /// Network interface for multicast scouting
+    #[arg(long, value_name = "IFACE")]
+    pub multicast_interface: Option<String>,
+    /// Link lease in ms: a host silent this long is declared gone [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+}
+
+impl ZenohOptions {
+    /// Applies command-line flags over options read from a file.
+    pub fn apply(&mut self, args: &ZenohArgs) {
+        if !args.listen.is_empty() {
+            self.listen = args.listen.clone();
+        }
+        if !args.connect.is_empty() {
+            self.connect = args.connect.clone();
+        }
+        if args.no_multicast {
+            self.multicast_scouting = false;
+        }
+        if let Some(iface) = &args.multicast_interface {
+            self.multicast_interface = Some(iface.clone());
+        }
+        if let Some(lease) = args.lease_ms {
+            self.lease_ms = lease;
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM (what `kill` and service managers send): how every MOSE binary
+/// knows to leave the network cleanly.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info, with Zenoh's own chatter at warn).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,zenoh=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
