@@ -381,6 +381,12 @@ mod tests {
             plan: Plan {
                 strategy: Strategy::Cold,
                 objective: Objective::Resources,
+                bandwidth_bps: 12_500_000,
+                rounds: 0,
+                predicted_downtime_s: 0.8,
+                predicted_total_s: 0.8,
+                target_met: true,
+                explanation: "cold at 100 Mbit/s".into(),
             },
             created_us: 5,
         }

@@ -4,7 +4,7 @@
 
 use mose_protocol::model::{Objective, PamParams, Plan, Strategy};
 
-use super::pam::{cold_law, predict, ModelInput, Prediction};
+use super::pam::{cold_law, predict, ColdLaw, ModelInput, Prediction};
 use super::{non_negative, positive, validate_params, DesignError};
 
 /// The most pre-copy rounds a plan may use. Each round is a full Podman checkpoint; past a
@@ -115,15 +115,7 @@ fn minimise_resources(
     );
     let (bandwidth, reason) = match law.min_bandwidth(theta_s) {
         Some(min) if min <= available as f64 => {
-            // Whole bytes/s, rounded up. A step up absorbs a last-ulp rounding of L_min; the
-            // bound matters only where 1 B/s is below f64 resolution (≥ 2⁵³ B/s).
-            let mut bandwidth = (min.ceil() as u64).clamp(1, available);
-            for _ in 0..3 {
-                if bandwidth >= available || law.downtime_s(bandwidth as f64) <= theta_s {
-                    break;
-                }
-                bandwidth += 1;
-            }
+            let bandwidth = least_whole_bandwidth(&law, min, theta_s, available);
             let reason = format!(
                 "{law_text}, so the least bandwidth meeting {bound} = {theta_s:.3} s is {}; \
                  allocating {bandwidth} B/s of {available} B/s available",
@@ -164,6 +156,30 @@ fn minimise_resources(
             rate(request.dirty_rate_max_bytes_per_s)
         ),
     })
+}
+
+/// The least whole bandwidth in 1..=`available` B/s at which `law` predicts a downtime
+/// ≤ `theta_s`, starting from the real solution `min_bandwidth_bytes_per_s` (≤ `available`).
+///
+/// ⌈L_min⌉ alone can be one off: L_min = V/(θ − fixed) carries a few ulps of rounding, and the
+/// plan's prediction is evaluated with the law itself, which must then meet θ. T_down(L) is
+/// monotone in L also in floating point, so walking from ⌈L_min⌉ finds the exact boundary; the
+/// walks are a step or two (more only where 1 B/s is below f64 resolution, ≥ 2⁵³ B/s).
+fn least_whole_bandwidth(
+    law: &ColdLaw,
+    min_bandwidth_bytes_per_s: f64,
+    theta_s: f64,
+    available: u64,
+) -> u64 {
+    let meets = |bandwidth: u64| law.downtime_s(bandwidth as f64) <= theta_s;
+    let mut bandwidth = (min_bandwidth_bytes_per_s.ceil() as u64).clamp(1, available);
+    while bandwidth > 1 && meets(bandwidth - 1) {
+        bandwidth -= 1;
+    }
+    while bandwidth < available && !meets(bandwidth) {
+        bandwidth += 1;
+    }
+    bandwidth
 }
 
 fn minimise_downtime(

@@ -10,6 +10,22 @@ pub use pam::{cold_law, predict, ColdLaw, ModelInput, Prediction, Round};
 
 use mose_protocol::model::PamParams;
 
+/// The parameters of one migration from the calibrations of its two hosts: checkpoint-side
+/// fields (β … Λ, η, α_c, ρ, τ, σ) and the netns clearing from the source, which dumps;
+/// restore-side fields (ψ, ω, α_r) and the netns creation from the destination, which
+/// restores. The flow update runs on neither (the mobile agent's switch); the slower of the two
+/// hosts' values keeps the prediction an upper bound.
+pub fn pair_params(source: &PamParams, destination: &PamParams) -> PamParams {
+    PamParams {
+        psi_s: destination.psi_s,
+        omega_s_per_byte: destination.omega_s_per_byte,
+        alpha_r: destination.alpha_r,
+        netns_create_s: destination.netns_create_s,
+        flow_update_s: source.flow_update_s.max(destination.flow_update_s),
+        ..source.clone()
+    }
+}
+
 /// Why the designer refused its input. Bad numbers are reported, never panicked on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DesignError {
@@ -75,10 +91,21 @@ fn validate_params(p: &PamParams) -> Result<(), DesignError> {
     ] {
         non_negative(name, value)?;
     }
-    // These scale a volume or a time: zero would predict free transfers or free checkpoints.
+    // Podman runs CRIU inside its own work, so its time over CRIU's is at least 1. The model
+    // relies on it: the running part of a round, Tᵢ − frozenᵢ, only stays ≥ 0 and growing
+    // with M and R when the scaled processing covers the unscaled CRIU frozen time.
+    for (name, value) in [("alpha_c", p.alpha_c), ("alpha_r", p.alpha_r)] {
+        let value = positive(name, value)?;
+        if value < 1.0 {
+            return Err(DesignError::BelowMinimum {
+                name,
+                value,
+                min: 1.0,
+            });
+        }
+    }
+    // These scale a volume: zero would predict free transfers.
     for (name, value) in [
-        ("alpha_c", p.alpha_c),
-        ("alpha_r", p.alpha_r),
         ("rho", p.rho),
         ("tau1", p.tau1),
         ("tau2", p.tau2),
@@ -87,4 +114,39 @@ fn validate_params(p: &PamParams) -> Result<(), DesignError> {
         positive(name, value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_takes_each_side_from_the_host_that_does_it() {
+        let source = PamParams::paper_defaults();
+        let destination = PamParams {
+            beta_s: 9.0,
+            alpha_c: 9.0,
+            psi_s: 0.7,
+            omega_s_per_byte: 7e-9,
+            alpha_r: 7.0,
+            netns_clear_s: 9.0,
+            netns_create_s: 0.7,
+            flow_update_s: 0.7,
+            ..PamParams::paper_defaults()
+        };
+        let pair = pair_params(&source, &destination);
+        assert_eq!(
+            pair,
+            PamParams {
+                psi_s: 0.7,
+                omega_s_per_byte: 7e-9,
+                alpha_r: 7.0,
+                netns_create_s: 0.7,
+                flow_update_s: 0.7,
+                ..source.clone()
+            }
+        );
+        // The flow update is the slower of the two whichever side it comes from.
+        assert_eq!(pair_params(&destination, &source).flow_update_s, 0.7);
+    }
 }

@@ -126,8 +126,9 @@ pub fn predict(p: &PamParams, input: &ModelInput, rounds: u32) -> Result<Predict
             duration_s: processing_s + volume / l,
             frozen_s,
         };
-        // max(0, …): with α_c < 1 a fitted frozen time could exceed the round itself.
-        let running_s = (round.duration_s - round.frozen_s).max(0.0);
+        // ≥ 0 because α_c ≥ 1 (checked above): the round's scaled processing covers its
+        // CRIU frozen time.
+        let running_s = round.duration_s - round.frozen_s;
         let dirtied_pages = (m.min(r * running_s) / sigma).ceil();
         volume = p.rho * p.tau2 * dirtied_pages * sigma;
         done.push(round);
@@ -410,6 +411,17 @@ pub(crate) mod tests {
             predict(&bad, &ok, 1),
             Err(DesignError::NotFinite { .. })
         ));
+        // Podman cannot be faster than the CRIU it runs.
+        let mut bad = example_params();
+        bad.alpha_r = 0.9;
+        assert_eq!(
+            predict(&bad, &ok, 0),
+            Err(DesignError::BelowMinimum {
+                name: "alpha_r",
+                value: 0.9,
+                min: 1.0
+            })
+        );
         let mut bad = example_params();
         bad.psi_s = -0.1;
         assert!(matches!(
@@ -418,7 +430,7 @@ pub(crate) mod tests {
         ));
     }
 
-    /// Parameters anywhere from 0 to 4× the paper's sanity values (factors from 0.5×).
+    /// Parameters anywhere from 0 to 4× the paper's sanity values; α_c, α_r from 1 to 8.
     pub(crate) fn any_params() -> impl Strategy<Value = PamParams> {
         let d = PamParams::paper_defaults();
         let time = |v: f64| 0.0..=4.0 * v;
@@ -435,7 +447,7 @@ pub(crate) mod tests {
                 time(d.delta_s),
                 time(d.lambda_s_per_byte),
             ),
-            (time(d.psi_s), time(d.omega_s_per_byte), 0.5..8.0, 0.5..8.0),
+            (time(d.psi_s), time(d.omega_s_per_byte), 1.0..8.0, 1.0..8.0),
             (
                 0.2..=1.0,
                 1.0..1.5,
