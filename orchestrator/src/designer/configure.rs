@@ -195,18 +195,18 @@ fn minimise_downtime(
         rate(request.dirty_rate_max_bytes_per_s)
     );
 
-    let missing: Vec<&str> = [
-        (!request.source_dirty_tracking).then_some("source"),
-        (!request.destination_dirty_tracking).then_some("destination"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if !missing.is_empty() {
-        let reason = format!(
-            "fallback to cold: the {} host lacks dirty-page tracking, so pre-copy cannot run",
-            missing.join(" and ")
-        );
+    let lacking = match (
+        request.source_dirty_tracking,
+        request.destination_dirty_tracking,
+    ) {
+        (true, true) => None,
+        (false, true) => Some("the source host lacks"),
+        (true, false) => Some("the destination host lacks"),
+        (false, false) => Some("the source and destination hosts lack"),
+    };
+    if let Some(hosts) = lacking {
+        let reason =
+            format!("fallback to cold: {hosts} dirty-page tracking, so pre-copy cannot run");
         return Ok(downtime_plan(request, available, 0, &cold, &at, &reason));
     }
 
@@ -418,7 +418,7 @@ mod tests {
         let plan = configure(&example_params(), &req).unwrap();
         assert!(plan
             .explanation
-            .contains("source and destination host lacks"));
+            .contains("source and destination hosts lack"));
     }
 
     #[test]
@@ -447,7 +447,8 @@ mod tests {
         req.theta_mig_s = 60.0;
         let plan = configure(&p, &req).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
-        // 2·(0.01 + 0.05 + 0.1) + 0.8 + 0.3 + 0.2; one round would give 2.020 s.
+        // 2·(0.01 + 0.05 + 0.1) + 0.8 + 0.3 + 0.2; one round would resend all of it as
+        // ⌈1e8/4096⌉ pages with τ₂ = 1.25: 0.82 + 1.0000384 = 1.8200384 s.
         assert!((plan.predicted_downtime_s - 1.62).abs() < 1e-12);
         assert!(plan.explanation.contains("no pre-copy lowers the downtime"));
     }
