@@ -5,7 +5,7 @@
 use mose_protocol::model::{Objective, PamParams, Plan, Strategy};
 
 use super::pam::{cold_law, predict, ColdLaw, ModelInput, Prediction};
-use super::{non_negative, positive, validate_params, DesignError};
+use super::{finite_result, non_negative, positive, validate_params, DesignError};
 
 /// The most pre-copy rounds a plan may use. Each round is a full Podman checkpoint; past a
 /// handful the dirty volume has converged and more rounds only add migration time.
@@ -141,7 +141,7 @@ fn minimise_resources(
             ),
         ),
     };
-    let downtime_s = law.downtime_s(bandwidth as f64);
+    let downtime_s = finite_result("predicted downtime", law.downtime_s(bandwidth as f64))?;
     Ok(Plan {
         strategy: Strategy::Cold,
         objective: Objective::Resources,
@@ -588,8 +588,8 @@ mod tests {
                 theta_mig_s: mig,
             };
             if let Ok(plan) = configure(&example_params(), &req) {
-                prop_assert!(!plan.predicted_downtime_s.is_nan());
-                prop_assert!(!plan.predicted_total_s.is_nan());
+                prop_assert!(plan.predicted_downtime_s.is_finite());
+                prop_assert!(plan.predicted_total_s.is_finite());
             }
         }
     }

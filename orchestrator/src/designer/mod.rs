@@ -41,6 +41,19 @@ pub enum DesignError {
         value: f64,
         min: f64,
     },
+    /// Every input is valid but together they are beyond f64 (e.g. exabytes at bytes/s):
+    /// a plan must not carry ∞, which JSON cannot even encode.
+    #[error("the {what} overflows for these inputs")]
+    Overflow { what: &'static str },
+}
+
+/// `value` if it is finite: guards a computed result against overflow.
+fn finite_result(what: &'static str, value: f64) -> Result<f64, DesignError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(DesignError::Overflow { what })
+    }
 }
 
 /// `value` if it is finite and > 0.

@@ -16,7 +16,7 @@
 
 use mose_protocol::model::PamParams;
 
-use super::{non_negative, positive, validate_params, DesignError};
+use super::{finite_result, non_negative, positive, validate_params, DesignError};
 
 /// The workload and link a prediction is made for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,21 +62,29 @@ pub struct Prediction {
     pub total_s: f64,
 }
 
+/// φ_p + γ_p·M: CRIU frozen time of a pre-dump (s).
+pub fn predump_frozen_s(p: &PamParams, state_bytes: f64) -> f64 {
+    p.phi_p_s + p.gamma_p_s_per_byte * state_bytes
+}
+
 /// α_c·(β + φ_p + γ_p·M + δ + Λ·M): processing time of the first pre-dump (s).
 pub fn predump_time_s(p: &PamParams, state_bytes: f64) -> f64 {
     p.alpha_c
         * (p.beta_s
-            + p.phi_p_s
-            + p.gamma_p_s_per_byte * state_bytes
+            + predump_frozen_s(p, state_bytes)
             + p.delta_s
             + p.lambda_s_per_byte * state_bytes)
+}
+
+/// φ_d + γ_d(R)·M: CRIU frozen time of a dump (s).
+pub fn dump_frozen_s(p: &PamParams, state_bytes: f64, dirty_rate_bytes_per_s: f64) -> f64 {
+    p.phi_d_s + p.gamma_d_s_per_byte.at(dirty_rate_bytes_per_s) * state_bytes
 }
 
 /// α_c·(β + φ_d + γ_d(R)·M): processing time of a dump (s); the service is frozen throughout
 /// the final one.
 pub fn dump_time_s(p: &PamParams, state_bytes: f64, dirty_rate_bytes_per_s: f64) -> f64 {
-    p.alpha_c
-        * (p.beta_s + p.phi_d_s + p.gamma_d_s_per_byte.at(dirty_rate_bytes_per_s) * state_bytes)
+    p.alpha_c * (p.beta_s + dump_frozen_s(p, state_bytes, dirty_rate_bytes_per_s))
 }
 
 /// α_r·(ψ + ω·M): restore time at the destination (s).
@@ -114,12 +122,9 @@ pub fn predict(p: &PamParams, input: &ModelInput, rounds: u32) -> Result<Predict
     let mut volume = p.rho * p.tau1 * m;
     for i in 0..rounds {
         let (processing_s, frozen_s) = if i == 0 {
-            (predump_time_s(p, m), p.phi_p_s + p.gamma_p_s_per_byte * m)
+            (predump_time_s(p, m), predump_frozen_s(p, m))
         } else {
-            (
-                dump_time_s(p, m, r),
-                p.phi_d_s + p.gamma_d_s_per_byte.at(r) * m,
-            )
+            (dump_time_s(p, m, r), dump_frozen_s(p, m, r))
         };
         let round = Round {
             volume_bytes: volume,
@@ -136,6 +141,8 @@ pub fn predict(p: &PamParams, input: &ModelInput, rounds: u32) -> Result<Predict
 
     let downtime_s = stop_and_copy_fixed_s(p, m, r) + volume / l;
     let total_s = done.iter().map(|round| round.duration_s).sum::<f64>() + downtime_s;
+    // Every term is ≥ 0, so a finite total means finite rounds and downtime.
+    finite_result("predicted total", total_s)?;
     Ok(Prediction {
         rounds: done,
         final_volume_bytes: volume,
@@ -164,8 +171,11 @@ pub fn cold_law(
     positive("state_bytes", state_bytes)?;
     non_negative("dirty_rate_bytes_per_s", dirty_rate_bytes_per_s)?;
     Ok(ColdLaw {
-        fixed_s: stop_and_copy_fixed_s(p, state_bytes, dirty_rate_bytes_per_s),
-        volume_bytes: p.rho * p.tau1 * state_bytes,
+        fixed_s: finite_result(
+            "fixed cold downtime",
+            stop_and_copy_fixed_s(p, state_bytes, dirty_rate_bytes_per_s),
+        )?,
+        volume_bytes: finite_result("cold image volume", p.rho * p.tau1 * state_bytes)?,
     })
 }
 
@@ -248,7 +258,9 @@ pub(crate) mod tests {
         let r = x.dirty_rate_bytes_per_s;
         // Building blocks.
         assert_close!(predump_time_s(&p, m), 0.72);
+        assert_close!(predump_frozen_s(&p, m), 0.14);
         assert_close!(dump_time_s(&p, m, r), 0.52);
+        assert_close!(dump_frozen_s(&p, m, r), 0.25);
         assert_close!(restore_time_s(&p, m), 0.3);
         assert_close!(coat_time_s(&p), 0.2);
 
@@ -420,6 +432,25 @@ pub(crate) mod tests {
                 name: "alpha_r",
                 value: 0.9,
                 min: 1.0
+            })
+        );
+        // Each number valid, the prediction beyond f64: an error, not ∞ in a plan.
+        let crawling = ModelInput {
+            bandwidth_bytes_per_s: f64::MIN_POSITIVE,
+            ..ok
+        };
+        assert_eq!(
+            predict(&p, &crawling, 0),
+            Err(DesignError::Overflow {
+                what: "predicted total"
+            })
+        );
+        let mut padded = example_params();
+        padded.tau1 = 1.5;
+        assert_eq!(
+            cold_law(&padded, f64::MAX, 0.0),
+            Err(DesignError::Overflow {
+                what: "cold image volume"
             })
         );
         let mut bad = example_params();
