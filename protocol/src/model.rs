@@ -106,9 +106,10 @@ pub struct PamParams {
     pub psi_s: f64,
     /// ω: CRIU restore time per byte of state (s/B).
     pub omega_s_per_byte: f64,
-    /// α_c: Podman+runc overhead factor over CRIU for checkpoints (dimensionless, ≈ ≥ 1).
+    /// α_c: Podman+runc overhead factor over CRIU for checkpoints (dimensionless, ≥ 1: Podman
+    /// runs CRIU inside its own work).
     pub alpha_c: f64,
-    /// α_r: Podman+runc overhead factor over CRIU for restores (dimensionless, ≈ ≥ 1).
+    /// α_r: Podman+runc overhead factor over CRIU for restores (dimensionless, ≥ 1).
     pub alpha_r: f64,
     /// ρ: compressed / uncompressed image size (1 = no compression).
     pub rho: f64,

@@ -14,6 +14,7 @@ pub const MAX_PRECOPY_ROUNDS: u32 = 16;
 /// Everything the designer needs to know about one migration task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesignRequest {
+    /// What the task owner wants minimised.
     pub objective: Objective,
     /// M: the service's memory state (B).
     pub state_bytes: f64,
@@ -68,7 +69,8 @@ impl DesignRequest {
     }
 }
 
-/// Plans one migration (SPEC §5).
+/// Plans one migration (SPEC §5) with the parameters of its host pair
+/// ([`pair_params`](super::pair_params)`(source, destination)`).
 ///
 /// * [`Objective::Resources`] → cold migration with the least bandwidth whose predicted downtime
 ///   meets the target, or the full bandwidth and `target_met = false` when none does. Since cold
