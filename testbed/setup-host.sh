@@ -269,14 +269,22 @@ configure_podman() {
   section "podman runtime"
   # Checkpoint/restore needs runc: Debian's crun 1.8 has no checkpoint support. A drop-in
   # (read by podman 4.3, also by `podman system service`) keeps the packaged files untouched.
+  # network_backend: Debian's podman ships a CNI bridge config but (without Recommends) no
+  # CNI plugins, so the CNI backend only warns on every command; netavark is installed, and
+  # MOSE attaches containers to netns of its own (--network ns:...) anyway.
   write_if_changed "$PODMAN_DROPIN" '# Written by MOSE-RS testbed/setup-host.sh.
 # Checkpoint/restore (CRIU) needs runc: Debian 12 crun 1.8 cannot checkpoint.
 [engine]
 runtime = "runc"
+
+[network]
+network_backend = "netavark"
 ' || true
   local rt
-  rt=$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Path}} {{.Host.OCIRuntime.Version}}' 2>&1 | head -1) \
+  # No pipe into `head`: with pipefail a SIGPIPE of podman would look like a failure.
+  rt=$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.OCIRuntime.Path}}, network backend {{.Host.NetworkBackend}}' 2>&1) \
     || die "podman info failed: $rt"
+  [[ $rt != *level=warning* ]] || die "podman info warns: $rt"
   log "podman info: runtime $rt"
   [[ $rt == runc* ]] || die "podman does not use runc (got: $rt)"
   FOUND+=("podman $(podman --version | awk '{print $3}'), runc $(runc --version | awk 'NR==1{print $3}')")
@@ -294,9 +302,13 @@ criu_tcp_probe() {
   new_tmpdir dir
   mkdir -p "$dir/img"
   new_netns "$ns"
+  # {LOCK_FD}>&-: the probe must not inherit our flock'ed lock file, or criu refuses to dump
+  # ("Some file locks are hold by dumping tasks").
   setsid nsenter --net="/run/netns/$ns" -- "$SYS_PY" -I -S "$TCP_PROBE_PY" "$dir" \
-    </dev/null >"$dir/probe.out" 2>&1 &
+    </dev/null >"$dir/probe.out" 2>&1 {LOCK_FD}>&- &
   launcher=$!
+  # criu kills the dumped tree on purpose; a disowned job is reaped without bash's "Killed" notice.
+  disown "$launcher"
   for i in $(seq 100); do [[ -s $dir/pids && -s $dir/progress ]] && break; sleep 0.05; done
   if [[ ! -s $dir/pids ]]; then
     CRIU_PROBE_RESULT="FAILED: probe workload did not start ($(cat "$dir/probe.out" "$dir/error" 2>/dev/null))"
@@ -310,11 +322,14 @@ criu_tcp_probe() {
         --tcp-established --shell-job -o dump.log -v4 >/dev/null 2>&1; then
     CRIU_PROBE_RESULT="FAILED at dump: $(grep -m3 -E 'Error|error' "$dir/img/dump.log" 2>/dev/null | tr '\n' ' ')"
     kill_ours "$cpid" criu_tcp_probe; kill_ours "$spid" criu_tcp_probe
-    wait "$launcher" 2>/dev/null || true
     del_netns "$ns"; return 1
   fi
   local dump_s; dump_s=$(fmt_s "$t")
-  wait "$launcher" 2>/dev/null || true      # the dumped tree was killed by criu: reap it
+  # Wait until both are reaped (the server by us, the orphaned client by PID 1). Until its zombie
+  # is reaped (seconds, on hosts whose init reaps lazily) the client still holds the server's pid
+  # as its process group and session id, and restoring the server under that pid fails with
+  # "Can't fork ...: File exists".
+  for i in $(seq 300); do [[ -e /proc/$cpid || -e /proc/$spid ]] || break; sleep 0.05; done
   p0=$(<"$dir/progress")
   t=$(now_us)
   # Not detached: criu stays the parent of the restored tree and exits when it ends, so
@@ -592,11 +607,11 @@ verify_network() {
   ovsdb-tool create "$run/conf.db" /usr/share/openvswitch/vswitch.ovsschema
   nsenter --net="/run/netns/$ns" -- ovsdb-server "$run/conf.db" --remote="punix:$run/db.sock" \
     --pidfile="$run/ovsdb-server.pid" --unixctl="$run/ovsdb-server.ctl" --detach \
-    --log-file="$run/ovsdb-server.log" || die "ovsdb-server did not start (see $run)"
+    -vconsole:off --log-file="$run/ovsdb-server.log" || die "ovsdb-server did not start (see $run)"
   CLEAN_PIDS+=("$(<"$run/ovsdb-server.pid"):ovsdb-server")
   ovs-vsctl --db="$db" --no-wait init
   nsenter --net="/run/netns/$ns" -- ovs-vswitchd "$db" --pidfile="$run/ovs-vswitchd.pid" \
-    --unixctl="$run/ovs-vswitchd.ctl" --detach --log-file="$run/ovs-vswitchd.log" \
+    --unixctl="$run/ovs-vswitchd.ctl" --detach -vconsole:off --log-file="$run/ovs-vswitchd.log" \
     || die "ovs-vswitchd did not start (see $run/ovs-vswitchd.log)"
   CLEAN_PIDS=("$(<"$run/ovs-vswitchd.pid"):ovs-vswitchd" "${CLEAN_PIDS[@]}")
   ovs-vsctl --db="$db" --timeout=20 add-br mose-pbr -- set bridge mose-pbr datapath_type=netdev \
@@ -666,12 +681,12 @@ verify_podman_checkpoint() {
       nc -l -p 9000 -e cat &
       sleep 0.3
       i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo $i; sleep 0.2; done | nc 127.0.0.1 9000 >/tmp/echo.log
-    ' >/dev/null || die "podman run --runtime runc failed"
+    ' >/dev/null {LOCK_FD}>&- || die "podman run --runtime runc failed"
   probe_counter() { podman exec "$ctr" tail -n1 /tmp/echo.log 2>/dev/null || echo 0; }
   n0=0
   for i in $(seq 50); do n0=$(probe_counter); ((n0 >= 2)) && break; sleep 0.1; done
   ((n0 >= 2)) || die "probe container: echo connection does not work"
-  body=$(nsenter --net="/run/netns/$ns" -- busybox wget -q -T 5 -O- http://127.0.0.1:8080/ 2>&1) || true
+  body=$(nsenter --net="/run/netns/$ns" -- timeout 5 busybox wget -q -O- http://127.0.0.1:8080/ 2>&1) || true
   [[ $body == mose-probe ]] || die "probe container: httpd did not answer ($body)"
   log "container running (runc, nofile=$hard:$hard, nproc=32768): httpd answers, echo counter at $n0"
 
@@ -689,7 +704,7 @@ verify_podman_checkpoint() {
   sleep 0.5
   n1=$(probe_counter)
   ((n1 > n0)) || die "after restore the container's TCP connection does not continue ($n0 -> $n1)"
-  body=$(nsenter --net="/run/netns/$ns" -- busybox wget -q -T 5 -O- http://127.0.0.1:8080/ 2>&1) || true
+  body=$(nsenter --net="/run/netns/$ns" -- timeout 5 busybox wget -q -O- http://127.0.0.1:8080/ 2>&1) || true
   [[ $body == mose-probe ]] || die "after restore httpd does not answer ($body)"
   log "checkpoint --export ${tc}s, restore --import ${tr}s ($(du -h "$d/ckpt.tar.gz" | cut -f1) image):" \
       "same TCP connection continues ($n0 -> $n1), LISTEN socket answers: OK"
