@@ -4,16 +4,24 @@
 //! * [`ovs_instance`]: a private ovsdb-server + ovs-vswitchd per (emulated) host.
 //! * [`ovsdb`]: our own RFC 7047 client (bridges, ports, interfaces, ofport numbers).
 //! * [`flows`]: steering flows behind the [`flows::FlowBackend`] trait (`ovs-ofctl` bundles today).
-//! * [`netns`]: service network namespaces (fixed IP/MAC, veth into the bridge, neighbours) via rtnetlink.
-//! * [`link`]: wires between hosts' bridges (veth or VXLAN).
+//! * [`netns`]: endpoint network namespaces (fixed IP/MAC, veth, neighbours, tx csum off) via rtnetlink.
+//! * [`host`]: one host's view ([`HostOverlay`]): bridge + endpoints + wires + steering, for COAT.
 //! * [`shaping`]: tc tbf rate limits for a migration path.
 //!
 //! See `docs/overlay.md` for the design and the measurements behind it.
 
 mod cmd;
 pub mod error;
+pub mod flows;
+pub mod host;
+pub mod netns;
 pub mod ovs_instance;
 pub mod ovsdb;
+pub mod shaping;
 
 pub use error::{OverlayError, Result};
+pub use flows::{FlowBackend, OfctlBackend, ServiceAddr, Steering};
+pub use host::{connect_wire, disconnect_wire, AttachedEndpoint, HostOverlay};
+pub use netns::{EndpointSpec, MacAddr, Neighbour};
 pub use ovs_instance::OvsInstance;
+pub use shaping::Shape;
