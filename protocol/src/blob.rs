@@ -473,6 +473,8 @@ pub async fn fetch_into<W: AsyncWrite + Unpin>(
             });
         }
     }
+    // Every chunk is written; the (empty) request set still borrows the manifest.
+    drop(pending);
     sink.flush().await.map_err(sink_err)?;
 
     let actual: [u8; 32] = hasher.finalize().into();

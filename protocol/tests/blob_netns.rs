@@ -35,7 +35,7 @@ fn blob_server_child() {
             .unwrap();
         if role == "corrupt" {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
             let mut byte = [0u8; 1];
             f.read_exact_at(&mut byte, CORRUPT_AT).unwrap();
             f.write_all_at(&[byte[0] ^ 0x40], CORRUPT_AT).unwrap();
