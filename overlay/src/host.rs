@@ -118,7 +118,12 @@ impl HostOverlay {
 
     /// COAT step 1 on the destination (and the mobile client's own namespace): create the
     /// endpoint namespace with its fixed IP/MAC, attach its veth to the bridge, return the port.
+    ///
+    /// Idempotent: a retry replaces the veth, and the OvS port is removed first and re-added,
+    /// because ovs-vswitchd keeps its packet socket on the *old* device of that name otherwise
+    /// (the port would exist but pass no traffic).
     pub async fn add_endpoint(&self, spec: &EndpointSpec) -> Result<AttachedEndpoint> {
+        self.remove_port(&spec.host_ifname).await?;
         let endpoint = netns::create_endpoint(&self.netns_dir, self.host_ns.as_deref(), spec).await?;
         let ofport = self.ensure_port(&PortSpec::new(&spec.host_ifname, PortKind::System)).await?;
         Ok(AttachedEndpoint { endpoint, ofport })
@@ -155,6 +160,9 @@ pub async fn connect_wire(a: &HostOverlay, a_port: &str, b: &HostOverlay, b_port
         .host_ns
         .as_deref()
         .ok_or_else(|| OverlayError::Invalid(format!("host of bridge {} has no netns path to put {b_port} in", b.bridge)))?;
+    // As in add_endpoint: drop stale ports first, or OvS keeps reading the replaced devices.
+    a.remove_port(a_port).await?;
+    b.remove_port(b_port).await?;
     netns::create_wire(a.host_ns.as_deref(), a_port, b_ns, b_port).await?;
     let pa = a.ensure_port(&PortSpec::new(a_port, PortKind::System)).await?;
     let pb = b.ensure_port(&PortSpec::new(b_port, PortKind::System)).await?;

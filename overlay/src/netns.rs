@@ -171,6 +171,16 @@ where
         .map_err(|e| OverlayError::io(label, e))
 }
 
+/// Run blocking `f` on a thread inside the network namespace at `ns`, e.g. to open a socket
+/// there (a socket keeps its namespace whichever thread uses it later).
+pub async fn in_netns<T, F>(ns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    on_ns_thread(Some(ns), "run in netns", f).await
+}
+
 /// An rtnetlink handle whose socket lives in the namespace at `ns` (None: ours).
 pub(crate) async fn netlink(ns: Option<&Path>) -> Result<Handle> {
     let rt = tokio::runtime::Handle::current();
