@@ -64,7 +64,7 @@ where
 /// Failures are returned as text: teardown collects them and carries on.
 pub fn run_sync(program: &str, args: &[&str], timeout: Duration) -> std::result::Result<String, String> {
     let shown = format!("{program} {}", args.join(" "));
-    let mut child = std::process::Command::new(program)
+    let child = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -476,7 +476,8 @@ impl Host {
             .await?
             .trim()
             .to_string();
-        if id != image.id {
+        // podman prints the bare hex digest, the archive names it `sha256:<hex>`.
+        if id != image.id.trim_start_matches("sha256:") {
             return Err(TestbedError::State(format!(
                 "image {} loaded into host {} has ID {id}, expected {} (the archive's config digest)",
                 image.reference, self.full_name, image.id
