@@ -3,8 +3,12 @@
 //! * [`config`] / [`cli`]: TOML configuration with command-line overrides.
 //! * [`node`]: presence on the MOSE network (liveliness, profile, metrics).
 //! * [`profiling`]: host load and per-container state size.
+//! * [`steps`]: the migration-step queryables and the [`steps::StepExecutor`] seam.
+//! * [`runtime`]: the Podman (libpod) driver and the host capability probe.
 
 pub mod cli;
 pub mod config;
 pub mod node;
 pub mod profiling;
+pub mod runtime;
+pub mod steps;

@@ -3,6 +3,7 @@
 //!
 //! * [`registry`]: discovery by liveliness, profiles, metrics → [`registry::AgentsView`].
 //! * [`designer`]: the PAM model and the configuration algorithm.
+//! * [`rpc`]: asking agents to carry out migration steps.
 //! * [`api`]: the HTTP API (axum).
 //! * [`cli`]: command line of the `mose-orchestrator` daemon.
 //! * [`client`]: the HTTP client and table rendering behind the `mose` CLI.
@@ -12,3 +13,4 @@ pub mod cli;
 pub mod client;
 pub mod designer;
 pub mod registry;
+pub mod rpc;
