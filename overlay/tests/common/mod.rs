@@ -1,4 +1,8 @@
 //! Shared scaffolding of the root integration tests: emulated hosts as plain network namespaces,
+//!
+//! Every test binary compiles this module and none uses all of it, hence the allow below.
+
+#![allow(dead_code)]
 //! each with a private OvS, all named `<prefix>...` and removed on drop (also when a test fails).
 
 use std::net::{Ipv4Addr, SocketAddr};
