@@ -241,7 +241,10 @@ pub fn write_image(spec: &ImageSpec, binary: &Path, out_dir: &Path) -> Result<Bu
 /// Write via a temp file + rename, so a parallel reader (another test loading the image) never
 /// sees a half-written archive.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per process *and* call: parallel tests in one process build the same images.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{seq}", std::process::id()));
     std::fs::write(&tmp, data).map_err(|e| TestbedError::io(format!("write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| TestbedError::io(format!("rename to {}", path.display()), e))
 }

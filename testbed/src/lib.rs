@@ -4,7 +4,7 @@
 //! * [`lan`]: the bridge connecting hosts, with per-host rate/delay shaping.
 //! * [`quirks`]: machine-specific container settings (ulimits without `CAP_SYS_RESOURCE`).
 //! * [`images`]: reproducible local images of our static workloads (`counter-service`, `memload`).
-//! * [`sweep_stale`]: removes everything a crashed run left behind.
+//! * [`sweep_stale`]: removes everything a crashed run left behind; [`leftovers`] checks for it.
 //!
 //! See `docs/testbed.md` for the model, the addressing and measured timings.
 
@@ -22,7 +22,7 @@ pub use host::{Host, NsInodes};
 pub use images::{BuiltImage, ImageBuilder, ImageSpec};
 pub use lan::{Lan, LinkShape};
 pub use quirks::Quirks;
-pub use sweep::{sweep_stale, SweepReport};
+pub use sweep::{leftovers, sweep_stale, SweepReport};
 
 /// Name prefix of everything the testbed CLI makes; tests use longer prefixes that start with it,
 /// so `mose-testbed down` (which sweeps this prefix) also clears what crashed tests left.

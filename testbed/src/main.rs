@@ -33,6 +33,18 @@ async fn main() -> anyhow::Result<()> {
             if !r.is_clean() {
                 anyhow::bail!("could not remove everything: {}", r.problems.join("; "));
             }
+            // A veth vanishes with its namespace a moment after the namespace's last user.
+            let mut left = mose_testbed::leftovers(&prefix);
+            for _ in 0..50 {
+                if left.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                left = mose_testbed::leftovers(&prefix);
+            }
+            if !left.is_empty() {
+                anyhow::bail!("still present after the sweep: {}", left.join("; "));
+            }
         }
     }
     Ok(())

@@ -42,6 +42,23 @@ pub async fn sweep_stale(prefix: &str) -> Result<SweepReport> {
         .map_err(|e| TestbedError::State(format!("sweep task failed: {e}")))
 }
 
+/// What of the testbed objects named `prefix*` still exists: host namespace/state directories,
+/// root-namespace interfaces, and processes naming a host's state directory (private OvS
+/// daemons). Empty after a complete teardown or sweep. Processes of a host that only its
+/// namespaces identify are stopped by the teardown itself (see [`crate::Host::processes`]).
+pub fn leftovers(prefix: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for base in [RUN_BASE, STATE_BASE] {
+        v.extend(entries_with_prefix(Path::new(base), prefix).into_iter().map(|e| format!("directory {base}/{e}")));
+    }
+    v.extend(sys::link_names().into_iter().filter(|l| l.starts_with(prefix)).map(|l| format!("interface {l}")));
+    for p in sys::pids_with_cmdline(&format!("{STATE_BASE}/{prefix}")) {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        v.push(format!("process {p}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()));
+    }
+    v
+}
+
 /// Names in `dir` starting with `prefix`.
 fn entries_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
     std::fs::read_dir(dir)

@@ -92,3 +92,98 @@ pub fn links_with_prefix(prefix: &str) -> Vec<String> {
         .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect())
         .unwrap_or_default()
 }
+
+/// A host as a test leaves it running: private OvS with a userspace bridge, the podman API
+/// service, and a running counter container. Returns the container's ID.
+pub async fn populate(host: &mut Host, image: &mose_testbed::BuiltImage) -> String {
+    let ovs = host.start_ovs().await.expect("start OvS");
+    let db = format!("--db={}", ovs.db_url());
+    run(
+        "ovs-vsctl",
+        &[&db, "--timeout=20", "add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"],
+    )
+    .await;
+    host.start_podman_service().await.expect("podman API service");
+    host.load_image(image).await.expect("load image");
+    let id = host
+        .podman_output(["run", "-d", "--name", "counter", "--network", "host", &image.reference], Duration::from_secs(60))
+        .await
+        .expect("podman run");
+    id.trim().to_string()
+}
+
+/// The counter image, built (or found up to date) from the workloads crate.
+pub async fn counter_image() -> mose_testbed::BuiltImage {
+    let built = mose_testbed::ImageBuilder::default().build_all().await.expect("build images");
+    built.into_iter().find(|i| i.spec == mose_testbed::images::COUNTER).expect("counter image")
+}
+
+/// Everything that still uses one of the given namespaces: processes inside them and mounts
+/// of them (`nsfs` bind mounts) in our mount namespace. Empty once the namespaces are gone.
+pub fn namespace_users(inodes: &[mose_testbed::NsInodes]) -> Vec<String> {
+    let wanted: Vec<String> = inodes
+        .iter()
+        .flat_map(|i| [format!("net:[{}]", i.net), format!("mnt:[{}]", i.mnt), format!("uts:[{}]", i.uts)])
+        .collect();
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        for kind in ["net", "mnt", "uts"] {
+            if let Ok(l) = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")) {
+                let l = l.to_string_lossy().into_owned();
+                if wanted.contains(&l) {
+                    v.push(format!("process {pid} is in {l}"));
+                }
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        if let Some(w) = wanted.iter().find(|w| line.contains(w.as_str())) {
+            v.push(format!("mount of {w}: {line}"));
+        }
+    }
+    v
+}
+
+/// Pids of `pids` that are still alive (zombies count as gone).
+pub fn alive(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+                == Some(false)
+        })
+        .collect()
+}
+
+/// Cgroup directories podman/runc made for container `id` that still exist.
+pub fn container_cgroups(id: &str) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "3", "-type", "d", "-name", &format!("*{id}*")])
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Assert that nothing of the testbed `prefix` and the given hosts' namespaces, processes and
+/// containers is left (waiting a little: the kernel frees namespaces and their veths asynchronously).
+pub async fn assert_nothing_left(prefix: &str, inodes: &[mose_testbed::NsInodes], pids: &[i32], containers: &[String]) {
+    let clean = || {
+        mose_testbed::leftovers(prefix).is_empty()
+            && namespace_users(inodes).is_empty()
+            && alive(pids).is_empty()
+            && containers.iter().all(|c| container_cgroups(c).is_empty())
+    };
+    if !eventually(Duration::from_secs(15), clean).await {
+        panic!(
+            "left behind: {:?} {:?} alive pids {:?} cgroups {:?}",
+            mose_testbed::leftovers(prefix),
+            namespace_users(inodes),
+            alive(pids),
+            containers.iter().flat_map(|c| container_cgroups(c)).collect::<Vec<_>>()
+        );
+    }
+}
