@@ -24,11 +24,17 @@ pub fn show(c: &Command) -> String {
 /// Run `c` to completion within `timeout`; non-zero exit is an error carrying stderr. Returns stdout.
 pub async fn output(mut c: Command, timeout: Duration) -> Result<String> {
     let shown = show(&c);
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     tracing::debug!(cmd = %shown, "run");
     let out = tokio::time::timeout(timeout, c.output())
         .await
-        .map_err(|_| TestbedError::Timeout { what: format!("`{shown}`"), after_ms: timeout.as_millis() as u64 })?
+        .map_err(|_| TestbedError::Timeout {
+            what: format!("`{shown}`"),
+            after_ms: timeout.as_millis() as u64,
+        })?
         .map_err(|e| TestbedError::io(format!("cannot run `{shown}`"), e))?;
     if !out.status.success() {
         return Err(TestbedError::Command {
@@ -62,7 +68,11 @@ where
 
 /// Synchronous variant for teardown paths that run in `Drop` (no runtime guaranteed there).
 /// Failures are returned as text: teardown collects them and carries on.
-pub fn run_sync(program: &str, args: &[&str], timeout: Duration) -> std::result::Result<String, String> {
+pub fn run_sync(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> std::result::Result<String, String> {
     let shown = format!("{program} {}", args.join(" "));
     let child = std::process::Command::new(program)
         .args(args)
@@ -80,13 +90,23 @@ pub fn run_sync(program: &str, args: &[&str], timeout: Duration) -> std::result:
     let out = match rx.recv_timeout(timeout) {
         Ok(r) => r.map_err(|e| format!("reading output of `{shown}`: {e}"))?,
         Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            return Err(format!("`{shown}` timed out after {} ms", timeout.as_millis()));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(format!(
+                "`{shown}` timed out after {} ms",
+                timeout.as_millis()
+            ));
         }
     };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

@@ -14,7 +14,11 @@ pub enum TestbedError {
     },
     /// An external command ran but reported failure.
     #[error("command `{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     /// Something did not happen within its deadline.
     #[error("timed out after {after_ms} ms: {what}")]
     Timeout { what: String, after_ms: u64 },
@@ -36,6 +40,9 @@ pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
 impl TestbedError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        TestbedError::Io { what: what.into(), source }
+        TestbedError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

@@ -114,7 +114,9 @@ pub struct Host {
 pub(crate) fn validate_name(kind: &str, name: &str, max: usize) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -139,7 +141,9 @@ impl Host {
         let t0 = Instant::now();
         validate_name("host name", name, 32)?;
         if name == "br" {
-            return Err(TestbedError::Invalid("host name `br` is reserved for the LAN bridge".into()));
+            return Err(TestbedError::Invalid(
+                "host name `br` is reserved for the LAN bridge".into(),
+            ));
         }
         let full_name = format!("{}{}", lan.prefix(), name);
         if full_name.len() > 15 {
@@ -171,7 +175,11 @@ impl Host {
             veth_outside: full_name.clone(),
             ns_dir,
             state_dir,
-            inodes: NsInodes { net: 0, mnt: 0, uts: 0 },
+            inodes: NsInodes {
+                net: 0,
+                mnt: 0,
+                uts: 0,
+            },
             quirks,
             ovs: None,
             podman_service: None,
@@ -186,13 +194,21 @@ impl Host {
 
     async fn make_namespaces(&mut self) -> Result<()> {
         let base = Path::new(RUN_BASE);
-        sys::ensure_private_mount(base)
-            .map_err(|e| TestbedError::io(format!("make {RUN_BASE} a private mount for namespace files"), e))?;
+        sys::ensure_private_mount(base).map_err(|e| {
+            TestbedError::io(
+                format!("make {RUN_BASE} a private mount for namespace files"),
+                e,
+            )
+        })?;
         let io = |what: &str, p: &Path, e| TestbedError::io(format!("{what} {}", p.display()), e);
-        tokio::fs::create_dir_all(&self.ns_dir).await.map_err(|e| io("create", &self.ns_dir, e))?;
+        tokio::fs::create_dir_all(&self.ns_dir)
+            .await
+            .map_err(|e| io("create", &self.ns_dir, e))?;
         for f in ["net", "mnt", "uts"] {
             let p = self.ns_dir.join(f);
-            tokio::fs::write(&p, b"").await.map_err(|e| io("create namespace file", &p, e))?;
+            tokio::fs::write(&p, b"")
+                .await
+                .map_err(|e| io("create namespace file", &p, e))?;
         }
         let mut binds = Vec::new();
         for &(inside, sub, seed) in PRIVATE_DIRS {
@@ -200,9 +216,19 @@ impl Host {
             if seed && !Path::new(inside).is_dir() {
                 continue; // nothing to copy and nothing to hide (e.g. no /etc/cni here)
             }
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| io("create state dir", &dir, e))?;
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| io("create state dir", &dir, e))?;
             if seed {
-                cmd::run("cp", ["-a".to_string(), format!("{inside}/."), format!("{}/", dir.display())]).await?;
+                cmd::run(
+                    "cp",
+                    [
+                        "-a".to_string(),
+                        format!("{inside}/."),
+                        format!("{}/", dir.display()),
+                    ],
+                )
+                .await?;
             }
             binds.push(format!("{inside}:{sub}"));
         }
@@ -231,10 +257,17 @@ impl Host {
         cmd::output(c, cmd::SHORT).await?;
         let ino = |f: &str| {
             sys::ns_inode(&self.ns_dir.join(f)).ok_or_else(|| {
-                TestbedError::State(format!("namespace file {} is not bound after unshare", self.ns_dir.join(f).display()))
+                TestbedError::State(format!(
+                    "namespace file {} is not bound after unshare",
+                    self.ns_dir.join(f).display()
+                ))
             })
         };
-        self.inodes = NsInodes { net: ino("net")?, mnt: ino("mnt")?, uts: ino("uts")? };
+        self.inodes = NsInodes {
+            net: ino("net")?,
+            mnt: ino("mnt")?,
+            uts: ino("uts")?,
+        };
         Ok(())
     }
 
@@ -245,7 +278,12 @@ impl Host {
         if path.exists() {
             tracing::warn!(path = %path.display(), "replacing the machine's containers.conf inside the emulated host");
         }
-        let ulimits: Vec<String> = self.quirks.container_ulimits().iter().map(|u| format!("\"{u}\"")).collect();
+        let ulimits: Vec<String> = self
+            .quirks
+            .container_ulimits()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect();
         let text = format!(
             "# Written by mose-testbed for emulated host {name}.\n\
              [containers]\n\
@@ -260,7 +298,9 @@ impl Host {
             name = self.full_name,
             ulimits = ulimits.join(", ")
         );
-        tokio::fs::write(&path, text).await.map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
+        tokio::fs::write(&path, text)
+            .await
+            .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
     }
 
     async fn plug_into(&self, lan: &Lan) -> Result<()> {
@@ -268,13 +308,17 @@ impl Host {
         let out = self.veth_outside.as_str();
         cmd::run(
             "ip",
-            ["link", "add", out, "type", "veth", "peer", "name", LAN_IFNAME, "address", &self.mac, "netns", &netns],
+            [
+                "link", "add", out, "type", "veth", "peer", "name", LAN_IFNAME, "address",
+                &self.mac, "netns", &netns,
+            ],
         )
         .await?;
         crate::lan::disable_ipv6(out);
         cmd::run("ip", ["link", "set", out, "master", lan.bridge(), "up"]).await?;
         let cidr = format!("{}/{}", self.addr, self.prefix_len);
-        self.run("ip", ["addr", "add", &cidr, "dev", LAN_IFNAME]).await?;
+        self.run("ip", ["addr", "add", &cidr, "dev", LAN_IFNAME])
+            .await?;
         self.run("ip", ["link", "set", LAN_IFNAME, "up"]).await?;
         Ok(())
     }
@@ -431,14 +475,23 @@ impl Host {
         let log_path = self.state_dir.join("podman-service.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| TestbedError::io(format!("create {}", log_path.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| TestbedError::io("duplicate log file handle", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| TestbedError::io("duplicate log file handle", e))?;
         let mut c = self.podman();
-        c.args(["system", "service", "--time=0", &format!("unix://{PODMAN_SOCKET_INSIDE}")])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true);
-        let mut child = c.spawn().map_err(|e| TestbedError::io("spawn podman system service", e))?;
+        c.args([
+            "system",
+            "service",
+            "--time=0",
+            &format!("unix://{PODMAN_SOCKET_INSIDE}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(true);
+        let mut child = c
+            .spawn()
+            .map_err(|e| TestbedError::io("spawn podman system service", e))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::UnixStream::connect(&sock).await.is_ok() {
@@ -455,7 +508,11 @@ impl Host {
             if Instant::now() > deadline {
                 let _ = child.start_kill();
                 return Err(TestbedError::Timeout {
-                    what: format!("podman API socket {} of host {}", sock.display(), self.full_name),
+                    what: format!(
+                        "podman API socket {} of host {}",
+                        sock.display(),
+                        self.full_name
+                    ),
                     after_ms: 20_000,
                 });
             }
@@ -470,9 +527,13 @@ impl Host {
     /// check it got the expected image ID, which is what lets a checkpoint from another host restore here.
     pub async fn load_image(&self, image: &BuiltImage) -> Result<String> {
         let archive = image.archive.to_string_lossy().into_owned();
-        self.podman_output(["load", "-q", "-i", &archive], Duration::from_secs(120)).await?;
+        self.podman_output(["load", "-q", "-i", &archive], Duration::from_secs(120))
+            .await?;
         let id = self
-            .podman_output(["image", "inspect", "--format", "{{.Id}}", &image.reference], cmd::SHORT)
+            .podman_output(
+                ["image", "inspect", "--format", "{{.Id}}", &image.reference],
+                cmd::SHORT,
+            )
             .await?
             .trim()
             .to_string();
@@ -502,7 +563,11 @@ impl Host {
     }
 
     /// A TCP connection from inside this host to `to`.
-    pub async fn tcp_connect(&self, to: SocketAddr, timeout: Duration) -> Result<tokio::net::TcpStream> {
+    pub async fn tcp_connect(
+        &self,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream> {
         let s = self
             .in_netns(move || {
                 let s = std::net::TcpStream::connect_timeout(&to, timeout)?;
@@ -511,7 +576,8 @@ impl Host {
                 Ok(s)
             })
             .await?;
-        tokio::net::TcpStream::from_std(s).map_err(|e| TestbedError::io("register socket with tokio", e))
+        tokio::net::TcpStream::from_std(s)
+            .map_err(|e| TestbedError::io("register socket with tokio", e))
     }
 
     /// A TCP listener inside this host bound to `at`.
@@ -523,7 +589,8 @@ impl Host {
                 Ok(l)
             })
             .await?;
-        tokio::net::TcpListener::from_std(l).map_err(|e| TestbedError::io("register listener with tokio", e))
+        tokio::net::TcpListener::from_std(l)
+            .map_err(|e| TestbedError::io("register listener with tokio", e))
     }
 
     /// Processes currently running in this host (its namespaces, plus descendants such as containers).
@@ -546,13 +613,22 @@ impl Host {
         let (full, veth) = (self.full_name.clone(), self.veth_outside.clone());
         let more = tokio::task::spawn_blocking(move || teardown_sync(&full, Some(&veth)))
             .await
-            .map_err(|e| TestbedError::State(format!("teardown task of host {} failed: {e}", self.full_name)))?;
+            .map_err(|e| {
+                TestbedError::State(format!(
+                    "teardown task of host {} failed: {e}",
+                    self.full_name
+                ))
+            })?;
         problems.extend(more);
         tracing::info!(host = %self.full_name, ms = t0.elapsed().as_millis() as u64, "host down");
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(TestbedError::State(format!("teardown of host {} left problems: {}", self.full_name, problems.join("; "))))
+            Err(TestbedError::State(format!(
+                "teardown of host {} left problems: {}",
+                self.full_name,
+                problems.join("; ")
+            )))
         }
     }
 
@@ -561,9 +637,15 @@ impl Host {
     async fn stop_podman_service(&mut self) {
         if let Some(mut child) = self.podman_service.take() {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(host = %self.full_name, "podman service ignored SIGTERM, killing it");
                 let _ = child.kill().await;
             }
@@ -666,7 +748,14 @@ pub(crate) fn teardown_sync(full_name: &str, veth: Option<&str>) -> Vec<String> 
             problems.push(format!("remove {}: {e}", state_dir.display()));
         }
     }
-    tracing::debug!(host = full_name, ?net, ?mnt, ?uts, killed = pids.len(), "teardown done");
+    tracing::debug!(
+        host = full_name,
+        ?net,
+        ?mnt,
+        ?uts,
+        killed = pids.len(),
+        "teardown done"
+    );
     problems
 }
 

@@ -39,8 +39,12 @@ pub const COUNTER: ImageSpec = ImageSpec {
 };
 
 /// The memory-dirtying calibration workload.
-pub const MEMLOAD: ImageSpec =
-    ImageSpec { name: "memload", reference: "localhost/mose/memload:latest", binary: "memload", tcp_ports: &[] };
+pub const MEMLOAD: ImageSpec = ImageSpec {
+    name: "memload",
+    reference: "localhost/mose/memload:latest",
+    binary: "memload",
+    tcp_ports: &[],
+};
 
 /// Every testbed image.
 pub const ALL: &[ImageSpec] = &[COUNTER, MEMLOAD];
@@ -74,9 +78,16 @@ pub struct ImageBuilder {
 
 impl Default for ImageBuilder {
     fn default() -> Self {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let target = workspace.join("target/testbed");
-        ImageBuilder { target_dir: target.join("workloads-static"), out_dir: target.join("images"), workspace }
+        ImageBuilder {
+            target_dir: target.join("workloads-static"),
+            out_dir: target.join("images"),
+            workspace,
+        }
     }
 }
 
@@ -92,7 +103,14 @@ impl ImageBuilder {
         let target = static_target();
         let mut c = tokio::process::Command::new(&cargo);
         c.current_dir(&self.workspace)
-            .args(["build", "--release", "--target", &target, "-p", "mose-workloads"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                &target,
+                "-p",
+                "mose-workloads",
+            ])
             .env("CARGO_TARGET_DIR", &self.target_dir)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             // Set when we run under `cargo test`; it would override RUSTFLAGS.
@@ -121,26 +139,31 @@ impl ImageBuilder {
 /// A tar header with everything that could vary between builds fixed.
 fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
-    h.set_path(path).map_err(|e| TestbedError::io(format!("tar path {path}"), e))?;
+    h.set_path(path)
+        .map_err(|e| TestbedError::io(format!("tar path {path}"), e))?;
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
     h.set_mtime(0);
     h.set_uid(0);
     h.set_gid(0);
-    h.set_username("").and_then(|_| h.set_groupname("")).map_err(|e| TestbedError::io("tar owner names", e))?;
+    h.set_username("")
+        .and_then(|_| h.set_groupname(""))
+        .map_err(|e| TestbedError::io("tar owner names", e))?;
     h.set_cksum();
     Ok(h)
 }
 
 fn append(b: &mut tar::Builder<impl Write>, path: &str, mode: u32, data: &[u8]) -> Result<()> {
     let h = header(path, tar::EntryType::Regular, mode, data.len() as u64)?;
-    b.append(&h, data).map_err(|e| TestbedError::io(format!("append {path} to tar"), e))
+    b.append(&h, data)
+        .map_err(|e| TestbedError::io(format!("append {path} to tar"), e))
 }
 
 fn append_dir(b: &mut tar::Builder<impl Write>, path: &str) -> Result<()> {
     let h = header(path, tar::EntryType::Directory, 0o755, 0)?;
-    b.append(&h, std::io::empty()).map_err(|e| TestbedError::io(format!("append {path} to tar"), e))
+    b.append(&h, std::io::empty())
+        .map_err(|e| TestbedError::io(format!("append {path} to tar"), e))
 }
 
 /// The layer: `/etc/{passwd,group}`, `/tmp` and the binary, in sorted order.
@@ -150,7 +173,11 @@ pub fn rootfs_tar(binary_name: &str, binary: &[u8]) -> Result<Vec<u8>> {
         (binary_name, 0o755, Some(binary)),
         ("etc/", 0o755, None),
         ("etc/group", 0o644, Some(b"root:x:0:\n")),
-        ("etc/passwd", 0o644, Some(b"root:x:0:0:root:/:/sbin/nologin\n")),
+        (
+            "etc/passwd",
+            0o644,
+            Some(b"root:x:0:0:root:/:/sbin/nologin\n"),
+        ),
         ("tmp/", 0o1777, None),
     ];
     files.sort_by(|a, b| a.0.cmp(b.0));
@@ -160,18 +187,23 @@ pub fn rootfs_tar(binary_name: &str, binary: &[u8]) -> Result<Vec<u8>> {
             Some(d) => append(&mut b, path, mode, d)?,
             None => {
                 let h = header(path, tar::EntryType::Directory, mode, 0)?;
-                b.append(&h, std::io::empty()).map_err(|e| TestbedError::io(format!("append {path} to tar"), e))?;
+                b.append(&h, std::io::empty())
+                    .map_err(|e| TestbedError::io(format!("append {path} to tar"), e))?;
             }
         }
     }
-    b.into_inner().map_err(|e| TestbedError::io("finish rootfs tar", e))
+    b.into_inner()
+        .map_err(|e| TestbedError::io("finish rootfs tar", e))
 }
 
 /// The image config (Docker image spec v1.2 / OCI compatible). serde_json's default map is
 /// sorted, so the bytes, and thus the image ID, depend only on the inputs.
 pub fn image_config(spec: &ImageSpec, layer_digest_hex: &str) -> Vec<u8> {
-    let ports: serde_json::Map<String, serde_json::Value> =
-        spec.tcp_ports.iter().map(|p| (format!("{p}/tcp"), serde_json::json!({}))).collect();
+    let ports: serde_json::Map<String, serde_json::Value> = spec
+        .tcp_ports
+        .iter()
+        .map(|p| (format!("{p}/tcp"), serde_json::json!({})))
+        .collect();
     let cfg = serde_json::json!({
         "architecture": go_arch(),
         "os": "linux",
@@ -204,8 +236,12 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Write `<out_dir>/<name>.tar` (docker-archive) and `<out_dir>/<name>-rootfs.tar` for `spec`
 /// with the binary at `binary`. Deterministic: the same binary gives the same bytes and ID.
 pub fn write_image(spec: &ImageSpec, binary: &Path, out_dir: &Path) -> Result<BuiltImage> {
-    let bin = std::fs::read(binary)
-        .map_err(|e| TestbedError::io(format!("read workload binary {} (built?)", binary.display()), e))?;
+    let bin = std::fs::read(binary).map_err(|e| {
+        TestbedError::io(
+            format!("read workload binary {} (built?)", binary.display()),
+            e,
+        )
+    })?;
     let layer = rootfs_tar(spec.binary, &bin)?;
     let layer_hex = sha256_hex(&layer);
     let config = image_config(spec, &layer_hex);
@@ -222,9 +258,12 @@ pub fn write_image(spec: &ImageSpec, binary: &Path, out_dir: &Path) -> Result<Bu
     append_dir(&mut b, &format!("{layer_hex}/"))?;
     append(&mut b, &format!("{layer_hex}/layer.tar"), 0o644, &layer)?;
     append(&mut b, "manifest.json", 0o644, &manifest)?;
-    let archive_bytes = b.into_inner().map_err(|e| TestbedError::io("finish image archive", e))?;
+    let archive_bytes = b
+        .into_inner()
+        .map_err(|e| TestbedError::io("finish image archive", e))?;
 
-    std::fs::create_dir_all(out_dir).map_err(|e| TestbedError::io(format!("create {}", out_dir.display()), e))?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| TestbedError::io(format!("create {}", out_dir.display()), e))?;
     let archive = out_dir.join(format!("{}.tar", spec.name));
     let rootfs = out_dir.join(format!("{}-rootfs.tar", spec.name));
     write_atomic(&archive, &archive_bytes)?;
@@ -245,8 +284,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{seq}", std::process::id()));
-    std::fs::write(&tmp, data).map_err(|e| TestbedError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TestbedError::io(format!("rename to {}", path.display()), e))
+    std::fs::write(&tmp, data)
+        .map_err(|e| TestbedError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| TestbedError::io(format!("rename to {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -260,7 +301,11 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                (e.path().unwrap().to_string_lossy().into_owned(), h.mode().unwrap(), h.mtime().unwrap())
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                )
             })
             .collect()
     }
@@ -273,12 +318,18 @@ mod tests {
         let a = write_image(&COUNTER, &bin, &dir.path().join("a")).unwrap();
         let b = write_image(&COUNTER, &bin, &dir.path().join("b")).unwrap();
         assert_eq!(a.id, b.id);
-        assert_eq!(std::fs::read(&a.archive).unwrap(), std::fs::read(&b.archive).unwrap());
+        assert_eq!(
+            std::fs::read(&a.archive).unwrap(),
+            std::fs::read(&b.archive).unwrap()
+        );
         assert!(a.id.starts_with("sha256:") && a.id.len() == 71);
 
         let root = entries(&std::fs::read(&a.rootfs).unwrap());
         let names: Vec<_> = root.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["counter-service", "etc/", "etc/group", "etc/passwd", "tmp/"]);
+        assert_eq!(
+            names,
+            ["counter-service", "etc/", "etc/group", "etc/passwd", "tmp/"]
+        );
         assert_eq!(root[0].1, 0o755);
         assert!(root.iter().all(|e| e.2 == 0), "mtime 0 everywhere");
 
@@ -314,7 +365,9 @@ mod tests {
     #[test]
     fn missing_binary_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = write_image(&COUNTER, &dir.path().join("nope"), dir.path()).unwrap_err().to_string();
+        let e = write_image(&COUNTER, &dir.path().join("nope"), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("read workload binary"), "{e}");
     }
 }

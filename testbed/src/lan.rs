@@ -45,7 +45,10 @@ pub struct LinkShape {
 
 impl LinkShape {
     pub fn rate(rate_bps: u64) -> Self {
-        LinkShape { rate_bps: Some(rate_bps), delay: None }
+        LinkShape {
+            rate_bps: Some(rate_bps),
+            delay: None,
+        }
     }
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
@@ -62,7 +65,9 @@ impl LinkShape {
         }
         if let Some(d) = self.delay {
             if d > Duration::from_secs(10) {
-                return Err(TestbedError::Invalid(format!("link delay {d:?} is over 10 s")));
+                return Err(TestbedError::Invalid(format!(
+                    "link delay {d:?} is over 10 s"
+                )));
             }
         }
         Ok(())
@@ -96,7 +101,9 @@ impl LinkShape {
             (None, Some(r)) => cmds.push(tbf(&["root", "handle", "10:"], r)),
             (Some(us), rate) => {
                 // netem's default queue (1000 packets) would drop at high rate x delay products.
-                let mut v = s(&["qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay"]);
+                let mut v = s(&[
+                    "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay",
+                ]);
                 v.extend([format!("{us}us"), "limit".into(), "100000".into()]);
                 cmds.push(v);
                 if let Some(r) = rate {
@@ -119,7 +126,10 @@ pub struct Lan {
 /// Stop the root namespace from talking on our links (router solicitations, MLD): it has no
 /// business on the LAN. Best effort: a kernel without IPv6 has nothing to disable.
 pub(crate) fn disable_ipv6(ifname: &str) {
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), b"1");
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        b"1",
+    );
 }
 
 impl Lan {
@@ -134,8 +144,26 @@ impl Lan {
             )));
         }
         // STP off and no forwarding delay: ports forward at once, there are no loops to protect.
-        cmd::run("ip", ["link", "add", &bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"]).await?;
-        let lan = Lan { prefix: prefix.to_string(), bridge, torn_down: false };
+        cmd::run(
+            "ip",
+            [
+                "link",
+                "add",
+                &bridge,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        )
+        .await?;
+        let lan = Lan {
+            prefix: prefix.to_string(),
+            bridge,
+            torn_down: false,
+        };
         disable_ipv6(&lan.bridge);
         cmd::run("ip", ["link", "set", &lan.bridge, "up"]).await?;
         tracing::info!(bridge = %lan.bridge, "LAN up");
@@ -158,7 +186,9 @@ impl Lan {
     /// Address of the `index`-th host: `10.99.0.(10+index)`, index 0..=89.
     pub fn host_addr(&self, index: u8) -> Result<Ipv4Addr> {
         if index > 89 {
-            return Err(TestbedError::Invalid(format!("host index {index} out of range 0..=89")));
+            return Err(TestbedError::Invalid(format!(
+                "host index {index} out of range 0..=89"
+            )));
         }
         Ok(octet(FIRST_HOST_OCTET + index))
     }
@@ -166,7 +196,9 @@ impl Lan {
     /// The `index`-th service address: `10.99.0.(100+index)`, index 0..=99.
     pub fn service_addr(&self, index: u8) -> Result<Ipv4Addr> {
         if index > 99 {
-            return Err(TestbedError::Invalid(format!("service index {index} out of range 0..=99")));
+            return Err(TestbedError::Invalid(format!(
+                "service index {index} out of range 0..=99"
+            )));
         }
         Ok(octet(FIRST_SERVICE_OCTET + index))
     }
@@ -206,7 +238,9 @@ impl Lan {
     pub async fn unshape(&self, host: &Host) -> Result<()> {
         // "No such file" / "Cannot delete qdisc with handle of zero" just mean: nothing to remove.
         let _ = cmd::run("tc", ["qdisc", "del", "dev", host.veth_outside(), "root"]).await;
-        let _ = host.run("tc", ["qdisc", "del", "dev", host.lan_ifname(), "root"]).await;
+        let _ = host
+            .run("tc", ["qdisc", "del", "dev", host.lan_ifname(), "root"])
+            .await;
         Ok(())
     }
 
@@ -225,7 +259,11 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         if !self.torn_down && sys::link_names().contains(&self.bridge) {
-            if let Err(e) = cmd::run_sync("ip", &["link", "del", &self.bridge], Duration::from_secs(10)) {
+            if let Err(e) = cmd::run_sync(
+                "ip",
+                &["link", "del", &self.bridge],
+                Duration::from_secs(10),
+            ) {
                 tracing::warn!(bridge = %self.bridge, error = %e, "could not delete LAN bridge on drop");
             }
         }
@@ -243,7 +281,11 @@ mod tests {
 
     fn lan() -> Lan {
         // Not created: only the pure helpers are exercised. torn_down keeps Drop quiet.
-        Lan { prefix: "t-".into(), bridge: "t-br".into(), torn_down: true }
+        Lan {
+            prefix: "t-".into(),
+            bridge: "t-br".into(),
+            torn_down: true,
+        }
     }
 
     #[test]
@@ -257,7 +299,11 @@ mod tests {
         assert!(l.contains(Ipv4Addr::new(10, 99, 0, 1)));
         assert!(!l.contains(Ipv4Addr::new(10, 99, 1, 1)));
         assert!(!l.contains(Ipv4Addr::new(10, 99, 0, 255)));
-        assert!(l.check_host_addr(Ipv4Addr::new(192, 168, 0, 1)).unwrap_err().to_string().contains("not a host address"));
+        assert!(l
+            .check_host_addr(Ipv4Addr::new(192, 168, 0, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("not a host address"));
     }
 
     #[test]
@@ -265,18 +311,37 @@ mod tests {
         assert!(LinkShape::default().tc_commands("x").is_empty());
         let r = LinkShape::rate(100_000_000).tc_commands("x");
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].join(" "), "qdisc add dev x root handle 10: tbf rate 100000000bit burst 62500 latency 200ms");
-        let rd = LinkShape::rate(8_000_000).with_delay(Duration::from_millis(5)).tc_commands("x");
-        assert_eq!(rd[0].join(" "), "qdisc add dev x root handle 1: netem delay 5000us limit 100000");
-        assert_eq!(rd[1].join(" "), "qdisc add dev x parent 1:1 handle 10: tbf rate 8000000bit burst 32768 latency 200ms");
-        let d = LinkShape::default().with_delay(Duration::from_millis(1)).tc_commands("x");
+        assert_eq!(
+            r[0].join(" "),
+            "qdisc add dev x root handle 10: tbf rate 100000000bit burst 62500 latency 200ms"
+        );
+        let rd = LinkShape::rate(8_000_000)
+            .with_delay(Duration::from_millis(5))
+            .tc_commands("x");
+        assert_eq!(
+            rd[0].join(" "),
+            "qdisc add dev x root handle 1: netem delay 5000us limit 100000"
+        );
+        assert_eq!(
+            rd[1].join(" "),
+            "qdisc add dev x parent 1:1 handle 10: tbf rate 8000000bit burst 32768 latency 200ms"
+        );
+        let d = LinkShape::default()
+            .with_delay(Duration::from_millis(1))
+            .tc_commands("x");
         assert_eq!(d.len(), 1);
     }
 
     #[test]
     fn shapes_are_validated() {
         assert!(LinkShape::rate(10).validate().is_err());
-        assert!(LinkShape::default().with_delay(Duration::from_secs(11)).validate().is_err());
-        assert!(LinkShape::rate(1_000_000).with_delay(Duration::from_millis(2)).validate().is_ok());
+        assert!(LinkShape::default()
+            .with_delay(Duration::from_secs(11))
+            .validate()
+            .is_err());
+        assert!(LinkShape::rate(1_000_000)
+            .with_delay(Duration::from_millis(2))
+            .validate()
+            .is_ok());
     }
 }

@@ -29,7 +29,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Down { prefix } => {
             let r = mose_testbed::sweep_stale(&prefix).await?;
-            println!("removed {} host(s) {:?}, {} link(s) {:?}", r.hosts.len(), r.hosts, r.links.len(), r.links);
+            println!(
+                "removed {} host(s) {:?}, {} link(s) {:?}",
+                r.hosts.len(),
+                r.hosts,
+                r.links.len(),
+                r.links
+            );
             if !r.is_clean() {
                 anyhow::bail!("could not remove everything: {}", r.problems.join("; "));
             }

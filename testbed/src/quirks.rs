@@ -36,9 +36,13 @@ impl Quirks {
     /// Detect from `/proc/self/status` and `getrlimit`.
     pub fn detect() -> Result<Quirks> {
         let path = Path::new("/proc/self/status");
-        let status = std::fs::read_to_string(path)
-            .map_err(|e| TestbedError::io(format!("read {} to check capabilities", path.display()), e))?;
-        let cap_eff = parse_cap_eff(&status).map_err(|why| TestbedError::Parse { path: path.into(), why })?;
+        let status = std::fs::read_to_string(path).map_err(|e| {
+            TestbedError::io(format!("read {} to check capabilities", path.display()), e)
+        })?;
+        let cap_eff = parse_cap_eff(&status).map_err(|why| TestbedError::Parse {
+            path: path.into(),
+            why,
+        })?;
         let hard = |r, name: &str| {
             nix::sys::resource::getrlimit(r)
                 .map(|(_, hard)| hard)
@@ -59,12 +63,18 @@ impl Quirks {
         }
         let nofile = self.nofile_hard.min(PODMAN_DEFAULT_RLIMIT);
         let nproc = self.nproc_hard.min(PODMAN_NPROC_CEILING);
-        vec![format!("nofile={nofile}:{nofile}"), format!("nproc={nproc}:{nproc}")]
+        vec![
+            format!("nofile={nofile}:{nofile}"),
+            format!("nproc={nproc}:{nproc}"),
+        ]
     }
 
     /// The same as command-line arguments: `--ulimit a --ulimit b`.
     pub fn podman_ulimit_args(&self) -> Vec<String> {
-        self.container_ulimits().into_iter().flat_map(|u| ["--ulimit".to_string(), u]).collect()
+        self.container_ulimits()
+            .into_iter()
+            .flat_map(|u| ["--ulimit".to_string(), u])
+            .collect()
     }
 }
 
@@ -74,34 +84,54 @@ pub fn parse_cap_eff(status: &str) -> std::result::Result<u64, String> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .ok_or_else(|| "no CapEff line".to_string())?;
-    u64::from_str_radix(line.trim(), 16).map_err(|e| format!("CapEff `{}` is not hex: {e}", line.trim()))
+    u64::from_str_radix(line.trim(), 16)
+        .map_err(|e| format!("CapEff `{}` is not hex: {e}", line.trim()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STATUS_THIS_MACHINE: &str = "Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
+    const STATUS_THIS_MACHINE: &str =
+        "Name:\tcat\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
         CapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n";
     const STATUS_FULL_ROOT: &str = "CapEff:\t000001ffffffffff\n";
 
     fn quirks(status: &str, nofile: u64, nproc: u64) -> Quirks {
         let cap = parse_cap_eff(status).unwrap();
-        Quirks { has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0, nofile_hard: nofile, nproc_hard: nproc }
+        Quirks {
+            has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0,
+            nofile_hard: nofile,
+            nproc_hard: nproc,
+        }
     }
 
     #[test]
     fn this_machine_needs_explicit_ulimits() {
         let q = quirks(STATUS_THIS_MACHINE, 20000, 96364);
         assert!(!q.has_sys_resource);
-        assert_eq!(q.container_ulimits(), ["nofile=20000:20000", "nproc=32768:32768"]);
-        assert_eq!(q.podman_ulimit_args(), ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+        assert_eq!(
+            q.container_ulimits(),
+            ["nofile=20000:20000", "nproc=32768:32768"]
+        );
+        assert_eq!(
+            q.podman_ulimit_args(),
+            [
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=32768:32768"
+            ]
+        );
     }
 
     #[test]
     fn low_or_unlimited_hard_limits_are_clamped() {
         let q = quirks(STATUS_THIS_MACHINE, u64::MAX, 1000);
-        assert_eq!(q.container_ulimits(), ["nofile=1048576:1048576", "nproc=1000:1000"]);
+        assert_eq!(
+            q.container_ulimits(),
+            ["nofile=1048576:1048576", "nproc=1000:1000"]
+        );
     }
 
     #[test]
@@ -114,8 +144,12 @@ mod tests {
 
     #[test]
     fn bad_status_is_an_error_not_a_panic() {
-        assert!(parse_cap_eff("Name: x\n").unwrap_err().contains("no CapEff"));
-        assert!(parse_cap_eff("CapEff:\tzzzz\n").unwrap_err().contains("not hex"));
+        assert!(parse_cap_eff("Name: x\n")
+            .unwrap_err()
+            .contains("no CapEff"));
+        assert!(parse_cap_eff("CapEff:\tzzzz\n")
+            .unwrap_err()
+            .contains("not hex"));
         assert!(parse_cap_eff("CapEff:\t1ffffffffffffffffffff\n").is_err());
     }
 

@@ -31,7 +31,11 @@ impl SweepReport {
 /// Safe to run when nothing is left, and while unrelated prefixes are in use.
 pub async fn sweep_stale(prefix: &str) -> Result<SweepReport> {
     // A short prefix could match things we did not make (`m` matches every `mose-*`).
-    if prefix.len() < 3 || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if prefix.len() < 3
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(TestbedError::Invalid(format!(
             "sweep prefix `{prefix}` must be at least 3 characters of [a-z0-9-]"
         )));
@@ -49,12 +53,24 @@ pub async fn sweep_stale(prefix: &str) -> Result<SweepReport> {
 pub fn leftovers(prefix: &str) -> Vec<String> {
     let mut v = Vec::new();
     for base in [RUN_BASE, STATE_BASE] {
-        v.extend(entries_with_prefix(Path::new(base), prefix).into_iter().map(|e| format!("directory {base}/{e}")));
+        v.extend(
+            entries_with_prefix(Path::new(base), prefix)
+                .into_iter()
+                .map(|e| format!("directory {base}/{e}")),
+        );
     }
-    v.extend(sys::link_names().into_iter().filter(|l| l.starts_with(prefix)).map(|l| format!("interface {l}")));
+    v.extend(
+        sys::link_names()
+            .into_iter()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| format!("interface {l}")),
+    );
     for p in sys::pids_with_cmdline(&format!("{STATE_BASE}/{prefix}")) {
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        v.push(format!("process {p}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()));
+        v.push(format!(
+            "process {p}: {}",
+            String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()
+        ));
     }
     v
 }
@@ -62,21 +78,35 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
 /// Names in `dir` starting with `prefix`.
 fn entries_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn sweep_sync(prefix: &str) -> SweepReport {
     let mut report = SweepReport::default();
-    let mut hosts: BTreeSet<String> = entries_with_prefix(Path::new(RUN_BASE), prefix).into_iter().collect();
+    let mut hosts: BTreeSet<String> = entries_with_prefix(Path::new(RUN_BASE), prefix)
+        .into_iter()
+        .collect();
     hosts.extend(entries_with_prefix(Path::new(STATE_BASE), prefix));
     for h in hosts {
         tracing::info!(host = %h, "sweeping stale host");
-        report.problems.extend(teardown_sync(&h, None).into_iter().map(|p| format!("{h}: {p}")));
+        report.problems.extend(
+            teardown_sync(&h, None)
+                .into_iter()
+                .map(|p| format!("{h}: {p}")),
+        );
         report.hosts.push(h);
     }
     // Bridges last: veths first so nothing is enslaved while the bridge goes.
-    let mut links: Vec<String> = sys::link_names().into_iter().filter(|l| l.starts_with(prefix)).collect();
+    let mut links: Vec<String> = sys::link_names()
+        .into_iter()
+        .filter(|l| l.starts_with(prefix))
+        .collect();
     links.sort_by_key(|l| l.ends_with("br"));
     for l in links {
         match cmd::run_sync("ip", &["link", "del", &l], Duration::from_secs(10)) {

@@ -24,24 +24,39 @@ pub fn ns_inode(path: &Path) -> Option<u64> {
 fn link_inode(pid: i32, kind: &str) -> Option<u64> {
     let l = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
     let s = l.to_string_lossy();
-    s.strip_prefix(&format!("{kind}:["))?.strip_suffix(']')?.parse().ok()
+    s.strip_prefix(&format!("{kind}:["))?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn all_pids() -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 fn ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Alive and not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|st| st != "Z"),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z"),
         Err(_) => false,
     }
 }
@@ -62,7 +77,8 @@ pub fn pids_in_namespaces(net: Option<u64>, mnt: Option<u64>) -> Vec<i32> {
         .copied()
         .filter(|&p| p != me)
         .filter(|&p| {
-            (net.is_some() && link_inode(p, "net") == net) || (mnt.is_some() && link_inode(p, "mnt") == mnt)
+            (net.is_some() && link_inode(p, "net") == net)
+                || (mnt.is_some() && link_inode(p, "mnt") == mnt)
         })
         .collect();
     let parents: HashMap<i32, i32> = pids.iter().filter_map(|&p| Some((p, ppid(p)?))).collect();
@@ -92,7 +108,11 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
         .filter(|&p| p != me)
         .filter(|&p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -120,7 +140,9 @@ pub fn terminate(pids: &[i32], grace: Duration) -> Vec<i32> {
 
 /// Mount points (as this process sees them) equal to or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let d = dir.to_string_lossy();
     let mut v: Vec<String> = info
         .lines()
@@ -134,7 +156,10 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 pub fn is_mountpoint(dir: &Path) -> bool {
@@ -169,15 +194,30 @@ pub fn unmount_all_under(dir: &Path) -> Vec<String> {
 pub fn ensure_private_mount(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Serialise concurrent test processes: two binds stacked here would be harmless but confusing.
-    let lock = File::options().create(true).append(true).open(dir.with_extension("lock"))?;
+    let lock = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("lock"))?;
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| std::io::Error::from(e))?;
     if !is_mountpoint(dir) {
-        nix::mount::mount(Some(dir), dir, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-            .map_err(std::io::Error::from)?;
-    }
-    nix::mount::mount(None::<&str>, dir, None::<&str>, nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
+        nix::mount::mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
         .map_err(std::io::Error::from)?;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
     Ok(())
 }
 
@@ -191,7 +231,8 @@ where
 {
     let ns = File::open(netns)?;
     std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
         f()
     })
     .join()
@@ -200,8 +241,12 @@ where
 
 /// Names of the network interfaces of the current (root) network namespace.
 pub fn link_names() -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
-    rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
+    let Ok(rd) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -218,11 +263,15 @@ mod tests {
     #[test]
     fn finds_processes_in_a_namespace_and_terminates_them() {
         // A child in a fresh netns (unshare) stands in for a host's process.
-        let mut child = std::process::Command::new("unshare").args(["--net", "sleep", "30"]).spawn().unwrap();
+        let mut child = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "30"])
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         let mut ino = None;
         for _ in 0..200 {
-            ino = link_inode(pid, "net").filter(|&n| Some(n) != link_inode(std::process::id() as i32, "net"));
+            ino = link_inode(pid, "net")
+                .filter(|&n| Some(n) != link_inode(std::process::id() as i32, "net"));
             if ino.is_some() {
                 break;
             }
@@ -245,6 +294,8 @@ mod tests {
     #[test]
     fn mountinfo_unescape() {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert!(mounts_under(Path::new("/proc")).iter().any(|m| m == "/proc"));
+        assert!(mounts_under(Path::new("/proc"))
+            .iter()
+            .any(|m| m == "/proc"));
     }
 }

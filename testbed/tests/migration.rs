@@ -31,7 +31,9 @@ async fn ask(r: &mut BufReader<TcpStream>) -> u64 {
         .expect("reply within 10 s")
         .expect("read");
     assert!(n > 0, "service closed the connection");
-    line.trim().parse().unwrap_or_else(|_| panic!("not a count: {line:?}"))
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a count: {line:?}"))
 }
 
 fn ms(t: Instant) -> u128 {
@@ -45,14 +47,24 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
     let images = ImageBuilder::default();
     let t = Instant::now();
     let built = images.build_all().await.expect("build images");
-    let counter = built.iter().find(|i| i.spec == COUNTER).expect("counter image").clone();
+    let counter = built
+        .iter()
+        .find(|i| i.spec == COUNTER)
+        .expect("counter image")
+        .clone();
     eprintln!("images built in {} ms: {}", ms(t), counter.id);
 
     let lan = Lan::create(PREFIX).await.expect("LAN");
     let t = Instant::now();
-    let mut a = Host::create("a", &lan, lan.host_addr(0).unwrap()).await.expect("host a");
-    let mut b = Host::create("b", &lan, lan.host_addr(1).unwrap()).await.expect("host b");
-    let m = Host::create("m", &lan, lan.host_addr(2).unwrap()).await.expect("mobile client host");
+    let mut a = Host::create("a", &lan, lan.host_addr(0).unwrap())
+        .await
+        .expect("host a");
+    let mut b = Host::create("b", &lan, lan.host_addr(1).unwrap())
+        .await
+        .expect("host b");
+    let m = Host::create("m", &lan, lan.host_addr(2).unwrap())
+        .await
+        .expect("mobile client host");
     eprintln!("3 hosts up in {} ms", ms(t));
     // Each host runs its own OvS and podman API service, like a real edge host (not used by the
     // plain-CLI migration below, but they must coexist with it).
@@ -66,14 +78,26 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
     let t = Instant::now();
     a.load_image(&counter).await.expect("load image on a");
     b.load_image(&counter).await.expect("load image on b");
-    eprintln!("image loaded on 2 hosts in {} ms (same ID {} on both)", ms(t), counter.id);
+    eprintln!(
+        "image loaded on 2 hosts in {} ms (same ID {} on both)",
+        ms(t),
+        counter.id
+    );
 
     let svc = lan.service_addr(0).unwrap();
     service_netns(&a, &lan, SVC_NETNS, "mtb-mig-sa", svc, true).await;
     let net = format!("ns:/run/netns/{SVC_NETNS}");
     let id = a
         .podman_output(
-            ["run", "-d", "--name", "counter", "--network", &net, &counter.reference],
+            [
+                "run",
+                "-d",
+                "--name",
+                "counter",
+                "--network",
+                &net,
+                &counter.reference,
+            ],
             Duration::from_secs(60),
         )
         .await
@@ -107,7 +131,14 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
 
     let t = Instant::now();
     a.podman_output(
-        ["container", "checkpoint", "--tcp-established", "--export", CKPT_INSIDE, "counter"],
+        [
+            "container",
+            "checkpoint",
+            "--tcp-established",
+            "--export",
+            CKPT_INSIDE,
+            "counter",
+        ],
         Duration::from_secs(120),
     )
     .await
@@ -119,12 +150,20 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
     let t = Instant::now();
     let from = a.outside_path(CKPT_INSIDE).unwrap();
     let dest = b.outside_path(CKPT_INSIDE).unwrap();
-    let image_bytes = tokio::fs::copy(&from, &dest).await.expect("copy checkpoint a -> b");
+    let image_bytes = tokio::fs::copy(&from, &dest)
+        .await
+        .expect("copy checkpoint a -> b");
     let transfer_ms = ms(t);
 
     let t = Instant::now();
     b.podman_output(
-        ["container", "restore", "--tcp-established", "--import", CKPT_INSIDE],
+        [
+            "container",
+            "restore",
+            "--tcp-established",
+            "--import",
+            CKPT_INSIDE,
+        ],
         Duration::from_secs(120),
     )
     .await
@@ -136,15 +175,28 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
 
     // Same socket, same local port: the count continues where it stopped.
     for want in 6..=10 {
-        assert_eq!(ask(&mut r).await, want, "count must continue on the same connection after migration");
+        assert_eq!(
+            ask(&mut r).await,
+            want,
+            "count must continue on the same connection after migration"
+        );
     }
     assert_eq!(r.get_ref().local_addr().unwrap(), local);
     let state = b
-        .podman_output(["inspect", "--format", "{{.State.Status}}", "counter"], Duration::from_secs(20))
+        .podman_output(
+            ["inspect", "--format", "{{.State.Status}}", "counter"],
+            Duration::from_secs(20),
+        )
         .await
         .expect("inspect on b");
     assert_eq!(state.trim(), "running");
-    let on_a = a.podman_output(["ps", "-a", "--format", "{{.Names}} {{.Status}}"], Duration::from_secs(20)).await.unwrap();
+    let on_a = a
+        .podman_output(
+            ["ps", "-a", "--format", "{{.Names}} {{.Status}}"],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
     eprintln!("after migration, containers on a: {:?}", on_a.trim());
     println!(
         "MIGRATION counter a->b: prepare {prepare_ms} ms, checkpoint {checkpoint_ms} ms, transfer {transfer_ms} ms \
@@ -160,7 +212,9 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
     lan.destroy().await.expect("LAN teardown");
     eprintln!("teardown in {} ms", ms(t));
     assert!(
-        eventually(Duration::from_secs(10), || links_with_prefix(PREFIX).is_empty()).await,
+        eventually(Duration::from_secs(10), || links_with_prefix(PREFIX)
+            .is_empty())
+        .await,
         "links left: {:?}",
         links_with_prefix(PREFIX)
     );

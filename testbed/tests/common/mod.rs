@@ -12,13 +12,21 @@ pub fn require_root() {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the effective uid.
     let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    assert_eq!(euid, Some(0), "this integration test needs root (namespaces, bridges, podman)");
+    assert_eq!(
+        euid,
+        Some(0),
+        "this integration test needs root (namespaces, bridges, podman)"
+    );
 }
 
 /// Sweep what an earlier crashed run with this prefix may have left, failing on anything that stays.
 pub async fn sweep_before(prefix: &str) {
     let r = sweep_stale(prefix).await.expect("sweep");
-    assert!(r.is_clean(), "stale state of an earlier run could not be removed: {:?}", r.problems);
+    assert!(
+        r.is_clean(),
+        "stale state of an earlier run could not be removed: {:?}",
+        r.problems
+    );
     if !r.hosts.is_empty() || !r.links.is_empty() {
         eprintln!("swept leftovers of an earlier run: {r:?}");
     }
@@ -33,14 +41,28 @@ pub async fn sweep_before(prefix: &str) {
 /// migration prepares the namespace before the freeze but must not answer for the address yet
 /// (its kernel would reset the client's connection). In the product the overlay's OvS flows do
 /// this switching; this test wiring keeps the testbed tests independent of it.
-pub async fn service_netns(host: &Host, lan: &Lan, netns: &str, root_veth: &str, addr: Ipv4Addr, attach: bool) {
+pub async fn service_netns(
+    host: &Host,
+    lan: &Lan,
+    netns: &str,
+    root_veth: &str,
+    addr: Ipv4Addr,
+    attach: bool,
+) {
     let mac = mose_testbed::host::mac_for(addr);
     let cidr = format!("{addr}/{}", lan.prefix_len());
     let me = std::process::id().to_string();
-    host.run("ip", ["netns", "add", netns]).await.expect("ip netns add");
-    host.run("ip", ["link", "add", root_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+    host.run("ip", ["netns", "add", netns])
         .await
-        .expect("veth for the service netns");
+        .expect("ip netns add");
+    host.run(
+        "ip",
+        [
+            "link", "add", root_veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ],
+    )
+    .await
+    .expect("veth for the service netns");
     for args in [
         vec!["-n", netns, "link", "set", "lo", "up"],
         vec!["-n", netns, "link", "set", "eth0", "address", &mac],
@@ -49,7 +71,9 @@ pub async fn service_netns(host: &Host, lan: &Lan, netns: &str, root_veth: &str,
         // Into the root namespace (ours), where the LAN bridge is.
         vec!["link", "set", root_veth, "netns", &me],
     ] {
-        host.run("ip", &args).await.unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+        host.run("ip", &args)
+            .await
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
     }
     if attach {
         attach_service(lan, root_veth).await;
@@ -58,7 +82,11 @@ pub async fn service_netns(host: &Host, lan: &Lan, netns: &str, root_veth: &str,
 
 /// Plug a service veth into the LAN (the "flow switch" of these tests).
 pub async fn attach_service(lan: &Lan, root_veth: &str) {
-    run("ip", &["link", "set", root_veth, "master", lan.bridge(), "up"]).await;
+    run(
+        "ip",
+        &["link", "set", root_veth, "master", lan.bridge(), "up"],
+    )
+    .await;
 }
 
 /// Unplug a service veth from the LAN; the bridge forgets the MACs it learnt there at once.
@@ -67,8 +95,16 @@ pub async fn detach_service(root_veth: &str) {
 }
 
 pub async fn run(program: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(program).args(args).output().await.expect("spawn");
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,7 +125,12 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Interface names of the root namespace starting with `prefix`.
 pub fn links_with_prefix(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/sys/class/net")
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -100,13 +141,36 @@ pub async fn populate(host: &mut Host, image: &mose_testbed::BuiltImage) -> Stri
     let db = format!("--db={}", ovs.db_url());
     run(
         "ovs-vsctl",
-        &[&db, "--timeout=20", "add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"],
+        &[
+            &db,
+            "--timeout=20",
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ],
     )
     .await;
-    host.start_podman_service().await.expect("podman API service");
+    host.start_podman_service()
+        .await
+        .expect("podman API service");
     host.load_image(image).await.expect("load image");
     let id = host
-        .podman_output(["run", "-d", "--name", "counter", "--network", "host", &image.reference], Duration::from_secs(60))
+        .podman_output(
+            [
+                "run",
+                "-d",
+                "--name",
+                "counter",
+                "--network",
+                "host",
+                &image.reference,
+            ],
+            Duration::from_secs(60),
+        )
         .await
         .expect("podman run");
     id.trim().to_string()
@@ -114,8 +178,14 @@ pub async fn populate(host: &mut Host, image: &mose_testbed::BuiltImage) -> Stri
 
 /// The counter image, built (or found up to date) from the workloads crate.
 pub async fn counter_image() -> mose_testbed::BuiltImage {
-    let built = mose_testbed::ImageBuilder::default().build_all().await.expect("build images");
-    built.into_iter().find(|i| i.spec == mose_testbed::images::COUNTER).expect("counter image")
+    let built = mose_testbed::ImageBuilder::default()
+        .build_all()
+        .await
+        .expect("build images");
+    built
+        .into_iter()
+        .find(|i| i.spec == mose_testbed::images::COUNTER)
+        .expect("counter image")
 }
 
 /// Everything that still uses one of the given namespaces: processes inside them and mounts
@@ -123,11 +193,19 @@ pub async fn counter_image() -> mose_testbed::BuiltImage {
 pub fn namespace_users(inodes: &[mose_testbed::NsInodes]) -> Vec<String> {
     let wanted: Vec<String> = inodes
         .iter()
-        .flat_map(|i| [format!("net:[{}]", i.net), format!("mnt:[{}]", i.mnt), format!("uts:[{}]", i.uts)])
+        .flat_map(|i| {
+            [
+                format!("net:[{}]", i.net),
+                format!("mnt:[{}]", i.mnt),
+                format!("uts:[{}]", i.uts),
+            ]
+        })
         .collect();
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         for kind in ["net", "mnt", "uts"] {
             if let Ok(l) = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")) {
                 let l = l.to_string_lossy().into_owned();
@@ -153,7 +231,10 @@ pub fn alive(pids: &[i32]) -> Vec<i32> {
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
                 == Some(false)
         })
         .collect()
@@ -162,15 +243,31 @@ pub fn alive(pids: &[i32]) -> Vec<i32> {
 /// Cgroup directories podman/runc made for container `id` that still exist.
 pub fn container_cgroups(id: &str) -> Vec<String> {
     let out = std::process::Command::new("find")
-        .args(["/sys/fs/cgroup", "-maxdepth", "3", "-type", "d", "-name", &format!("*{id}*")])
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "3",
+            "-type",
+            "d",
+            "-name",
+            &format!("*{id}*"),
+        ])
         .output()
         .expect("find");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Assert that nothing of the testbed `prefix` and the given hosts' namespaces, processes and
 /// containers is left (waiting a little: the kernel frees namespaces and their veths asynchronously).
-pub async fn assert_nothing_left(prefix: &str, inodes: &[mose_testbed::NsInodes], pids: &[i32], containers: &[String]) {
+pub async fn assert_nothing_left(
+    prefix: &str,
+    inodes: &[mose_testbed::NsInodes],
+    pids: &[i32],
+    containers: &[String],
+) {
     let clean = || {
         mose_testbed::leftovers(prefix).is_empty()
             && namespace_users(inodes).is_empty()
@@ -183,7 +280,10 @@ pub async fn assert_nothing_left(prefix: &str, inodes: &[mose_testbed::NsInodes]
             mose_testbed::leftovers(prefix),
             namespace_users(inodes),
             alive(pids),
-            containers.iter().flat_map(|c| container_cgroups(c)).collect::<Vec<_>>()
+            containers
+                .iter()
+                .flat_map(|c| container_cgroups(c))
+                .collect::<Vec<_>>()
         );
     }
 }

@@ -20,21 +20,31 @@ impl Opts {
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
             let Some(key) = a.strip_prefix("--") else {
-                return Err(format!("unexpected argument `{a}` (options are --key value)"));
+                return Err(format!(
+                    "unexpected argument `{a}` (options are --key value)"
+                ));
             };
             if let Some((k, v)) = key.split_once('=') {
                 flags.insert(k.to_string(), v.to_string());
             } else {
-                let v = it.next().ok_or_else(|| format!("option --{key} needs a value"))?;
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("option --{key} needs a value"))?;
                 flags.insert(key.to_string(), v);
             }
         }
-        Ok(Opts { flags, env: env.into_iter().collect() })
+        Ok(Opts {
+            flags,
+            env: env.into_iter().collect(),
+        })
     }
 
     /// The flag `--key`, else the environment variable `env_key`.
     pub fn get(&self, key: &str, env_key: &str) -> Option<&str> {
-        self.flags.get(key).or_else(|| self.env.get(env_key)).map(String::as_str)
+        self.flags
+            .get(key)
+            .or_else(|| self.env.get(env_key))
+            .map(String::as_str)
     }
 
     /// As [`Opts::get`], parsed as a number; a value that does not parse is an error, not a default.
@@ -51,7 +61,11 @@ impl Opts {
 
     /// Flags that no caller asked for are typos; report them.
     pub fn unknown<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
-        self.flags.keys().map(String::as_str).filter(|k| !known.contains(k)).collect()
+        self.flags
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !known.contains(k))
+            .collect()
     }
 }
 
@@ -65,8 +79,11 @@ mod tests {
 
     #[test]
     fn flags_then_env() {
-        let o = Opts::parse(s(&["--port", "7001", "--x=3"]), [("PORT".into(), "9".into()), ("Y".into(), "4".into())])
-            .unwrap();
+        let o = Opts::parse(
+            s(&["--port", "7001", "--x=3"]),
+            [("PORT".into(), "9".into()), ("Y".into(), "4".into())],
+        )
+        .unwrap();
         assert_eq!(o.num::<u16>("port", "PORT").unwrap(), Some(7001));
         assert_eq!(o.num::<u32>("x", "X").unwrap(), Some(3));
         assert_eq!(o.num::<u32>("y", "Y").unwrap(), Some(4));

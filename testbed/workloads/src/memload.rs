@@ -42,7 +42,10 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(pages_per_s: f64) -> Pacer {
-        Pacer { pages_per_s: pages_per_s.max(0.0), done: 0 }
+        Pacer {
+            pages_per_s: pages_per_s.max(0.0),
+            done: 0,
+        }
     }
     /// Pages to dirty now so the total keeps up with the rate at `elapsed_s`.
     pub fn due(&mut self, elapsed_s: f64) -> u64 {
@@ -68,7 +71,10 @@ pub struct PageCursor {
 
 impl PageCursor {
     pub fn new(pages: usize) -> PageCursor {
-        PageCursor { pages: pages.max(1), next: 0 }
+        PageCursor {
+            pages: pages.max(1),
+            next: 0,
+        }
     }
     pub fn next_page(&mut self) -> usize {
         let p = self.next;
@@ -87,7 +93,11 @@ mod tests {
         let total: u64 = (1..=100).map(|i| p.due(i as f64 * 0.01)).sum();
         assert_eq!(total, 1000);
         assert_eq!(p.due(1.0), 0, "nothing more due at the same time");
-        assert_eq!(Pacer::new(-5.0).due(10.0), 0, "negative rates clamp to zero");
+        assert_eq!(
+            Pacer::new(-5.0).due(10.0),
+            0,
+            "negative rates clamp to zero"
+        );
     }
 
     #[test]

@@ -25,15 +25,20 @@ fn run() -> Result<(), String> {
     }
     let port: u16 = opts.num("port", "PORT")?.unwrap_or(7000);
     let bind = opts.get("bind", "BIND").unwrap_or("0.0.0.0");
-    let listener =
-        TcpListener::bind((bind, port)).map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    let listener = TcpListener::bind((bind, port))
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
     println!("counter-service: listening on {bind}:{port}");
     let mut counter = Counter::default();
     loop {
-        let (stream, peer) = listener.accept().map_err(|e| format!("accept failed: {e}"))?;
+        let (stream, peer) = listener
+            .accept()
+            .map_err(|e| format!("accept failed: {e}"))?;
         // Replies are tiny and latency is what the client measures.
         let _ = stream.set_nodelay(true);
-        println!("counter-service: connection from {peer}, count={}", counter.count);
+        println!(
+            "counter-service: connection from {peer}, count={}",
+            counter.count
+        );
         let reader = match stream.try_clone() {
             Ok(s) => BufReader::new(s),
             Err(e) => {
@@ -43,8 +48,14 @@ fn run() -> Result<(), String> {
         };
         // A broken connection only ends that connection; the count stays.
         match counter.serve(reader, BufWriter::new(stream)) {
-            Ok(n) => println!("counter-service: {peer} closed after {n} lines, count={}", counter.count),
-            Err(e) => println!("counter-service: {peer} dropped ({e}), count={}", counter.count),
+            Ok(n) => println!(
+                "counter-service: {peer} closed after {n} lines, count={}",
+                counter.count
+            ),
+            Err(e) => println!(
+                "counter-service: {peer} dropped ({e}), count={}",
+                counter.count
+            ),
         }
     }
 }

@@ -21,7 +21,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let opts = Opts::parse(std::env::args().skip(1), std::env::vars())?;
-    if let Some(k) = opts.unknown(&["mib", "pages-per-sec", "mib-per-sec", "report-ms", "seed"]).first() {
+    if let Some(k) = opts
+        .unknown(&["mib", "pages-per-sec", "mib-per-sec", "report-ms", "seed"])
+        .first()
+    {
         return Err(format!("unknown option --{k}"));
     }
     let mib: usize = opts.num("mib", "MEMLOAD_MIB")?.unwrap_or(64);
@@ -29,17 +32,27 @@ fn run() -> Result<(), String> {
         opts.num::<f64>("pages-per-sec", "MEMLOAD_PAGES_PER_SEC")?,
         opts.num::<f64>("mib-per-sec", "MEMLOAD_MIB_PER_SEC")?,
     ) {
-        (Some(_), Some(_)) => return Err("give either --pages-per-sec or --mib-per-sec, not both".into()),
+        (Some(_), Some(_)) => {
+            return Err("give either --pages-per-sec or --mib-per-sec, not both".into())
+        }
         (Some(p), None) => p,
         (None, Some(m)) => mib_per_s_to_pages(m),
         (None, None) => 0.0,
     };
     if !pages_per_s.is_finite() || pages_per_s < 0.0 {
-        return Err(format!("dirty rate must be a finite number >= 0, got {pages_per_s}"));
+        return Err(format!(
+            "dirty rate must be a finite number >= 0, got {pages_per_s}"
+        ));
     }
-    let report = Duration::from_millis(opts.num("report-ms", "MEMLOAD_REPORT_MS")?.unwrap_or(1000u64).max(10));
+    let report = Duration::from_millis(
+        opts.num("report-ms", "MEMLOAD_REPORT_MS")?
+            .unwrap_or(1000u64)
+            .max(10),
+    );
     let seed: u64 = opts.num("seed", "MEMLOAD_SEED")?.unwrap_or(0x6d6f7365);
-    let bytes = mib.checked_mul(1024 * 1024).ok_or_else(|| format!("--mib {mib} is too large"))?;
+    let bytes = mib
+        .checked_mul(1024 * 1024)
+        .ok_or_else(|| format!("--mib {mib} is too large"))?;
 
     let t0 = Instant::now();
     let mut rng = Rng::new(seed);
