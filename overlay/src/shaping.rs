@@ -3,12 +3,15 @@
 //!
 //! Layout when a destination is given (other traffic must keep its full rate):
 //! ```text
-//! root 1: prio bands 4            (default priomap only uses bands 1-3)
-//!   1:4  <- u32 match ip dst <destination>/32
-//!     40: tbf rate <L>
+//! root 1: htb                    (no default class: unclassified traffic bypasses shaping)
+//!   class 1:4 htb rate L ceil L  <- u32 match ip dst <destination>/32
+//!     40: tbf rate L             (the token bucket that paces the migration)
 //! ```
-//! Without a destination the tbf is the root qdisc. tc has no netlink builder for tbf in
-//! rtnetlink, so this one step shells out to `tc` (run inside the namespace with `nsenter`).
+//! Why htb and not `prio`: this kernel (and the testbed's) ships only htb, tbf and pfifo_fast
+//! among the qdiscs (no prio, netem, fq_codel); htb with no default class is the classful qdisc
+//! that passes everything we do not classify untouched.
+//! Without a destination the tbf is the root qdisc. rtnetlink has no builder for tbf/htb
+//! options, so this one step shells out to `tc` (inside the namespace via `nsenter`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -48,7 +51,11 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
     match s.dst {
         None => vec![tbf(&["root", "handle", "40:"])],
         Some(dst) => vec![
-            cmd::argv(["qdisc", "add", "dev", s.dev.as_str(), "root", "handle", "1:", "prio", "bands", "4"]),
+            cmd::argv(["qdisc", "add", "dev", s.dev.as_str(), "root", "handle", "1:", "htb"]),
+            cmd::argv([
+                "class", "add", "dev", s.dev.as_str(), "parent", "1:", "classid", "1:4", "htb", "rate", rate.as_str(), "ceil",
+                rate.as_str(), "burst", burst.as_str(),
+            ]),
             tbf(&["parent", "1:4", "handle", "40:"]),
             cmd::argv([
                 "filter".to_string(),
@@ -135,10 +142,11 @@ mod tests {
         );
         let s = Shape { dst: Some(Ipv4Addr::new(10, 99, 0, 11)), ..s };
         let c = tc_commands(&s);
-        assert_eq!(c.len(), 3);
-        assert_eq!(c[0].join(" "), "qdisc add dev eth0 root handle 1: prio bands 4");
-        assert_eq!(c[1].join(" "), "qdisc add dev eth0 parent 1:4 handle 40: tbf rate 40000000bit burst 50000 latency 100ms");
-        assert_eq!(c[2].join(" "), "filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.99.0.11/32 flowid 1:4");
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0].join(" "), "qdisc add dev eth0 root handle 1: htb");
+        assert_eq!(c[1].join(" "), "class add dev eth0 parent 1: classid 1:4 htb rate 40000000bit ceil 40000000bit burst 50000");
+        assert_eq!(c[2].join(" "), "qdisc add dev eth0 parent 1:4 handle 40: tbf rate 40000000bit burst 50000 latency 100ms");
+        assert_eq!(c[3].join(" "), "filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.99.0.11/32 flowid 1:4");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Shared scaffolding of the root integration tests: emulated hosts as plain network namespaces,
+//! each with a private OvS, all named `<prefix>...` and removed on drop (also when a test fails).
 //!
 //! Every test binary compiles this module and none uses all of it, hence the allow below.
 
 #![allow(dead_code)]
-//! each with a private OvS, all named `<prefix>...` and removed on drop (also when a test fails).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,11 @@ impl Lab {
 
     pub fn name(&self, short: &str) -> String {
         format!("{}{short}", self.prefix)
+    }
+
+    /// A plain namespace `<prefix><short>` (no OvS).
+    pub async fn plain(&mut self, short: &str) -> PathBuf {
+        netns::create_netns(Path::new(NETNS_DIR), &self.name(short)).await.expect("create netns")
     }
 
     /// An emulated host: a netns `<prefix><short>` with a private OvS running inside it and
