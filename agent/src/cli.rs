@@ -28,6 +28,12 @@ pub struct Cli {
     /// Metrics publication interval in ms [default: 1000]
     #[arg(long, value_name = "MS")]
     pub metrics_interval_ms: Option<u64>,
+    /// Podman API socket [default: /run/podman/podman.sock]
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: Option<PathBuf>,
+    /// OVSDB socket of this host's Open vSwitch [default: /run/openvswitch/db.sock]
+    #[arg(long, value_name = "PATH")]
+    pub ovsdb_socket: Option<PathBuf>,
     #[command(flatten)]
     pub zenoh: ZenohArgs,
 }
@@ -43,6 +49,8 @@ impl Cli {
         file.role = self.role.or(file.role);
         file.prefix = self.prefix.or(file.prefix);
         file.metrics_interval_ms = self.metrics_interval_ms.or(file.metrics_interval_ms);
+        file.podman_socket = self.podman_socket.or(file.podman_socket);
+        file.ovsdb_socket = self.ovsdb_socket.or(file.ovsdb_socket);
         file.zenoh.apply(&self.zenoh);
         file.settle()
     }

@@ -17,6 +17,8 @@ pub struct ConfigFile {
     pub role: Option<Role>,
     pub prefix: Option<String>,
     pub metrics_interval_ms: Option<u64>,
+    pub podman_socket: Option<PathBuf>,
+    pub ovsdb_socket: Option<PathBuf>,
     pub zenoh: ZenohOptions,
 }
 
@@ -50,6 +52,11 @@ pub struct AgentConfig {
     pub keys: KeySpace,
     /// Default: 1 s.
     pub metrics_interval: Duration,
+    /// The Podman API service (`podman --runtime runc system service`). Default:
+    /// `/run/podman/podman.sock`.
+    pub podman_socket: PathBuf,
+    /// This host's OVSDB. Default: `/run/openvswitch/db.sock`.
+    pub ovsdb_socket: PathBuf,
     pub zenoh: ZenohOptions,
 }
 
@@ -88,6 +95,12 @@ impl ConfigFile {
             role: self.role.unwrap_or(Role::Edge),
             keys,
             metrics_interval: Duration::from_millis(interval_ms),
+            podman_socket: self
+                .podman_socket
+                .unwrap_or_else(|| PathBuf::from("/run/podman/podman.sock")),
+            ovsdb_socket: self
+                .ovsdb_socket
+                .unwrap_or_else(|| PathBuf::from("/run/openvswitch/db.sock")),
             zenoh: self.zenoh,
         })
     }

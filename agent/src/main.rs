@@ -5,10 +5,15 @@ use clap::Parser;
 use mose_agent::cli::Cli;
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
+use mose_agent::runtime::{self, Podman, ProbeOptions};
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
     let session = config.zenoh.open().await.context("joining the MOSE network")?;
@@ -29,6 +34,21 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(CgroupProbe::default()),
     )
     .await?;
+    // The probe runs real CRIU dumps (seconds): announce first, publish capabilities when known.
+    let probe_options = ProbeOptions {
+        ovsdb_socket: Some(config.ovsdb_socket.clone()),
+        ..ProbeOptions::default()
+    };
+    let report = match Podman::new(&config.podman_socket) {
+        Ok(podman) => Some(runtime::probe(&podman, &probe_options).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable podman socket; this host cannot run services");
+            None
+        }
+    };
+    if let Some(report) = report {
+        node.update_profile(|p| p.capabilities = report.capabilities).await?;
+    }
     mose_protocol::cli::shutdown_signal().await?;
     tracing::info!("shutting down");
     node.close().await;

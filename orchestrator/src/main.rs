@@ -5,7 +5,11 @@ use mose_orchestrator::cli::Cli;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
     let session = config.zenoh.open().await.context("joining the MOSE network")?;

@@ -63,3 +63,15 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// Ends a binary: operators get the error chain (`{:#}`) on stderr, not a backtrace, and a
+/// failure exit status.
+pub fn exit_with<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -29,7 +29,11 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client = ApiClient::new(&cli.api);
     match cli.command {

@@ -1,0 +1,117 @@
+//! Errors of the runtime driver. Every variant names the libpod operation and the container
+//! (or image) it was about, because a failed migration step is reported to the orchestrator as
+//! text and must say what failed where without a log dive.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The libpod operation an error comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Version,
+    Info,
+    Create,
+    Start,
+    Inspect,
+    Exists,
+    Stats,
+    Stop,
+    Remove,
+    ImageLoad,
+    ImageExists,
+    Checkpoint,
+    Restore,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Version => "version",
+            Op::Info => "info",
+            Op::Create => "create",
+            Op::Start => "start",
+            Op::Inspect => "inspect",
+            Op::Exists => "exists",
+            Op::Stats => "stats",
+            Op::Stop => "stop",
+            Op::Remove => "remove",
+            Op::ImageLoad => "image load",
+            Op::ImageExists => "image exists",
+            Op::Checkpoint => "checkpoint",
+            Op::Restore => "restore",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Nothing listens on the socket (podman service not running, wrong path, permissions).
+    #[error("{op} {target}: podman API socket {} is unreachable: {source}", socket.display())]
+    Unreachable {
+        op: Op,
+        target: String,
+        socket: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The operation did not finish within its deadline (podman may still be working on it).
+    #[error("{op} {target}: podman did not finish within {after_ms} ms")]
+    Timeout { op: Op, target: String, after_ms: u64 },
+    /// Podman answered 404: no such container or image.
+    #[error("{op} {target}: not found ({message})")]
+    NotFound { op: Op, target: String, message: String },
+    /// Podman refused or failed the operation; `message` is its own explanation.
+    #[error("{op} {target}: podman answered HTTP {status}: {message}")]
+    Podman { op: Op, target: String, status: u16, message: String, cause: String },
+    /// The checkpoint archive stopped before its end: podman's response broke off mid-body, or the
+    /// archive given to restore ended early. Restore never hands such an archive to podman.
+    #[error("{op} {target}: checkpoint archive incomplete after {bytes} bytes: {reason}")]
+    ArchiveIncomplete { op: Op, target: String, bytes: u64, reason: String },
+    /// Our side of the archive failed: writing the checkpoint out, or reading the one to restore.
+    #[error("{op} {target}: archive I/O failed after {bytes} bytes: {source}")]
+    ArchiveIo {
+        op: Op,
+        target: String,
+        bytes: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange broke for another reason (connection reset, malformed HTTP).
+    #[error("{op} {target}: HTTP exchange with podman failed: {source}")]
+    Transport {
+        op: Op,
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Podman answered something we cannot read (an API change, or not podman at all).
+    #[error("{op} {target}: unexpected answer from podman: {why}")]
+    Protocol { op: Op, target: String, why: String },
+    /// A request we refuse to send (e.g. an empty container name).
+    #[error("{op}: invalid request: {why}")]
+    Invalid { op: Op, why: String },
+}
+
+impl RuntimeError {
+    /// The operation that failed.
+    pub fn op(&self) -> Op {
+        match self {
+            RuntimeError::Unreachable { op, .. }
+            | RuntimeError::Timeout { op, .. }
+            | RuntimeError::NotFound { op, .. }
+            | RuntimeError::Podman { op, .. }
+            | RuntimeError::ArchiveIncomplete { op, .. }
+            | RuntimeError::ArchiveIo { op, .. }
+            | RuntimeError::Transport { op, .. }
+            | RuntimeError::Protocol { op, .. }
+            | RuntimeError::Invalid { op, .. } => *op,
+        }
+    }
+
+    /// True for "no such container / image".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
