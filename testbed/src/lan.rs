@@ -224,13 +224,31 @@ impl Lan {
     pub async fn shape(&self, host: &Host, shape: LinkShape) -> Result<()> {
         shape.validate()?;
         self.unshape(host).await?;
+        if let Err(e) = self.apply(host, &shape).await {
+            // Half a shaping (one direction only) would mislead PAM more than none.
+            self.unshape(host).await?;
+            return Err(match e {
+                TestbedError::Command { stderr, .. } if shape.delay.is_some() && stderr.contains("qdisc kind is unknown") => {
+                    TestbedError::State(
+                        "link delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM), which this kernel \
+                         lacks; rate shaping (tbf) works without it"
+                            .into(),
+                    )
+                }
+                e => e,
+            });
+        }
+        tracing::info!(host = %host.full_name(), ?shape, "link shaped");
+        Ok(())
+    }
+
+    async fn apply(&self, host: &Host, shape: &LinkShape) -> Result<()> {
         for args in shape.tc_commands(host.veth_outside()) {
             cmd::run("tc", &args).await?;
         }
         for args in shape.tc_commands(host.lan_ifname()) {
             host.run("tc", &args).await?;
         }
-        tracing::info!(host = %host.full_name(), ?shape, "link shaped");
         Ok(())
     }
 
