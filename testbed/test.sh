@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): prepares this host (idempotent: installs and verifies
-# podman, runc, CRIU 4.2, Open vSwitch, ...) and runs every test of the workspace, including the
-# root integration tests in network namespaces. Run as root. Extra arguments go to `cargo test`.
+# testbed/test.sh - the README's test command (and .ci/run's): prepare this host with
+# setup-host.sh, then run every unit and root integration test of the workspace.
+# Root on Debian 12; the integration tests create namespaces, bridges and containers and
+# remove them again (also after failures: see docs/testbed.md, "Teardown").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 testbed/setup-host.sh
-cargo test --workspace "$@"
+exec cargo test --workspace "$@"
