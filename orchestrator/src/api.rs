@@ -5,19 +5,22 @@
 
 use std::future::Future;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::registry::{AgentView, AgentsView};
+use crate::tasks::{MigrationRequest, Migrations, TaskError, TaskRecord};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub agents: AgentsView,
+    pub migrations: Migrations,
 }
 
 /// An error answer.
@@ -32,6 +35,15 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
+        }
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        Self {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: e.to_string(),
         }
     }
 }
@@ -60,7 +72,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", get(get_agent))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /healthz, /v1/agents") })
+        .route("/v1/migrations", get(list_migrations).post(submit_migration))
+        .route("/v1/migrations/{id}", get(get_migration).delete(cancel_migration))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see GET /openapi.json")
+        })
         .with_state(state)
 }
 
@@ -96,4 +114,50 @@ async fn get_agent(
         .get(&id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no agent '{id}' is present")))
+}
+
+async fn submit_migration(
+    State(state): State<ApiState>,
+    body: Result<Json<MigrationRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    // axum's own rejection is plain text; every error of this API is {"error": ...}.
+    let Json(request) = body.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("invalid migration request: {}", e.body_text()),
+    })?;
+    let task = state.migrations.submit(request).await?;
+    let location = format!("/v1/migrations/{}", task.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+}
+
+async fn list_migrations(State(state): State<ApiState>) -> Result<Json<Vec<TaskRecord>>, ApiError> {
+    Ok(Json(state.migrations.list()?))
+}
+
+async fn get_migration(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskRecord>, ApiError> {
+    Ok(Json(state.migrations.get(&id)?))
+}
+
+async fn cancel_migration(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TaskRecord>), ApiError> {
+    // Accepted, not done: the rollback runs in the driver; poll the task for its end.
+    Ok((StatusCode::ACCEPTED, Json(state.migrations.cancel(&id)?)))
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let text = crate::prometheus::render(&state.agents.list(), &state.migrations.list()?);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }

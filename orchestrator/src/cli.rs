@@ -13,6 +13,9 @@ use thiserror::Error;
 /// Default address of the HTTP API (SPEC §8).
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
 
+/// Default directory of the task database.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mose";
+
 /// MOSE-RS orchestrator: discovers the agents on the edge LAN (Zenoh, no configuration needed
 /// with multicast), keeps their live view, and serves it over HTTP.
 #[derive(Debug, Parser)]
@@ -27,6 +30,10 @@ pub struct Cli {
     /// Key-expression prefix of the MOSE domain [default: mose]
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Directory of the task database (tasks.sqlite), kept across restarts so unfinished
+    /// migrations are reconciled [default: /var/lib/mose]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub zenoh: ZenohArgs,
 }
@@ -37,6 +44,7 @@ pub struct Cli {
 pub struct ConfigFile {
     pub http: Option<SocketAddr>,
     pub prefix: Option<String>,
+    pub state_dir: Option<PathBuf>,
     pub zenoh: ZenohOptions,
 }
 
@@ -45,7 +53,15 @@ pub struct ConfigFile {
 pub struct OrchestratorConfig {
     pub http: SocketAddr,
     pub keys: KeySpace,
+    pub state_dir: PathBuf,
     pub zenoh: ZenohOptions,
+}
+
+impl OrchestratorConfig {
+    /// The task database inside the state directory.
+    pub fn task_db(&self) -> PathBuf {
+        self.state_dir.join("tasks.sqlite")
+    }
 }
 
 #[derive(Debug, Error)]
@@ -90,6 +106,10 @@ impl Cli {
         Ok(OrchestratorConfig {
             http,
             keys: KeySpace::new(prefix.as_deref().unwrap_or(mose_protocol::keys::DEFAULT_PREFIX))?,
+            state_dir: self
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             zenoh: file.zenoh,
         })
     }
@@ -105,13 +125,23 @@ mod tests {
         let cfg = Cli::parse_from(["mose-orchestrator"]).settle().unwrap();
         assert_eq!(cfg.http.to_string(), DEFAULT_HTTP);
         assert_eq!(cfg.keys.prefix(), "mose");
+        assert_eq!(cfg.task_db(), Path::new("/var/lib/mose/tasks.sqlite"));
 
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "http = \"0.0.0.0:8080\"\nprefix = \"lab\"\n[zenoh]\nlease_ms = 2000").unwrap();
+        writeln!(
+            f,
+            "http = \"0.0.0.0:8080\"\nprefix = \"lab\"\nstate_dir = \"/srv/mose\"\n[zenoh]\nlease_ms = 2000"
+        )
+        .unwrap();
         let path = f.path().to_str().unwrap();
         let cfg = Cli::parse_from(["mose-orchestrator", "-c", path, "--prefix", "site"])
             .settle()
             .unwrap();
+        assert_eq!(cfg.state_dir, Path::new("/srv/mose"));
+        let cfg2 = Cli::parse_from(["mose-orchestrator", "-c", path, "--state-dir", "/tmp/x"])
+            .settle()
+            .unwrap();
+        assert_eq!(cfg2.state_dir, Path::new("/tmp/x"));
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);

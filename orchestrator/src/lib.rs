@@ -4,7 +4,9 @@
 //! * [`registry`]: discovery by liveliness, profiles, metrics → [`registry::AgentsView`].
 //! * [`designer`]: the PAM model and the configuration algorithm.
 //! * [`rpc`]: asking agents to carry out migration steps.
-//! * [`api`]: the HTTP API (axum).
+//! * [`tasks`]: migration tasks — validation, planning, the COAT driver with rollback, the
+//!   SQLite task store and reconciliation after a restart, the Zenoh task queryables.
+//! * [`api`]: the HTTP API (axum), with its [`openapi`] document and [`prometheus`] metrics.
 //! * [`cli`]: command line of the `mose-orchestrator` daemon.
 //! * [`client`]: the HTTP client and table rendering behind the `mose` CLI.
 
@@ -12,5 +14,8 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod designer;
+pub mod openapi;
+pub mod prometheus;
 pub mod registry;
 pub mod rpc;
+pub mod tasks;

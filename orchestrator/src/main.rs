@@ -3,23 +3,40 @@ use clap::Parser;
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::cli::Cli;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::tasks::queryables::QueryServer;
+use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mose_protocol::cli::exit_with(run().await)
-}
-
-async fn run() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+    let store = Store::open(&config.task_db())?;
     let session = config.zenoh.open().await.context("joining the MOSE network")?;
     let registry = Registry::start(&session, config.keys.clone(), RegistryOptions::default()).await?;
+    // Starting the service reconciles whatever a previous run left unfinished.
+    let migrations = Migrations::start(
+        session.clone(),
+        config.keys.clone(),
+        registry.view(),
+        store,
+        DriverConfig::default(),
+    )
+    .await?;
+    let rpc_server = QueryServer::start(&session, &config.keys, migrations.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {} for the HTTP API", config.http))?;
-    tracing::info!(http = %config.http, prefix = config.keys.prefix(), "orchestrator up");
+    tracing::info!(
+        http = %config.http,
+        prefix = config.keys.prefix(),
+        tasks = %config.task_db().display(),
+        "orchestrator up"
+    );
     let state = ApiState {
         agents: registry.view(),
+        migrations,
     };
     let shutdown = async {
         if let Err(e) = mose_protocol::cli::shutdown_signal().await {
@@ -28,6 +45,7 @@ async fn run() -> anyhow::Result<()> {
     };
     api::serve(listener, state, shutdown).await.context("HTTP API")?;
     tracing::info!("shutting down");
+    drop(rpc_server);
     drop(registry);
     session.close().await.map_err(|e| anyhow::anyhow!("closing zenoh: {e}"))?;
     Ok(())

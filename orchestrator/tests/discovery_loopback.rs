@@ -10,6 +10,7 @@ use mose_agent::profiling::CgroupProbe;
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::client::{ApiClient, ClientError};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{encode, KeySpace};
@@ -43,9 +44,18 @@ async fn agent_joins_reports_and_leaves() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
+    let migrations = Migrations::start(
+        orch.clone(),
+        keys.clone(),
+        view.clone(),
+        Store::in_memory().unwrap(),
+        DriverConfig::default(),
+    )
+    .await
+    .unwrap();
     tokio::spawn(api::serve(
         listener,
-        ApiState { agents: view.clone() },
+        ApiState { agents: view.clone(), migrations },
         std::future::pending(),
     ));
     let client = ApiClient::new(&format!("http://{http}"));

@@ -1,0 +1,115 @@
+//! The task calls over Zenoh (`{prefix}/orchestrator/rpc/{op}`), mapped onto [`Migrations`].
+//!
+//! Payloads are JSON, the same documents as the HTTP API (docs/protocol.md):
+//!
+//! | op | query payload | reply |
+//! |---|---|---|
+//! | `submit` | a migration request | the accepted task |
+//! | `inspect` | `{"id": "..."}` | the task |
+//! | `list` | none | every task, newest first |
+//! | `cancel` | `{"id": "..."}` | the task, rolling back |
+//!
+//! A refused call gets an error reply `{"error": "...", "status": <HTTP status>}`.
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use zenoh::query::Query;
+use zenoh::Session;
+
+use super::{Migrations, TaskError};
+use mose_protocol::KeySpace;
+
+/// The operations served, which are also the last key chunk.
+pub const OPS: [&str; 4] = ["submit", "inspect", "list", "cancel"];
+
+/// `inspect` and `cancel` name one task.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRef {
+    pub id: String,
+}
+
+/// An error reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+    pub status: u16,
+}
+
+/// Serves the queryables while it lives.
+pub struct QueryServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for QueryServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl QueryServer {
+    pub async fn start(
+        session: &Session,
+        keys: &KeySpace,
+        migrations: Migrations,
+    ) -> Result<Self, TaskError> {
+        let key = keys.orchestrator_rpc("*");
+        let queryable = session
+            .declare_queryable(&key)
+            .await
+            .map_err(|e| TaskError::Internal(format!("cannot declare queryable {key}: {e}")))?;
+        let task = tokio::spawn(async move {
+            while let Ok(query) = queryable.recv_async().await {
+                tokio::spawn(answer(query, migrations.clone()));
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+async fn answer(query: Query, migrations: Migrations) {
+    let key = query.key_expr().clone();
+    let op = key.as_str().rsplit('/').next().unwrap_or_default().to_string();
+    let payload = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+    let result = call(&migrations, &op, &payload).await;
+    let sent = match result {
+        Ok(json) => query.reply(key, json).await,
+        Err(e) => {
+            let body = ErrorReply {
+                error: e.to_string(),
+                status: e.status(),
+            };
+            let text = serde_json::to_string(&body).unwrap_or_else(|_| body.error.clone());
+            query.reply_err(text).await
+        }
+    };
+    if let Err(e) = sent {
+        debug!(op, error = %e, "orchestrator rpc reply not delivered");
+    }
+}
+
+async fn call(migrations: &Migrations, op: &str, payload: &[u8]) -> Result<Vec<u8>, TaskError> {
+    match op {
+        "submit" => to_json(&migrations.submit(parse(op, payload)?).await?),
+        "inspect" => to_json(&migrations.get(&parse::<TaskRef>(op, payload)?.id)?),
+        "list" => to_json(&migrations.list()?),
+        "cancel" => to_json(&migrations.cancel(&parse::<TaskRef>(op, payload)?.id)?),
+        other => {
+            warn!(op = other, "unknown orchestrator rpc");
+            return Err(TaskError::NotFound(format!(
+                "operation '{other}' (known: {})",
+                OPS.join(", ")
+            )))
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
+    serde_json::to_vec(value).map_err(|e| TaskError::Internal(format!("cannot encode the reply: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(op: &str, payload: &[u8]) -> Result<T, TaskError> {
+    serde_json::from_slice(payload)
+        .map_err(|e| TaskError::Invalid(format!("bad '{op}' payload: {e}")))
+}

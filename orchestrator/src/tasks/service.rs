@@ -1,0 +1,296 @@
+//! [`Migrations`]: submit, inspect, list and cancel tasks — the calls behind both the HTTP API
+//! and the Zenoh queryables.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use mose_protocol::messages::{now_us, PhaseEvent, ServiceSpec, Step, StepOutcome};
+use mose_protocol::{decode, encode, KeySpace, Message};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+use zenoh::sample::Locality;
+use zenoh::Session;
+
+use super::driver::{Driver, DriverConfig};
+use super::plan::{check_agents, check_request, design};
+use super::store::Store;
+use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
+use crate::registry::AgentsView;
+use crate::rpc::{AgentRpc, RpcError};
+
+/// A task the driver is working on.
+pub(crate) struct Active {
+    record: TaskRecord,
+    cancel: watch::Sender<bool>,
+}
+
+/// What the drivers and the API calls share.
+pub(crate) struct Shared {
+    pub(crate) rpc: AgentRpc,
+    pub(crate) session: Session,
+    pub(crate) keys: KeySpace,
+    pub(crate) agents: AgentsView,
+    pub(crate) config: DriverConfig,
+    store: Store,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+impl Shared {
+    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+        // Records are changed by whole closures; a poisoned lock still holds consistent ones.
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes an active task's record, persists it and returns the result; `None` when the
+    /// task is not active (already finished).
+    pub(crate) fn update(&self, id: &str, change: impl FnOnce(&mut TaskRecord)) -> Option<TaskRecord> {
+        let mut active = self.active();
+        let record = &mut active.get_mut(id)?.record;
+        change(record);
+        record.updated_us = now_us();
+        let (created, finished) = (record.created_us, record.finished_us);
+        record.measurements.update_from(created, finished, &record.events);
+        // Saved under the lock, so the file sees changes in the order they were made.
+        if let Err(e) = self.store.save(record) {
+            // The migration goes on (stopping mid-way is worse), but a restart would act on
+            // an older state: say so loudly.
+            error!(task = id, error = %e, "cannot persist the task; a restart would reconcile from stale state");
+        }
+        Some(record.clone())
+    }
+
+    /// Applies the last change to a task and stops tracking it as active.
+    pub(crate) fn finish(&self, id: &str, change: impl FnOnce(&mut TaskRecord)) -> Option<TaskRecord> {
+        let record = self.update(id, change);
+        self.active().remove(id);
+        record
+    }
+
+    /// Puts a message on `key`; losing a publication is logged, never fatal to a migration.
+    pub(crate) async fn publish<M: Message>(&self, key: String, message: &M) {
+        match encode(message) {
+            Ok(bytes) => {
+                if let Err(e) = self.session.put(&key, bytes).await {
+                    warn!(key, error = %e, "cannot publish");
+                }
+            }
+            Err(e) => warn!(key, error = %e, "cannot encode a message to publish"),
+        }
+    }
+}
+
+/// Aborts the agent-event listener when the last [`Migrations`] handle goes.
+struct Listener(JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The migration service: validates, plans, persists and drives tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Migrations {
+    shared: Arc<Shared>,
+    _listener: Arc<Listener>,
+}
+
+impl Migrations {
+    /// Starts the service on `store`: listens for the agents' phase events and reconciles every
+    /// task a previous run left unfinished (rolled back, or released when it had passed the
+    /// point of no return). Reconciliation runs in the background.
+    pub async fn start(
+        session: Session,
+        keys: KeySpace,
+        agents: AgentsView,
+        store: Store,
+        config: DriverConfig,
+    ) -> Result<Self, TaskError> {
+        let unfinished = store.unfinished()?;
+        let events_key = keys.task_events("*");
+        // Only the agents' events: the orchestrator records its own as it publishes them.
+        let subscriber = session
+            .declare_subscriber(&events_key)
+            .allowed_origin(Locality::Remote)
+            .await
+            .map_err(|e| TaskError::Internal(format!("cannot subscribe to {events_key}: {e}")))?;
+        let shared = Arc::new(Shared {
+            rpc: AgentRpc::new(session.clone(), keys.clone()),
+            session,
+            keys,
+            agents,
+            config,
+            store,
+            active: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        let listener = tokio::spawn(async move {
+            while let Ok(sample) = subscriber.recv_async().await {
+                record_agent_event(&weak, sample.key_expr().as_str(), &sample.payload().to_bytes());
+            }
+        });
+        for record in unfinished {
+            info!(task = %record.id, status = %record.status, "task left unfinished by a previous run");
+            let id = record.id.clone();
+            let (cancel, rx) = watch::channel(false);
+            shared.active().insert(id.clone(), Active { record, cancel });
+            tokio::spawn(Driver::new(shared.clone(), id, rx).reconcile());
+        }
+        Ok(Self {
+            shared,
+            _listener: Arc::new(Listener(listener)),
+        })
+    }
+
+    /// Validates, describes, plans and starts a migration. Returns the task as accepted.
+    pub async fn submit(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
+        check_request(&request)?;
+        self.refuse_if_migrating(&request.service)?;
+        let who = check_agents(&request, |id| self.shared.agents.get(id))?;
+        let id = new_task_id();
+        let (spec, state_bytes) = self
+            .describe(&id, &request)
+            .instrument(info_span!("describe", task = %id, service = %request.service))
+            .await?;
+        let (plan, inputs) = design(&request, &who, state_bytes, self.shared.config.default_bandwidth_bps)?;
+        let now = now_us();
+        let record = TaskRecord {
+            id: id.clone(),
+            request,
+            spec,
+            inputs,
+            plan,
+            status: TaskStatus::Queued,
+            phase: None,
+            progress: Progress::default(),
+            events: Vec::new(),
+            error: None,
+            measurements: Default::default(),
+            created_us: now,
+            updated_us: now,
+            finished_us: None,
+        };
+        let (cancel, rx) = watch::channel(false);
+        {
+            // Checked again under the lock: two submissions may have raced past the first check.
+            let mut active = self.shared.active();
+            if let Some(other) = migrating(&active, &record.request.service) {
+                return Err(other);
+            }
+            self.shared.store.save(&record)?;
+            active.insert(id.clone(), Active { record: record.clone(), cancel });
+        }
+        info!(task = %id, strategy = %record.plan.strategy, "migration accepted");
+        tokio::spawn(Driver::new(self.shared.clone(), id, rx).run());
+        Ok(record)
+    }
+
+    /// One task, live while it runs.
+    pub fn get(&self, id: &str) -> Result<TaskRecord, TaskError> {
+        self.shared
+            .store
+            .get(id)?
+            .ok_or_else(|| TaskError::NotFound(id.to_string()))
+    }
+
+    /// Every task, newest first.
+    pub fn list(&self) -> Result<Vec<TaskRecord>, TaskError> {
+        Ok(self.shared.store.list()?)
+    }
+
+    /// Asks a running task to roll back. Refused once it has passed the point of no return
+    /// (it then completes by releasing the source) or when it has finished.
+    pub fn cancel(&self, id: &str) -> Result<TaskRecord, TaskError> {
+        {
+            let active = self.shared.active();
+            if let Some(task) = active.get(id) {
+                if task.record.progress.past_point_of_no_return() {
+                    return Err(TaskError::Conflict(format!(
+                        "migration {id} has passed its point of no return (restored and flow \
+                         switched); it completes by releasing the source"
+                    )));
+                }
+                task.cancel.send_replace(true);
+                info!(task = id, "cancel requested: rolling back");
+                return Ok(task.record.clone());
+            }
+        }
+        let finished = self.get(id)?;
+        Err(TaskError::Conflict(format!(
+            "migration {id} has already finished ({})",
+            finished.status
+        )))
+    }
+
+    fn refuse_if_migrating(&self, service: &str) -> Result<(), TaskError> {
+        match migrating(&self.shared.active(), service) {
+            Some(conflict) => Err(conflict),
+            None => Ok(()),
+        }
+    }
+
+    async fn describe(
+        &self,
+        id: &str,
+        request: &MigrationRequest,
+    ) -> Result<(ServiceSpec, u64), TaskError> {
+        let step = Step::Describe {
+            service: request.service.clone(),
+        };
+        let timeout = self.shared.config.timeouts.describe;
+        match self.shared.rpc.call(&request.source, id, step, timeout).await {
+            Ok(StepOutcome::Described { spec, state_bytes }) => Ok((spec, state_bytes)),
+            Ok(other) => Err(TaskError::AgentUnreachable(format!(
+                "{} answered 'describe' with an unexpected outcome: {other:?}",
+                request.source
+            ))),
+            Err(RpcError::Failed { failure, .. }) => Err(TaskError::Unknown(format!(
+                "service '{}' on {}: {}",
+                request.service, request.source, failure.reason
+            ))),
+            Err(e) => Err(TaskError::AgentUnreachable(e.to_string())),
+        }
+    }
+}
+
+/// A conflict if `service` is already being migrated.
+fn migrating(active: &HashMap<String, Active>, service: &str) -> Option<TaskError> {
+    active
+        .values()
+        .find(|a| a.record.request.service == service)
+        .map(|a| {
+            TaskError::Conflict(format!(
+                "service '{service}' is already being migrated by task {}",
+                a.record.id
+            ))
+        })
+}
+
+/// Task ids: creation time plus a counter, unique across restarts and valid as a key chunk.
+fn new_task_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("m{}-{}", now_us(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Appends an agent's phase event to its task, if the task is active and the event speaks
+/// for the task its key names.
+fn record_agent_event(shared: &Weak<Shared>, key: &str, payload: &[u8]) {
+    let Some(shared) = shared.upgrade() else { return };
+    let event: PhaseEvent = match decode(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(key, error = %e, "ignoring undecodable phase event");
+            return;
+        }
+    };
+    if shared.keys.task_events(&event.task) != key {
+        warn!(key, task = %event.task, "ignoring phase event whose task does not match its key");
+        return;
+    }
+    let task = event.task.clone();
+    if shared.update(&task, |r| r.events.push(event)).is_none() {
+        debug!(key, "phase event of a task that is not active");
+    }
+}
