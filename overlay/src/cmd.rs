@@ -18,7 +18,11 @@ pub(crate) fn show(argv: &[String]) -> String {
 
 /// Run `argv` (first element = program), optionally with environment additions; return stdout.
 /// Non-zero exit becomes `OverlayError::Command` carrying stderr.
-pub(crate) async fn run(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> Result<String> {
+pub(crate) async fn run(
+    argv: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<String> {
     run_with_input(argv, env, None, timeout).await
 }
 
@@ -37,23 +41,38 @@ pub(crate) async fn run_with_input(
         .kill_on_drop(true)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     for (k, v) in env {
         c.env(k, v);
     }
     tracing::debug!(cmd = %show(argv), "run");
     let what = || format!("`{}`", show(argv));
     let fut = async {
-        let mut child = c.spawn().map_err(|e| OverlayError::io(format!("cannot run {}", what()), e))?;
+        let mut child = c
+            .spawn()
+            .map_err(|e| OverlayError::io(format!("cannot run {}", what()), e))?;
         if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(data).await.map_err(|e| OverlayError::io(format!("write stdin of {}", what()), e))?;
+            stdin
+                .write_all(data)
+                .await
+                .map_err(|e| OverlayError::io(format!("write stdin of {}", what()), e))?;
             // Dropping stdin closes it: the tool sees EOF and starts working.
         }
-        child.wait_with_output().await.map_err(|e| OverlayError::io(format!("wait for {}", what()), e))
+        child
+            .wait_with_output()
+            .await
+            .map_err(|e| OverlayError::io(format!("wait for {}", what()), e))
     };
     let out = tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| OverlayError::Timeout { what: what(), after_ms: timeout.as_millis() as u64 })??;
+        .map_err(|_| OverlayError::Timeout {
+            what: what(),
+            after_ms: timeout.as_millis() as u64,
+        })??;
     if !out.status.success() {
         return Err(OverlayError::Command {
             command: show(argv),

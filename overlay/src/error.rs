@@ -40,9 +40,15 @@ pub type Result<T, E = OverlayError> = std::result::Result<T, E>;
 
 impl OverlayError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        OverlayError::Io { what: what.into(), source }
+        OverlayError::Io {
+            what: what.into(),
+            source,
+        }
     }
     pub(crate) fn netlink(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        OverlayError::Netlink { what: what.into(), reason: reason.to_string() }
+        OverlayError::Netlink {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
     }
 }

@@ -68,10 +68,18 @@ pub fn service_cookie(ip: Ipv4Addr) -> u64 {
 /// The flows that send everything for `svc` (IP, ARP, MAC) out of OpenFlow port `port`.
 pub fn service_flows(svc: ServiceAddr, port: u32) -> Vec<Flow> {
     let out = Action::Output(port);
-    [Match::Ipv4Dst(svc.ip), Match::ArpTpa(svc.ip), Match::EthDst(svc.mac)]
-        .into_iter()
-        .map(|matcher| Flow { priority: STEERING_PRIORITY, matcher, action: out })
-        .collect()
+    [
+        Match::Ipv4Dst(svc.ip),
+        Match::ArpTpa(svc.ip),
+        Match::EthDst(svc.mac),
+    ]
+    .into_iter()
+    .map(|matcher| Flow {
+        priority: STEERING_PRIORITY,
+        matcher,
+        action: out,
+    })
+    .collect()
 }
 
 /// Installs and removes flows on a bridge. Implementations must make [`FlowBackend::replace`]
@@ -79,7 +87,12 @@ pub fn service_flows(svc: ServiceAddr, port: u32) -> Vec<Flow> {
 /// mix of old and new.
 pub trait FlowBackend {
     /// Replace all flows with `cookie` on `bridge` by `flows` (each tagged with `cookie`).
-    fn replace(&self, bridge: &str, cookie: u64, flows: &[Flow]) -> impl Future<Output = Result<()>> + Send;
+    fn replace(
+        &self,
+        bridge: &str,
+        cookie: u64,
+        flows: &[Flow],
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Delete all flows with `cookie` on `bridge` (none is fine).
     fn remove(&self, bridge: &str, cookie: u64) -> impl Future<Output = Result<()>> + Send;
     /// The flows with `cookie` on `bridge`, as the backend prints them (for checks and logs).
@@ -96,12 +109,17 @@ impl OfctlBackend {
     /// For the OvS whose run directory (where `<bridge>.mgmt` sockets live) is `rundir`:
     /// `/var/run/openvswitch` for the system one, [`crate::OvsInstance::rundir`] for ours.
     pub fn new(rundir: impl AsRef<Path>) -> Self {
-        OfctlBackend { rundir: rundir.as_ref().to_path_buf() }
+        OfctlBackend {
+            rundir: rundir.as_ref().to_path_buf(),
+        }
     }
 
     fn target(&self, bridge: &str) -> Result<String> {
         crate::netns::validate_ifname(bridge)?;
-        Ok(format!("unix:{}", self.rundir.join(format!("{bridge}.mgmt")).display()))
+        Ok(format!(
+            "unix:{}",
+            self.rundir.join(format!("{bridge}.mgmt")).display()
+        ))
     }
 
     async fn ofctl(&self, args: &[String], input: Option<&[u8]>) -> Result<String> {
@@ -141,20 +159,36 @@ impl FlowBackend for OfctlBackend {
     async fn replace(&self, bridge: &str, cookie: u64, flows: &[Flow]) -> Result<()> {
         let target = self.target(bridge)?;
         let input = ofctl_bundle(cookie, flows);
-        self.ofctl(&cmd::argv(["--bundle", "add-flows", &target, "-"]), Some(input.as_bytes())).await?;
+        self.ofctl(
+            &cmd::argv(["--bundle", "add-flows", &target, "-"]),
+            Some(input.as_bytes()),
+        )
+        .await?;
         Ok(())
     }
 
     async fn remove(&self, bridge: &str, cookie: u64) -> Result<()> {
         let target = self.target(bridge)?;
-        self.ofctl(&cmd::argv(["del-flows", &target, &format!("cookie={cookie:#x}/-1")]), None).await?;
+        self.ofctl(
+            &cmd::argv(["del-flows", &target, &format!("cookie={cookie:#x}/-1")]),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     async fn list(&self, bridge: &str, cookie: u64) -> Result<Vec<String>> {
         let target = self.target(bridge)?;
         let out = self
-            .ofctl(&cmd::argv(["--no-stats", "dump-flows", &target, &format!("cookie={cookie:#x}/-1")]), None)
+            .ofctl(
+                &cmd::argv([
+                    "--no-stats",
+                    "dump-flows",
+                    &target,
+                    &format!("cookie={cookie:#x}/-1"),
+                ]),
+                None,
+            )
             .await?;
         Ok(parse_dump(&out))
     }
@@ -162,7 +196,11 @@ impl FlowBackend for OfctlBackend {
 
 /// Flow lines of a `dump-flows` reply (drops the `OFPST_FLOW reply` header line).
 fn parse_dump(out: &str) -> Vec<String> {
-    out.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_")).map(String::from).collect()
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_"))
+        .map(String::from)
+        .collect()
 }
 
 /// Steering of services on one bridge through a backend.
@@ -174,7 +212,10 @@ pub struct Steering<B> {
 
 impl<B: FlowBackend> Steering<B> {
     pub fn new(backend: B, bridge: impl Into<String>) -> Self {
-        Steering { backend, bridge: bridge.into() }
+        Steering {
+            backend,
+            bridge: bridge.into(),
+        }
     }
 
     /// Send everything for `svc` out of `port`, atomically replacing where it went before. This is
@@ -182,9 +223,17 @@ impl<B: FlowBackend> Steering<B> {
     /// (on the destination bridge). Idempotent.
     pub async fn steer(&self, svc: ServiceAddr, port: u32) -> Result<()> {
         if port == 0 || port > 0xffff_ff00 {
-            return Err(OverlayError::Invalid(format!("{port} is not a physical OpenFlow port number")));
+            return Err(OverlayError::Invalid(format!(
+                "{port} is not a physical OpenFlow port number"
+            )));
         }
-        self.backend.replace(&self.bridge, service_cookie(svc.ip), &service_flows(svc, port)).await
+        self.backend
+            .replace(
+                &self.bridge,
+                service_cookie(svc.ip),
+                &service_flows(svc, port),
+            )
+            .await
     }
 
     /// Remove `svc`'s steering (its traffic falls back to normal switching). Idempotent.
@@ -203,13 +252,22 @@ mod tests {
     use super::*;
 
     fn svc() -> ServiceAddr {
-        ServiceAddr { ip: Ipv4Addr::new(10, 99, 0, 100), mac: "02:00:0a:63:00:64".parse().unwrap() }
+        ServiceAddr {
+            ip: Ipv4Addr::new(10, 99, 0, 100),
+            mac: "02:00:0a:63:00:64".parse().unwrap(),
+        }
     }
 
     #[test]
     fn cookie_is_tagged_per_service() {
-        assert_eq!(service_cookie(Ipv4Addr::new(10, 99, 0, 100)), 0x4d4f_5345_0a63_0064);
-        assert_ne!(service_cookie(Ipv4Addr::new(10, 99, 0, 100)), service_cookie(Ipv4Addr::new(10, 99, 0, 101)));
+        assert_eq!(
+            service_cookie(Ipv4Addr::new(10, 99, 0, 100)),
+            0x4d4f_5345_0a63_0064
+        );
+        assert_ne!(
+            service_cookie(Ipv4Addr::new(10, 99, 0, 100)),
+            service_cookie(Ipv4Addr::new(10, 99, 0, 101))
+        );
     }
 
     #[test]
@@ -227,24 +285,43 @@ mod tests {
 
     #[test]
     fn other_actions_render() {
-        let f = Flow { priority: 5, matcher: Match::Ipv4Dst(Ipv4Addr::LOCALHOST), action: Action::Normal };
+        let f = Flow {
+            priority: 5,
+            matcher: Match::Ipv4Dst(Ipv4Addr::LOCALHOST),
+            action: Action::Normal,
+        };
         assert!(ofctl_flow(1, &f).ends_with("actions=NORMAL"));
-        let f = Flow { action: Action::Drop, ..f };
+        let f = Flow {
+            action: Action::Drop,
+            ..f
+        };
         assert!(ofctl_flow(1, &f).ends_with("actions=drop"));
     }
 
     #[test]
     fn dump_parsing_skips_header() {
         let out = "OFPST_FLOW reply (OF1.3) (xid=0x2):\n cookie=0x1, priority=1000,ip,nw_dst=10.0.0.1 actions=output:2\n\n";
-        assert_eq!(parse_dump(out), vec!["cookie=0x1, priority=1000,ip,nw_dst=10.0.0.1 actions=output:2"]);
+        assert_eq!(
+            parse_dump(out),
+            vec!["cookie=0x1, priority=1000,ip,nw_dst=10.0.0.1 actions=output:2"]
+        );
     }
 
     #[tokio::test]
     async fn steer_rejects_reserved_ports_and_bad_bridges() {
         let s = Steering::new(OfctlBackend::new("/nonexistent"), "br0");
-        assert!(matches!(s.steer(svc(), 0).await, Err(OverlayError::Invalid(_))));
-        assert!(matches!(s.steer(svc(), 0xffff_fffe).await, Err(OverlayError::Invalid(_))));
+        assert!(matches!(
+            s.steer(svc(), 0).await,
+            Err(OverlayError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.steer(svc(), 0xffff_fffe).await,
+            Err(OverlayError::Invalid(_))
+        ));
         let s = Steering::new(OfctlBackend::new("/nonexistent"), "../x");
-        assert!(matches!(s.steer(svc(), 1).await, Err(OverlayError::Invalid(_))));
+        assert!(matches!(
+            s.steer(svc(), 1).await,
+            Err(OverlayError::Invalid(_))
+        ));
     }
 }

@@ -39,7 +39,11 @@ impl HostOverlay {
     /// For the OvS with OVSDB socket `db_socket` and run directory `rundir` (where
     /// `<bridge>.mgmt` lives), bridge `bridge`. Ports and endpoints are made in the current
     /// network namespace, endpoint namespaces under [`NETNS_DIR`].
-    pub fn new(db_socket: impl AsRef<Path>, rundir: impl AsRef<Path>, bridge: impl Into<String>) -> Self {
+    pub fn new(
+        db_socket: impl AsRef<Path>,
+        rundir: impl AsRef<Path>,
+        bridge: impl Into<String>,
+    ) -> Self {
         let bridge = bridge.into();
         HostOverlay {
             db_socket: db_socket.as_ref().to_path_buf(),
@@ -93,7 +97,8 @@ impl HostOverlay {
     /// Make sure the bridge exists (userspace datapath, OpenFlow 1.0/1.3/1.4). Idempotent.
     pub async fn ensure_bridge(&self) -> Result<()> {
         let mut db = self.ovsdb().await?;
-        db.ensure_bridge(&self.bridge, &BridgeOptions::default()).await?;
+        db.ensure_bridge(&self.bridge, &BridgeOptions::default())
+            .await?;
         Ok(())
     }
 
@@ -113,7 +118,11 @@ impl HostOverlay {
 
     /// The OpenFlow port number of `port` (error if it has none).
     pub async fn ofport(&self, port: &str) -> Result<u32> {
-        Ok(self.ovsdb().await?.wait_ofport(port, OFPORT_TIMEOUT).await?)
+        Ok(self
+            .ovsdb()
+            .await?
+            .wait_ofport(port, OFPORT_TIMEOUT)
+            .await?)
     }
 
     /// COAT step 1 on the destination (and the mobile client's own namespace): create the
@@ -124,15 +133,24 @@ impl HostOverlay {
     /// (the port would exist but pass no traffic).
     pub async fn add_endpoint(&self, spec: &EndpointSpec) -> Result<AttachedEndpoint> {
         self.remove_port(&spec.host_ifname).await?;
-        let endpoint = netns::create_endpoint(&self.netns_dir, self.host_ns.as_deref(), spec).await?;
-        let ofport = self.ensure_port(&PortSpec::new(&spec.host_ifname, PortKind::System)).await?;
+        let endpoint =
+            netns::create_endpoint(&self.netns_dir, self.host_ns.as_deref(), spec).await?;
+        let ofport = self
+            .ensure_port(&PortSpec::new(&spec.host_ifname, PortKind::System))
+            .await?;
         Ok(AttachedEndpoint { endpoint, ofport })
     }
 
     /// COAT step 6 on the source: detach and delete the endpoint (absent parts are fine).
     pub async fn remove_endpoint(&self, netns_name: &str, host_ifname: &str) -> Result<()> {
         self.remove_port(host_ifname).await?;
-        netns::delete_endpoint(&self.netns_dir, self.host_ns.as_deref(), netns_name, host_ifname).await
+        netns::delete_endpoint(
+            &self.netns_dir,
+            self.host_ns.as_deref(),
+            netns_name,
+            host_ifname,
+        )
+        .await
     }
 
     /// The namespace path an endpoint called `netns_name` has on this host.
@@ -155,22 +173,38 @@ impl HostOverlay {
 /// two OpenFlow port numbers. `b` must name its host namespace ([`HostOverlay::with_host_netns`]):
 /// the wire's far end is moved there. Idempotent (a leftover wire is replaced). The hosts' bridges
 /// must form a tree (no loops): there is no spanning tree protocol on them.
-pub async fn connect_wire(a: &HostOverlay, a_port: &str, b: &HostOverlay, b_port: &str) -> Result<(u32, u32)> {
-    let b_ns = b
-        .host_ns
-        .as_deref()
-        .ok_or_else(|| OverlayError::Invalid(format!("host of bridge {} has no netns path to put {b_port} in", b.bridge)))?;
+pub async fn connect_wire(
+    a: &HostOverlay,
+    a_port: &str,
+    b: &HostOverlay,
+    b_port: &str,
+) -> Result<(u32, u32)> {
+    let b_ns = b.host_ns.as_deref().ok_or_else(|| {
+        OverlayError::Invalid(format!(
+            "host of bridge {} has no netns path to put {b_port} in",
+            b.bridge
+        ))
+    })?;
     // As in add_endpoint: drop stale ports first, or OvS keeps reading the replaced devices.
     a.remove_port(a_port).await?;
     b.remove_port(b_port).await?;
     netns::create_wire(a.host_ns.as_deref(), a_port, b_ns, b_port).await?;
-    let pa = a.ensure_port(&PortSpec::new(a_port, PortKind::System)).await?;
-    let pb = b.ensure_port(&PortSpec::new(b_port, PortKind::System)).await?;
+    let pa = a
+        .ensure_port(&PortSpec::new(a_port, PortKind::System))
+        .await?;
+    let pb = b
+        .ensure_port(&PortSpec::new(b_port, PortKind::System))
+        .await?;
     Ok((pa, pb))
 }
 
 /// Undo [`connect_wire`] (absent parts are fine).
-pub async fn disconnect_wire(a: &HostOverlay, a_port: &str, b: &HostOverlay, b_port: &str) -> Result<()> {
+pub async fn disconnect_wire(
+    a: &HostOverlay,
+    a_port: &str,
+    b: &HostOverlay,
+    b_port: &str,
+) -> Result<()> {
     a.remove_port(a_port).await?;
     b.remove_port(b_port).await?;
     // Deleting one end of a veth deletes the pair.

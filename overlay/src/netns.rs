@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::packet_route::neighbour::NeighbourState;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::error::{OverlayError, Result};
@@ -57,7 +57,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -88,7 +92,13 @@ pub struct EndpointSpec {
 
 impl EndpointSpec {
     /// An endpoint with `eth0` inside, no gateway and no neighbours.
-    pub fn new(netns: impl Into<String>, host_ifname: impl Into<String>, ip: Ipv4Addr, prefix_len: u8, mac: MacAddr) -> Self {
+    pub fn new(
+        netns: impl Into<String>,
+        host_ifname: impl Into<String>,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        mac: MacAddr,
+    ) -> Self {
         EndpointSpec {
             netns: netns.into(),
             host_ifname: host_ifname.into(),
@@ -106,10 +116,16 @@ impl EndpointSpec {
         validate_ifname(&self.host_ifname)?;
         validate_ifname(&self.ifname)?;
         if self.prefix_len > 32 {
-            return Err(OverlayError::Invalid(format!("prefix length {} > 32", self.prefix_len)));
+            return Err(OverlayError::Invalid(format!(
+                "prefix length {} > 32",
+                self.prefix_len
+            )));
         }
         if self.mac.0[0] & 1 == 1 {
-            return Err(OverlayError::Invalid(format!("{} is a multicast MAC", self.mac)));
+            return Err(OverlayError::Invalid(format!(
+                "{} is a multicast MAC",
+                self.mac
+            )));
         }
         Ok(())
     }
@@ -126,16 +142,28 @@ pub struct Endpoint {
 pub(crate) fn validate_ifname(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > IFNAMSIZ_MAX
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
-        return Err(OverlayError::Invalid(format!("invalid interface name {name:?}: 1-15 chars of [A-Za-z0-9._-]")));
+        return Err(OverlayError::Invalid(format!(
+            "invalid interface name {name:?}: 1-15 chars of [A-Za-z0-9._-]"
+        )));
     }
     Ok(())
 }
 
 fn validate_netns_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(OverlayError::Invalid(format!("invalid netns name {name:?}: 1-64 chars of [A-Za-z0-9._-]")));
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('.')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(OverlayError::Invalid(format!(
+            "invalid netns name {name:?}: 1-64 chars of [A-Za-z0-9._-]"
+        )));
     }
     Ok(())
 }
@@ -150,7 +178,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    let label = format!("{what} (netns {})", ns.map(|p| p.display().to_string()).unwrap_or_else(|| "current".into()));
+    let label = format!(
+        "{what} (netns {})",
+        ns.map(|p| p.display().to_string())
+            .unwrap_or_else(|| "current".into())
+    );
     let ns = ns.map(Path::to_path_buf);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -203,7 +235,14 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
-    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(Some(m)) => Ok(Some(m.header.index)),
         Ok(None) => Ok(None),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -212,7 +251,9 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
 }
 
 async fn require_index(h: &Handle, name: &str) -> Result<u32> {
-    link_index(h, name).await?.ok_or_else(|| OverlayError::netlink(format!("look up link {name}"), "no such device"))
+    link_index(h, name)
+        .await?
+        .ok_or_else(|| OverlayError::netlink(format!("look up link {name}"), "no such device"))
 }
 
 async fn set_up(h: &Handle, name: &str) -> Result<()> {
@@ -226,7 +267,9 @@ async fn set_up(h: &Handle, name: &str) -> Result<()> {
 
 /// Delete link `name` in the namespace of `h`; absent is fine (idempotent).
 async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
-    let Some(idx) = link_index(h, name).await? else { return Ok(false) };
+    let Some(idx) = link_index(h, name).await? else {
+        return Ok(false);
+    };
     match h.link().del(idx).execute().await {
         Ok(()) => Ok(true),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
@@ -236,17 +279,33 @@ async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
 
 /// Create a veth pair: `local` in the namespace of `h`, `peer` in the namespace at `peer_ns`
 /// (with `peer_mac` if given). Both ends are left down.
-async fn add_veth(h: &Handle, local: &str, peer: &str, peer_ns: &Path, peer_mac: Option<MacAddr>) -> Result<()> {
-    let ns_file = File::open(peer_ns).map_err(|e| OverlayError::io(format!("open netns {}", peer_ns.display()), e))?;
-    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).setns_by_fd(ns_file.as_raw_fd());
+async fn add_veth(
+    h: &Handle,
+    local: &str,
+    peer: &str,
+    peer_ns: &Path,
+    peer_mac: Option<MacAddr>,
+) -> Result<()> {
+    let ns_file = File::open(peer_ns)
+        .map_err(|e| OverlayError::io(format!("open netns {}", peer_ns.display()), e))?;
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .setns_by_fd(ns_file.as_raw_fd());
     if let Some(m) = peer_mac {
         peer_msg = peer_msg.address(m.0.to_vec());
     }
-    let msg = LinkVeth::new(local, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build()))).build();
+    let msg = LinkVeth::new(local, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+        .build();
     // The fd must stay open until the kernel has processed the request.
     let r = h.link().add(msg).execute().await;
     drop(ns_file);
-    r.map_err(|e| OverlayError::netlink(format!("create veth {local} <-> {peer} (in {})", peer_ns.display()), e))
+    r.map_err(|e| {
+        OverlayError::netlink(
+            format!("create veth {local} <-> {peer} (in {})", peer_ns.display()),
+            e,
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +317,9 @@ pub fn netns_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn is_netns(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Make `dir` a shared mount point, as `ip netns add` does: namespace mounts made later then
@@ -266,12 +327,26 @@ fn is_netns(p: &Path) -> bool {
 /// deleted namespace is not kept alive by a stale copy of its mount.
 fn ensure_shared_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let shared = |d: &Path| mount(None::<&str>, d, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = |d: &Path| {
+        mount(
+            None::<&str>,
+            d,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared(dir) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself first.
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
             shared(dir).map_err(io::Error::from)
         }
         Err(e) => Err(e.into()),
@@ -287,18 +362,28 @@ pub async fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     let (d, p) = (dir.to_path_buf(), path.clone());
-    on_ns_thread(None, &format!("create netns {}", path.display()), move || {
-        ensure_shared_dir(&d)?;
-        // A plain file is the mount target; O_EXCL is not used because a leftover empty file
-        // from a crashed run is harmless to reuse.
-        File::create(&p)?;
-        unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        if let Err(e) = mount(Some("/proc/thread-self/ns/net"), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
-            let _ = std::fs::remove_file(&p);
-            return Err(e.into());
-        }
-        Ok(())
-    })
+    on_ns_thread(
+        None,
+        &format!("create netns {}", path.display()),
+        move || {
+            ensure_shared_dir(&d)?;
+            // A plain file is the mount target; O_EXCL is not used because a leftover empty file
+            // from a crashed run is harmless to reuse.
+            File::create(&p)?;
+            unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            if let Err(e) = mount(
+                Some("/proc/thread-self/ns/net"),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ) {
+                let _ = std::fs::remove_file(&p);
+                return Err(e.into());
+            }
+            Ok(())
+        },
+    )
     .await?;
     let h = netlink(Some(&path)).await?;
     set_up(&h, "lo").await?;
@@ -310,7 +395,12 @@ pub async fn create_netns(dir: &Path, name: &str) -> Result<PathBuf> {
 pub fn delete_netns(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(OverlayError::io(format!("unmount netns {}", path.display()), e.into())),
+        Err(e) => {
+            return Err(OverlayError::io(
+                format!("unmount netns {}", path.display()),
+                e.into(),
+            ))
+        }
     }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -323,10 +413,14 @@ pub fn delete_netns(path: &Path) -> Result<()> {
 /// run). Returns the names removed.
 pub fn sweep_netns(dir: &Path, prefix: &str) -> Result<Vec<String>> {
     if prefix.is_empty() {
-        return Err(OverlayError::Invalid("refusing to sweep namespaces with an empty prefix".into()));
+        return Err(OverlayError::Invalid(
+            "refusing to sweep namespaces with an empty prefix".into(),
+        ));
     }
     let mut gone = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(gone) };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(gone);
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(prefix) {
@@ -350,14 +444,25 @@ pub fn sweep_netns(dir: &Path, prefix: &str) -> Result<Vec<String>> {
 ///
 /// Idempotent for a retried "prepare" step: a leftover host veth of that name is deleted and
 /// the inside is configured afresh; an existing namespace is reused.
-pub async fn create_endpoint(dir: &Path, host_ns: Option<&Path>, spec: &EndpointSpec) -> Result<Endpoint> {
+pub async fn create_endpoint(
+    dir: &Path,
+    host_ns: Option<&Path>,
+    spec: &EndpointSpec,
+) -> Result<Endpoint> {
     spec.validate()?;
     let path = create_netns(dir, &spec.netns).await?;
     let host = netlink(host_ns).await?;
     let inside = netlink(Some(&path)).await?;
     delete_link(&host, &spec.host_ifname).await?;
     delete_link(&inside, &spec.ifname).await?;
-    add_veth(&host, &spec.host_ifname, &spec.ifname, &path, Some(spec.mac)).await?;
+    add_veth(
+        &host,
+        &spec.host_ifname,
+        &spec.ifname,
+        &path,
+        Some(spec.mac),
+    )
+    .await?;
     set_up(&host, &spec.host_ifname).await?;
 
     let idx = require_index(&inside, &spec.ifname).await?;
@@ -367,7 +472,12 @@ pub async fn create_endpoint(dir: &Path, host_ns: Option<&Path>, spec: &Endpoint
         .replace()
         .execute()
         .await
-        .map_err(|e| OverlayError::netlink(format!("add {}/{} to {}", spec.ip, spec.prefix_len, spec.ifname), e))?;
+        .map_err(|e| {
+            OverlayError::netlink(
+                format!("add {}/{} to {}", spec.ip, spec.prefix_len, spec.ifname),
+                e,
+            )
+        })?;
     set_tx_checksum(&path, &spec.ifname, false).await?;
     set_up(&inside, &spec.ifname).await?;
     for n in &spec.neighbours {
@@ -376,20 +486,34 @@ pub async fn create_endpoint(dir: &Path, host_ns: Option<&Path>, spec: &Endpoint
     if let Some(gw) = spec.gateway {
         inside
             .route()
-            .add(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(idx).build())
+            .add(
+                rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gw)
+                    .output_interface(idx)
+                    .build(),
+            )
             .replace()
             .execute()
             .await
             .map_err(|e| OverlayError::netlink(format!("default route via {gw}"), e))?;
     }
     tracing::info!(netns = %path.display(), ip = %spec.ip, mac = %spec.mac, host_if = %spec.host_ifname, "endpoint ready");
-    Ok(Endpoint { netns_path: path, host_ifname: spec.host_ifname.clone(), ifname: spec.ifname.clone() })
+    Ok(Endpoint {
+        netns_path: path,
+        host_ifname: spec.host_ifname.clone(),
+        ifname: spec.ifname.clone(),
+    })
 }
 
 /// Delete an endpoint: its host veth (in `host_ns`) and its namespace. Absent parts are fine.
 /// Remove the OvS port first (see [`crate::HostOverlay::remove_endpoint`]) so OvS does not keep
 /// polling a vanished device.
-pub async fn delete_endpoint(dir: &Path, host_ns: Option<&Path>, netns: &str, host_ifname: &str) -> Result<()> {
+pub async fn delete_endpoint(
+    dir: &Path,
+    host_ns: Option<&Path>,
+    netns: &str,
+    host_ifname: &str,
+) -> Result<()> {
     validate_netns_name(netns)?;
     validate_ifname(host_ifname)?;
     let host = netlink(host_ns).await?;
@@ -459,12 +583,23 @@ struct IfreqData {
 }
 
 fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     let mut val = EthtoolValue { cmd, data };
-    let mut req = IfreqData { name: [0; 16], data: &mut val, _pad: [0; 16] };
+    let mut req = IfreqData {
+        name: [0; 16],
+        data: &mut val,
+        _pad: [0; 16],
+    };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
     // SAFETY: `req` is a valid ifreq whose data pointer refers to `val`, both alive for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req as *mut IfreqData) };
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            SIOCETHTOOL as _,
+            &mut req as *mut IfreqData,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -476,9 +611,11 @@ fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
 pub async fn set_tx_checksum(ns: &Path, ifname: &str, on: bool) -> Result<()> {
     validate_ifname(ifname)?;
     let n = ifname.to_string();
-    on_ns_thread(Some(ns), &format!("ethtool tx {} {ifname}", if on { "on" } else { "off" }), move || {
-        ethtool_value(&n, ETHTOOL_STXCSUM, on as u32).map(drop)
-    })
+    on_ns_thread(
+        Some(ns),
+        &format!("ethtool tx {} {ifname}", if on { "on" } else { "off" }),
+        move || ethtool_value(&n, ETHTOOL_STXCSUM, on as u32).map(drop),
+    )
     .await
 }
 
@@ -486,8 +623,10 @@ pub async fn set_tx_checksum(ns: &Path, ifname: &str, on: bool) -> Result<()> {
 pub async fn tx_checksum(ns: &Path, ifname: &str) -> Result<bool> {
     validate_ifname(ifname)?;
     let n = ifname.to_string();
-    on_ns_thread(Some(ns), &format!("ethtool -k {ifname}"), move || ethtool_value(&n, ETHTOOL_GTXCSUM, 0).map(|v| v != 0))
-        .await
+    on_ns_thread(Some(ns), &format!("ethtool -k {ifname}"), move || {
+        ethtool_value(&n, ETHTOOL_GTXCSUM, 0).map(|v| v != 0)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -499,7 +638,14 @@ mod tests {
         let m: MacAddr = "02:00:0a:63:00:64".parse().unwrap();
         assert_eq!(m.0, [2, 0, 10, 99, 0, 100]);
         assert_eq!(m.to_string(), "02:00:0a:63:00:64");
-        for bad in ["", "02:00", "02:00:0a:63:00:64:01", "zz:00:0a:63:00:64", "2:0:a:63:0:64", "02-00-0a-63-00-64"] {
+        for bad in [
+            "",
+            "02:00",
+            "02:00:0a:63:00:64:01",
+            "zz:00:0a:63:00:64",
+            "2:0:a:63:0:64",
+            "02-00-0a-63-00-64",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
@@ -526,6 +672,8 @@ mod tests {
     #[test]
     fn sweep_refuses_empty_prefix() {
         assert!(sweep_netns(Path::new("/nonexistent"), "").is_err());
-        assert!(sweep_netns(Path::new("/nonexistent"), "mov-").unwrap().is_empty());
+        assert!(sweep_netns(Path::new("/nonexistent"), "mov-")
+            .unwrap()
+            .is_empty());
     }
 }

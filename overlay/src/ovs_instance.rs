@@ -64,10 +64,17 @@ impl OvsInstance {
     }
 
     /// As [`OvsInstance::start`], with an explicit OVSDB schema file.
-    pub async fn start_with_schema(dir: impl AsRef<Path>, enter_prefix: &[String], schema: &Path) -> Result<Self> {
+    pub async fn start_with_schema(
+        dir: impl AsRef<Path>,
+        enter_prefix: &[String],
+        schema: &Path,
+    ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_absolute() {
-            return Err(OverlayError::Invalid(format!("OvS directory must be absolute: {}", dir.display())));
+            return Err(OverlayError::Invalid(format!(
+                "OvS directory must be absolute: {}",
+                dir.display()
+            )));
         }
         if !schema.exists() {
             return Err(OverlayError::Path {
@@ -89,11 +96,22 @@ impl OvsInstance {
             .map_err(|e| OverlayError::io(format!("create OvS dir {}", dir.display()), e))?;
 
         // A previous run may have left daemons behind: stop them before reusing their files.
-        let mut this = OvsInstance { dir: dir.clone(), prefix: enter_prefix.to_vec(), stopped: false };
+        let mut this = OvsInstance {
+            dir: dir.clone(),
+            prefix: enter_prefix.to_vec(),
+            stopped: false,
+        };
         this.kill_daemons(Duration::from_secs(5)).await;
         for f in [
-            "conf.db", ".conf.db.~lock~", "db.sock", "ovsdb-server.pid", "ovsdb-server.ctl", "ovs-vswitchd.pid",
-            "ovs-vswitchd.ctl", "ovsdb-server.log", "ovs-vswitchd.log",
+            "conf.db",
+            ".conf.db.~lock~",
+            "db.sock",
+            "ovsdb-server.pid",
+            "ovsdb-server.ctl",
+            "ovs-vswitchd.pid",
+            "ovs-vswitchd.ctl",
+            "ovsdb-server.log",
+            "ovs-vswitchd.log",
         ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
@@ -101,7 +119,12 @@ impl OvsInstance {
 
         let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
         cmd::run(
-            &cmd::argv(["ovsdb-tool".to_string(), "create".into(), p("conf.db"), schema.to_string_lossy().into()]),
+            &cmd::argv([
+                "ovsdb-tool".to_string(),
+                "create".into(),
+                p("conf.db"),
+                schema.to_string_lossy().into(),
+            ]),
             &[],
             cmd::DEFAULT_TIMEOUT,
         )
@@ -110,8 +133,12 @@ impl OvsInstance {
         let dir_s = dir.to_string_lossy().into_owned();
         // OVS_RUNDIR etc. make every default path of the tools point into our dir, so nothing falls
         // back to /run/openvswitch or /var/log/openvswitch (the system instance's files).
-        let env: Vec<(&str, &str)> =
-            vec![("OVS_RUNDIR", &dir_s), ("OVS_LOGDIR", &dir_s), ("OVS_DBDIR", &dir_s), ("OVS_SYSCONFDIR", &dir_s)];
+        let env: Vec<(&str, &str)> = vec![
+            ("OVS_RUNDIR", &dir_s),
+            ("OVS_LOGDIR", &dir_s),
+            ("OVS_DBDIR", &dir_s),
+            ("OVS_SYSCONFDIR", &dir_s),
+        ];
 
         let mut db_cmd = this.prefix.clone();
         db_cmd.extend(cmd::argv([
@@ -134,7 +161,12 @@ impl OvsInstance {
 
         // The root row must exist before ovs-vswitchd starts, or it idles waiting for one.
         cmd::run(
-            &cmd::argv(["ovs-vsctl".to_string(), format!("--db=unix:{}", sock.display()), "--no-wait".into(), "init".into()]),
+            &cmd::argv([
+                "ovs-vsctl".to_string(),
+                format!("--db=unix:{}", sock.display()),
+                "--no-wait".into(),
+                "init".into(),
+            ]),
             &env,
             cmd::DEFAULT_TIMEOUT,
         )
@@ -190,12 +222,19 @@ impl OvsInstance {
     /// Environment for OvS command-line tools aimed at this instance.
     pub fn tool_env(&self) -> Vec<(String, String)> {
         let d = self.dir.to_string_lossy().into_owned();
-        vec![("OVS_RUNDIR".into(), d.clone()), ("OVS_LOGDIR".into(), d.clone()), ("OVS_DBDIR".into(), d)]
+        vec![
+            ("OVS_RUNDIR".into(), d.clone()),
+            ("OVS_LOGDIR".into(), d.clone()),
+            ("OVS_DBDIR".into(), d),
+        ]
     }
 
     /// Pids of the daemons, as their pidfiles say (None if absent or unreadable).
     pub fn pids(&self) -> (Option<i32>, Option<i32>) {
-        (read_pid(&self.dir.join("ovsdb-server.pid")), read_pid(&self.dir.join("ovs-vswitchd.pid")))
+        (
+            read_pid(&self.dir.join("ovsdb-server.pid")),
+            read_pid(&self.dir.join("ovs-vswitchd.pid")),
+        )
     }
 
     /// True while both daemons are alive.
@@ -267,14 +306,19 @@ fn read_pid(path: &Path) -> Option<i32> {
 /// Alive and not a zombie (a zombie child of ours would otherwise look alive forever).
 pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z"),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z"),
         Err(_) => false,
     }
 }
 
 /// Only signal a pid from a stale pidfile if it still is that daemon (pids get reused).
 fn is_our_daemon(pid: i32, name: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| name.starts_with(c.trim())).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| name.starts_with(c.trim()))
+        .unwrap_or(false)
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL if `force`.
@@ -306,7 +350,9 @@ mod tests {
     #[tokio::test]
     async fn missing_schema_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let e = OvsInstance::start_with_schema(d.path(), &[], Path::new("/nonexistent/schema")).await.unwrap_err();
+        let e = OvsInstance::start_with_schema(d.path(), &[], Path::new("/nonexistent/schema"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("schema"), "{e}");
     }
 

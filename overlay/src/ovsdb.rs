@@ -32,7 +32,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum OvsdbError {
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("i/o on OVSDB connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("server closed the connection while waiting for the reply to `{0}`")]
@@ -44,7 +47,12 @@ pub enum OvsdbError {
     #[error("server rejected `{method}`: {error}")]
     Rpc { method: String, error: Value },
     #[error("transaction operation {index} ({op}) failed: {error}{}", details.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Op { index: usize, op: String, error: String, details: Option<String> },
+    Op {
+        index: usize,
+        op: String,
+        error: String,
+        details: Option<String>,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -86,7 +94,10 @@ impl Framer {
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>> {
         // Skip whitespace between messages.
         if self.depth == 0 && !self.in_string {
-            let ws = self.buf[self.scanned..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let ws = self.buf[self.scanned..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
             if self.scanned == 0 && ws > 0 {
                 self.buf.drain(..ws);
             }
@@ -108,7 +119,9 @@ impl Framer {
                     b'{' | b'[' => self.depth += 1,
                     b'}' | b']' => {
                         if self.depth == 0 {
-                            return Err(self.bad(format!("unbalanced '{}' at top level", b as char)));
+                            return Err(
+                                self.bad(format!("unbalanced '{}' at top level", b as char))
+                            );
                         }
                         self.depth -= 1;
                         if self.depth == 0 {
@@ -149,15 +162,22 @@ pub fn set<I: IntoIterator<Item = Value>>(items: I) -> Value {
 
 /// `["map", [[k, v], ...]]` from string pairs.
 pub fn map<'a, I: IntoIterator<Item = (&'a str, &'a str)>>(items: I) -> Value {
-    json!(["map", items.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()])
+    json!([
+        "map",
+        items
+            .into_iter()
+            .map(|(k, v)| json!([k, v]))
+            .collect::<Vec<_>>()
+    ])
 }
 
 /// Read a set column: a bare atom is a one-element set (RFC 7047 §5.1).
 pub fn set_items(v: &Value) -> Result<Vec<Value>> {
     match v.as_array() {
-        Some(a) if a.len() == 2 && a[0] == "set" => {
-            a[1].as_array().cloned().ok_or_else(|| OvsdbError::Malformed(format!("set without a list: {v}")))
-        }
+        Some(a) if a.len() == 2 && a[0] == "set" => a[1]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| OvsdbError::Malformed(format!("set without a list: {v}"))),
         _ => Ok(vec![v.clone()]),
     }
 }
@@ -166,14 +186,19 @@ pub fn set_items(v: &Value) -> Result<Vec<Value>> {
 pub fn uuid_of(v: &Value) -> Result<String> {
     match v.as_array().map(Vec::as_slice) {
         Some([tag, Value::String(u)]) if tag == "uuid" => Ok(u.clone()),
-        _ => Err(OvsdbError::Malformed(format!("expected [\"uuid\", ..], got {v}"))),
+        _ => Err(OvsdbError::Malformed(format!(
+            "expected [\"uuid\", ..], got {v}"
+        ))),
     }
 }
 
 /// Read a string→string map column.
 pub fn map_items(v: &Value) -> Result<BTreeMap<String, String>> {
     let bad = || OvsdbError::Malformed(format!("expected [\"map\", [[k, v], ..]], got {v}"));
-    let a = v.as_array().filter(|a| a.len() == 2 && a[0] == "map").ok_or_else(bad)?;
+    let a = v
+        .as_array()
+        .filter(|a| a.len() == 2 && a[0] == "map")
+        .ok_or_else(bad)?;
     let pairs = a[1].as_array().ok_or_else(bad)?;
     let mut m = BTreeMap::new();
     for p in pairs {
@@ -195,17 +220,27 @@ fn opt_int(v: &Value) -> Result<Option<i64>> {
     let items = set_items(v)?;
     match items.as_slice() {
         [] => Ok(None),
-        [x] => x.as_i64().map(Some).ok_or_else(|| OvsdbError::Malformed(format!("expected integer, got {v}"))),
-        _ => Err(OvsdbError::Malformed(format!("expected at most one integer, got {v}"))),
+        [x] => x
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| OvsdbError::Malformed(format!("expected integer, got {v}"))),
+        _ => Err(OvsdbError::Malformed(format!(
+            "expected at most one integer, got {v}"
+        ))),
     }
 }
 
 fn str_field<'a>(row: &'a Value, col: &str) -> Result<&'a str> {
-    row.get(col).and_then(Value::as_str).ok_or_else(|| OvsdbError::Malformed(format!("row lacks string column `{col}`: {row}")))
+    row.get(col)
+        .and_then(Value::as_str)
+        .ok_or_else(|| OvsdbError::Malformed(format!("row lacks string column `{col}`: {row}")))
 }
 
 fn rows_of(result: &Value) -> Result<&Vec<Value>> {
-    result.get("rows").and_then(Value::as_array).ok_or_else(|| OvsdbError::Malformed(format!("select result lacks rows: {result}")))
+    result
+        .get("rows")
+        .and_then(Value::as_array)
+        .ok_or_else(|| OvsdbError::Malformed(format!("select result lacks rows: {result}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,7 +261,11 @@ impl Default for BridgeOptions {
     fn default() -> Self {
         BridgeOptions {
             datapath_type: "netdev".into(),
-            protocols: vec!["OpenFlow10".into(), "OpenFlow13".into(), "OpenFlow14".into()],
+            protocols: vec![
+                "OpenFlow10".into(),
+                "OpenFlow13".into(),
+                "OpenFlow14".into(),
+            ],
             fail_mode: None,
         }
     }
@@ -242,7 +281,11 @@ pub enum PortKind {
     /// One end of a patch pair; `peer` names the other end's interface.
     Patch { peer: String },
     /// A VXLAN tunnel; key None = 0 (VNI), dst_port None = 4789.
-    Vxlan { remote_ip: String, key: Option<u32>, dst_port: Option<u16> },
+    Vxlan {
+        remote_ip: String,
+        key: Option<u32>,
+        dst_port: Option<u16>,
+    },
 }
 
 impl PortKind {
@@ -263,7 +306,11 @@ impl PortKind {
             PortKind::Patch { peer } => {
                 m.insert("peer".into(), peer.clone());
             }
-            PortKind::Vxlan { remote_ip, key, dst_port } => {
+            PortKind::Vxlan {
+                remote_ip,
+                key,
+                dst_port,
+            } => {
                 m.insert("remote_ip".into(), remote_ip.clone());
                 if let Some(k) = key {
                     m.insert("key".into(), k.to_string());
@@ -288,7 +335,11 @@ pub struct PortSpec {
 
 impl PortSpec {
     pub fn new(name: impl Into<String>, kind: PortKind) -> Self {
-        PortSpec { name: name.into(), kind, ofport_request: None }
+        PortSpec {
+            name: name.into(),
+            kind,
+            ofport_request: None,
+        }
     }
 }
 
@@ -318,7 +369,9 @@ pub struct OvsdbClient<S = UnixStream> {
 
 impl<S> std::fmt::Debug for OvsdbClient<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OvsdbClient").field("next_id", &self.next_id).finish()
+        f.debug_struct("OvsdbClient")
+            .field("next_id", &self.next_id)
+            .finish()
     }
 }
 
@@ -328,7 +381,10 @@ impl OvsdbClient<UnixStream> {
         let p = path.as_ref();
         let s = UnixStream::connect(p)
             .await
-            .map_err(|source| OvsdbError::Connect { path: p.display().to_string(), source })?;
+            .map_err(|source| OvsdbError::Connect {
+                path: p.display().to_string(),
+                source,
+            })?;
         Ok(Self::new(s))
     }
 }
@@ -336,7 +392,12 @@ impl OvsdbClient<UnixStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
     /// Wrap an established stream (tests use an in-memory duplex).
     pub fn new(stream: S) -> Self {
-        OvsdbClient { stream, framer: Framer::new(), next_id: 1, timeout: Duration::from_secs(10) }
+        OvsdbClient {
+            stream,
+            framer: Framer::new(),
+            next_id: 1,
+            timeout: Duration::from_secs(10),
+        }
     }
 
     /// Per-request reply deadline (default 10 s).
@@ -350,13 +411,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
         self.next_id += 1;
         let req = json!({"method": method, "params": params, "id": id});
         tracing::trace!(%req, "ovsdb >");
-        let bytes = serde_json::to_vec(&req).map_err(|e| OvsdbError::Malformed(format!("cannot encode request: {e}")))?;
+        let bytes = serde_json::to_vec(&req)
+            .map_err(|e| OvsdbError::Malformed(format!("cannot encode request: {e}")))?;
         self.stream.write_all(&bytes).await?;
         self.stream.flush().await?;
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.await_reply(method, id)).await {
             Ok(r) => r,
-            Err(_) => Err(OvsdbError::Timeout { method: method.into(), after_ms: timeout.as_millis() as u64 }),
+            Err(_) => Err(OvsdbError::Timeout {
+                method: method.into(),
+                after_ms: timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -364,7 +429,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
         loop {
             if let Some(msg) = self.framer.next_message()? {
                 return serde_json::from_slice(&msg).map_err(|e| {
-                    OvsdbError::Malformed(format!("{e}: {}", String::from_utf8_lossy(&msg[..msg.len().min(200)])))
+                    OvsdbError::Malformed(format!(
+                        "{e}: {}",
+                        String::from_utf8_lossy(&msg[..msg.len().min(200)])
+                    ))
                 });
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -379,19 +447,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
     async fn await_reply(&mut self, method: &str, id: u64) -> Result<Value> {
         loop {
             let msg = self.read_message(method).await?;
-            let obj = msg.as_object().ok_or_else(|| OvsdbError::Malformed(format!("message is not an object: {msg}")))?;
+            let obj = msg
+                .as_object()
+                .ok_or_else(|| OvsdbError::Malformed(format!("message is not an object: {msg}")))?;
             if let Some(m) = obj.get("method") {
                 // A request or notification from the server.
                 if m == "echo" {
                     let reply = json!({"result": obj.get("params").cloned().unwrap_or(json!([])), "error": null, "id": obj.get("id").cloned().unwrap_or(Value::Null)});
-                    let bytes = serde_json::to_vec(&reply).map_err(|e| OvsdbError::Malformed(e.to_string()))?;
+                    let bytes = serde_json::to_vec(&reply)
+                        .map_err(|e| OvsdbError::Malformed(e.to_string()))?;
                     self.stream.write_all(&bytes).await?;
                     self.stream.flush().await?;
                     tracing::trace!("answered server echo");
                 }
                 continue;
             }
-            let rid = obj.get("id").ok_or_else(|| OvsdbError::Malformed(format!("reply without id: {msg}")))?;
+            let rid = obj
+                .get("id")
+                .ok_or_else(|| OvsdbError::Malformed(format!("reply without id: {msg}")))?;
             if rid.as_u64() != Some(id) {
                 // A late reply to an earlier request that timed out: not ours, skip it.
                 tracing::debug!(%rid, expected = id, "skipping reply with foreign id");
@@ -399,9 +472,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             }
             let err = obj.get("error").unwrap_or(&Value::Null);
             if !err.is_null() {
-                return Err(OvsdbError::Rpc { method: method.into(), error: err.clone() });
+                return Err(OvsdbError::Rpc {
+                    method: method.into(),
+                    error: err.clone(),
+                });
             }
-            return obj.get("result").cloned().ok_or_else(|| OvsdbError::Malformed(format!("reply without result: {msg}")));
+            return obj
+                .get("result")
+                .cloned()
+                .ok_or_else(|| OvsdbError::Malformed(format!("reply without result: {msg}")));
         }
     }
 
@@ -417,32 +496,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
     /// `list_dbs`.
     pub async fn list_dbs(&mut self) -> Result<Vec<String>> {
         let r = self.call("list_dbs", json!([])).await?;
-        let a = r.as_array().ok_or_else(|| OvsdbError::Malformed(format!("list_dbs result not a list: {r}")))?;
+        let a = r
+            .as_array()
+            .ok_or_else(|| OvsdbError::Malformed(format!("list_dbs result not a list: {r}")))?;
         a.iter()
-            .map(|v| v.as_str().map(String::from).ok_or_else(|| OvsdbError::Malformed(format!("db name not a string: {v}"))))
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| OvsdbError::Malformed(format!("db name not a string: {v}")))
+            })
             .collect()
     }
 
     /// `transact` on [`DB`]; every operation's failure (and a commit failure) becomes an error.
     pub async fn transact(&mut self, ops: Vec<Value>) -> Result<Vec<Value>> {
         let n = ops.len();
-        let names: Vec<String> = ops.iter().map(|o| o.get("op").and_then(Value::as_str).unwrap_or("?").to_string()).collect();
+        let names: Vec<String> = ops
+            .iter()
+            .map(|o| {
+                o.get("op")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
         let mut params = vec![json!(DB)];
         params.extend(ops);
         let r = self.call("transact", Value::Array(params)).await?;
-        let results = r.as_array().ok_or_else(|| OvsdbError::Malformed(format!("transact result not a list: {r}")))?;
+        let results = r
+            .as_array()
+            .ok_or_else(|| OvsdbError::Malformed(format!("transact result not a list: {r}")))?;
         for (index, res) in results.iter().enumerate() {
             if let Some(e) = res.get("error") {
                 return Err(OvsdbError::Op {
                     index,
                     op: names.get(index).cloned().unwrap_or_else(|| "commit".into()),
-                    error: e.as_str().map(String::from).unwrap_or_else(|| e.to_string()),
+                    error: e
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| e.to_string()),
                     details: res.get("details").and_then(Value::as_str).map(String::from),
                 });
             }
         }
         if results.len() < n {
-            return Err(OvsdbError::Malformed(format!("transact returned {} results for {n} operations", results.len())));
+            return Err(OvsdbError::Malformed(format!(
+                "transact returned {} results for {n} operations",
+                results.len()
+            )));
         }
         Ok(results[..n].to_vec())
     }
@@ -452,8 +553,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
 
     async fn bridge_row(&mut self, name: &str) -> Result<Option<Value>> {
         let r = self
-            .transact(vec![json!({"op": "select", "table": "Bridge", "where": [["name", "==", name]],
-                "columns": ["_uuid", "datapath_type", "protocols", "fail_mode", "ports"]})])
+            .transact(vec![
+                json!({"op": "select", "table": "Bridge", "where": [["name", "==", name]],
+                "columns": ["_uuid", "datapath_type", "protocols", "fail_mode", "ports"]}),
+            ])
             .await?;
         Ok(rows_of(&r[0])?.first().cloned())
     }
@@ -470,13 +573,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             };
             if let Some(row) = self.bridge_row(name).await? {
                 let uuid = uuid_of(row.get("_uuid").unwrap_or(&Value::Null))?;
-                let same_dp = row.get("datapath_type").and_then(Value::as_str) == Some(opts.datapath_type.as_str());
+                let same_dp = row.get("datapath_type").and_then(Value::as_str)
+                    == Some(opts.datapath_type.as_str());
                 let mut have: Vec<String> =
-                    set_items(row.get("protocols").unwrap_or(&Value::Null))?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+                    set_items(row.get("protocols").unwrap_or(&Value::Null))?
+                        .iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect();
                 have.sort();
                 let mut want = opts.protocols.clone();
                 want.sort();
-                let have_fm = set_items(row.get("fail_mode").unwrap_or(&set([])))?.first().and_then(|v| v.as_str().map(String::from));
+                let have_fm = set_items(row.get("fail_mode").unwrap_or(&set([])))?
+                    .first()
+                    .and_then(|v| v.as_str().map(String::from));
                 if same_dp && have == want && have_fm == opts.fail_mode {
                     return Ok(uuid);
                 }
@@ -500,7 +609,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             match self.transact(ops).await {
                 Ok(res) => {
                     if res[4].get("count").and_then(Value::as_i64) != Some(1) {
-                        return Err(OvsdbError::NotFound("no Open_vSwitch root row (was `ovs-vsctl init` run?)".into()));
+                        return Err(OvsdbError::NotFound(
+                            "no Open_vSwitch root row (was `ovs-vsctl init` run?)".into(),
+                        ));
                     }
                     return uuid_of(res[3].get("uuid").unwrap_or(&Value::Null));
                 }
@@ -509,23 +620,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                 Err(e) => return Err(e),
             }
         }
-        Err(OvsdbError::Conflict(format!("bridge {name} kept changing while we tried to create it")))
+        Err(OvsdbError::Conflict(format!(
+            "bridge {name} kept changing while we tried to create it"
+        )))
     }
 
     /// Delete bridge `name` (with its ports). Returns false if it did not exist.
     pub async fn delete_bridge(&mut self, name: &str) -> Result<bool> {
-        let Some(row) = self.bridge_row(name).await? else { return Ok(false) };
+        let Some(row) = self.bridge_row(name).await? else {
+            return Ok(false);
+        };
         let uuid = uuid_of(row.get("_uuid").unwrap_or(&Value::Null))?;
-        self.transact(vec![json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
-            "mutations": [["bridges", "delete", ["uuid", uuid]]]})])
+        self.transact(vec![
+            json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+            "mutations": [["bridges", "delete", ["uuid", uuid]]]}),
+        ])
         .await?;
         Ok(true)
     }
 
     /// Names of all bridges.
     pub async fn list_bridges(&mut self) -> Result<Vec<String>> {
-        let r = self.transact(vec![json!({"op": "select", "table": "Bridge", "where": [], "columns": ["name"]})]).await?;
-        let mut v: Vec<String> = rows_of(&r[0])?.iter().map(|row| str_field(row, "name").map(String::from)).collect::<Result<_>>()?;
+        let r = self
+            .transact(vec![
+                json!({"op": "select", "table": "Bridge", "where": [], "columns": ["name"]}),
+            ])
+            .await?;
+        let mut v: Vec<String> = rows_of(&r[0])?
+            .iter()
+            .map(|row| str_field(row, "name").map(String::from))
+            .collect::<Result<_>>()?;
         v.sort();
         Ok(v)
     }
@@ -556,17 +680,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                            "columns": ["_uuid", "type", "options", "ofport_request"]}),
                 ])
                 .await?;
-            let br = rows_of(&r[0])?.first().cloned().ok_or_else(|| OvsdbError::NotFound(format!("bridge {bridge} does not exist")))?;
-            let br_ports: Vec<String> = set_items(br.get("ports").unwrap_or(&set([])))?.iter().map(uuid_of).collect::<Result<_>>()?;
+            let br = rows_of(&r[0])?
+                .first()
+                .cloned()
+                .ok_or_else(|| OvsdbError::NotFound(format!("bridge {bridge} does not exist")))?;
+            let br_ports: Vec<String> = set_items(br.get("ports").unwrap_or(&set([])))?
+                .iter()
+                .map(uuid_of)
+                .collect::<Result<_>>()?;
             let port = rows_of(&r[1])?.first().cloned();
             let iface = rows_of(&r[2])?.first().cloned();
             match (port, iface) {
                 (Some(p), Some(i)) => {
                     let puuid = uuid_of(p.get("_uuid").unwrap_or(&Value::Null))?;
                     if !br_ports.contains(&puuid) {
-                        return Err(OvsdbError::Conflict(format!("port {} exists on another bridge than {bridge}", spec.name)));
+                        return Err(OvsdbError::Conflict(format!(
+                            "port {} exists on another bridge than {bridge}",
+                            spec.name
+                        )));
                     }
-                    let same_type = i.get("type").and_then(Value::as_str) == Some(spec.kind.type_name());
+                    let same_type =
+                        i.get("type").and_then(Value::as_str) == Some(spec.kind.type_name());
                     let same_opts = map_items(i.get("options").unwrap_or(&map([])))? == opts;
                     let have_req = opt_int(i.get("ofport_request").unwrap_or(&set([])))?;
                     let same_req = match spec.ofport_request {
@@ -579,16 +713,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                     let iuuid = uuid_of(i.get("_uuid").unwrap_or(&Value::Null))?;
                     self.transact(vec![json!({"op": "update", "table": "Interface",
                         "where": [["_uuid", "==", ["uuid", iuuid]]], "row": iface_cols})])
-                    .await?;
+                        .await?;
                     return Ok(());
                 }
                 (None, None) => {}
-                _ => {
-                    return Err(OvsdbError::Conflict(format!(
-                        "port/interface {} half exists (a port with a differently named interface?)",
-                        spec.name
-                    )))
-                }
+                _ => return Err(OvsdbError::Conflict(format!(
+                    "port/interface {} half exists (a port with a differently named interface?)",
+                    spec.name
+                ))),
             }
             let ops = vec![
                 json!({"op": "wait", "table": "Port", "where": [["name", "==", spec.name]], "columns": ["name"],
@@ -602,7 +734,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             match self.transact(ops).await {
                 Ok(res) => {
                     if res[3].get("count").and_then(Value::as_i64) != Some(1) {
-                        return Err(OvsdbError::NotFound(format!("bridge {bridge} vanished while adding {}", spec.name)));
+                        return Err(OvsdbError::NotFound(format!(
+                            "bridge {bridge} vanished while adding {}",
+                            spec.name
+                        )));
                     }
                     return Ok(());
                 }
@@ -610,7 +745,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                 Err(e) => return Err(e),
             }
         }
-        Err(OvsdbError::Conflict(format!("port {} kept changing while we tried to add it", spec.name)))
+        Err(OvsdbError::Conflict(format!(
+            "port {} kept changing while we tried to add it",
+            spec.name
+        )))
     }
 
     /// Remove port `name` from `bridge` (its Port/Interface rows are garbage-collected by the
@@ -619,14 +757,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
         let r = self
             .transact(vec![json!({"op": "select", "table": "Port", "where": [["name", "==", name]], "columns": ["_uuid"]})])
             .await?;
-        let Some(p) = rows_of(&r[0])?.first().cloned() else { return Ok(false) };
+        let Some(p) = rows_of(&r[0])?.first().cloned() else {
+            return Ok(false);
+        };
         let puuid = uuid_of(p.get("_uuid").unwrap_or(&Value::Null))?;
         let res = self
-            .transact(vec![json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
-                "mutations": [["ports", "delete", ["uuid", puuid]]]})])
+            .transact(vec![
+                json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+                "mutations": [["ports", "delete", ["uuid", puuid]]]}),
+            ])
             .await?;
         if res[0].get("count").and_then(Value::as_i64) != Some(1) {
-            return Err(OvsdbError::NotFound(format!("bridge {bridge} does not exist")));
+            return Err(OvsdbError::NotFound(format!(
+                "bridge {bridge} does not exist"
+            )));
         }
         Ok(true)
     }
@@ -641,11 +785,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                        "columns": ["_uuid", "name", "type", "ofport", "options", "error"]}),
             ])
             .await?;
-        let br = rows_of(&r[0])?.first().cloned().ok_or_else(|| OvsdbError::NotFound(format!("bridge {bridge} does not exist")))?;
-        let wanted: Vec<String> = set_items(br.get("ports").unwrap_or(&set([])))?.iter().map(uuid_of).collect::<Result<_>>()?;
+        let br = rows_of(&r[0])?
+            .first()
+            .cloned()
+            .ok_or_else(|| OvsdbError::NotFound(format!("bridge {bridge} does not exist")))?;
+        let wanted: Vec<String> = set_items(br.get("ports").unwrap_or(&set([])))?
+            .iter()
+            .map(uuid_of)
+            .collect::<Result<_>>()?;
         let mut ifaces = BTreeMap::new();
         for row in rows_of(&r[2])? {
-            ifaces.insert(uuid_of(row.get("_uuid").unwrap_or(&Value::Null))?, row.clone());
+            ifaces.insert(
+                uuid_of(row.get("_uuid").unwrap_or(&Value::Null))?,
+                row.clone(),
+            );
         }
         let mut out = Vec::new();
         for row in rows_of(&r[1])? {
@@ -654,9 +807,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                 continue;
             }
             let name = str_field(row, "name")?.to_string();
-            let first_if = set_items(row.get("interfaces").unwrap_or(&set([])))?.first().map(uuid_of).transpose()?;
-            let iface = first_if.and_then(|u| ifaces.get(&u)).ok_or_else(|| OvsdbError::Malformed(format!("port {name} has no interface")))?;
-            let err = set_items(iface.get("error").unwrap_or(&set([])))?.first().and_then(|v| v.as_str().map(String::from));
+            let first_if = set_items(row.get("interfaces").unwrap_or(&set([])))?
+                .first()
+                .map(uuid_of)
+                .transpose()?;
+            let iface = first_if
+                .and_then(|u| ifaces.get(&u))
+                .ok_or_else(|| OvsdbError::Malformed(format!("port {name} has no interface")))?;
+            let err = set_items(iface.get("error").unwrap_or(&set([])))?
+                .first()
+                .and_then(|v| v.as_str().map(String::from));
             out.push(PortInfo {
                 name,
                 iface_type: str_field(iface, "type")?.to_string(),
@@ -692,12 +852,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                     let r = self
                         .transact(vec![json!({"op": "select", "table": "Interface", "where": [["name", "==", iface]], "columns": ["error"]})])
                         .await?;
-                    let why = rows_of(&r[0])?.first().map(|row| row["error"].to_string()).unwrap_or_default();
-                    return Err(OvsdbError::Conflict(format!("ovs-vswitchd could not open {iface}: {why}")));
+                    let why = rows_of(&r[0])?
+                        .first()
+                        .map(|row| row["error"].to_string())
+                        .unwrap_or_default();
+                    return Err(OvsdbError::Conflict(format!(
+                        "ovs-vswitchd could not open {iface}: {why}"
+                    )));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(OvsdbError::Timeout { method: format!("ofport of {iface}"), after_ms: timeout.as_millis() as u64 });
+                return Err(OvsdbError::Timeout {
+                    method: format!("ofport of {iface}"),
+                    after_ms: timeout.as_millis() as u64,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -706,8 +874,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
 
 /// OvS names become netdev names (IFNAMSIZ = 16 incl. NUL) and socket file names.
 fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 15 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(OvsdbError::Invalid(format!("invalid bridge/port name {name:?}: 1-15 chars of [A-Za-z0-9._-]")));
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(OvsdbError::Invalid(format!(
+            "invalid bridge/port name {name:?}: 1-15 chars of [A-Za-z0-9._-]"
+        )));
     }
     Ok(())
 }
@@ -726,12 +901,18 @@ mod tests {
     const WAIT_FAILED: &str = r#"{"id":$ID,"result":[{"details":"\"where\" clause test failed","error":"timed out"},null],"error":null}"#;
     const SYNTAX_ERROR: &str = r#"{"id":$ID,"result":[{"syntax":"{\"op\":\"select\",\"table\":\"Nope\",\"where\":[]}","details":"Parsing ovsdb operation 1 of 1 failed: No table named Nope.","error":"syntax error"}],"error":null}"#;
     const UNKNOWN_METHOD: &str = r#"{"id":$ID,"error":"unknown method"}"#;
-    const IFACE_NO_OFPORT: &str = r#"{"id":$ID,"result":[{"rows":[{"ofport":["set",[]]}]}],"error":null}"#;
+    const IFACE_NO_OFPORT: &str =
+        r#"{"id":$ID,"result":[{"rows":[{"ofport":["set",[]]}]}],"error":null}"#;
     const IFACE_OFPORT_3: &str = r#"{"id":$ID,"result":[{"rows":[{"ofport":3}]}],"error":null}"#;
 
     /// A fake server: for each scripted reply, read one request, check its method, answer.
     /// Returns the client and a handle yielding the requests it saw.
-    fn scripted(script: Vec<(&'static str, String)>) -> (OvsdbClient<DuplexStream>, tokio::task::JoinHandle<Vec<Value>>) {
+    fn scripted(
+        script: Vec<(&'static str, String)>,
+    ) -> (
+        OvsdbClient<DuplexStream>,
+        tokio::task::JoinHandle<Vec<Value>>,
+    ) {
         let (c, mut s) = duplex(1 << 16);
         let h = tokio::spawn(async move {
             let mut framer = Framer::new();
@@ -789,24 +970,44 @@ mod tests {
         let create = &seen[1]["params"];
         assert_eq!(create[1]["op"], "wait");
         assert_eq!(create[4]["row"]["datapath_type"], "netdev");
-        assert_eq!(create[4]["row"]["protocols"], json!(["set", ["OpenFlow10", "OpenFlow13", "OpenFlow14"]]));
+        assert_eq!(
+            create[4]["row"]["protocols"],
+            json!(["set", ["OpenFlow10", "OpenFlow13", "OpenFlow14"]])
+        );
     }
 
     #[tokio::test]
     async fn ensure_bridge_retries_when_someone_else_created_it() {
-        let (mut c, _h) =
-            scripted(vec![("transact", r(NO_BRIDGE)), ("transact", r(WAIT_FAILED)), ("transact", r(BRIDGE_ROW))]);
-        let u = c.ensure_bridge("br0", &BridgeOptions::default()).await.unwrap();
+        let (mut c, _h) = scripted(vec![
+            ("transact", r(NO_BRIDGE)),
+            ("transact", r(WAIT_FAILED)),
+            ("transact", r(BRIDGE_ROW)),
+        ]);
+        let u = c
+            .ensure_bridge("br0", &BridgeOptions::default())
+            .await
+            .unwrap();
         assert_eq!(u, "621515f1-82b2-4788-9061-a7ab374a70c3");
     }
 
     #[tokio::test]
     async fn operation_errors_are_typed() {
         let (mut c, _h) = scripted(vec![("transact", r(SYNTAX_ERROR))]);
-        let e = c.transact(vec![json!({"op": "select", "table": "Nope", "where": []})]).await.unwrap_err();
+        let e = c
+            .transact(vec![json!({"op": "select", "table": "Nope", "where": []})])
+            .await
+            .unwrap_err();
         match e {
-            OvsdbError::Op { index, op, error, details } => {
-                assert_eq!((index, op.as_str(), error.as_str()), (0, "select", "syntax error"));
+            OvsdbError::Op {
+                index,
+                op,
+                error,
+                details,
+            } => {
+                assert_eq!(
+                    (index, op.as_str(), error.as_str()),
+                    (0, "select", "syntax error")
+                );
                 assert!(details.unwrap().contains("No table named Nope"));
             }
             other => panic!("wrong error {other:?}"),
@@ -817,13 +1018,22 @@ mod tests {
     async fn rpc_errors_are_typed() {
         let (mut c, _h) = scripted(vec![("bogus", r(UNKNOWN_METHOD))]);
         let e = c.call("bogus", json!([])).await.unwrap_err();
-        assert!(matches!(e, OvsdbError::Rpc { ref error, .. } if error == "unknown method"), "{e:?}");
+        assert!(
+            matches!(e, OvsdbError::Rpc { ref error, .. } if error == "unknown method"),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
     async fn ofport_unset_then_set() {
-        let (mut c, _h) = scripted(vec![("transact", r(IFACE_NO_OFPORT)), ("transact", r(IFACE_OFPORT_3))]);
-        assert_eq!(c.wait_ofport("p1", Duration::from_secs(1)).await.unwrap(), 3);
+        let (mut c, _h) = scripted(vec![
+            ("transact", r(IFACE_NO_OFPORT)),
+            ("transact", r(IFACE_OFPORT_3)),
+        ]);
+        assert_eq!(
+            c.wait_ofport("p1", Duration::from_secs(1)).await.unwrap(),
+            3
+        );
     }
 
     #[tokio::test]
@@ -835,17 +1045,27 @@ mod tests {
             let n = s.read(&mut b).await.unwrap();
             let req: Value = serde_json::from_slice(&b[..n]).unwrap();
             // The server's inactivity probe arrives before our reply, split across two writes.
-            s.write_all(br#"{"id":"echo","method":"echo","#).await.unwrap();
+            s.write_all(br#"{"id":"echo","method":"echo","#)
+                .await
+                .unwrap();
             s.write_all(br#""params":[]}"#).await.unwrap();
             let n = s.read(&mut b).await.unwrap();
             let echo_reply: Value = serde_json::from_slice(&b[..n]).unwrap();
             // A notification and then the reply, in one write.
             let reply = ECHO.replace("$ID", &req["id"].to_string());
-            s.write_all(format!(r#"{{"id":null,"method":"update","params":[null,{{}}]}} {reply}"#).as_bytes()).await.unwrap();
+            s.write_all(
+                format!(r#"{{"id":null,"method":"update","params":[null,{{}}]}} {reply}"#)
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
             echo_reply
         });
         c.echo().await.unwrap();
-        assert_eq!(server.await.unwrap(), json!({"id": "echo", "result": [], "error": null}));
+        assert_eq!(
+            server.await.unwrap(),
+            json!({"id": "echo", "result": [], "error": null})
+        );
     }
 
     async fn reply_with(raw: &'static str) -> OvsdbError {
@@ -856,11 +1076,18 @@ mod tests {
             let mut b = vec![0u8; 4096];
             let n = s.read(&mut b).await.unwrap();
             let req: Value = serde_json::from_slice(&b[..n]).unwrap();
-            s.write_all(raw.replace("$ID", &req["id"].to_string()).as_bytes()).await.unwrap();
+            s.write_all(raw.replace("$ID", &req["id"].to_string()).as_bytes())
+                .await
+                .unwrap();
             // Keep the stream open briefly so "closed" is only reported when we close it.
             tokio::time::sleep(Duration::from_millis(100)).await;
         });
-        let e = c.transact(vec![json!({"op": "select", "table": "Bridge", "where": []})]).await.unwrap_err();
+        let e = c
+            .transact(vec![
+                json!({"op": "select", "table": "Bridge", "where": []}),
+            ])
+            .await
+            .unwrap_err();
         server.abort();
         e
     }
@@ -870,22 +1097,31 @@ mod tests {
         for raw in [
             r#"{"id":$ID,"result":{"rows":[]},"error":null}"#, // result not a list
             r#"{"id":$ID,"result":[],"error":null}"#,          // too few results
-            r#"[1,2,3]"#,                                       // not an object
-            r#"{"result":[{"rows":[]}],"error":null}"#,         // no id
-            r#"{"id":$ID,"error":null}"#,                       // no result
+            r#"[1,2,3]"#,                                      // not an object
+            r#"{"result":[{"rows":[]}],"error":null}"#,        // no id
+            r#"{"id":$ID,"error":null}"#,                      // no result
             r#"{"id":$ID,"result":[{"rows":[]}],"error":nul}"#, // invalid JSON
-            r#"}"#,                                             // unbalanced
-            r#"x{"id":$ID}"#,                                   // garbage between messages
+            r#"}"#,                                            // unbalanced
+            r#"x{"id":$ID}"#,                                  // garbage between messages
         ] {
             let e = reply_with(raw).await;
             assert!(matches!(e, OvsdbError::Malformed(_)), "{raw}: {e:?}");
         }
         // Well-formed transact, malformed content: caught by the typed readers.
         let (mut c, _h) = scripted(vec![
-            ("transact", r(r#"{"id":$ID,"result":[{"nope":1}],"error":null}"#)),
-            ("transact", r(r#"{"id":$ID,"result":[{"rows":[{"ofport":"three"}]}],"error":null}"#)),
+            (
+                "transact",
+                r(r#"{"id":$ID,"result":[{"nope":1}],"error":null}"#),
+            ),
+            (
+                "transact",
+                r(r#"{"id":$ID,"result":[{"rows":[{"ofport":"three"}]}],"error":null}"#),
+            ),
         ]);
-        assert!(matches!(c.list_bridges().await, Err(OvsdbError::Malformed(_))));
+        assert!(matches!(
+            c.list_bridges().await,
+            Err(OvsdbError::Malformed(_))
+        ));
         assert!(matches!(c.ofport("p").await, Err(OvsdbError::Malformed(_))));
     }
 
@@ -896,14 +1132,20 @@ mod tests {
         c.set_timeout(Duration::from_millis(50));
         assert!(matches!(c.echo().await, Err(OvsdbError::Timeout { .. })));
         drop(s);
-        assert!(matches!(c.echo().await, Err(OvsdbError::Io(_) | OvsdbError::Closed(_))));
+        assert!(matches!(
+            c.echo().await,
+            Err(OvsdbError::Io(_) | OvsdbError::Closed(_))
+        ));
     }
 
     #[test]
     fn framer_handles_strings_splits_and_garbage() {
         let mut f = Framer::new();
         f.push(br#" {"a":"}{\"[","b":[1,{"c":2}]}{"x""#);
-        assert_eq!(f.next_message().unwrap().unwrap(), br#"{"a":"}{\"[","b":[1,{"c":2}]}"#.to_vec());
+        assert_eq!(
+            f.next_message().unwrap().unwrap(),
+            br#"{"a":"}{\"[","b":[1,{"c":2}]}"#.to_vec()
+        );
         assert!(f.next_message().unwrap().is_none());
         f.push(br#":1}"#);
         assert_eq!(f.next_message().unwrap().unwrap(), br#"{"x":1}"#.to_vec());
@@ -918,7 +1160,13 @@ mod tests {
         assert!(set_items(&json!(["set", 1])).is_err());
         assert!(uuid_of(&json!(["named-uuid", "x"])).is_err());
         assert!(map_items(&json!(["map", [["k", 1]]])).is_err());
-        assert_eq!(map_items(&json!(["map", [["k", "v"]]])).unwrap().get("k").unwrap(), "v");
+        assert_eq!(
+            map_items(&json!(["map", [["k", "v"]]]))
+                .unwrap()
+                .get("k")
+                .unwrap(),
+            "v"
+        );
         assert_eq!(opt_int(&json!(["set", []])).unwrap(), None);
         assert!(opt_int(&json!(["set", [1, 2]])).is_err());
     }
@@ -926,9 +1174,13 @@ mod tests {
     #[tokio::test]
     async fn invalid_names_never_reach_the_server() {
         let (mut c, h) = scripted(vec![]);
-        assert!(matches!(c.ensure_bridge("", &BridgeOptions::default()).await, Err(OvsdbError::Invalid(_))));
         assert!(matches!(
-            c.ensure_port("br0", &PortSpec::new("a/b", PortKind::System)).await,
+            c.ensure_bridge("", &BridgeOptions::default()).await,
+            Err(OvsdbError::Invalid(_))
+        ));
+        assert!(matches!(
+            c.ensure_port("br0", &PortSpec::new("a/b", PortKind::System))
+                .await,
             Err(OvsdbError::Invalid(_))
         ));
         drop(c);

@@ -45,16 +45,46 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
     let tbf = |parent: &[&str]| {
         let mut v = cmd::argv(["qdisc", "add", "dev", s.dev.as_str()]);
         v.extend(cmd::argv(parent.iter().copied()));
-        v.extend(cmd::argv(["tbf", "rate", rate.as_str(), "burst", burst.as_str(), "latency", "100ms"]));
+        v.extend(cmd::argv([
+            "tbf",
+            "rate",
+            rate.as_str(),
+            "burst",
+            burst.as_str(),
+            "latency",
+            "100ms",
+        ]));
         v
     };
     match s.dst {
         None => vec![tbf(&["root", "handle", "40:"])],
         Some(dst) => vec![
-            cmd::argv(["qdisc", "add", "dev", s.dev.as_str(), "root", "handle", "1:", "htb"]),
             cmd::argv([
-                "class", "add", "dev", s.dev.as_str(), "parent", "1:", "classid", "1:4", "htb", "rate", rate.as_str(), "ceil",
-                rate.as_str(), "burst", burst.as_str(),
+                "qdisc",
+                "add",
+                "dev",
+                s.dev.as_str(),
+                "root",
+                "handle",
+                "1:",
+                "htb",
+            ]),
+            cmd::argv([
+                "class",
+                "add",
+                "dev",
+                s.dev.as_str(),
+                "parent",
+                "1:",
+                "classid",
+                "1:4",
+                "htb",
+                "rate",
+                rate.as_str(),
+                "ceil",
+                rate.as_str(),
+                "burst",
+                burst.as_str(),
             ]),
             tbf(&["parent", "1:4", "handle", "40:"]),
             cmd::argv([
@@ -83,7 +113,10 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
 fn validate(s: &Shape) -> Result<()> {
     validate_ifname(&s.dev)?;
     if !(8_000..=100_000_000_000).contains(&s.rate_bps) {
-        return Err(OverlayError::Invalid(format!("rate {} bit/s out of range (8 kbit/s ..= 100 Gbit/s)", s.rate_bps)));
+        return Err(OverlayError::Invalid(format!(
+            "rate {} bit/s out of range (8 kbit/s ..= 100 Gbit/s)",
+            s.rate_bps
+        )));
     }
     Ok(())
 }
@@ -91,7 +124,11 @@ fn validate(s: &Shape) -> Result<()> {
 async fn tc(ns: Option<&Path>, args: Vec<String>) -> Result<String> {
     let mut argv = Vec::new();
     if let Some(p) = ns {
-        argv.extend(cmd::argv(["nsenter".to_string(), format!("--net={}", p.display()), "--".into()]));
+        argv.extend(cmd::argv([
+            "nsenter".to_string(),
+            format!("--net={}", p.display()),
+            "--".into(),
+        ]));
     }
     argv.push("tc".into());
     argv.extend(args);
@@ -121,7 +158,9 @@ pub async fn unshape(ns: Option<&Path>, dev: &str) -> Result<()> {
         Ok(_) => Ok(()),
         // Deleting the default qdisc: "Cannot delete qdisc with handle of zero" / "No such file".
         Err(OverlayError::Command { stderr, .. })
-            if stderr.contains("handle of zero") || stderr.contains("No such file") || stderr.contains("Invalid handle") =>
+            if stderr.contains("handle of zero")
+                || stderr.contains("No such file")
+                || stderr.contains("Invalid handle") =>
         {
             Ok(())
         }
@@ -135,12 +174,34 @@ mod tests {
 
     #[test]
     fn commands_for_whole_device_and_one_destination() {
-        let s = Shape { dev: "eth0".into(), rate_bps: 40_000_000, dst: None };
+        let s = Shape {
+            dev: "eth0".into(),
+            rate_bps: 40_000_000,
+            dst: None,
+        };
         assert_eq!(
             tc_commands(&s),
-            vec![cmd::argv(["qdisc", "add", "dev", "eth0", "root", "handle", "40:", "tbf", "rate", "40000000bit", "burst", "50000", "latency", "100ms"])]
+            vec![cmd::argv([
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "handle",
+                "40:",
+                "tbf",
+                "rate",
+                "40000000bit",
+                "burst",
+                "50000",
+                "latency",
+                "100ms"
+            ])]
         );
-        let s = Shape { dst: Some(Ipv4Addr::new(10, 99, 0, 11)), ..s };
+        let s = Shape {
+            dst: Some(Ipv4Addr::new(10, 99, 0, 11)),
+            ..s
+        };
         let c = tc_commands(&s);
         assert_eq!(c.len(), 4);
         assert_eq!(c[0].join(" "), "qdisc add dev eth0 root handle 1: htb");
@@ -156,9 +217,23 @@ mod tests {
 
     #[tokio::test]
     async fn bad_input_is_rejected_before_running_tc() {
-        let s = Shape { dev: "eth0".into(), rate_bps: 10, dst: None };
-        assert!(matches!(shape(None, &s).await, Err(OverlayError::Invalid(_))));
-        let s = Shape { dev: "bad dev".into(), rate_bps: 1_000_000, dst: None };
-        assert!(matches!(shape(None, &s).await, Err(OverlayError::Invalid(_))));
+        let s = Shape {
+            dev: "eth0".into(),
+            rate_bps: 10,
+            dst: None,
+        };
+        assert!(matches!(
+            shape(None, &s).await,
+            Err(OverlayError::Invalid(_))
+        ));
+        let s = Shape {
+            dev: "bad dev".into(),
+            rate_bps: 1_000_000,
+            dst: None,
+        };
+        assert!(matches!(
+            shape(None, &s).await,
+            Err(OverlayError::Invalid(_))
+        ));
     }
 }

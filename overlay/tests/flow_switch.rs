@@ -31,29 +31,64 @@ async fn service_moves_and_client_flow_switches_fast() {
     let (_hm_ns, hm) = lab.host("hm").await;
     let (_ha_ns, ha) = lab.host("ha").await;
     let (_hb_ns, hb) = lab.host("hb").await;
-    let (m_to_a, _) = connect_wire(&hm, "to-a", &ha, "to-m").await.expect("wire m-a");
-    let (m_to_b, _) = connect_wire(&hm, "to-b", &hb, "to-m").await.expect("wire m-b");
+    let (m_to_a, _) = connect_wire(&hm, "to-a", &ha, "to-m")
+        .await
+        .expect("wire m-a");
+    let (m_to_b, _) = connect_wire(&hm, "to-b", &hb, "to-m")
+        .await
+        .expect("wire m-b");
 
-    let svc = ServiceAddr { ip: SERVICE_IP, mac: mac_for(SERVICE_IP) };
-    let client = Neighbour { ip: CLIENT_IP, mac: mac_for(CLIENT_IP) };
+    let svc = ServiceAddr {
+        ip: SERVICE_IP,
+        mac: mac_for(SERVICE_IP),
+    };
+    let client = Neighbour {
+        ip: CLIENT_IP,
+        mac: mac_for(CLIENT_IP),
+    };
 
     // The mobile client's own namespace on hm.
     let cli = hm
-        .add_endpoint(&EndpointSpec::new(lab.name("cli"), "cli", CLIENT_IP, 24, client.mac))
+        .add_endpoint(&EndpointSpec::new(
+            lab.name("cli"),
+            "cli",
+            CLIENT_IP,
+            24,
+            client.mac,
+        ))
         .await
         .expect("client endpoint");
-    assert!(!netns::tx_checksum(&cli.endpoint.netns_path, "eth0").await.unwrap(), "tx checksum must be off");
+    assert!(
+        !netns::tx_checksum(&cli.endpoint.netns_path, "eth0")
+            .await
+            .unwrap(),
+        "tx checksum must be off"
+    );
 
     // The service on A, with the client's neighbour entry pre-loaded.
     let mut spec_a = EndpointSpec::new(lab.name("sa"), "svc", SERVICE_IP, 24, svc.mac);
     spec_a.neighbours.push(client);
-    let sa = ha.add_endpoint(&spec_a).await.expect("service endpoint on A");
-    ha.steer(svc, sa.ofport).await.expect("explicit service flows on A");
+    let sa = ha
+        .add_endpoint(&spec_a)
+        .await
+        .expect("service endpoint on A");
+    ha.steer(svc, sa.ofport)
+        .await
+        .expect("explicit service flows on A");
     hm.steer(svc, m_to_a).await.expect("client flow to A");
-    let server_a = tag_server(&sa.endpoint.netns_path, SocketAddr::from((SERVICE_IP, PORT)), "A").await;
+    let server_a = tag_server(
+        &sa.endpoint.netns_path,
+        SocketAddr::from((SERVICE_IP, PORT)),
+        "A",
+    )
+    .await;
 
     let to = SocketAddr::from((SERVICE_IP, PORT));
-    let mut held = BufReader::new(connect_from(&cli.endpoint.netns_path, to).await.expect("connect to A"));
+    let mut held = BufReader::new(
+        connect_from(&cli.endpoint.netns_path, to)
+            .await
+            .expect("connect to A"),
+    );
     for _ in 0..10 {
         assert_eq!(ask(&mut held).await.expect("round trip to A"), "A");
     }
@@ -63,20 +98,38 @@ async fn service_moves_and_client_flow_switches_fast() {
     let mut spec_b = EndpointSpec::new(lab.name("sb"), "svc", SERVICE_IP, 24, svc.mac);
     spec_b.neighbours.push(client);
     let t = Instant::now();
-    hb.add_endpoint(&spec_b).await.expect("service endpoint on B");
-    let sb = hb.add_endpoint(&spec_b).await.expect("service endpoint on B, again");
+    hb.add_endpoint(&spec_b)
+        .await
+        .expect("service endpoint on B");
+    let sb = hb
+        .add_endpoint(&spec_b)
+        .await
+        .expect("service endpoint on B, again");
     let netns_ms = t.elapsed().as_secs_f64() * 1e3 / 2.0;
-    hb.steer(svc, sb.ofport).await.expect("explicit service flows on B");
+    hb.steer(svc, sb.ofport)
+        .await
+        .expect("explicit service flows on B");
     let server_b = tag_server(&sb.endpoint.netns_path, to, "B").await;
     // Still on A while B is being prepared.
-    assert_eq!(ask(&mut held).await.expect("round trip to A during prepare"), "A");
+    assert_eq!(
+        ask(&mut held)
+            .await
+            .expect("round trip to A during prepare"),
+        "A"
+    );
 
     // The switch (IP and ARP, one bundle).
     let t = Instant::now();
-    hm.steer(svc, m_to_b).await.expect("switch client flow to B");
+    hm.steer(svc, m_to_b)
+        .await
+        .expect("switch client flow to B");
     let switch_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let mut fresh = BufReader::new(connect_from(&cli.endpoint.netns_path, to).await.expect("connect after switch"));
+    let mut fresh = BufReader::new(
+        connect_from(&cli.endpoint.netns_path, to)
+            .await
+            .expect("connect after switch"),
+    );
     let answer = ask(&mut fresh).await.expect("round trip after switch");
     let first_reply_ms = t.elapsed().as_secs_f64() * 1e3;
     println!(
@@ -88,17 +141,29 @@ async fn service_moves_and_client_flow_switches_fast() {
 
     let flows = hm.steering().flows(SERVICE_IP).await.unwrap();
     assert_eq!(flows.len(), 3, "{flows:?}");
-    assert!(flows.iter().all(|f| f.contains(&format!("output:{m_to_b}"))), "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.contains(&format!("output:{m_to_b}"))),
+        "{flows:?}"
+    );
 
     // The held connection now reaches B, which has no such socket: B's kernel resets it (that is
     // why COAT restores the socket with CRIU before switching).
     let old = ask(&mut held).await;
-    assert!(old.is_err(), "held connection should be reset by B, got {old:?}");
+    assert!(
+        old.is_err(),
+        "held connection should be reset by B, got {old:?}"
+    );
 
     // Source cleanup (COAT step 6), idempotent.
     server_a.abort();
-    ha.remove_endpoint(&lab.name("sa"), "svc").await.expect("remove A's endpoint");
-    ha.remove_endpoint(&lab.name("sa"), "svc").await.expect("remove A's endpoint again");
+    ha.remove_endpoint(&lab.name("sa"), "svc")
+        .await
+        .expect("remove A's endpoint");
+    ha.remove_endpoint(&lab.name("sa"), "svc")
+        .await
+        .expect("remove A's endpoint again");
     ha.unsteer(SERVICE_IP).await.expect("unsteer on A");
     assert!(ha.steering().flows(SERVICE_IP).await.unwrap().is_empty());
     assert!(!ha.endpoint_path(&lab.name("sa")).exists());

@@ -66,7 +66,10 @@ async fn measure(x: &Path, y: &Path, port: u16) -> f64 {
     let deadline = Instant::now() + WARMUP + WINDOW + Duration::from_secs(2);
     while !receiver.is_finished() && Instant::now() < deadline {
         // The receiver closing its end is how the sender learns to stop.
-        if tokio::time::timeout(Duration::from_millis(200), s.write_all(&chunk)).await.is_ok_and(|r| r.is_err()) {
+        if tokio::time::timeout(Duration::from_millis(200), s.write_all(&chunk))
+            .await
+            .is_ok_and(|r| r.is_err())
+        {
             break;
         }
     }
@@ -81,11 +84,19 @@ async fn shaped_link_meets_configured_rate() {
     }
     let mut lab = Lab::new("mov-sh-");
     let x = lab.plain("x").await;
-    let y = netns::create_endpoint(Path::new(NETNS_DIR), Some(&x), &EndpointSpec::new(lab.name("y"), "to-y", Y_IP, 24, mac_for(Y_IP)))
-        .await
-        .unwrap();
+    let y = netns::create_endpoint(
+        Path::new(NETNS_DIR),
+        Some(&x),
+        &EndpointSpec::new(lab.name("y"), "to-y", Y_IP, 24, mac_for(Y_IP)),
+    )
+    .await
+    .unwrap();
     let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip").args(["-n", &lab.name("x")]).args(args).status().unwrap();
+        let st = std::process::Command::new("ip")
+            .args(["-n", &lab.name("x")])
+            .args(args)
+            .status()
+            .unwrap();
         assert!(st.success(), "ip {args:?}");
     };
     ip(&["addr", "add", &format!("{X_IP}/24"), "dev", "to-y"]);
@@ -93,25 +104,61 @@ async fn shaped_link_meets_configured_rate() {
     let unshaped = measure(&x, &y.netns_path, 5000).await;
     println!("unshaped: {:.1} Mbit/s", unshaped / 1e6);
     for (i, rate) in [20_000_000u64, 80_000_000].into_iter().enumerate() {
-        assert!(unshaped > rate as f64 * 1.5, "link too slow to test {rate} bit/s: {unshaped}");
-        let shape = Shape { dev: "to-y".into(), rate_bps: rate, dst: Some(Y_IP) };
+        assert!(
+            unshaped > rate as f64 * 1.5,
+            "link too slow to test {rate} bit/s: {unshaped}"
+        );
+        let shape = Shape {
+            dev: "to-y".into(),
+            rate_bps: rate,
+            dst: Some(Y_IP),
+        };
         shaping::shape(Some(&x), &shape).await.unwrap();
         // Shaping twice is harmless (a retried step).
         shaping::shape(Some(&x), &shape).await.unwrap();
         let got = measure(&x, &y.netns_path, 5001 + i as u16).await;
         let err = (got - rate as f64) / rate as f64 * 100.0;
-        println!("shaped to {} Mbit/s: measured {:.2} Mbit/s ({err:+.1} %)", rate / 1_000_000, got / 1e6);
-        assert!(err.abs() <= 10.0, "measured {got} bit/s for {rate} bit/s ({err:+.1} %)");
+        println!(
+            "shaped to {} Mbit/s: measured {:.2} Mbit/s ({err:+.1} %)",
+            rate / 1_000_000,
+            got / 1e6
+        );
+        assert!(
+            err.abs() <= 10.0,
+            "measured {got} bit/s for {rate} bit/s ({err:+.1} %)"
+        );
     }
     // Traffic to other destinations is not classified, so it keeps the full rate.
-    let other = Shape { dev: "to-y".into(), rate_bps: 20_000_000, dst: Some(Ipv4Addr::new(10, 78, 0, 3)) };
+    let other = Shape {
+        dev: "to-y".into(),
+        rate_bps: 20_000_000,
+        dst: Some(Ipv4Addr::new(10, 78, 0, 3)),
+    };
     shaping::shape(Some(&x), &other).await.unwrap();
     let bypass = measure(&x, &y.netns_path, 5003).await;
-    println!("shaped for another destination: {:.1} Mbit/s to ours", bypass / 1e6);
-    assert!(bypass > 40_000_000.0, "unclassified traffic was shaped: {bypass}");
+    println!(
+        "shaped for another destination: {:.1} Mbit/s to ours",
+        bypass / 1e6
+    );
+    assert!(
+        bypass > 40_000_000.0,
+        "unclassified traffic was shaped: {bypass}"
+    );
     shaping::unshape(Some(&x), "to-y").await.unwrap();
     shaping::unshape(Some(&x), "to-y").await.unwrap();
-    let out = std::process::Command::new("ip").args(["netns", "exec", &lab.name("x"), "tc", "qdisc", "show", "dev", "to-y"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.name("x"),
+            "tc",
+            "qdisc",
+            "show",
+            "dev",
+            "to-y",
+        ])
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(!out.contains("tbf") && !out.contains("htb"), "{out}");
 }

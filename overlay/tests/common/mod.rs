@@ -21,7 +21,15 @@ pub fn root_with_ovs(test: &str) -> bool {
         eprintln!("SKIP {test}: needs root (network namespaces, OvS)");
         return false;
     }
-    for tool in ["ovsdb-server", "ovs-vswitchd", "ovs-ofctl", "ovs-vsctl", "tc", "nsenter", "ip"] {
+    for tool in [
+        "ovsdb-server",
+        "ovs-vswitchd",
+        "ovs-ofctl",
+        "ovs-vsctl",
+        "tc",
+        "nsenter",
+        "ip",
+    ] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
@@ -41,11 +49,16 @@ pub struct Lab {
 impl Lab {
     /// A lab whose names all start with `prefix` (e.g. `mov-sw-`); removes stale ones first.
     pub fn new(prefix: &str) -> Lab {
-        let stale = netns::sweep_netns(Path::new(NETNS_DIR), prefix).expect("sweep stale namespaces");
+        let stale =
+            netns::sweep_netns(Path::new(NETNS_DIR), prefix).expect("sweep stale namespaces");
         if !stale.is_empty() {
             eprintln!("removed stale namespaces from an earlier run: {stale:?}");
         }
-        Lab { prefix: prefix.to_string(), ovs: Vec::new(), dirs: Vec::new() }
+        Lab {
+            prefix: prefix.to_string(),
+            ovs: Vec::new(),
+            dirs: Vec::new(),
+        }
     }
 
     pub fn name(&self, short: &str) -> String {
@@ -54,19 +67,27 @@ impl Lab {
 
     /// A plain namespace `<prefix><short>` (no OvS).
     pub async fn plain(&mut self, short: &str) -> PathBuf {
-        netns::create_netns(Path::new(NETNS_DIR), &self.name(short)).await.expect("create netns")
+        netns::create_netns(Path::new(NETNS_DIR), &self.name(short))
+            .await
+            .expect("create netns")
     }
 
     /// An emulated host: a netns `<prefix><short>` with a private OvS running inside it and
     /// bridge `br0` (netdev datapath). Returns the host's namespace path and its overlay view.
     pub async fn host(&mut self, short: &str) -> (PathBuf, HostOverlay) {
         let name = self.name(short);
-        let ns = netns::create_netns(Path::new(NETNS_DIR), &name).await.expect("create host netns");
+        let ns = netns::create_netns(Path::new(NETNS_DIR), &name)
+            .await
+            .expect("create host netns");
         let dir = PathBuf::from(format!("/tmp/{name}-ovs"));
         self.dirs.push(dir.clone());
-        let enter = ["ip", "netns", "exec", name.as_str()].map(String::from).to_vec();
+        let enter = ["ip", "netns", "exec", name.as_str()]
+            .map(String::from)
+            .to_vec();
         // OvsInstance::start also kills daemons a crashed earlier run left in this directory.
-        let ovs = OvsInstance::start(&dir, &enter).await.expect("start private OvS");
+        let ovs = OvsInstance::start(&dir, &enter)
+            .await
+            .expect("start private OvS");
         let host = HostOverlay::for_instance(&ovs, "br0").with_host_netns(&ns);
         self.ovs.push(ovs);
         host.ensure_bridge().await.expect("ensure br0");
@@ -87,7 +108,11 @@ impl Drop for Lab {
 }
 
 /// A TCP server in namespace `ns` on `addr` that answers every line with `tag`.
-pub async fn tag_server(ns: &Path, addr: SocketAddr, tag: &'static str) -> tokio::task::JoinHandle<()> {
+pub async fn tag_server(
+    ns: &Path,
+    addr: SocketAddr,
+    tag: &'static str,
+) -> tokio::task::JoinHandle<()> {
     let l = netns::in_netns(ns, move || {
         let l = std::net::TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
@@ -130,7 +155,10 @@ pub async fn ask(s: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     let mut line = String::new();
     let n = s.read_line(&mut line).await?;
     if n == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     Ok(line.trim().to_string())
 }
