@@ -1,5 +1,5 @@
-//! `mose-testbed`: emulated edge hosts, workloads, demo and benchmarks. The full CLI comes with
-//! the testbed issue; `down` already works because clearing a crashed run is needed today.
+//! `mose-testbed`: the testbed's command line. `demo` and `bench` (SPEC §8) come with a later
+//! issue; `down` is here already because clearing what a crashed run left is needed today.
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
