@@ -1,6 +1,35 @@
 //! The overlay as one host sees it: its OvS bridge, the endpoint namespaces hanging off it, the
 //! wires to other hosts' bridges and the steering flows. This is what the agent calls for COAT.
 //!
+//! ```no_run
+//! # async fn coat() -> mose_overlay::Result<()> {
+//! use std::net::Ipv4Addr;
+//! use mose_overlay::{EndpointSpec, HostOverlay, MacAddr, Neighbour, OvsInstance, ServiceAddr};
+//! use mose_overlay::shaping::{self, Shape};
+//!
+//! let ovs = OvsInstance::start("/run/mose/ovs", &[]).await?; // or the testbed host's instance
+//! let dst = HostOverlay::for_instance(&ovs, "br0");
+//! dst.ensure_bridge().await?;
+//! let svc = ServiceAddr { ip: Ipv4Addr::new(10, 99, 0, 100), mac: "02:00:0a:63:00:64".parse::<MacAddr>()? };
+//! // COAT 1 (destination, before the freeze): netns with the same IP/MAC, client's ARP entry, flows.
+//! let mut spec = EndpointSpec::new("svc-counter", "svc-counter", svc.ip, 24, svc.mac);
+//! spec.neighbours.push(Neighbour { ip: Ipv4Addr::new(10, 99, 0, 12), mac: "02:00:0a:63:00:0c".parse()? });
+//! let ep = dst.add_endpoint(&spec).await?;
+//! dst.steer(svc, ep.ofport).await?;
+//! // Source: allocate PAM's L towards the destination for the transfer, release it afterwards.
+//! shaping::shape(None, &Shape { dev: "eth0".into(), rate_bps: 100_000_000, dst: Some(Ipv4Addr::new(10, 99, 0, 11)) }).await?;
+//! // ... checkpoint, transfer, restore into ep.endpoint.netns_path ...
+//! shaping::unshape(None, "eth0").await?;
+//! // COAT 5 (mobile host, after the restore): one atomic bundle moves IP and ARP.
+//! let mobile = HostOverlay::for_instance(&ovs, "br0"); // the mobile host's own OvS in reality
+//! mobile.steer(svc, mobile.ofport("to-edge2").await?).await?;
+//! // COAT 6 (source, after the destination confirmed):
+//! let src = HostOverlay::for_instance(&ovs, "br0"); // the source host's own OvS in reality
+//! src.remove_endpoint("svc-counter", "svc-counter").await?;
+//! src.unsteer(svc.ip).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Every method opens its own short OVSDB connection (a unix socket, ~0.1 ms): a `HostOverlay`
 //! is then `Sync`, cheap to share, and never holds a connection the server may have dropped.
 

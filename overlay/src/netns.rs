@@ -139,13 +139,16 @@ pub struct Endpoint {
     pub ifname: String,
 }
 
+/// A usable Linux interface name (also what we allow for OvS bridge/port names, which become
+/// netdev names and `<bridge>.mgmt` socket names).
+pub(crate) fn ifname_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAMSIZ_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 pub(crate) fn validate_ifname(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > IFNAMSIZ_MAX
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
+    if !ifname_ok(name) {
         return Err(OverlayError::Invalid(format!(
             "invalid interface name {name:?}: 1-15 chars of [A-Za-z0-9._-]"
         )));

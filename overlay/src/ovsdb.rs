@@ -874,12 +874,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
 
 /// OvS names become netdev names (IFNAMSIZ = 16 incl. NUL) and socket file names.
 fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 15
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
+    if !crate::netns::ifname_ok(name) {
         return Err(OvsdbError::Invalid(format!(
             "invalid bridge/port name {name:?}: 1-15 chars of [A-Za-z0-9._-]"
         )));
