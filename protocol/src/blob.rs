@@ -434,7 +434,7 @@ pub async fn fetch_into<W: AsyncWrite + Unpin>(
     key: &str,
     sink: &mut W,
     opts: &FetchOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<BlobManifest, BlobError> {
     let manifest = fetch_manifest(session, key, opts).await?;
     let window = opts.in_flight.max(1) as u64;
@@ -495,7 +495,7 @@ pub async fn fetch_to_file(
     key: &str,
     dest: &Path,
     opts: &FetchOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<BlobManifest, BlobError> {
     let mut partial = dest.as_os_str().to_owned();
     partial.push(".partial");
