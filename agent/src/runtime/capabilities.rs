@@ -122,7 +122,7 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
     ProbeReport { capabilities, notes }
 }
 
-fn page_size() -> u32 {
+pub fn page_size() -> u32 {
     // SAFETY: sysconf has no memory effects.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u32::try_from(n).unwrap_or(4096)

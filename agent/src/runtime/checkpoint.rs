@@ -130,8 +130,9 @@ struct ArchivedContainer {
 impl Podman {
     /// Checkpoint `name` with `--export`, writing the archive to `sink` as it arrives.
     ///
-    /// On error nothing more is written; what was written is a partial archive the caller
-    /// discards. Unless `leave_running` is set, a container whose dump succeeded stays
+    /// The writer is flushed, not shut down: a pipe's reader sees the end of the archive only
+    /// when the caller shuts the writer (`AsyncWriteExt::shutdown`). On error nothing more is
+    /// written; what was written is a partial archive the caller discards. Unless `leave_running` is set, a container whose dump succeeded stays
     /// checkpointed (stopped) even if the transfer then fails: restore it from its own
     /// checkpoint or from the archive, per the COAT failure rules.
     #[tracing::instrument(skip(self, sink), fields(socket = %self.socket().display()))]
