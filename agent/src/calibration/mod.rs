@@ -1,0 +1,465 @@
+//! Host calibration (`mose-agent calibrate`, SPEC §5): measure this host's checkpoint and
+//! restore costs with a synthetic workload and fit the PAM model's laws to them.
+//!
+//! For every state size M and dirty rate R of the plan, the memory workload container is
+//! started, checkpointed (`--export`, CRIU statistics on) and restored from that archive. CRIU's
+//! own numbers give the laws: dump frozen time φ_d + γ_d(R)·M, restore time ψ + ω·M, freezing
+//! time β; Podman's wall time over CRIU's gives α_c and α_r; archive size over state gives τ₁.
+//! M on the x axis is what CRIU wrote (pages written × page size), not what we asked for.
+//!
+//! Pre-dump laws (φ_p, γ_p, δ, Λ, η) need kernel dirty tracking; where it is missing they keep
+//! their previous values and the report says so. A fit whose R² is under the threshold is
+//! refused: a bad model would make every plan wrong while looking precise.
+
+pub mod fit;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mose_protocol::model::PamParams;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::runtime::{
+    CheckpointOptions, CreateSpec, HostLimits, Netns, Podman, RestoreOptions, RuntimeError,
+};
+use fit::{fit_line, median, FitError, LinearFit};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct CalibrationPlan {
+    /// The memory workload image (`memload`), already present on this host.
+    pub image: String,
+    /// State sizes to run, MiB (≥ 3 distinct for a meaningful fit).
+    pub sizes_mib: Vec<u32>,
+    /// Dirty rates, MiB/s: the lowest and the highest the host should plan for.
+    pub rates_mib_per_s: Vec<f64>,
+    /// Work directory for the archives (removed per sample).
+    pub scratch: PathBuf,
+    /// Smallest acceptable R² of the fitted laws.
+    pub min_r_squared: f64,
+}
+
+impl CalibrationPlan {
+    pub fn new(image: impl Into<String>, scratch: impl Into<PathBuf>) -> Self {
+        Self {
+            image: image.into(),
+            sizes_mib: vec![1, 10, 50, 100],
+            rates_mib_per_s: vec![0.0, 20.0],
+            scratch: scratch.into(),
+            min_r_squared: 0.8,
+        }
+    }
+}
+
+/// One checkpoint + restore of the workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub requested_mib: u32,
+    pub dirty_rate_bytes_per_s: f64,
+    /// Pages written by CRIU × page size.
+    pub state_bytes: u64,
+    pub archive_bytes: u64,
+    pub freezing_s: f64,
+    pub frozen_s: f64,
+    /// Podman's checkpoint request, dump and archive included.
+    pub podman_checkpoint_s: f64,
+    pub criu_restore_s: f64,
+    /// Podman's restore request, upload and import included.
+    pub podman_restore_s: f64,
+}
+
+/// Progress while calibrating.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub state_mib: u32,
+    pub rate_mib_per_s: f64,
+}
+
+/// The outcome: parameters to store and how well they fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub params: PamParams,
+    pub fits: Vec<FitSummary>,
+    pub samples: Vec<Sample>,
+    pub notes: Vec<String>,
+}
+
+/// One fitted law, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitSummary {
+    pub law: String,
+    pub intercept: f64,
+    pub slope: f64,
+    pub r_squared: f64,
+    pub residuals: Vec<f64>,
+}
+
+#[derive(Debug, Error)]
+pub enum CalibrationError {
+    #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {source}")]
+    Runtime {
+        mib: u32,
+        rate: f64,
+        source: RuntimeError,
+    },
+    #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {reason}")]
+    Sample { mib: u32, rate: f64, reason: String },
+    #[error(transparent)]
+    Fit(#[from] FitError),
+    #[error("the {law} fit is too poor to plan with (R² = {r_squared:.3} < {threshold}); \
+             the host was probably busy: calibrate again on an idle host")]
+    BadFit {
+        law: String,
+        r_squared: f64,
+        threshold: f64,
+    },
+    #[error("calibration plan: {0}")]
+    Plan(String),
+    #[error("{path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+}
+
+/// Runs every sample of `plan` on this host's podman.
+pub async fn measure(
+    podman: &Podman,
+    plan: &CalibrationPlan,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Sample>, CalibrationError> {
+    if plan.sizes_mib.is_empty() || plan.rates_mib_per_s.is_empty() {
+        return Err(CalibrationError::Plan("needs at least one size and one rate".into()));
+    }
+    if plan.rates_mib_per_s.iter().any(|r| !r.is_finite() || *r < 0.0) {
+        return Err(CalibrationError::Plan("dirty rates must be finite and ≥ 0".into()));
+    }
+    let limits = HostLimits::detect().map_err(|e| CalibrationError::Plan(format!(
+        "cannot read this host's limits: {e}"
+    )))?;
+    let total = plan.sizes_mib.len() * plan.rates_mib_per_s.len();
+    let mut samples = Vec::with_capacity(total);
+    for &rate in &plan.rates_mib_per_s {
+        for &mib in &plan.sizes_mib {
+            progress(Progress {
+                done: samples.len(),
+                total,
+                state_mib: mib,
+                rate_mib_per_s: rate,
+            });
+            let name = format!("mose-calibrate-{mib}m-{}", samples.len());
+            let result = sample_once(podman, plan, &limits, &name, mib, rate).await;
+            // Whatever happened, the workload container goes.
+            let _ = podman.remove(&name).await;
+            samples.push(result?);
+        }
+    }
+    progress(Progress {
+        done: total,
+        total,
+        state_mib: 0,
+        rate_mib_per_s: 0.0,
+    });
+    Ok(samples)
+}
+
+async fn sample_once(
+    podman: &Podman,
+    plan: &CalibrationPlan,
+    limits: &HostLimits,
+    name: &str,
+    mib: u32,
+    rate: f64,
+) -> Result<Sample, CalibrationError> {
+    let rt = |source| CalibrationError::Runtime { mib, rate, source };
+    let bad = |reason: String| CalibrationError::Sample { mib, rate, reason };
+    let _ = podman.remove(name).await; // a crashed earlier run's leftover
+    podman
+        .create(&CreateSpec {
+            name: name.to_string(),
+            image: plan.image.clone(),
+            command: Some(vec![
+                "--mib".into(),
+                mib.to_string(),
+                "--mib-per-sec".into(),
+                rate.to_string(),
+            ]),
+            netns: Netns::None,
+            ulimits: limits.container_ulimits(),
+            ..CreateSpec::default()
+        })
+        .await
+        .map_err(rt)?;
+    podman.start(name).await.map_err(rt)?;
+    // The workload fills its memory with random data first; wait until it is resident.
+    let want = u64::from(mib) << 20;
+    let started = Instant::now();
+    loop {
+        let stats = podman.stats(name).await.map_err(rt)?;
+        if stats.mem_usage_bytes >= want {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(bad(format!(
+                "workload reached only {} of {want} bytes in 60 s",
+                stats.mem_usage_bytes
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the dirtying reach its rate before freezing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    std::fs::create_dir_all(&plan.scratch)
+        .map_err(|e| bad(format!("scratch dir {}: {e}", plan.scratch.display())))?;
+    let archive = plan.scratch.join(format!("{name}.tar"));
+    let mut file = tokio::fs::File::create(&archive)
+        .await
+        .map_err(|e| bad(format!("{}: {e}", archive.display())))?;
+    let ck = podman
+        .checkpoint(name, &CheckpointOptions::default(), &mut file)
+        .await
+        .map_err(rt);
+    drop(file);
+    let restored = match ck {
+        Ok(ck) => {
+            let reader = tokio::fs::File::open(&archive)
+                .await
+                .map_err(|e| bad(format!("{}: {e}", archive.display())))?;
+            podman
+                .restore(&RestoreOptions::default(), reader)
+                .await
+                .map_err(rt)
+                .map(|r| (ck, r))
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&archive);
+    let (ck, rs) = restored?;
+    let dump = ck
+        .criu
+        .ok_or_else(|| bad("the checkpoint archive carried no CRIU statistics".into()))?;
+    let restore = rs
+        .criu
+        .ok_or_else(|| bad("podman returned no CRIU restore statistics".into()))?;
+    Ok(Sample {
+        requested_mib: mib,
+        dirty_rate_bytes_per_s: rate * (1u64 << 20) as f64,
+        state_bytes: dump.pages_written * crate::runtime::capabilities::page_size() as u64,
+        archive_bytes: ck.archive_bytes,
+        freezing_s: dump.freezing_time_us as f64 / 1e6,
+        frozen_s: dump.frozen_time_us as f64 / 1e6,
+        podman_checkpoint_s: ck.podman_time.as_secs_f64(),
+        criu_restore_s: restore.restore_time_us as f64 / 1e6,
+        podman_restore_s: rs.elapsed.as_secs_f64(),
+    })
+}
+
+/// Fits the model to `samples`, starting from `previous` for what cannot be measured here.
+pub fn fit(
+    samples: &[Sample],
+    previous: &PamParams,
+    dirty_tracking: bool,
+    min_r_squared: f64,
+) -> Result<Calibration, CalibrationError> {
+    let mut fits = Vec::new();
+    let mut notes = Vec::new();
+    let mut accept = |law: &str, f: LinearFit| -> Result<LinearFit, CalibrationError> {
+        fits.push(FitSummary {
+            law: law.to_string(),
+            intercept: f.intercept,
+            slope: f.slope,
+            r_squared: f.r_squared,
+            residuals: f.residuals.clone(),
+        });
+        if f.r_squared < min_r_squared {
+            return Err(CalibrationError::BadFit {
+                law: law.to_string(),
+                r_squared: f.r_squared,
+                threshold: min_r_squared,
+            });
+        }
+        Ok(f)
+    };
+    let min_rate = samples
+        .iter()
+        .map(|s| s.dirty_rate_bytes_per_s)
+        .fold(f64::INFINITY, f64::min);
+    let max_rate = samples
+        .iter()
+        .map(|s| s.dirty_rate_bytes_per_s)
+        .fold(0.0, f64::max);
+    let points = |rate: f64, y: fn(&Sample) -> f64| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .filter(|s| s.dirty_rate_bytes_per_s == rate)
+            .map(|s| (s.state_bytes as f64, y(s)))
+            .collect()
+    };
+    let dump_low = accept("dump frozen time at R_min", fit_line("dump frozen time", &points(min_rate, |s| s.frozen_s))?)?;
+    let restore = accept(
+        "restore time",
+        fit_line("restore time", &samples.iter().map(|s| (s.state_bytes as f64, s.criu_restore_s)).collect::<Vec<_>>())?,
+    )?;
+    let mut params = previous.clone();
+    params.phi_d_s = dump_low.intercept.max(0.0);
+    params.gamma_d_s_per_byte.at_zero_rate = dump_low.slope.max(0.0);
+    if max_rate > min_rate {
+        let dump_high = accept("dump frozen time at R_max", fit_line("dump frozen time", &points(max_rate, |s| s.frozen_s))?)?;
+        // γ_d grows linearly with R between the two measured rates (the paper's shape).
+        params.gamma_d_s_per_byte.per_byte_per_s =
+            ((dump_high.slope - dump_low.slope) / (max_rate - min_rate)).max(0.0);
+    } else {
+        notes.push("only one dirty rate measured: γ_d's growth with R kept from before".into());
+    }
+    params.psi_s = restore.intercept.max(0.0);
+    params.omega_s_per_byte = restore.slope.max(0.0);
+    let med = |what: &str, v: Vec<f64>| {
+        median(&v).ok_or_else(|| CalibrationError::Plan(format!("no usable samples for {what}")))
+    };
+    params.beta_s = med("β", samples.iter().map(|s| s.freezing_s).collect())?;
+    let alpha_c = med(
+        "α_c",
+        samples.iter().map(|s| s.podman_checkpoint_s / (s.freezing_s + s.frozen_s)).collect(),
+    )?;
+    let alpha_r = med(
+        "α_r",
+        samples.iter().map(|s| s.podman_restore_s / s.criu_restore_s).collect(),
+    )?;
+    if alpha_c < 1.0 || alpha_r < 1.0 {
+        notes.push(format!(
+            "Podman measured faster than CRIU (α_c {alpha_c:.2}, α_r {alpha_r:.2}); clamped to 1"
+        ));
+    }
+    params.alpha_c = alpha_c.max(1.0);
+    params.alpha_r = alpha_r.max(1.0);
+    params.tau1 = med(
+        "τ₁",
+        samples
+            .iter()
+            .filter(|s| s.state_bytes > 0)
+            .map(|s| s.archive_bytes as f64 / s.state_bytes as f64)
+            .collect(),
+    )?;
+    params.rho = 1.0; // archives are exported uncompressed
+    params.page_size_bytes = crate::runtime::capabilities::page_size() as u64;
+    if !dirty_tracking {
+        notes.push(
+            "no kernel dirty tracking here: pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) kept from before".into(),
+        );
+    }
+    Ok(Calibration {
+        params,
+        fits,
+        samples: samples.to_vec(),
+        notes,
+    })
+}
+
+/// Stores a calibration as JSON (written to a temp file, then renamed).
+pub fn store(path: &Path, calibration: &Calibration) -> Result<(), CalibrationError> {
+    let err = |reason: String| CalibrationError::Store {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let json = serde_json::to_vec_pretty(calibration).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Loads a stored calibration; `Ok(None)` when none was stored yet.
+pub fn load(path: &Path) -> Result<Option<Calibration>, CalibrationError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CalibrationError::Store {
+                path: path.to_path_buf(),
+                reason: format!("not a calibration: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CalibrationError::Store {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples from known laws: frozen = 0.02 + 2e-9·M (+1e-17·R·M), restore = 0.05 + 3e-9·M.
+    fn synthetic(noise: f64) -> Vec<Sample> {
+        let mut out = Vec::new();
+        let mut flip = 1.0;
+        for rate in [0.0, 20.0 * 1048576.0] {
+            for mib in [1u32, 10, 50, 100] {
+                let m = f64::from(mib) * 1048576.0;
+                flip = -flip;
+                let frozen = 0.02 + (2e-9 + 1e-17 * rate) * m + flip * noise;
+                let restore = 0.05 + 3e-9 * m - flip * noise;
+                out.push(Sample {
+                    requested_mib: mib,
+                    dirty_rate_bytes_per_s: rate,
+                    state_bytes: m as u64,
+                    archive_bytes: (m * 1.02) as u64,
+                    freezing_s: 0.004,
+                    frozen_s: frozen,
+                    podman_checkpoint_s: 3.0 * (0.004 + frozen),
+                    criu_restore_s: restore,
+                    podman_restore_s: 2.0 * restore,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn known_laws_are_recovered() {
+        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), false, 0.8).unwrap();
+        let p = &c.params;
+        assert!((p.phi_d_s - 0.02).abs() < 1e-9, "{}", p.phi_d_s);
+        assert!((p.gamma_d_s_per_byte.at_zero_rate - 2e-9).abs() < 1e-15);
+        assert!((p.gamma_d_s_per_byte.per_byte_per_s - 1e-17).abs() < 1e-21);
+        assert!((p.psi_s - 0.05).abs() < 1e-9);
+        assert!((p.omega_s_per_byte - 3e-9).abs() < 1e-15);
+        assert!((p.alpha_c - 3.0).abs() < 1e-9);
+        assert!((p.alpha_r - 2.0).abs() < 1e-9);
+        assert!((p.tau1 - 1.02).abs() < 1e-6);
+        assert!((p.beta_s - 0.004).abs() < 1e-12);
+        assert!(c.fits.iter().all(|f| f.r_squared > 0.999));
+        assert!(c.notes.iter().any(|n| n.contains("dirty tracking")));
+    }
+
+    #[test]
+    fn a_clearly_bad_fit_is_refused() {
+        let err = fit(&synthetic(0.2), &PamParams::paper_defaults(), false, 0.8).unwrap_err();
+        assert!(matches!(err, CalibrationError::BadFit { .. }), "{err}");
+        assert!(err.to_string().contains("R²"));
+    }
+
+    #[test]
+    fn one_size_is_not_enough() {
+        let one: Vec<Sample> = synthetic(0.0).into_iter().filter(|s| s.requested_mib == 10).collect();
+        assert!(matches!(
+            fit(&one, &PamParams::paper_defaults(), false, 0.8),
+            Err(CalibrationError::Fit(FitError::TooFewPoints { .. }))
+        ));
+    }
+
+    #[test]
+    fn store_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/pam.json");
+        assert!(load(&path).unwrap().is_none());
+        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), false, 0.8).unwrap();
+        store(&path, &c).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), c);
+        std::fs::write(&path, b"{ nope").unwrap();
+        assert!(load(&path).unwrap_err().to_string().contains("not a calibration"));
+    }
+}
