@@ -34,6 +34,19 @@ pub struct Cli {
     /// OVSDB socket of this host's Open vSwitch [default: /run/openvswitch/db.sock]
     #[arg(long, value_name = "PATH")]
     pub ovsdb_socket: Option<PathBuf>,
+    /// Open vSwitch run directory holding <bridge>.mgmt [default: /var/run/openvswitch]
+    #[arg(long, value_name = "PATH")]
+    pub ovs_rundir: Option<PathBuf>,
+    /// OvS bridge that services and inter-host wires attach to [default: br0]
+    #[arg(long, value_name = "NAME")]
+    pub ovs_bridge: Option<String>,
+    /// Directory for checkpoint archives of running migrations [default: /var/lib/mose-agent]
+    #[arg(long, value_name = "PATH")]
+    pub work_dir: Option<PathBuf>,
+    /// Mobile hosts: OvS port toward an edge agent's host, as AGENT=PORT; repeatable, adds to
+    /// (and overrides) the config file's [flow_ports]
+    #[arg(long = "flow-port", value_name = "AGENT=PORT", value_parser = parse_flow_port)]
+    pub flow_ports: Vec<(String, String)>,
     #[command(flatten)]
     pub zenoh: ZenohArgs,
 }
@@ -51,8 +64,21 @@ impl Cli {
         file.metrics_interval_ms = self.metrics_interval_ms.or(file.metrics_interval_ms);
         file.podman_socket = self.podman_socket.or(file.podman_socket);
         file.ovsdb_socket = self.ovsdb_socket.or(file.ovsdb_socket);
+        file.ovs_rundir = self.ovs_rundir.or(file.ovs_rundir);
+        file.ovs_bridge = self.ovs_bridge.or(file.ovs_bridge);
+        file.work_dir = self.work_dir.or(file.work_dir);
+        file.flow_ports.extend(self.flow_ports);
         file.zenoh.apply(&self.zenoh);
         file.settle()
+    }
+}
+
+fn parse_flow_port(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((agent, port)) if !agent.is_empty() && !port.is_empty() => {
+            Ok((agent.to_string(), port.to_string()))
+        }
+        _ => Err(format!("expected AGENT=PORT, got {s:?}")),
     }
 }
 
@@ -74,6 +100,10 @@ mod tests {
             "--no-multicast",
             "--connect",
             "tcp/127.0.0.1:7447",
+            "--flow-port",
+            "edge-b=to-b",
+            "--work-dir",
+            "/tmp/w",
         ]);
         let cfg = cli.settle().unwrap();
         assert_eq!(cfg.id, "from-flag");
@@ -81,6 +111,14 @@ mod tests {
         assert_eq!(cfg.zenoh.lease_ms, 3000);
         assert!(!cfg.zenoh.multicast_scouting);
         assert_eq!(cfg.zenoh.connect, vec!["tcp/127.0.0.1:7447".to_string()]);
+        assert_eq!(cfg.flow_ports.get("edge-b").map(String::as_str), Some("to-b"));
+        assert_eq!(cfg.work_dir, PathBuf::from("/tmp/w"));
+    }
+
+    #[test]
+    fn bad_flow_port_flag_is_rejected_by_the_parser() {
+        let err = Cli::try_parse_from(["mose-agent", "--flow-port", "edge-b"]).unwrap_err();
+        assert!(err.to_string().contains("AGENT=PORT"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Agent configuration: a TOML file, overridden field by field by command-line flags.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ pub struct ConfigFile {
     pub metrics_interval_ms: Option<u64>,
     pub podman_socket: Option<PathBuf>,
     pub ovsdb_socket: Option<PathBuf>,
+    pub ovs_rundir: Option<PathBuf>,
+    pub ovs_bridge: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    /// `[flow_ports]`: agent id = OvS port toward that agent's host.
+    pub flow_ports: BTreeMap<String, String>,
     pub zenoh: ZenohOptions,
 }
 
@@ -40,6 +46,8 @@ pub enum ConfigError {
     MetricsInterval(u64),
     #[error("cannot determine the host name for the default agent id; set --id")]
     NoHostname,
+    #[error("invalid flow port entry: {0}")]
+    FlowPort(String),
 }
 
 /// The settled configuration an agent runs with.
@@ -57,6 +65,15 @@ pub struct AgentConfig {
     pub podman_socket: PathBuf,
     /// This host's OVSDB. Default: `/run/openvswitch/db.sock`.
     pub ovsdb_socket: PathBuf,
+    /// Where ovs-vswitchd keeps `<bridge>.mgmt` (OpenFlow). Default: `/var/run/openvswitch`.
+    pub ovs_rundir: PathBuf,
+    /// The bridge services and wires hang off. Default: `br0`.
+    pub ovs_bridge: String,
+    /// Checkpoint archives of running migrations. Default: `/var/lib/mose-agent`.
+    pub work_dir: PathBuf,
+    /// Mobile hosts: OvS port on `ovs_bridge` toward each edge agent, by agent id (the flow
+    /// switch steers the service there). Default: none.
+    pub flow_ports: BTreeMap<String, String>,
     pub zenoh: ZenohOptions,
 }
 
@@ -90,6 +107,15 @@ impl ConfigFile {
         if !(50..=3_600_000).contains(&interval_ms) {
             return Err(ConfigError::MetricsInterval(interval_ms));
         }
+        for (agent, port) in &self.flow_ports {
+            mose_protocol::keys::validate_id("agent id", agent)
+                .map_err(|e| ConfigError::FlowPort(format!("{agent} = {port:?}: {e}")))?;
+            if port.is_empty() || port.len() > 15 {
+                return Err(ConfigError::FlowPort(format!(
+                    "{agent} = {port:?}: an OvS port name has 1-15 characters"
+                )));
+            }
+        }
         Ok(AgentConfig {
             id,
             role: self.role.unwrap_or(Role::Edge),
@@ -101,6 +127,14 @@ impl ConfigFile {
             ovsdb_socket: self
                 .ovsdb_socket
                 .unwrap_or_else(|| PathBuf::from("/run/openvswitch/db.sock")),
+            ovs_rundir: self
+                .ovs_rundir
+                .unwrap_or_else(|| PathBuf::from("/var/run/openvswitch")),
+            ovs_bridge: self.ovs_bridge.unwrap_or_else(|| "br0".into()),
+            work_dir: self
+                .work_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/mose-agent")),
+            flow_ports: self.flow_ports,
             zenoh: self.zenoh,
         })
     }
@@ -123,6 +157,9 @@ mod tests {
         assert_eq!(cfg.metrics_interval, Duration::from_secs(1));
         assert!(cfg.zenoh.multicast_scouting);
         assert_eq!(cfg.zenoh.lease_ms, 1000);
+        assert_eq!(cfg.ovs_bridge, "br0");
+        assert_eq!(cfg.work_dir, PathBuf::from("/var/lib/mose-agent"));
+        assert!(cfg.flow_ports.is_empty());
     }
 
     #[test]
@@ -133,6 +170,10 @@ mod tests {
             role = "mobile"
             prefix = "site-a/mose"
             metrics_interval_ms = 250
+            ovs_bridge = "br-edge"
+            work_dir = "/srv/mose"
+            [flow_ports]
+            edge-a = "to-a"
             [zenoh]
             connect = ["tcp/10.0.0.1:7447"]
             lease_ms = 2000
@@ -145,6 +186,9 @@ mod tests {
         assert_eq!(cfg.keys.agent("x"), "site-a/mose/agents/x");
         assert_eq!(cfg.zenoh.connect, vec!["tcp/10.0.0.1:7447".to_string()]);
         assert_eq!(cfg.zenoh.lease_ms, 2000);
+        assert_eq!(cfg.ovs_bridge, "br-edge");
+        assert_eq!(cfg.work_dir, PathBuf::from("/srv/mose"));
+        assert_eq!(cfg.flow_ports.get("edge-a").map(String::as_str), Some("to-a"));
     }
 
     #[test]
@@ -165,6 +209,12 @@ mod tests {
             bad_interval.settle(),
             Err(ConfigError::MetricsInterval(1))
         ));
+        let bad_port = ConfigFile {
+            id: Some("a".into()),
+            flow_ports: [("b".to_string(), "a-port-name-too-long".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(bad_port.settle(), Err(ConfigError::FlowPort(_))));
     }
 
     #[test]

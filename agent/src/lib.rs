@@ -5,8 +5,10 @@
 //! * [`profiling`]: host load and per-container state size.
 //! * [`steps`]: the migration-step queryables and the [`steps::StepExecutor`] seam.
 //! * [`runtime`]: the Podman (libpod) driver and the host capability probe.
+//! * [`coat`]: the COAT migration steps ([`coat::CoatExecutor`], the real step executor).
 
 pub mod cli;
+pub mod coat;
 pub mod config;
 pub mod node;
 pub mod profiling;

@@ -1,0 +1,670 @@
+//! COAT migration steps on this host (SPEC §4): the agent's real [`StepExecutor`].
+//!
+//! | step | host | what it does |
+//! |---|---|---|
+//! | describe | source | inspect the container; read IP/MAC/client from its netns; anon memory from its cgroup |
+//! | prepare | destination | image present?; netns with the same IP/MAC + client neighbour; steer the service to it on the local bridge |
+//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}` |
+//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns |
+//! | switch-flow | mobile | steer the service's IP/ARP/MAC on the local bridge to the port toward `to_agent` |
+//! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive; stop serving the image |
+//! | abort | destination (rollback) | remove the container, netns, veth, flows and files of the service |
+//! | release | source (commit) | the same removal, after the destination confirmed |
+//!
+//! Every step is idempotent: repeating it after success (or after a timeout whose effect is
+//! unknown) converges on the same state without harming the service. Steps on one service are
+//! serialized by a per-service lock. See `docs/coat.md`.
+
+mod error;
+mod netinfo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mose_overlay::netns::{replace_neighbour, EndpointSpec, MacAddr, Neighbour};
+use mose_overlay::ovsdb::{PortKind, PortSpec};
+use mose_overlay::{HostOverlay, ServiceAddr};
+use mose_protocol::blob::{fetch_to_file, BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
+use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec, Step, StepOutcome};
+use mose_protocol::KeySpace;
+use tracing::{info, warn};
+use zenoh::Session;
+
+use crate::profiling::anon_bytes_of_cgroup;
+use crate::runtime::{CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, Podman, RestoreOptions};
+use crate::steps::StepExecutor;
+
+pub use error::CoatError;
+use error::{blob, io, overlay, runtime, Result};
+
+/// The interface a service has inside its namespace.
+pub const SERVICE_IFNAME: &str = "eth0";
+
+/// What the executor needs besides the runtime, the overlay and the session.
+#[derive(Debug, Clone)]
+pub struct CoatSettings {
+    /// Checkpoint archives live under `<work_dir>/<task>/<image>.tar`.
+    pub work_dir: PathBuf,
+    /// Mobile hosts: the OvS port on this host's bridge that leads toward each agent's host,
+    /// by agent id. SwitchFlow steers the service there.
+    pub flow_ports: BTreeMap<String, String>,
+    /// How the destination fetches images (window, per-chunk timeout, retries).
+    pub fetch: FetchOptions,
+    pub chunk_size: u32,
+}
+
+impl CoatSettings {
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        CoatSettings {
+            work_dir: work_dir.into(),
+            flow_ports: BTreeMap::new(),
+            fetch: FetchOptions::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// A checkpoint image this host serves until the task's Release or Resume.
+struct Served {
+    task: String,
+    image: String,
+    outcome: StepOutcome,
+    _server: BlobServer,
+}
+
+/// Carries out COAT steps with podman (runtime driver), the OvS overlay and Zenoh blobs.
+pub struct CoatExecutor {
+    podman: Podman,
+    overlay: HostOverlay,
+    session: Session,
+    keys: KeySpace,
+    settings: CoatSettings,
+    /// One lock per service (and per flow), so concurrent steps on one service serialize.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images being served, by service.
+    served: Mutex<HashMap<String, Served>>,
+    /// Restore statistics by (task, service), so a repeated Restore answers like the first.
+    restored: Mutex<HashMap<(String, String), CriuStats>>,
+}
+
+/// Locks a std mutex whose data stays consistent even if a holder panicked (plain inserts).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CoatExecutor {
+    pub fn new(podman: Podman, overlay: HostOverlay, session: Session, keys: KeySpace, settings: CoatSettings) -> Self {
+        CoatExecutor {
+            podman,
+            overlay,
+            session,
+            keys,
+            settings,
+            locks: Mutex::default(),
+            served: Mutex::default(),
+            restored: Mutex::default(),
+        }
+    }
+
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks).entry(key).or_default().clone()
+    }
+
+    async fn run(&self, task: &str, step: Step) -> Result<StepOutcome> {
+        match step {
+            Step::Describe { service } => self.describe(&service).await,
+            Step::Prepare { spec } => self.prepare(&spec).await.map(|_| StepOutcome::Done),
+            Step::Checkpoint { service, image, leave_running, pre_dump } => {
+                self.checkpoint(task, &service, &image, leave_running, pre_dump).await
+            }
+            Step::Restore { spec, from_agent, image } => self.restore(task, &spec, &from_agent, &image).await,
+            Step::SwitchFlow { network, to_agent } => self.switch_flow(&network, &to_agent).await,
+            Step::Resume { service } => self.resume(task, &service).await,
+            Step::Abort { service } => self.remove_here(task, &service, "abort").await,
+            Step::Release { service } => self.remove_here(task, &service, "release").await,
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Source
+
+    #[tracing::instrument(name = "coat.describe", skip(self))]
+    async fn describe(&self, service: &str) -> Result<StepOutcome> {
+        check_service(service)?;
+        let info = self.inspect(service).await?;
+        let expected = self.overlay.endpoint_path(&netns_name(service));
+        if info.netns_path().as_deref() != Some(expected.as_path()) {
+            return Err(CoatError::State(format!(
+                "service {service} uses network '{}', but COAT needs it in the namespace {} so the \
+                 destination can restore it into the same path",
+                info.host_config.network_mode,
+                expected.display()
+            )));
+        }
+        let net = netinfo::read(&expected, SERVICE_IFNAME).await?;
+        let state_bytes = if info.state.running { cgroup_anon_bytes(service, info.state.pid)? } else { 0 };
+        let image = if info.image_name.is_empty() { info.image.clone() } else { info.image_name.clone() };
+        Ok(StepOutcome::Described {
+            spec: ServiceSpec {
+                name: service.to_string(),
+                image,
+                network: ServiceNetwork {
+                    ip: net.ip,
+                    prefix_len: net.prefix_len,
+                    mac: net.mac,
+                    client_ip: net.client.map(|c| c.0),
+                    client_mac: net.client.map(|c| c.1),
+                },
+            },
+            state_bytes,
+        })
+    }
+
+    #[tracing::instrument(name = "coat.checkpoint", skip(self))]
+    async fn checkpoint(
+        &self,
+        task: &str,
+        service: &str,
+        image: &str,
+        leave_running: bool,
+        pre_dump: bool,
+    ) -> Result<StepOutcome> {
+        if pre_dump {
+            return Err(CoatError::Invalid(format!(
+                "pre-dump of {service} refused: this agent has no pre-checkpoint step (the runtime \
+                 driver offers none, and pre-copy needs soft-dirty tracking); plan a cold migration"
+            )));
+        }
+        check_service(service)?;
+        check_id("task", task)?;
+        check_id("image", image)?;
+        if let Some(s) = lock(&self.served).get(service) {
+            if s.task == task && s.image == image {
+                info!("already checkpointed and served for this task");
+                return Ok(s.outcome.clone());
+            }
+        }
+        let path = self.image_path(task, image);
+        let info = self.inspect(service).await?;
+        let outcome = if info.state.running {
+            self.dump_to(service, &path, leave_running).await?
+        } else if info.state.checkpointed && path.is_file() {
+            // A repeat after the agent lost its memory (restart): the archive is complete, since
+            // it only gets its final name once podman finished writing it.
+            let len = std::fs::metadata(&path).map_err(io("size of the checkpoint archive", &path))?.len();
+            StepOutcome::Checkpointed { image_bytes: len, stats: CriuStats::default() }
+        } else {
+            return Err(CoatError::State(format!(
+                "service {service} is {}, not running, and no checkpoint of task {task} is on disk: \
+                 nothing to checkpoint",
+                info.state.status
+            )));
+        };
+        let key = self.keys.image(task, image);
+        let server = BlobServer::serve_file(&self.session, &key, &path, self.settings.chunk_size)
+            .await
+            .map_err(blob(format!("serve the checkpoint of {service} as {key}")))?;
+        // A checkpoint of another task replaces the old one's server (it is stale by now).
+        lock(&self.served).insert(
+            service.to_string(),
+            Served { task: task.to_string(), image: image.to_string(), outcome: outcome.clone(), _server: server },
+        );
+        Ok(outcome)
+    }
+
+    /// Checkpoint into `path`, written as `path.partial` and renamed when complete.
+    async fn dump_to(&self, service: &str, path: &Path, leave_running: bool) -> Result<StepOutcome> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        tokio::fs::create_dir_all(dir).await.map_err(io("create the task's work directory", dir))?;
+        let partial = path.with_extension("tar.partial");
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io("create the checkpoint archive", &partial))?;
+        let opts = CheckpointOptions { leave_running, ..CheckpointOptions::default() };
+        let report = match self.podman.checkpoint(service, &opts, &mut file).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(runtime(format!("checkpoint {service}"))(e));
+            }
+        };
+        file.sync_all().await.map_err(io("flush the checkpoint archive", &partial))?;
+        tokio::fs::rename(&partial, path).await.map_err(io("name the finished checkpoint archive", path))?;
+        info!(
+            bytes = report.archive_bytes,
+            podman_ms = report.podman_time.as_millis() as u64,
+            frozen_us = report.criu.map(|c| c.frozen_time_us),
+            "checkpointed"
+        );
+        Ok(StepOutcome::Checkpointed { image_bytes: report.archive_bytes, stats: dump_stats(report.criu) })
+    }
+
+    #[tracing::instrument(name = "coat.resume", skip(self))]
+    async fn resume(&self, task: &str, service: &str) -> Result<StepOutcome> {
+        check_service(service)?;
+        check_id("task", task)?;
+        // The source is the truth again: nobody may restore this image any more.
+        let served_image = lock(&self.served).remove(service).map(|s| s.image);
+        match self.podman.inspect(service).await {
+            Ok(info) if info.state.running => {
+                info!("still running (never frozen, or left running): nothing to resume");
+                self.remove_task_files(task).await;
+                return Ok(StepOutcome::Done);
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(runtime(format!("inspect {service} before resuming it"))(e)),
+        }
+        let archive = self.own_checkpoint(task, service, served_image.as_deref())?;
+        // The stopped, checkpointed container holds the name and ID the archive restores;
+        // the archive stays on disk until the restore succeeded, so a retry can start over.
+        self.podman.remove(service).await.map_err(runtime(format!("remove the checkpointed {service} before restoring it")))?;
+        let file = tokio::fs::File::open(&archive).await.map_err(io("open the local checkpoint", &archive))?;
+        let report = self
+            .podman
+            .restore(&RestoreOptions::default(), file)
+            .await
+            .map_err(runtime(format!("restore {service} from its own checkpoint {}", archive.display())))?;
+        info!(ms = report.elapsed.as_millis() as u64, "resumed from the local checkpoint");
+        self.remove_task_files(task).await;
+        Ok(StepOutcome::Done)
+    }
+
+    /// The archive a checkpoint of `task` left for `service` on this host.
+    fn own_checkpoint(&self, task: &str, service: &str, image: Option<&str>) -> Result<PathBuf> {
+        if let Some(image) = image {
+            return Ok(self.image_path(task, image));
+        }
+        // The agent restarted since the checkpoint: the task's directory holds one archive.
+        let dir = self.settings.work_dir.join(task);
+        let archives: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
+            .unwrap_or_default();
+        match archives.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(CoatError::State(format!(
+                "service {service} is not running and task {task} left no checkpoint in {}: cannot resume it",
+                dir.display()
+            ))),
+            _ => Err(CoatError::State(format!(
+                "task {task} left {} archives in {}: cannot tell which one resumes {service}",
+                archives.len(),
+                dir.display()
+            ))),
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Destination
+
+    /// Image present, namespace with the service's identity, explicit flows to it. Returns the
+    /// OpenFlow port of the service's veth.
+    #[tracing::instrument(name = "coat.prepare", skip(self, spec), fields(service = %spec.name))]
+    async fn prepare(&self, spec: &ServiceSpec) -> Result<u32> {
+        check_service(&spec.name)?;
+        let t0 = Instant::now();
+        let present = self
+            .podman
+            .image_exists(&spec.image)
+            .await
+            .map_err(runtime(format!("check that image {} of {} is here", spec.image, spec.name)))?;
+        if !present {
+            return Err(CoatError::State(format!(
+                "image {} of service {} is not present on this host; load it before migrating \
+                 (the agent does not transfer container images)",
+                spec.image, spec.name
+            )));
+        }
+        let ofport = self.ensure_endpoint(spec).await?;
+        let net = &spec.network;
+        self.overlay
+            .steer(ServiceAddr { ip: net.ip, mac: MacAddr(net.mac) }, ofport)
+            .await
+            .map_err(overlay(format!("steer {} to the local port {ofport} of {}", net.ip, spec.name)))?;
+        info!(ms = t0.elapsed().as_millis() as u64, ofport, "prepared");
+        Ok(ofport)
+    }
+
+    /// The service's namespace and veth, created unless they exist with the right identity
+    /// (then only the neighbour entry is refreshed): a repeated Prepare, or one on the host the
+    /// service runs on, must not cut a live service's interface.
+    async fn ensure_endpoint(&self, spec: &ServiceSpec) -> Result<u32> {
+        let (name, host_if) = (netns_name(&spec.name), host_ifname(&spec.name));
+        let path = self.overlay.endpoint_path(&name);
+        let net = &spec.network;
+        let client = match (net.client_ip, net.client_mac) {
+            (Some(ip), Some(mac)) => Some(Neighbour { ip, mac: MacAddr(mac) }),
+            _ => None,
+        };
+        let host_link = Path::new("/sys/class/net").join(&host_if);
+        if path.exists() && host_link.exists() {
+            match netinfo::read(&path, SERVICE_IFNAME).await {
+                Ok(id) if id.ip == net.ip && id.prefix_len == net.prefix_len && id.mac == net.mac => {
+                    if let Some(n) = client {
+                        replace_neighbour(&path, SERVICE_IFNAME, n)
+                            .await
+                            .map_err(overlay(format!("carry the client's neighbour entry into {}", path.display())))?;
+                    }
+                    return self
+                        .overlay
+                        .ensure_port(&PortSpec::new(&host_if, PortKind::System))
+                        .await
+                        .map_err(overlay(format!("attach {host_if} of {} to the bridge", spec.name)));
+                }
+                Ok(id) => {
+                    if self.running_here(&spec.name).await? {
+                        return Err(CoatError::State(format!(
+                            "service {} runs here with {}/{} instead of {}/{}: refusing to replace its network",
+                            spec.name, id.ip, id.prefix_len, net.ip, net.prefix_len
+                        )));
+                    }
+                }
+                Err(e) => warn!(error = %e, "existing namespace unreadable, recreating it"),
+            }
+        }
+        let mut endpoint = EndpointSpec::new(&name, &host_if, net.ip, net.prefix_len, MacAddr(net.mac));
+        endpoint.ifname = SERVICE_IFNAME.to_string();
+        endpoint.neighbours.extend(client);
+        let attached = self
+            .overlay
+            .add_endpoint(&endpoint)
+            .await
+            .map_err(overlay(format!("create the namespace {name} of {}", spec.name)))?;
+        Ok(attached.ofport)
+    }
+
+    #[tracing::instrument(name = "coat.restore", skip(self, spec), fields(service = %spec.name))]
+    async fn restore(&self, task: &str, spec: &ServiceSpec, from_agent: &str, image: &str) -> Result<StepOutcome> {
+        let service = spec.name.as_str();
+        check_service(service)?;
+        check_id("task", task)?;
+        check_id("image", image)?;
+        let cached = lock(&self.restored).get(&(task.to_string(), service.to_string())).cloned();
+        match self.podman.inspect(service).await {
+            Ok(info) if info.state.running => {
+                return match cached {
+                    Some(stats) => Ok(StepOutcome::Restored { stats }),
+                    // Restored by an earlier attempt whose answer was lost (agent restart).
+                    None if info.state.restored => Ok(StepOutcome::Restored { stats: CriuStats::default() }),
+                    None => Err(CoatError::State(format!(
+                        "service {service} already runs here and was not restored by a migration: \
+                         refusing to replace it"
+                    ))),
+                };
+            }
+            // Left by a failed attempt; the archive recreates it.
+            Ok(_) => {
+                self.podman.remove(service).await.map_err(runtime(format!("remove the stale {service}")))?;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(runtime(format!("inspect {service} before restoring it"))(e)),
+        }
+        if !self.overlay.endpoint_path(&netns_name(service)).exists() {
+            warn!("restore without a prepared namespace: preparing now (inside the downtime)");
+            self.prepare(spec).await?;
+        }
+
+        let path = self.image_path(task, image);
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        tokio::fs::create_dir_all(dir).await.map_err(io("create the task's work directory", dir))?;
+        let key = self.keys.image(task, image);
+        let t0 = Instant::now();
+        let manifest = fetch_to_file(&self.session, &key, &path, &self.settings.fetch, &mut |_| {})
+            .await
+            .map_err(blob(format!("fetch the checkpoint {key} from agent {from_agent}")))?;
+        let fetch_ms = t0.elapsed().as_millis() as u64;
+        let file = tokio::fs::File::open(&path).await.map_err(io("open the fetched checkpoint", &path))?;
+        let result = self.podman.restore(&RestoreOptions::default(), file).await;
+        // The archive is not needed any more either way: a retry fetches it again.
+        let _ = tokio::fs::remove_file(&path).await;
+        let report = result.map_err(runtime(format!("restore {service} from the checkpoint of task {task}")))?;
+        info!(bytes = manifest.size, fetch_ms, restore_ms = report.elapsed.as_millis() as u64, "restored");
+        let stats = restore_stats(report.criu);
+        lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
+        Ok(StepOutcome::Restored { stats })
+    }
+
+    /// Abort (destination) and Release (source): remove everything of `service` on this host.
+    #[tracing::instrument(name = "coat.remove", skip(self))]
+    async fn remove_here(&self, task: &str, service: &str, why: &str) -> Result<StepOutcome> {
+        check_service(service)?;
+        check_id("task", task)?;
+        lock(&self.served).remove(service);
+        let (name, host_if) = (netns_name(service), host_ifname(service));
+        let path = self.overlay.endpoint_path(&name);
+        // The flows are keyed by the service IP, which only the namespace still knows.
+        let ip = match path.exists() {
+            true => netinfo::read(&path, SERVICE_IFNAME).await.ok().map(|n| n.ip),
+            false => None,
+        };
+        let removed = self.podman.remove(service).await.map_err(runtime(format!("{why}: remove container {service}")))?;
+        self.overlay
+            .remove_endpoint(&name, &host_if)
+            .await
+            .map_err(overlay(format!("{why}: remove the namespace {name} of {service}")))?;
+        if let Some(ip) = ip {
+            self.overlay.unsteer(ip).await.map_err(overlay(format!("{why}: remove the flows of {service} ({ip})")))?;
+        }
+        self.remove_task_files(task).await;
+        lock(&self.restored).retain(|(_, s), _| s != service);
+        info!(container_removed = removed, ?ip, "service removed from this host");
+        Ok(StepOutcome::Done)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Mobile
+
+    #[tracing::instrument(name = "coat.switch_flow", skip(self, network), fields(ip = %network.ip))]
+    async fn switch_flow(&self, network: &ServiceNetwork, to_agent: &str) -> Result<StepOutcome> {
+        let port = self.settings.flow_ports.get(to_agent).ok_or_else(|| {
+            CoatError::Invalid(format!(
+                "no OvS port toward agent {to_agent} is configured on this host (flow_ports: {:?}); \
+                 add `{to_agent} = \"<port>\"` under [flow_ports] or --flow-port {to_agent}=<port>",
+                self.settings.flow_ports.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        let ofport = self.overlay.ofport(port).await.map_err(overlay(format!("find the port {port} toward {to_agent}")))?;
+        let t0 = Instant::now();
+        self.overlay
+            .steer(ServiceAddr { ip: network.ip, mac: MacAddr(network.mac) }, ofport)
+            .await
+            .map_err(overlay(format!("steer {} to {port} (toward {to_agent})", network.ip)))?;
+        info!(port = %port, ofport, ms = t0.elapsed().as_millis() as u64, "client flow switched");
+        Ok(StepOutcome::Done)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Helpers
+
+    async fn inspect(&self, service: &str) -> Result<ContainerInfo> {
+        self.podman.inspect(service).await.map_err(|e| match e.is_not_found() {
+            true => CoatError::State(format!("no container {service} on this host")),
+            false => runtime(format!("inspect {service}"))(e),
+        })
+    }
+
+    async fn running_here(&self, service: &str) -> Result<bool> {
+        match self.podman.inspect(service).await {
+            Ok(info) => Ok(info.state.running),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(runtime(format!("inspect {service}"))(e)),
+        }
+    }
+
+    fn image_path(&self, task: &str, image: &str) -> PathBuf {
+        self.settings.work_dir.join(task).join(format!("{image}.tar"))
+    }
+
+    /// Best effort: a leftover archive costs disk, not correctness.
+    async fn remove_task_files(&self, task: &str) {
+        let dir = self.settings.work_dir.join(task);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove the task's files"),
+        }
+    }
+}
+
+impl StepExecutor for CoatExecutor {
+    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, String> {
+        let key = match &step {
+            Step::Describe { service }
+            | Step::Checkpoint { service, .. }
+            | Step::Resume { service }
+            | Step::Abort { service }
+            | Step::Release { service } => service.clone(),
+            Step::Prepare { spec } | Step::Restore { spec, .. } => spec.name.clone(),
+            // Flows belong to the service address, not to a container on this host.
+            Step::SwitchFlow { network, .. } => format!("flow {}", network.ip),
+        };
+        let op = step.op();
+        let guard = self.lock_for(key);
+        let _held = guard.lock().await;
+        let t0 = Instant::now();
+        let result = self.run(task, step).await;
+        let ms = t0.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => info!(op, ms, "step done"),
+            Err(e) => warn!(op, ms, error = %e, "step failed"),
+        }
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// The namespace of `service` on every host: one path everywhere, because the checkpoint
+/// records it and podman restores into exactly that path.
+pub fn netns_name(service: &str) -> String {
+    format!("mose-{service}")
+}
+
+/// The host-side veth (and OvS port) of `service`: `mv-<service>` when that fits the 15 bytes
+/// of an interface name, else `mv-` and 12 hex digits of a hash of the name.
+pub fn host_ifname(service: &str) -> String {
+    let plain = format!("mv-{service}");
+    if plain.len() <= 15 {
+        return plain;
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("mv-{:012x}", hash >> 16)
+}
+
+/// Container names as podman accepts them, short enough for [`netns_name`].
+fn check_service(service: &str) -> Result<()> {
+    let ok = !service.is_empty()
+        && service.len() <= 59
+        && service.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && service.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    match ok {
+        true => Ok(()),
+        false => Err(CoatError::Invalid(format!(
+            "invalid service name {service:?}: 1-59 characters of [A-Za-z0-9_.-], starting alphanumeric"
+        ))),
+    }
+}
+
+/// Task and image ids become key chunks and file names: no separators, no leading dot.
+fn check_id(what: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    match ok {
+        true => Ok(()),
+        false => Err(CoatError::Invalid(format!(
+            "invalid {what} id {id:?}: 1-128 characters of [A-Za-z0-9_.-], starting alphanumeric"
+        ))),
+    }
+}
+
+/// Anonymous memory of the container whose init is `pid` (the state a checkpoint carries).
+fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
+    let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&file).map_err(io(format!("read the cgroup of {service}"), &file))?;
+    let dir = cgroup_dir(&text).ok_or_else(|| {
+        CoatError::State(format!("{} of {service} names no cgroup v2 or v1 memory cgroup", file.display()))
+    })?;
+    anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
+}
+
+/// The memory cgroup directory from a `/proc/<pid>/cgroup` text: `0::<path>` (v2) or
+/// `<n>:memory:<path>` (v1).
+fn cgroup_dir(text: &str) -> Option<PathBuf> {
+    let rel = |p: &str| p.trim_start_matches('/').to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(|p| Path::new("/sys/fs/cgroup").join(rel(p))))
+        .or_else(|| {
+            text.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                ctrls.split(',').any(|c| c == "memory").then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
+            })
+        })
+}
+
+fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
+    s.map(|s| CriuStats {
+        freezing_time_us: Some(s.freezing_time_us),
+        frozen_time_us: Some(s.frozen_time_us),
+        memdump_time_us: Some(s.memdump_time_us),
+        memwrite_time_us: Some(s.memwrite_time_us),
+        pages_written: Some(s.pages_written),
+        restore_time_us: None,
+    })
+    .unwrap_or_default()
+}
+
+fn restore_stats(s: Option<CriuRestoreStats>) -> CriuStats {
+    CriuStats { restore_time_us: s.map(|s| s.restore_time_us), ..CriuStats::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_interfaces_and_are_stable() {
+        assert_eq!(netns_name("counter"), "mose-counter");
+        assert_eq!(host_ifname("counter"), "mv-counter");
+        let long = host_ifname("a-rather-long-service-name");
+        assert_eq!(long.len(), 15);
+        assert_eq!(long, host_ifname("a-rather-long-service-name"));
+        assert_ne!(long, host_ifname("a-rather-long-service-namf"));
+    }
+
+    #[test]
+    fn bad_names_and_ids_are_refused() {
+        for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(60)] {
+            assert!(check_service(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_service("counter_1.v2").is_ok());
+        for bad in ["", "..", "t/1", ".t"] {
+            assert!(check_id("task", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_id("task", "t-1.a_b").is_ok());
+    }
+
+    #[test]
+    fn cgroup_paths_v2_and_v1() {
+        assert_eq!(
+            cgroup_dir("0::/machine.slice/libpod-abc.scope/container\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/machine.slice/libpod-abc.scope/container"))
+        );
+        assert_eq!(
+            cgroup_dir("12:cpu,cpuacct:/x\n4:memory:/libpod_parent/abc\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/libpod_parent/abc"))
+        );
+        assert_eq!(cgroup_dir("garbage\n"), None);
+    }
+
+    #[test]
+    fn criu_statistics_map_onto_the_wire() {
+        let d = CriuDumpStats { frozen_time_us: 7, pages_written: 3, ..CriuDumpStats::default() };
+        let s = dump_stats(Some(d));
+        assert_eq!((s.frozen_time_us, s.pages_written, s.restore_time_us), (Some(7), Some(3), None));
+        assert_eq!(dump_stats(None), CriuStats::default());
+        let r = CriuRestoreStats { restore_time_us: 9, ..CriuRestoreStats::default() };
+        assert_eq!(restore_stats(Some(r)).restore_time_us, Some(9));
+    }
+}
