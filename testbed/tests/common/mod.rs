@@ -154,9 +154,16 @@ pub async fn populate(host: &mut Host, image: &mose_testbed::BuiltImage) -> Stri
         ],
     )
     .await;
-    host.start_podman_service()
+    let sock = host
+        .start_podman_service()
         .await
         .expect("podman API service");
+    assert_eq!(
+        podman_ping(&sock).await,
+        "OK",
+        "podman API of {}",
+        host.full_name()
+    );
     host.load_image(image).await.expect("load image");
     let id = host
         .podman_output(
@@ -286,4 +293,23 @@ pub async fn assert_nothing_left(
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// `GET /_ping` on a podman API socket: the body ("OK" when the service works).
+pub async fn podman_ping(sock: &std::path::Path) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock)
+        .await
+        .expect("connect to the podman API socket");
+    s.write_all(b"GET /v4.0.0/libpod/_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .await
+        .expect("send");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("read");
+    reply
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
