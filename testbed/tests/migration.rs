@@ -238,10 +238,10 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
     lan.destroy().await.expect("LAN teardown");
     eprintln!("teardown in {} ms", ms(t));
     assert!(
-        eventually(Duration::from_secs(10), || links_with_prefix(PREFIX)
+        eventually(Duration::from_secs(10), || mose_testbed::leftovers(PREFIX)
             .is_empty())
         .await,
-        "links left: {:?}",
-        links_with_prefix(PREFIX)
+        "left behind: {:?}",
+        mose_testbed::leftovers(PREFIX)
     );
 }

@@ -122,18 +122,6 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Interface names of the root namespace starting with `prefix`.
-pub fn links_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A host as a test leaves it running: private OvS with a userspace bridge, the podman API
 /// service, and a running counter container. Returns the container's ID.
 pub async fn populate(host: &mut Host, image: &mose_testbed::BuiltImage) -> String {
