@@ -2,11 +2,14 @@
 
 use std::fmt::Write as _;
 
-use mose_protocol::messages::now_us;
+use mose_protocol::messages::{now_us, PhaseEvent, PhaseStatus};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::registry::AgentView;
+use crate::tasks::{phase_name, MigrationRequest, TaskRecord};
 
 /// A failed API call.
 #[derive(Debug, Error)]
@@ -46,22 +49,66 @@ impl ApiClient {
         self.get(&format!("/v1/agents/{id}")).await
     }
 
+    pub async fn migrations(&self) -> Result<Vec<TaskRecord>, ClientError> {
+        self.get("/v1/migrations").await
+    }
+
+    pub async fn migration(&self, id: &str) -> Result<TaskRecord, ClientError> {
+        self.get(&format!("/v1/migrations/{id}")).await
+    }
+
+    /// Plans and starts a migration; the answer is the accepted task with its plan.
+    pub async fn submit(&self, request: &MigrationRequest) -> Result<TaskRecord, ClientError> {
+        self.json(Method::POST, "/v1/migrations", Some(request)).await
+    }
+
+    /// Asks a running migration to roll back.
+    pub async fn cancel(&self, id: &str) -> Result<TaskRecord, ClientError> {
+        self.json(Method::DELETE, &format!("/v1/migrations/{id}"), None::<&()>).await
+    }
+
+    /// A non-JSON document, such as `/metrics`.
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let (_, body) = self.call(Method::GET, path, None::<&()>).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::GET, path, None::<&()>).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let (url, bytes) = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends a request; a non-2xx answer becomes [`ClientError::Api`] with the server's message.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(String, Vec<u8>), ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| ClientError::Unreachable {
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: url.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             // Our API answers {"error": "..."}; anything else is shown as text.
             let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -74,10 +121,7 @@ impl ApiClient {
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            url,
-            reason: e.to_string(),
-        })
+        Ok((url, body.to_vec()))
     }
 }
 
@@ -109,12 +153,19 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             }),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+    aligned(&rows)
+}
+
+/// Rows as left-aligned columns two spaces apart; the first row is the header.
+fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let columns = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r.as_ref()[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let line: Vec<String> = row
+            .as_ref()
             .iter()
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
@@ -122,6 +173,118 @@ pub fn agents_table(agents: &[AgentView]) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// The migrations as an aligned text table, in the order given.
+pub fn migrations_table(tasks: &[TaskRecord]) -> String {
+    let mut rows = vec![[
+        "ID", "SERVICE", "FROM", "TO", "STRATEGY", "STATUS", "PHASE", "PRED DOWN", "FROZEN", "TOTAL",
+    ]
+    .map(String::from)];
+    for t in tasks {
+        let m = &t.measurements;
+        rows.push([
+            t.id.clone(),
+            t.request.service.clone(),
+            t.request.source.clone(),
+            t.request.destination.clone(),
+            t.plan.strategy.to_string(),
+            t.status.to_string(),
+            t.phase.map_or_else(|| "-".to_string(), |p| phase_name(p).to_string()),
+            millis(Some(t.plan.predicted_downtime_s * 1000.0)),
+            millis(m.frozen_ms),
+            millis(m.total_ms),
+        ]);
+    }
+    aligned(&rows)
+}
+
+/// The plan in a few lines: strategy, bandwidth, rounds, predictions and why.
+pub fn plan_summary(task: &TaskRecord) -> String {
+    let p = &task.plan;
+    format!(
+        "migration {id}: {service} {from} → {to}\n\
+         plan: {strategy}, {rounds} pre-copy round(s), {bw:.1} MB/s; predicted downtime {down}, \
+         total {total}{met}\n\
+         why: {why}\n",
+        id = task.id,
+        service = task.request.service,
+        from = task.request.source,
+        to = task.request.destination,
+        strategy = p.strategy,
+        rounds = p.rounds,
+        bw = p.bandwidth_bps as f64 / 1e6,
+        down = millis(Some(p.predicted_downtime_s * 1000.0)),
+        total = millis(Some(p.predicted_total_s * 1000.0)),
+        met = if p.target_met { "" } else { " (targets NOT met)" },
+        why = p.explanation,
+    )
+}
+
+/// One progress line for a phase event, timed from the task's creation.
+pub fn event_line(event: &PhaseEvent, created_us: u64) -> String {
+    let at = event.at_us.saturating_sub(created_us) as f64 / 1e6;
+    let what = match &event.status {
+        PhaseStatus::Started => "started".to_string(),
+        PhaseStatus::Finished => "done".to_string(),
+        PhaseStatus::Failed { error } => format!("FAILED: {error}"),
+    };
+    format!("[{at:>7.3}s] {:<12} {:<8} {what}", phase_name(event.phase), event.agent)
+}
+
+/// Predicted vs measured, once the task has finished.
+pub fn kpi_table(task: &TaskRecord) -> String {
+    let m = &task.measurements;
+    let p = &task.plan;
+    let mut rows = vec![["KPI", "PREDICTED", "MEASURED"].map(String::from)];
+    rows.push([
+        "downtime (frozen)".into(),
+        millis(Some(p.predicted_downtime_s * 1000.0)),
+        millis(m.frozen_ms),
+    ]);
+    rows.push([
+        "total".into(),
+        millis(Some(p.predicted_total_s * 1000.0)),
+        millis(m.total_ms),
+    ]);
+    for (phase, ms) in &m.phases_ms {
+        rows.push([format!("  {phase}"), "-".into(), millis(Some(*ms))]);
+    }
+    rows.push([
+        "image".into(),
+        format!("{} B (M)", task.inputs.state_bytes),
+        m.image_bytes.map_or_else(|| "-".into(), |b| format!("{b} B")),
+    ]);
+    let mut out = aligned(&rows);
+    let _ = writeln!(out, "status: {}", task.status);
+    if let Some(error) = &task.error {
+        let _ = writeln!(out, "error: {error}");
+    }
+    out
+}
+
+fn millis(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.0} ms"))
+}
+
+/// Parses a duration such as `500ms`, `1s`, `1.5s` or `2m` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 500ms, 1s or 1.5s"))?;
+    let scale = match unit.trim() {
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" | "min" => 60_000.0,
+        "" => return Err(format!("'{text}' needs a unit: ms, s or m")),
+        other => return Err(format!("unknown unit '{other}' in '{text}': use ms, s or m")),
+    };
+    Ok(value * scale)
 }
 
 fn mib(bytes: u64) -> String {
@@ -135,6 +298,32 @@ fn yes_no(b: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_units_only() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500.0));
+        assert_eq!(parse_duration_ms("1s"), Ok(1000.0));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500.0));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000.0));
+        for bad in ["", "5", "s", "1h", "-1s", "1..2s"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn migration_tables_render() {
+        let mut task = crate::tasks::store::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
+        task.measurements.frozen_ms = Some(640.0);
+        task.measurements.phases_ms.insert("restore".into(), 300.0);
+        let table = migrations_table(std::slice::from_ref(&task));
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("m1") && lines[1].contains("succeeded"), "{table}");
+        let kpi = kpi_table(&task);
+        assert!(kpi.contains("900 ms") && kpi.contains("640 ms"), "{kpi}");
+        assert!(kpi.contains("  restore") && kpi.contains("status: succeeded"), "{kpi}");
+        assert!(plan_summary(&task).contains("counter edge1 → edge2"));
+    }
 
     #[test]
     fn table_has_a_row_per_agent_even_without_profile() {

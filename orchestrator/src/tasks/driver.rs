@@ -285,17 +285,20 @@ impl Driver {
         };
         warn!(%reason, "rolling back: the source copy stays the truth");
         let t = self.shared.config.timeouts.rollback;
-        let mut failures = Vec::new();
+        // Failures that leave debris at the destination but the service served by the source…
+        let mut leftovers = Vec::new();
+        // …and failures after which the service may be reachable nowhere.
+        let mut unsafe_failures = Vec::new();
         // The destination copy goes first, so it can never run next to the resumed source.
         let abort = Step::Abort { service: service.clone() };
         if let Err(e) = self.retry(destination, abort, Phase::Rollback, t).await {
-            failures.push(e);
+            leftovers.push(e);
         }
         // The source runs again *before* the flow points back at it: a flow switched to a host
         // whose service is not running makes that kernel answer RST (SPEC §4, step 5).
         let resume = Step::Resume { service: service.clone() };
         if let Err(e) = self.retry(source, resume, Phase::Rollback, t).await {
-            failures.push(e);
+            unsafe_failures.push(e);
         }
         if let (true, Some(mobile)) = (r.progress.switch_attempted, &r.request.mobile) {
             let back = Step::SwitchFlow {
@@ -303,21 +306,30 @@ impl Driver {
                 to_agent: source.clone(),
             };
             if let Err(e) = self.retry(mobile, back, Phase::Rollback, t).await {
-                failures.push(e);
+                unsafe_failures.push(e);
             }
         }
-        if failures.is_empty() {
+        let mut error = reason;
+        if !leftovers.is_empty() {
+            error = format!(
+                "{error}; the service runs at {source} again, but {destination} may keep \
+                 leftovers: {}",
+                leftovers.join("; ")
+            );
+        }
+        if unsafe_failures.is_empty() {
             let status = match stop {
                 Stop::Cancelled => TaskStatus::Cancelled,
                 Stop::Failed(_) => TaskStatus::RolledBack,
             };
-            self.finish(status, Some(reason));
+            self.finish(status, Some(error));
         } else {
             self.finish(
                 TaskStatus::Failed,
                 Some(format!(
-                    "{reason}; rollback incomplete, check that '{service}' runs at {source}: {}",
-                    failures.join("; ")
+                    "{error}; rollback incomplete, check that '{service}' runs at {source} and \
+                     the client flow points at it: {}",
+                    unsafe_failures.join("; ")
                 )),
             );
         }

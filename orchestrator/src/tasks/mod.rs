@@ -37,10 +37,12 @@ pub enum TaskStatus {
     Running,
     /// The service runs at the destination and the source is released.
     Succeeded,
-    /// Something failed that rollback or release could not make whole; `error` says what is
-    /// left where.
+    /// Something failed that rollback or release could not make whole (the source did not
+    /// resume, the flow did not switch back, or the source did not release); `error` says
+    /// what is left where.
     Failed,
-    /// A step failed before the point of no return; the service runs at the source again.
+    /// A step failed before the point of no return; the service runs at the source again
+    /// (`error` also names any leftovers the destination did not confirm removing).
     RolledBack,
     /// Cancelled before the point of no return; the service runs at the source again.
     Cancelled,

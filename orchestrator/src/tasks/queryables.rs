@@ -97,8 +97,8 @@ async fn call(migrations: &Migrations, op: &str, payload: &[u8]) -> Result<Vec<u
         "cancel" => to_json(&migrations.cancel(&parse::<TaskRef>(op, payload)?.id)?),
         other => {
             warn!(op = other, "unknown orchestrator rpc");
-            return Err(TaskError::NotFound(format!(
-                "operation '{other}' (known: {})",
+            Err(TaskError::Invalid(format!(
+                "unknown operation '{other}'; known: {}",
                 OPS.join(", ")
             )))
         }

@@ -1,0 +1,591 @@
+//! The migration driver end to end over Zenoh loopback: HTTP and Zenoh task API → validation →
+//! planning → COAT steps on the agents → rollback, cancel and restart reconciliation.
+//!
+//! This tests the **protocol and state-machine layer only**: the agents are real `AgentNode`s
+//! with real step queryables, but their `StepExecutor` is a scripted test double that records
+//! each call and fails, hangs or dies where a scenario says. Real execution (Podman, CRIU, OvS)
+//! is tested on emulated hosts elsewhere.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mose_agent::node::AgentNode;
+use mose_agent::profiling::CgroupProbe;
+use mose_agent::steps::{StepExecutor, StepServer};
+use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::client::{ApiClient, ClientError};
+use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::tasks::queryables::QueryServer;
+use mose_orchestrator::tasks::{
+    DriverConfig, MigrationRequest, Migrations, StepTimeouts, Store, TaskRecord, TaskStatus,
+};
+use mose_protocol::messages::{
+    now_us, AgentProfile, Capabilities, CriuStats, Phase, PhaseEvent, PhaseStatus, Role,
+    ServiceNetwork, ServiceSpec, Step, StepOutcome, Task,
+};
+use mose_protocol::model::Objective;
+use mose_protocol::transport::ZenohOptions;
+use mose_protocol::{decode, encode, KeySpace};
+use zenoh::Session;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// What the scripted agents do differently from succeeding at once.
+#[derive(Default, Clone)]
+struct Script {
+    /// (agent, op) that fails with a reason; a flow switch is named with its target
+    /// (`switch-flow->edge2`), so the switch back can still succeed.
+    fail: Option<(String, String)>,
+    /// (agent, op) that never finishes (the agent's step timeout answers for it).
+    hang: Option<(String, String)>,
+    /// (agent, op) during which the agent dies: its session closes, nothing answers.
+    die: Option<(String, String)>,
+}
+
+/// One call an agent received: (task, agent, op with detail).
+type Call = (String, String, String);
+
+#[derive(Default)]
+struct World {
+    script: Mutex<Script>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl World {
+    fn set(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+
+    /// The calls of one task, as "agent:op".
+    fn calls(&self, task: &str) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _, _)| t == task)
+            .map(|(_, a, op)| format!("{a}:{op}"))
+            .collect()
+    }
+}
+
+struct Scripted {
+    agent: String,
+    world: Arc<World>,
+    /// The agent's own session and keys: to publish its phase events, and to die.
+    session: Session,
+    keys: KeySpace,
+}
+
+fn spec() -> ServiceSpec {
+    ServiceSpec {
+        name: "counter".into(),
+        image: "localhost/mose/counter:latest".into(),
+        network: ServiceNetwork {
+            ip: Ipv4Addr::new(10, 77, 0, 10),
+            prefix_len: 24,
+            mac: [2, 0, 0, 0, 0, 10],
+            client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
+            client_mac: Some([2, 0, 0, 0, 0, 2]),
+        },
+    }
+}
+
+impl Scripted {
+    async fn agent_event(&self, task: &str, phase: Phase, status: PhaseStatus) {
+        let event = PhaseEvent {
+            task: task.into(),
+            agent: self.agent.clone(),
+            phase,
+            status,
+            at_us: now_us(),
+        };
+        self.session
+            .put(self.keys.task_events(task), encode(&event).unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+impl StepExecutor for Scripted {
+    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, String> {
+        let op = step.op().to_string();
+        let detail = match &step {
+            Step::SwitchFlow { to_agent, .. } => format!("{op}->{to_agent}"),
+            _ => op.clone(),
+        };
+        self.world
+            .calls
+            .lock()
+            .unwrap()
+            .push((task.into(), self.agent.clone(), detail.clone()));
+        let script = self.world.script.lock().unwrap().clone();
+        let me = Some((self.agent.clone(), detail));
+        if script.fail == me {
+            return Err(format!("scripted failure of {op}"));
+        }
+        if script.hang == me {
+            std::future::pending::<()>().await;
+        }
+        if script.die == me {
+            let _ = self.session.close().await;
+            std::future::pending::<()>().await;
+        }
+        match step {
+            Step::Describe { service } if service == "counter" => Ok(StepOutcome::Described {
+                spec: spec(),
+                state_bytes: 10 << 20,
+            }),
+            Step::Describe { service } => Err(format!("no container named '{service}' here")),
+            Step::Checkpoint { .. } => Ok(StepOutcome::Checkpointed {
+                image_bytes: 1 << 20,
+                stats: CriuStats {
+                    frozen_time_us: Some(1000),
+                    ..Default::default()
+                },
+            }),
+            Step::Restore { .. } => {
+                // A destination reports its own sub-phases on the task's event key.
+                self.agent_event(task, Phase::Transfer, PhaseStatus::Started).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.agent_event(task, Phase::Transfer, PhaseStatus::Finished).await;
+                Ok(StepOutcome::Restored {
+                    stats: CriuStats::default(),
+                })
+            }
+            _ => Ok(StepOutcome::Done),
+        }
+    }
+}
+
+fn profile(id: &str, role: Role) -> AgentProfile {
+    AgentProfile {
+        id: id.into(),
+        role,
+        hostname: id.into(),
+        agent_version: "test".into(),
+        started_us: now_us(),
+        capabilities: Capabilities::default(),
+        pam: None,
+    }
+}
+
+fn test_config() -> DriverConfig {
+    let s = Duration::from_secs(2);
+    DriverConfig {
+        timeouts: StepTimeouts {
+            describe: s,
+            prepare: s,
+            checkpoint: s,
+            restore: s,
+            switch_flow: s,
+            release: s,
+            rollback: Duration::from_secs(1),
+        },
+        retry_attempts: 2,
+        retry_backoff: Duration::from_millis(50),
+        default_bandwidth_bps: 125_000_000,
+        reconcile_wait: Duration::from_secs(5),
+    }
+}
+
+/// Three agents (edge1, edge2, drone) and an orchestrator with its HTTP API, over loopback.
+struct Rig {
+    world: Arc<World>,
+    keys: KeySpace,
+    orch: Session,
+    registry: Registry,
+    endpoint: String,
+    client: ApiClient,
+    migrations: Migrations,
+    _agents: Vec<(AgentNode, StepServer)>,
+}
+
+impl Rig {
+    async fn start(store: Store, config: DriverConfig) -> Self {
+        let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+        let keys = KeySpace::default();
+        let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
+        let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+        let world = Arc::new(World::default());
+        let mut agents = Vec::new();
+        for (id, role) in [("edge1", Role::Edge), ("edge2", Role::Edge), ("drone", Role::Mobile)] {
+            let session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+            let executor = Arc::new(Scripted {
+                agent: id.into(),
+                world: world.clone(),
+                session: session.clone(),
+                keys: keys.clone(),
+            });
+            let server = StepServer::start(&session, &keys, id, executor).await.unwrap();
+            let node = AgentNode::start(
+                session,
+                keys.clone(),
+                profile(id, role),
+                Duration::from_secs(3600),
+                Arc::new(CgroupProbe::default()),
+            )
+            .await
+            .unwrap();
+            agents.push((node, server));
+        }
+        let view = registry.view();
+        let ready = view
+            .wait_until(Duration::from_secs(10), |m| {
+                m.len() == 3 && m.values().all(|a| a.profile.is_some())
+            })
+            .await;
+        assert!(ready, "agents never showed up: {:?}", view.list());
+        let migrations = Migrations::start(orch.clone(), keys.clone(), view.clone(), store, config)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap();
+        tokio::spawn(api::serve(
+            listener,
+            ApiState {
+                agents: view,
+                migrations: migrations.clone(),
+            },
+            std::future::pending(),
+        ));
+        Self {
+            world,
+            keys,
+            orch,
+            registry,
+            endpoint,
+            client: ApiClient::new(&format!("http://{http}")),
+            migrations,
+            _agents: agents,
+        }
+    }
+
+    /// Submits a migration of `counter` edge1 → edge2 with the drone's flow following.
+    async fn submit(&self) -> TaskRecord {
+        // The first get after a remote queryable appears can find nothing: retry briefly.
+        let start = Instant::now();
+        loop {
+            match self.client.submit(&request()).await {
+                Ok(task) => return task,
+                Err(ClientError::Api { status: 502, message, .. })
+                    if start.elapsed() < Duration::from_secs(5) =>
+                {
+                    eprintln!("retrying submit: {message}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("submit failed: {e}"),
+            }
+        }
+    }
+
+    /// Polls the task over HTTP until it has finished.
+    async fn wait_finished(&self, id: &str) -> TaskRecord {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let task = self.client.migration(id).await.unwrap();
+            if task.status.is_finished() {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "task never finished: {task:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn request() -> MigrationRequest {
+    MigrationRequest {
+        service: "counter".into(),
+        source: "edge1".into(),
+        destination: "edge2".into(),
+        mobile: Some("drone".into()),
+        objective: Objective::Downtime,
+        target_downtime_ms: 1000.0,
+        target_duration_ms: 5000.0,
+    }
+}
+
+const HAPPY: [&str; 6] = [
+    "edge1:describe",
+    "edge2:prepare",
+    "edge1:checkpoint",
+    "edge2:restore",
+    "drone:switch-flow->edge2",
+    "edge1:release",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn happy_path_runs_coat_in_order_and_reports() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let tasks = rig.orch.declare_subscriber(rig.keys.task("*")).await.unwrap();
+
+    let accepted = rig.submit().await;
+    assert_eq!(accepted.status, TaskStatus::Queued);
+    assert!(accepted.plan.explanation.contains("not calibrated"), "{}", accepted.plan.explanation);
+    assert_eq!(accepted.inputs.state_bytes, 10 << 20);
+
+    let done = rig.wait_finished(&accepted.id).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:#?}");
+    assert_eq!(done.error, None);
+    assert_eq!(rig.world.calls(&done.id), HAPPY);
+    assert!(done.progress.past_point_of_no_return());
+
+    // The task was published with its plan for the agents.
+    let sample = tokio::time::timeout(Duration::from_secs(5), tasks.recv_async())
+        .await
+        .unwrap()
+        .unwrap();
+    let published: Task = decode(&sample.payload().to_bytes()).unwrap();
+    assert_eq!(published.id, done.id);
+    assert_eq!(published.plan, done.plan);
+
+    // Phases from the orchestrator and from the destination agent, with measurements.
+    let phases: Vec<&str> = ["prepare", "checkpoint", "transfer", "restore", "flow_switch", "cleanup"]
+        .into_iter()
+        .filter(|p| !done.measurements.phases_ms.contains_key(*p))
+        .collect();
+    assert!(phases.is_empty(), "phases without a time: {phases:?} in {:?}", done.measurements);
+    assert!(done.events.iter().any(|e| e.agent == "edge2" && e.phase == Phase::Transfer));
+    assert_eq!(done.measurements.image_bytes, Some(1 << 20));
+    assert!(done.measurements.frozen_ms.is_some() && done.measurements.total_ms.is_some());
+
+    // Listed, and counted in the metrics.
+    let list = rig.client.migrations().await.unwrap();
+    assert_eq!(list.len(), 1);
+    let metrics = rig.client.text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mose_migrations_total{strategy=\"cold\",outcome=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mose_agents_online{role=\"edge\"} 2"), "{metrics}");
+    let openapi = rig.client.text("/openapi.json").await.unwrap();
+    assert!(openapi.contains("/v1/migrations/{id}"));
+
+    // A finished task cannot be cancelled.
+    match rig.client.cancel(&done.id).await {
+        Err(ClientError::Api { status: 409, .. }) => {}
+        other => panic!("expected 409, got {other:?}"),
+    }
+    drop(rig.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    for (agent, op) in [
+        ("edge2", "prepare"),
+        ("edge1", "checkpoint"),
+        ("edge2", "restore"),
+        ("drone", "switch-flow->edge2"),
+    ] {
+        rig.world.set(Script {
+            fail: Some((agent.into(), op.into())),
+            ..Script::default()
+        });
+        let task = rig.submit().await;
+        let done = rig.wait_finished(&task.id).await;
+        assert_eq!(done.status, TaskStatus::RolledBack, "{op}: {done:#?}");
+        assert!(done.error.as_deref().unwrap().contains("scripted failure"), "{:?}", done.error);
+
+        let calls = rig.world.calls(&task.id);
+        let failed_at = calls.iter().position(|c| c.starts_with(&format!("{agent}:{op}"))).unwrap();
+        let mut expected: Vec<String> = HAPPY[..=failed_at].iter().map(|s| s.to_string()).collect();
+        expected.push("edge2:abort".into());
+        expected.push("edge1:resume".into());
+        if agent == "drone" {
+            // The switch may have happened: the flow goes back, after the source resumed.
+            expected.push("drone:switch-flow->edge1".into());
+        }
+        assert_eq!(calls, expected, "failure at {op}");
+        assert!(!calls.iter().any(|c| c.ends_with("release")), "nothing is released at the source");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_never_finishes_times_out_and_rolls_back() {
+    let mut config = test_config();
+    config.timeouts.restore = Duration::from_millis(300);
+    let rig = Rig::start(Store::in_memory().unwrap(), config).await;
+    rig.world.set(Script {
+        hang: Some(("edge2".into(), "restore".into())),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::RolledBack, "{done:#?}");
+    assert!(done.error.as_deref().unwrap().contains("within"), "{:?}", done.error);
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(calls[calls.len() - 2..], ["edge2:abort", "edge1:resume"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_dies_mid_restore_never_answers_and_the_source_resumes() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    rig.world.set(Script {
+        die: Some(("edge2".into(), "restore".into())),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    let done = rig.wait_finished(&task.id).await;
+    // The source runs again; the dead destination could not confirm its cleanup, and says so.
+    assert_eq!(done.status, TaskStatus::RolledBack, "{done:#?}");
+    let error = done.error.unwrap();
+    assert!(error.contains("did not answer"), "{error}");
+    assert!(error.contains("edge2 may keep leftovers"), "{error}");
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(calls.last().unwrap(), "edge1:resume");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_rolls_back() {
+    let mut config = test_config();
+    config.timeouts.restore = Duration::from_secs(30);
+    let rig = Rig::start(Store::in_memory().unwrap(), config).await;
+    rig.world.set(Script {
+        hang: Some(("edge2".into(), "restore".into())),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    // Cancel once the restore is under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.world.calls(&task.id).contains(&"edge2:restore".to_string()) {
+        assert!(Instant::now() < deadline, "restore never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let cancelled = rig.client.cancel(&task.id).await.unwrap();
+    assert_eq!(cancelled.id, task.id);
+    let done = rig.wait_finished(&task.id).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "cancel waited for the step timeout");
+    assert_eq!(done.status, TaskStatus::Cancelled, "{done:#?}");
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(calls[calls.len() - 2..], ["edge2:abort", "edge1:resume"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_orchestrator_reconciles_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.sqlite");
+    // What a crashed orchestrator left behind: one task switched-or-not (before the point of no
+    // return), one restored and switched (past it).
+    {
+        let rig = Rig::start(Store::open(&path).unwrap(), test_config()).await;
+        let template = rig.submit().await;
+        rig.wait_finished(&template.id).await;
+        let store = Store::open(&path).unwrap();
+        let mut before = template.clone();
+        before.id = "crashed-before".into();
+        before.status = TaskStatus::Running;
+        before.progress.restored = true;
+        before.progress.switch_attempted = true;
+        store.save(&before).unwrap();
+        let mut after = before.clone();
+        after.id = "crashed-after".into();
+        after.progress.switched = true;
+        store.save(&after).unwrap();
+    }
+
+    let rig = Rig::start(Store::open(&path).unwrap(), test_config()).await;
+    let before = rig.wait_finished("crashed-before").await;
+    assert_eq!(before.status, TaskStatus::RolledBack, "{before:#?}");
+    assert!(before.error.unwrap().contains("restarted"));
+    assert_eq!(
+        rig.world.calls("crashed-before"),
+        ["edge2:abort", "edge1:resume", "drone:switch-flow->edge1"]
+    );
+    let after = rig.wait_finished("crashed-after").await;
+    assert_eq!(after.status, TaskStatus::Succeeded, "{after:#?}");
+    assert_eq!(rig.world.calls("crashed-after"), ["edge1:release"]);
+    assert!(Store::open(&path).unwrap().unfinished().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_submissions_get_clear_4xx() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let refused = |status: u16, needle: &'static str| {
+        move |r: Result<TaskRecord, ClientError>| match r {
+            Err(ClientError::Api { status: s, message, .. }) if s == status => {
+                assert!(message.contains(needle), "{message}")
+            }
+            other => panic!("expected {status} containing '{needle}', got {other:?}"),
+        }
+    };
+    let with = |change: fn(&mut MigrationRequest)| {
+        let mut r = request();
+        change(&mut r);
+        r
+    };
+    // Unknown service: the source's own reason comes back.
+    refused(422, "no container named 'ghost'")(
+        rig.client.submit(&with(|r| r.service = "ghost".into())).await,
+    );
+    refused(422, "'edge9' is not a present agent")(
+        rig.client.submit(&with(|r| r.destination = "edge9".into())).await,
+    );
+    refused(400, "must be edge")(
+        rig.client
+            .submit(&with(|r| {
+                r.source = "drone".into();
+                r.mobile = None;
+            }))
+            .await,
+    );
+    refused(400, "nothing to migrate")(
+        rig.client.submit(&with(|r| r.destination = "edge1".into())).await,
+    );
+    refused(400, "target_duration_ms")(
+        rig.client.submit(&with(|r| r.target_duration_ms = -1.0)).await,
+    );
+    refused(404, "no migration 'nope'")(rig.client.migration("nope").await);
+    assert!(rig.migrations.list().unwrap().is_empty(), "refused tasks are not stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_calls_work_over_zenoh() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let _server = QueryServer::start(&rig.orch, &rig.keys, rig.migrations.clone()).await.unwrap();
+    let caller = ZenohOptions::explicit(vec![], vec![rig.endpoint.clone()]).open().await.unwrap();
+    let ask = |op: &'static str, body: Vec<u8>| {
+        let (caller, key) = (caller.clone(), rig.keys.orchestrator_rpc(op));
+        async move {
+            let start = Instant::now();
+            loop {
+                let replies = caller.get(&key).payload(body.clone()).await.unwrap();
+                match replies.recv_async().await {
+                    Ok(reply) => {
+                        return reply
+                            .result()
+                            .map(|s| s.payload().to_bytes().into_owned())
+                            .map_err(|e| e.payload().to_bytes().into_owned())
+                    }
+                    // No queryable seen yet: retry briefly.
+                    Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("no reply to {op}: {e}"),
+                }
+            }
+        }
+    };
+    let task: TaskRecord =
+        serde_json::from_slice(&ask("submit", serde_json::to_vec(&request()).unwrap()).await.unwrap())
+            .unwrap();
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    let id = serde_json::to_vec(&BTreeMap::from([("id", task.id.clone())])).unwrap();
+    let inspected: TaskRecord = serde_json::from_slice(&ask("inspect", id.clone()).await.unwrap()).unwrap();
+    assert_eq!(inspected.status, TaskStatus::Succeeded);
+    let list: Vec<TaskRecord> = serde_json::from_slice(&ask("list", vec![]).await.unwrap()).unwrap();
+    assert_eq!(list.len(), 1);
+    let err: serde_json::Value = serde_json::from_slice(&ask("cancel", id).await.unwrap_err()).unwrap();
+    assert_eq!(err["status"], 409, "{err}");
+    let err: serde_json::Value =
+        serde_json::from_slice(&ask("submit", b"{not json".to_vec()).await.unwrap_err()).unwrap();
+    assert_eq!(err["status"], 400, "{err}");
+}
