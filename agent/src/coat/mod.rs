@@ -33,7 +33,9 @@ use tracing::{info, warn};
 use zenoh::Session;
 
 use crate::profiling::anon_bytes_of_cgroup;
-use crate::runtime::{CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, Podman, RestoreOptions};
+use crate::runtime::{
+    CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, Podman, RestoreOptions,
+};
 use crate::steps::StepExecutor;
 
 pub use error::CoatError;
@@ -95,7 +97,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CoatExecutor {
-    pub fn new(podman: Podman, overlay: HostOverlay, session: Session, keys: KeySpace, settings: CoatSettings) -> Self {
+    pub fn new(
+        podman: Podman,
+        overlay: HostOverlay,
+        session: Session,
+        keys: KeySpace,
+        settings: CoatSettings,
+    ) -> Self {
         CoatExecutor {
             podman,
             overlay,
@@ -116,10 +124,20 @@ impl CoatExecutor {
         match step {
             Step::Describe { service } => self.describe(&service).await,
             Step::Prepare { spec } => self.prepare(&spec).await.map(|_| StepOutcome::Done),
-            Step::Checkpoint { service, image, leave_running, pre_dump } => {
-                self.checkpoint(task, &service, &image, leave_running, pre_dump).await
+            Step::Checkpoint {
+                service,
+                image,
+                leave_running,
+                pre_dump,
+            } => {
+                self.checkpoint(task, &service, &image, leave_running, pre_dump)
+                    .await
             }
-            Step::Restore { spec, from_agent, image } => self.restore(task, &spec, &from_agent, &image).await,
+            Step::Restore {
+                spec,
+                from_agent,
+                image,
+            } => self.restore(task, &spec, &from_agent, &image).await,
             Step::SwitchFlow { network, to_agent } => self.switch_flow(&network, &to_agent).await,
             Step::Resume { service } => self.resume(task, &service).await,
             Step::Abort { service } => self.remove_here(task, &service, "abort").await,
@@ -144,8 +162,16 @@ impl CoatExecutor {
             )));
         }
         let net = netinfo::read(&expected, SERVICE_IFNAME).await?;
-        let state_bytes = if info.state.running { cgroup_anon_bytes(service, info.state.pid)? } else { 0 };
-        let image = if info.image_name.is_empty() { info.image.clone() } else { info.image_name.clone() };
+        let state_bytes = if info.state.running {
+            cgroup_anon_bytes(service, info.state.pid)?
+        } else {
+            0
+        };
+        let image = if info.image_name.is_empty() {
+            info.image.clone()
+        } else {
+            info.image_name.clone()
+        };
         Ok(StepOutcome::Described {
             spec: ServiceSpec {
                 name: service.to_string(),
@@ -193,8 +219,13 @@ impl CoatExecutor {
         } else if info.state.checkpointed && path.is_file() {
             // A repeat after the agent lost its memory (restart): the archive is complete, since
             // it only gets its final name once podman finished writing it.
-            let len = std::fs::metadata(&path).map_err(io("size of the checkpoint archive", &path))?.len();
-            StepOutcome::Checkpointed { image_bytes: len, stats: CriuStats::default() }
+            let len = std::fs::metadata(&path)
+                .map_err(io("size of the checkpoint archive", &path))?
+                .len();
+            StepOutcome::Checkpointed {
+                image_bytes: len,
+                stats: CriuStats::default(),
+            }
         } else {
             return Err(CoatError::State(format!(
                 "service {service} is {}, not running, and no checkpoint of task {task} is on disk: \
@@ -209,18 +240,35 @@ impl CoatExecutor {
         // A checkpoint of another task replaces the old one's server (it is stale by now).
         lock(&self.served).insert(
             service.to_string(),
-            Served { task: task.to_string(), image: image.to_string(), outcome: outcome.clone(), _server: server },
+            Served {
+                task: task.to_string(),
+                image: image.to_string(),
+                outcome: outcome.clone(),
+                _server: server,
+            },
         );
         Ok(outcome)
     }
 
     /// Checkpoint into `path`, written as `path.partial` and renamed when complete.
-    async fn dump_to(&self, service: &str, path: &Path, leave_running: bool) -> Result<StepOutcome> {
+    async fn dump_to(
+        &self,
+        service: &str,
+        path: &Path,
+        leave_running: bool,
+    ) -> Result<StepOutcome> {
         let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir).await.map_err(io("create the task's work directory", dir))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create the task's work directory", dir))?;
         let partial = path.with_extension("tar.partial");
-        let mut file = tokio::fs::File::create(&partial).await.map_err(io("create the checkpoint archive", &partial))?;
-        let opts = CheckpointOptions { leave_running, ..CheckpointOptions::default() };
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(io("create the checkpoint archive", &partial))?;
+        let opts = CheckpointOptions {
+            leave_running,
+            ..CheckpointOptions::default()
+        };
         let report = match self.podman.checkpoint(service, &opts, &mut file).await {
             Ok(r) => r,
             Err(e) => {
@@ -228,15 +276,22 @@ impl CoatExecutor {
                 return Err(runtime(format!("checkpoint {service}"))(e));
             }
         };
-        file.sync_all().await.map_err(io("flush the checkpoint archive", &partial))?;
-        tokio::fs::rename(&partial, path).await.map_err(io("name the finished checkpoint archive", path))?;
+        file.sync_all()
+            .await
+            .map_err(io("flush the checkpoint archive", &partial))?;
+        tokio::fs::rename(&partial, path)
+            .await
+            .map_err(io("name the finished checkpoint archive", path))?;
         info!(
             bytes = report.archive_bytes,
             podman_ms = report.podman_time.as_millis() as u64,
             frozen_us = report.criu.map(|c| c.frozen_time_us),
             "checkpointed"
         );
-        Ok(StepOutcome::Checkpointed { image_bytes: report.archive_bytes, stats: dump_stats(report.criu) })
+        Ok(StepOutcome::Checkpointed {
+            image_bytes: report.archive_bytes,
+            stats: dump_stats(report.criu),
+        })
     }
 
     #[tracing::instrument(name = "coat.resume", skip(self))]
@@ -258,14 +313,24 @@ impl CoatExecutor {
         let archive = self.own_checkpoint(task, service, served_image.as_deref())?;
         // The stopped, checkpointed container holds the name and ID the archive restores;
         // the archive stays on disk until the restore succeeded, so a retry can start over.
-        self.podman.remove(service).await.map_err(runtime(format!("remove the checkpointed {service} before restoring it")))?;
-        let file = tokio::fs::File::open(&archive).await.map_err(io("open the local checkpoint", &archive))?;
+        self.podman.remove(service).await.map_err(runtime(format!(
+            "remove the checkpointed {service} before restoring it"
+        )))?;
+        let file = tokio::fs::File::open(&archive)
+            .await
+            .map_err(io("open the local checkpoint", &archive))?;
         let report = self
             .podman
             .restore(&RestoreOptions::default(), file)
             .await
-            .map_err(runtime(format!("restore {service} from its own checkpoint {}", archive.display())))?;
-        info!(ms = report.elapsed.as_millis() as u64, "resumed from the local checkpoint");
+            .map_err(runtime(format!(
+                "restore {service} from its own checkpoint {}",
+                archive.display()
+            )))?;
+        info!(
+            ms = report.elapsed.as_millis() as u64,
+            "resumed from the local checkpoint"
+        );
         self.remove_task_files(task).await;
         Ok(StepOutcome::Done)
     }
@@ -278,7 +343,12 @@ impl CoatExecutor {
         // The agent restarted since the checkpoint: the task's directory holds one archive.
         let dir = self.settings.work_dir.join(task);
         let archives: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+                    .collect()
+            })
             .unwrap_or_default();
         match archives.as_slice() {
             [one] => Ok(one.clone()),
@@ -307,7 +377,10 @@ impl CoatExecutor {
             .podman
             .image_exists(&spec.image)
             .await
-            .map_err(runtime(format!("check that image {} of {} is here", spec.image, spec.name)))?;
+            .map_err(runtime(format!(
+                "check that image {} of {} is here",
+                spec.image, spec.name
+            )))?;
         if !present {
             return Err(CoatError::State(format!(
                 "image {} of service {} is not present on this host; load it before migrating \
@@ -318,9 +391,18 @@ impl CoatExecutor {
         let ofport = self.ensure_endpoint(spec).await?;
         let net = &spec.network;
         self.overlay
-            .steer(ServiceAddr { ip: net.ip, mac: MacAddr(net.mac) }, ofport)
+            .steer(
+                ServiceAddr {
+                    ip: net.ip,
+                    mac: MacAddr(net.mac),
+                },
+                ofport,
+            )
             .await
-            .map_err(overlay(format!("steer {} to the local port {ofport} of {}", net.ip, spec.name)))?;
+            .map_err(overlay(format!(
+                "steer {} to the local port {ofport} of {}",
+                net.ip, spec.name
+            )))?;
         info!(ms = t0.elapsed().as_millis() as u64, ofport, "prepared");
         Ok(ofport)
     }
@@ -333,23 +415,34 @@ impl CoatExecutor {
         let path = self.overlay.endpoint_path(&name);
         let net = &spec.network;
         let client = match (net.client_ip, net.client_mac) {
-            (Some(ip), Some(mac)) => Some(Neighbour { ip, mac: MacAddr(mac) }),
+            (Some(ip), Some(mac)) => Some(Neighbour {
+                ip,
+                mac: MacAddr(mac),
+            }),
             _ => None,
         };
         let host_link = Path::new("/sys/class/net").join(&host_if);
         if path.exists() && host_link.exists() {
             match netinfo::read(&path, SERVICE_IFNAME).await {
-                Ok(id) if id.ip == net.ip && id.prefix_len == net.prefix_len && id.mac == net.mac => {
+                Ok(id)
+                    if id.ip == net.ip && id.prefix_len == net.prefix_len && id.mac == net.mac =>
+                {
                     if let Some(n) = client {
                         replace_neighbour(&path, SERVICE_IFNAME, n)
                             .await
-                            .map_err(overlay(format!("carry the client's neighbour entry into {}", path.display())))?;
+                            .map_err(overlay(format!(
+                                "carry the client's neighbour entry into {}",
+                                path.display()
+                            )))?;
                     }
                     return self
                         .overlay
                         .ensure_port(&PortSpec::new(&host_if, PortKind::System))
                         .await
-                        .map_err(overlay(format!("attach {host_if} of {} to the bridge", spec.name)));
+                        .map_err(overlay(format!(
+                            "attach {host_if} of {} to the bridge",
+                            spec.name
+                        )));
                 }
                 Ok(id) => {
                     if self.running_here(&spec.name).await? {
@@ -362,30 +455,44 @@ impl CoatExecutor {
                 Err(e) => warn!(error = %e, "existing namespace unreadable, recreating it"),
             }
         }
-        let mut endpoint = EndpointSpec::new(&name, &host_if, net.ip, net.prefix_len, MacAddr(net.mac));
+        let mut endpoint =
+            EndpointSpec::new(&name, &host_if, net.ip, net.prefix_len, MacAddr(net.mac));
         endpoint.ifname = SERVICE_IFNAME.to_string();
         endpoint.neighbours.extend(client);
         let attached = self
             .overlay
             .add_endpoint(&endpoint)
             .await
-            .map_err(overlay(format!("create the namespace {name} of {}", spec.name)))?;
+            .map_err(overlay(format!(
+                "create the namespace {name} of {}",
+                spec.name
+            )))?;
         Ok(attached.ofport)
     }
 
     #[tracing::instrument(name = "coat.restore", skip(self, spec), fields(service = %spec.name))]
-    async fn restore(&self, task: &str, spec: &ServiceSpec, from_agent: &str, image: &str) -> Result<StepOutcome> {
+    async fn restore(
+        &self,
+        task: &str,
+        spec: &ServiceSpec,
+        from_agent: &str,
+        image: &str,
+    ) -> Result<StepOutcome> {
         let service = spec.name.as_str();
         check_service(service)?;
         check_id("task", task)?;
         check_id("image", image)?;
-        let cached = lock(&self.restored).get(&(task.to_string(), service.to_string())).cloned();
+        let cached = lock(&self.restored)
+            .get(&(task.to_string(), service.to_string()))
+            .cloned();
         match self.podman.inspect(service).await {
             Ok(info) if info.state.running => {
                 return match cached {
                     Some(stats) => Ok(StepOutcome::Restored { stats }),
                     // Restored by an earlier attempt whose answer was lost (agent restart).
-                    None if info.state.restored => Ok(StepOutcome::Restored { stats: CriuStats::default() }),
+                    None if info.state.restored => Ok(StepOutcome::Restored {
+                        stats: CriuStats::default(),
+                    }),
                     None => Err(CoatError::State(format!(
                         "service {service} already runs here and was not restored by a migration: \
                          refusing to replace it"
@@ -394,7 +501,10 @@ impl CoatExecutor {
             }
             // Left by a failed attempt; the archive recreates it.
             Ok(_) => {
-                self.podman.remove(service).await.map_err(runtime(format!("remove the stale {service}")))?;
+                self.podman
+                    .remove(service)
+                    .await
+                    .map_err(runtime(format!("remove the stale {service}")))?;
             }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(runtime(format!("inspect {service} before restoring it"))(e)),
@@ -406,19 +516,38 @@ impl CoatExecutor {
 
         let path = self.image_path(task, image);
         let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir).await.map_err(io("create the task's work directory", dir))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create the task's work directory", dir))?;
         let key = self.keys.image(task, image);
         let t0 = Instant::now();
-        let manifest = fetch_to_file(&self.session, &key, &path, &self.settings.fetch, &mut |_| {})
-            .await
-            .map_err(blob(format!("fetch the checkpoint {key} from agent {from_agent}")))?;
+        let manifest = fetch_to_file(
+            &self.session,
+            &key,
+            &path,
+            &self.settings.fetch,
+            &mut |_| {},
+        )
+        .await
+        .map_err(blob(format!(
+            "fetch the checkpoint {key} from agent {from_agent}"
+        )))?;
         let fetch_ms = t0.elapsed().as_millis() as u64;
-        let file = tokio::fs::File::open(&path).await.map_err(io("open the fetched checkpoint", &path))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(io("open the fetched checkpoint", &path))?;
         let result = self.podman.restore(&RestoreOptions::default(), file).await;
         // The archive is not needed any more either way: a retry fetches it again.
         let _ = tokio::fs::remove_file(&path).await;
-        let report = result.map_err(runtime(format!("restore {service} from the checkpoint of task {task}")))?;
-        info!(bytes = manifest.size, fetch_ms, restore_ms = report.elapsed.as_millis() as u64, "restored");
+        let report = result.map_err(runtime(format!(
+            "restore {service} from the checkpoint of task {task}"
+        )))?;
+        info!(
+            bytes = manifest.size,
+            fetch_ms,
+            restore_ms = report.elapsed.as_millis() as u64,
+            "restored"
+        );
         let stats = restore_stats(report.criu);
         lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
         Ok(StepOutcome::Restored { stats })
@@ -434,20 +563,35 @@ impl CoatExecutor {
         let path = self.overlay.endpoint_path(&name);
         // The flows are keyed by the service IP, which only the namespace still knows.
         let ip = match path.exists() {
-            true => netinfo::read(&path, SERVICE_IFNAME).await.ok().map(|n| n.ip),
+            true => netinfo::read(&path, SERVICE_IFNAME)
+                .await
+                .ok()
+                .map(|n| n.ip),
             false => None,
         };
-        let removed = self.podman.remove(service).await.map_err(runtime(format!("{why}: remove container {service}")))?;
+        let removed = self
+            .podman
+            .remove(service)
+            .await
+            .map_err(runtime(format!("{why}: remove container {service}")))?;
         self.overlay
             .remove_endpoint(&name, &host_if)
             .await
-            .map_err(overlay(format!("{why}: remove the namespace {name} of {service}")))?;
+            .map_err(overlay(format!(
+                "{why}: remove the namespace {name} of {service}"
+            )))?;
         if let Some(ip) = ip {
-            self.overlay.unsteer(ip).await.map_err(overlay(format!("{why}: remove the flows of {service} ({ip})")))?;
+            self.overlay.unsteer(ip).await.map_err(overlay(format!(
+                "{why}: remove the flows of {service} ({ip})"
+            )))?;
         }
         self.remove_task_files(task).await;
         lock(&self.restored).retain(|(_, s), _| s != service);
-        info!(container_removed = removed, ?ip, "service removed from this host");
+        info!(
+            container_removed = removed,
+            ?ip,
+            "service removed from this host"
+        );
         Ok(StepOutcome::Done)
     }
 
@@ -463,12 +607,25 @@ impl CoatExecutor {
                 self.settings.flow_ports.keys().collect::<Vec<_>>()
             ))
         })?;
-        let ofport = self.overlay.ofport(port).await.map_err(overlay(format!("find the port {port} toward {to_agent}")))?;
+        let ofport = self
+            .overlay
+            .ofport(port)
+            .await
+            .map_err(overlay(format!("find the port {port} toward {to_agent}")))?;
         let t0 = Instant::now();
         self.overlay
-            .steer(ServiceAddr { ip: network.ip, mac: MacAddr(network.mac) }, ofport)
+            .steer(
+                ServiceAddr {
+                    ip: network.ip,
+                    mac: MacAddr(network.mac),
+                },
+                ofport,
+            )
             .await
-            .map_err(overlay(format!("steer {} to {port} (toward {to_agent})", network.ip)))?;
+            .map_err(overlay(format!(
+                "steer {} to {port} (toward {to_agent})",
+                network.ip
+            )))?;
         info!(port = %port, ofport, ms = t0.elapsed().as_millis() as u64, "client flow switched");
         Ok(StepOutcome::Done)
     }
@@ -477,10 +634,13 @@ impl CoatExecutor {
     // Helpers
 
     async fn inspect(&self, service: &str) -> Result<ContainerInfo> {
-        self.podman.inspect(service).await.map_err(|e| match e.is_not_found() {
-            true => CoatError::State(format!("no container {service} on this host")),
-            false => runtime(format!("inspect {service}"))(e),
-        })
+        self.podman
+            .inspect(service)
+            .await
+            .map_err(|e| match e.is_not_found() {
+                true => CoatError::State(format!("no container {service} on this host")),
+                false => runtime(format!("inspect {service}"))(e),
+            })
     }
 
     async fn running_here(&self, service: &str) -> Result<bool> {
@@ -492,7 +652,10 @@ impl CoatExecutor {
     }
 
     fn image_path(&self, task: &str, image: &str) -> PathBuf {
-        self.settings.work_dir.join(task).join(format!("{image}.tar"))
+        self.settings
+            .work_dir
+            .join(task)
+            .join(format!("{image}.tar"))
     }
 
     /// Best effort: a leftover archive costs disk, not correctness.
@@ -546,7 +709,9 @@ pub fn host_ifname(service: &str) -> String {
         return plain;
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("mv-{:012x}", hash >> 16)
 }
 
@@ -555,7 +720,9 @@ fn check_service(service: &str) -> Result<()> {
     let ok = !service.is_empty()
         && service.len() <= 59
         && service.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && service.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     match ok {
         true => Ok(()),
         false => Err(CoatError::Invalid(format!(
@@ -569,7 +736,9 @@ fn check_id(what: &str, id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     match ok {
         true => Ok(()),
         false => Err(CoatError::Invalid(format!(
@@ -581,26 +750,28 @@ fn check_id(what: &str, id: &str) -> Result<()> {
 /// Anonymous memory of the container whose init is `pid` (the state a checkpoint carries).
 fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
     let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&file).map_err(io(format!("read the cgroup of {service}"), &file))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(io(format!("read the cgroup of {service}"), &file))?;
     let dir = cgroup_dir(&text).ok_or_else(|| {
-        CoatError::State(format!("{} of {service} names no cgroup v2 or v1 memory cgroup", file.display()))
+        CoatError::State(format!(
+            "{} of {service} names no cgroup v2 or v1 memory cgroup",
+            file.display()
+        ))
     })?;
     anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
 }
 
-/// The memory cgroup directory from a `/proc/<pid>/cgroup` text: `0::<path>` (v2) or
-/// `<n>:memory:<path>` (v1).
+/// The memory cgroup directory from a `/proc/<pid>/cgroup` text. A v1 `memory` controller wins
+/// (hybrid hosts also list a `0::` line, but memory is accounted in v1 there); else the v2
+/// `0::<path>` under the unified mount.
 fn cgroup_dir(text: &str) -> Option<PathBuf> {
     let rel = |p: &str| p.trim_start_matches('/').to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::").map(|p| Path::new("/sys/fs/cgroup").join(rel(p))))
-        .or_else(|| {
-            text.lines().find_map(|l| {
-                let mut f = l.splitn(3, ':');
-                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-                ctrls.split(',').any(|c| c == "memory").then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
-            })
-        })
+    let v1 = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls.split(',').any(|c| c == "memory").then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
+    });
+    v1.or_else(|| text.lines().find_map(|l| l.strip_prefix("0::").map(|p| Path::new("/sys/fs/cgroup").join(rel(p)))))
 }
 
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
@@ -616,7 +787,10 @@ fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
 }
 
 fn restore_stats(s: Option<CriuRestoreStats>) -> CriuStats {
-    CriuStats { restore_time_us: s.map(|s| s.restore_time_us), ..CriuStats::default() }
+    CriuStats {
+        restore_time_us: s.map(|s| s.restore_time_us),
+        ..CriuStats::default()
+    }
 }
 
 #[cfg(test)]
@@ -649,22 +823,35 @@ mod tests {
     fn cgroup_paths_v2_and_v1() {
         assert_eq!(
             cgroup_dir("0::/machine.slice/libpod-abc.scope/container\n"),
-            Some(PathBuf::from("/sys/fs/cgroup/machine.slice/libpod-abc.scope/container"))
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/machine.slice/libpod-abc.scope/container"
+            ))
         );
         assert_eq!(
-            cgroup_dir("12:cpu,cpuacct:/x\n4:memory:/libpod_parent/abc\n"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/libpod_parent/abc"))
+            cgroup_dir("12:cpu,cpuacct:/x\n4:memory:/libpod_parent/abc\n0::/libpod_parent/abc\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/libpod_parent/abc")),
+            "hybrid: memory is a v1 controller"
         );
         assert_eq!(cgroup_dir("garbage\n"), None);
     }
 
     #[test]
     fn criu_statistics_map_onto_the_wire() {
-        let d = CriuDumpStats { frozen_time_us: 7, pages_written: 3, ..CriuDumpStats::default() };
+        let d = CriuDumpStats {
+            frozen_time_us: 7,
+            pages_written: 3,
+            ..CriuDumpStats::default()
+        };
         let s = dump_stats(Some(d));
-        assert_eq!((s.frozen_time_us, s.pages_written, s.restore_time_us), (Some(7), Some(3), None));
+        assert_eq!(
+            (s.frozen_time_us, s.pages_written, s.restore_time_us),
+            (Some(7), Some(3), None)
+        );
         assert_eq!(dump_stats(None), CriuStats::default());
-        let r = CriuRestoreStats { restore_time_us: 9, ..CriuRestoreStats::default() };
+        let r = CriuRestoreStats {
+            restore_time_us: 9,
+            ..CriuRestoreStats::default()
+        };
         assert_eq!(restore_stats(Some(r)).restore_time_us, Some(9));
     }
 }

@@ -1,0 +1,414 @@
+//! Root integration test of the COAT executor on three emulated hosts (edge A, edge B, mobile M),
+//! each running the real `mose-agent` binary with its own podman service and OvS. The test
+//! process plays the orchestrator: it sends the steps as Zenoh queries to the agents'
+//! `agents/{id}/rpc/{op}` queryables, in the order the orchestrator's driver uses.
+//!
+//! ```text
+//!   client netns --cli-- [M br0] --to-a == to-m-- [A br0] --mv-counter-- mose-counter (service)
+//!                                --to-b == to-m-- [B br0] --mv-counter-- mose-counter (prepared)
+//!   agents talk Zenoh over the testbed LAN (eth0 of each host, 10.99.0.0/24); the test joins it
+//!   from the root namespace as 10.99.0.1.
+//! ```
+//!
+//! Proves, with a client sending a request every 10 ms on ONE TCP connection:
+//! 1. a failed restore on B, then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
+//!    running on A with the client still served and nothing of it on B;
+//! 2. the migration A→B keeps the same connection and the count continues without a jump.
+//!
+//! Run: `sudo -E cargo test -p mose-agent --test coat_migration -- --nocapture`
+
+mod runtime_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mose_agent::runtime::{CreateSpec, HostLimits, Netns, Podman};
+use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
+use mose_overlay::{connect_wire, HostOverlay};
+use mose_protocol::messages::{ServiceNetwork, ServiceSpec, Step, StepOutcome, StepReply, StepRequest};
+use mose_protocol::transport::ZenohOptions;
+use mose_protocol::{decode, encode, KeySpace};
+use mose_testbed::{Host, Lan};
+use runtime_common::{image, prerequisites};
+use tokio::process::Child;
+use zenoh::query::ConsolidationMode;
+use zenoh::Session;
+
+const PREFIX: &str = "mtb-coat-";
+const SERVICE: &str = "counter";
+const SVC_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const PORT: u16 = 7000;
+/// The test's own address on the testbed LAN (hosts start at .10).
+const TEST_LAN_IP: &str = "10.99.0.1/24";
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [2, 0, o[0], o[1], o[2], o[3]]
+}
+
+fn client_netns() -> String {
+    format!("{PREFIX}cli")
+}
+
+/// Everything the test made; dropped in field order (agents before their hosts) also when an
+/// assertion fails, so nothing is left behind.
+struct Lab {
+    agents: Vec<Child>,
+    client_ns: Option<PathBuf>,
+    hosts: Vec<Host>,
+    lan: Option<Lan>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.start_kill();
+        }
+        if let Some(ns) = self.client_ns.take() {
+            if let Err(e) = netns::delete_netns(&ns) {
+                eprintln!("cannot delete the client namespace {}: {e}", ns.display());
+            }
+        }
+    }
+}
+
+impl Lab {
+    /// Orderly teardown, with errors reported.
+    async fn destroy(mut self) {
+        for mut a in self.agents.drain(..) {
+            let _ = a.kill().await;
+        }
+        if let Some(ns) = self.client_ns.take() {
+            netns::delete_netns(&ns).expect("delete the client namespace");
+        }
+        for h in self.hosts.drain(..) {
+            h.destroy().await.expect("host teardown");
+        }
+        if let Some(lan) = self.lan.take() {
+            lan.destroy().await.expect("LAN teardown");
+        }
+    }
+}
+
+fn overlay_of(host: &Host) -> HostOverlay {
+    HostOverlay::for_instance(host.ovs().expect("OvS started"), "br0").with_host_netns(host.netns_path())
+}
+
+/// Start `mose-agent` inside `host`, listening on its LAN address and connected to `peers`.
+fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&str]) -> Child {
+    let ovs = host.ovs().expect("OvS started");
+    let mut c = host.command(env!("CARGO_BIN_EXE_mose-agent"));
+    c.args(["--id", id, "--role", role, "--no-multicast", "--ovs-bridge", "br0"])
+        .args(["--listen", &format!("tcp/{}:7447", host.addr())])
+        .args(["--podman-socket", "/run/podman/podman.sock"])
+        .arg("--ovsdb-socket")
+        .arg(ovs.db_socket())
+        .arg("--ovs-rundir")
+        .arg(ovs.rundir())
+        // /var/tmp is private to each emulated host; /var/lib/mose-agent would be shared.
+        .args(["--work-dir", "/var/tmp/mose-agent"])
+        .args(extra)
+        .env("RUST_LOG", "info,zenoh=warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for p in peers {
+        c.args(["--connect", &format!("tcp/{p}:7447")]);
+    }
+    c.spawn().expect("spawn mose-agent")
+}
+
+/// One step on one agent, as the orchestrator's `AgentRpc::call` sends it.
+async fn step(session: &Session, keys: &KeySpace, agent: &str, task: &str, step: Step) -> Result<StepOutcome, String> {
+    let op = step.op();
+    let request = StepRequest { task: task.into(), step, timeout_ms: STEP_TIMEOUT.as_millis() as u64 };
+    let replies = session
+        .get(keys.agent_rpc(agent, op))
+        .payload(encode(&request).unwrap())
+        .consolidation(ConsolidationMode::None)
+        .timeout(STEP_TIMEOUT + Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("get: {e}"))?;
+    let reply = replies.recv_async().await.map_err(|_| format!("agent {agent} did not answer {op}"))?;
+    let sample = reply.result().map_err(|e| format!("agent {agent} refused {op}: {:?}", e.payload().try_to_string()))?;
+    let reply: StepReply = decode(&sample.payload().to_bytes()).map_err(|e| e.to_string())?;
+    assert_eq!(reply.task, task);
+    reply.result.map_err(|f| f.reason)
+}
+
+/// A step that must succeed; returns its outcome and how long it took end to end.
+async fn ok(session: &Session, keys: &KeySpace, agent: &str, task: &str, s: Step) -> (StepOutcome, Duration) {
+    let op = s.op();
+    let t = Instant::now();
+    let out = step(session, keys, agent, task, s).await.unwrap_or_else(|e| panic!("{op} on {agent}: {e}"));
+    (out, t.elapsed())
+}
+
+/// Until the agent answers at all (its queryables are declared and routed to us).
+async fn wait_ready(session: &Session, keys: &KeySpace, agent: &str) {
+    let t = Instant::now();
+    loop {
+        let probe = Step::Describe { service: "no-such-service".into() };
+        match step(session, keys, agent, "ready", probe).await {
+            Err(e) if e.contains("did not answer") || e.starts_with("get:") => {}
+            _ => return,
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "agent {agent} never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Replies seen by the client: (request sent, reply received, count).
+type Samples = Vec<(Instant, Instant, u64)>;
+
+/// The mobile client: one TCP connection from its namespace, a request every 10 ms until told
+/// to stop. Any error (reset, timeout, closed) ends it with the samples so far and the error.
+struct Client {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Samples, Option<String>, SocketAddr)>,
+}
+
+impl Client {
+    async fn start(ns: &Path, to: SocketAddr) -> Client {
+        let mut stream = None;
+        // The service needs a moment to listen after its container started.
+        for _ in 0..100 {
+            match netns::in_netns(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(1))).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let s = stream.expect("client connects to the service");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let local = s.local_addr().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let mut line = String::new();
+                let res = w.write_all(b"tick\n").and_then(|()| r.read_line(&mut line));
+                match res {
+                    Ok(0) => return (samples, Some("connection closed by the service".into()), local),
+                    Ok(_) => match line.trim().parse() {
+                        Ok(n) => samples.push((sent, Instant::now(), n)),
+                        Err(_) => return (samples, Some(format!("not a count: {line:?}")), local),
+                    },
+                    Err(e) => return (samples, Some(format!("{e}")), local),
+                }
+                std::thread::sleep(Duration::from_millis(10).saturating_sub(sent.elapsed()));
+            }
+            (samples, None, local)
+        });
+        Client { stop, thread }
+    }
+
+    fn finish(self) -> (Samples, Option<String>, SocketAddr) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("client thread")
+    }
+}
+
+/// Longest gap between consecutive replies received within [from, to] (the client-observed
+/// downtime of a migration in that window).
+fn longest_gap(samples: &Samples, from: Instant, to: Instant) -> Duration {
+    samples
+        .windows(2)
+        .filter(|w| w[1].1 >= from && w[0].1 <= to)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let counter = image("counter").await;
+    let r = mose_testbed::sweep_stale(PREFIX).await.expect("sweep");
+    assert!(r.is_clean(), "stale state: {:?}", r.problems);
+    netns::sweep_netns(Path::new(NETNS_DIR), PREFIX).expect("sweep stale client namespace");
+
+    // --- Three hosts, each with OvS br0; A and B with podman and the image.
+    let lan = Lan::create(PREFIX).await.expect("LAN");
+    let mut lab = Lab { agents: Vec::new(), client_ns: None, hosts: Vec::new(), lan: None };
+    for (i, name) in ["a", "b", "m"].into_iter().enumerate() {
+        let mut h = Host::create(name, &lan, lan.host_addr(i as u8).unwrap()).await.expect("host");
+        h.start_ovs().await.expect("OvS");
+        if name != "m" {
+            h.start_podman_service().await.expect("podman service");
+            h.load_image(&counter).await.expect("load image");
+        }
+        overlay_of(&h).ensure_bridge().await.expect("br0");
+        lab.hosts.push(h);
+    }
+    lab.lan = Some(lan);
+    let (a, b, m) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    let (hb, hm) = (overlay_of(b), overlay_of(m));
+    connect_wire(&hm, "to-a", &overlay_of(a), "to-m").await.expect("wire M-A");
+    connect_wire(&hm, "to-b", &hb, "to-m").await.expect("wire M-B");
+    let lan_bridge = lab.lan.as_ref().unwrap().bridge().to_string();
+    run_cmd("ip", &["addr", "add", TEST_LAN_IP, "dev", &lan_bridge]);
+
+    // --- The agents, and the test's own Zenoh session on the LAN.
+    let addrs = [a.addr(), b.addr(), m.addr()];
+    let others = |i: usize| addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect::<Vec<_>>();
+    lab.agents.push(spawn_agent(a, "a", "edge", &others(0), &[]));
+    lab.agents.push(spawn_agent(b, "b", "edge", &others(1), &[]));
+    lab.agents.push(spawn_agent(m, "m", "mobile", &others(2), &["--flow-port", "a=to-a", "--flow-port", "b=to-b"]));
+    let session = ZenohOptions::explicit(vec![], addrs.iter().map(|a| format!("tcp/{a}:7447")).collect())
+        .open()
+        .await
+        .expect("test session");
+    let keys = KeySpace::new("mose").unwrap();
+    for id in ["a", "b", "m"] {
+        wait_ready(&session, &keys, id).await;
+    }
+
+    // --- The service on A (placed with A's own Prepare), its flow on M pointing at A.
+    let network = ServiceNetwork {
+        ip: SVC_IP,
+        prefix_len: 24,
+        mac: mac_of(SVC_IP),
+        client_ip: Some(CLIENT_IP),
+        client_mac: Some(mac_of(CLIENT_IP)),
+    };
+    let spec = ServiceSpec { name: SERVICE.into(), image: counter.reference.clone(), network: network.clone() };
+    ok(&session, &keys, "a", "place", Step::Prepare { spec: spec.clone() }).await;
+    let pa = Podman::new(a.podman_socket()).unwrap();
+    let pb = Podman::new(b.podman_socket()).unwrap();
+    pa.create(&CreateSpec {
+        name: SERVICE.into(),
+        image: counter.reference.clone(),
+        netns: Netns::Path(PathBuf::from(format!("/run/netns/mose-{SERVICE}"))),
+        ulimits: HostLimits::detect().expect("limits").container_ulimits(),
+        ..CreateSpec::default()
+    })
+    .await
+    .expect("create the service on A");
+    pa.start(SERVICE).await.expect("start the service on A");
+    let to_a = Step::SwitchFlow { network: network.clone(), to_agent: "a".into() };
+    ok(&session, &keys, "m", "place", to_a.clone()).await;
+
+    // The client's namespace on M, with the service's neighbour entry pre-loaded.
+    let mut cli = EndpointSpec::new(client_netns(), "cli", CLIENT_IP, 24, MacAddr(mac_of(CLIENT_IP)));
+    cli.neighbours.push(Neighbour { ip: SVC_IP, mac: MacAddr(mac_of(SVC_IP)) });
+    let cli = hm.add_endpoint(&cli).await.expect("client endpoint");
+    lab.client_ns = Some(cli.endpoint.netns_path.clone());
+    let client = Client::start(&cli.endpoint.netns_path, SocketAddr::from((SVC_IP, PORT))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // --- Describe reads the identity back, the client included.
+    let (described, _) = ok(&session, &keys, "a", "t-fail", Step::Describe { service: SERVICE.into() }).await;
+    let StepOutcome::Described { spec: got, state_bytes } = described else { panic!("{described:?}") };
+    assert_eq!(got, spec, "describe reports what the service was placed with");
+    assert!(state_bytes > 0, "state size from the cgroup");
+    println!("describe: {SERVICE} {SVC_IP} state {state_bytes} B");
+
+    // --- 1. Restore fails on B → Abort(B), flow back to A, Resume(A).
+    let t_fail = Instant::now();
+    ok(&session, &keys, "b", "t-fail", Step::Prepare { spec: spec.clone() }).await;
+    let ckpt = Step::Checkpoint { service: SERVICE.into(), image: "ckpt".into(), leave_running: false, pre_dump: false };
+    ok(&session, &keys, "a", "t-fail", ckpt.clone()).await;
+    // Break B's restore: the container image vanishes after Prepare checked it.
+    b.podman_output(["rmi", "-f", &counter.reference], Duration::from_secs(60)).await.expect("rmi on B");
+    let restore = Step::Restore { spec: spec.clone(), from_agent: "a".into(), image: "ckpt".into() };
+    let err = step(&session, &keys, "b", "t-fail", restore.clone()).await.expect_err("restore without the image must fail");
+    println!("restore on B failed as intended: {err}");
+    for _ in 0..2 {
+        ok(&session, &keys, "b", "t-fail", Step::Abort { service: SERVICE.into() }).await;
+    }
+    ok(&session, &keys, "m", "t-fail", to_a.clone()).await;
+    let (_, resume_time) = ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
+    ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
+    let t_fail_end = Instant::now();
+    assert!(pa.inspect(SERVICE).await.unwrap().state.running, "service runs on A again");
+    assert!(!pb.exists(SERVICE).await.unwrap(), "no container left on B");
+    assert!(!b.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "no netns left on B");
+    assert!(hb.steering().flows(SVC_IP).await.unwrap().is_empty(), "no flows left on B");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.load_image(&counter).await.expect("reload the image on B");
+
+    // --- 2. The migration A→B in the orchestrator's order.
+    let task = "t-ab";
+    let t_mig = Instant::now();
+    let (d, describe_t) = ok(&session, &keys, "a", task, Step::Describe { service: SERVICE.into() }).await;
+    let StepOutcome::Described { spec, .. } = d else { panic!("{d:?}") };
+    let (_, prepare_t) = ok(&session, &keys, "b", task, Step::Prepare { spec: spec.clone() }).await;
+    let (c, checkpoint_t) = ok(&session, &keys, "a", task, ckpt.clone()).await;
+    let StepOutcome::Checkpointed { image_bytes, stats: dump } = c else { panic!("{c:?}") };
+    let (r, restore_t) = ok(&session, &keys, "b", task, restore.clone()).await;
+    let StepOutcome::Restored { stats: rst } = r.clone() else { panic!("{r:?}") };
+    let to_b = Step::SwitchFlow { network: spec.network.clone(), to_agent: "b".into() };
+    let (_, switch_t) = ok(&session, &keys, "m", task, to_b).await;
+    let t_switched = Instant::now();
+    let (_, release_t) = ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
+    let total = t_mig.elapsed();
+    // Repeats converge: same outcome, nothing undone.
+    assert_eq!(ok(&session, &keys, "b", task, restore).await.0, r, "restore is idempotent");
+    ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let (samples, error, local) = client.finish();
+    assert!(error.is_none(), "the client's connection broke: {error:?} after {} replies", samples.len());
+    assert!(samples.len() > 100, "{} replies", samples.len());
+    let counts: Vec<u64> = samples.iter().map(|s| s.2).collect();
+    assert!(counts.windows(2).all(|w| w[1] == w[0] + 1), "the count jumps or resets: {counts:?}");
+    assert_eq!(local.ip(), std::net::IpAddr::V4(CLIENT_IP));
+    assert!(pb.inspect(SERVICE).await.unwrap().state.running, "service runs on B");
+    assert!(!pa.exists(SERVICE).await.unwrap(), "A released the container");
+    assert!(!a.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "A released the netns");
+
+    let rollback_gap = longest_gap(&samples, t_fail, t_fail_end);
+    let migration_gap = longest_gap(&samples, t_mig, t_switched + Duration::from_millis(900));
+    println!(
+        "COAT A->B ({image_bytes} B image): client-observed downtime {:.0} ms; steps (end to end over Zenoh): \
+         describe {:.0} ms, prepare {:.0} ms, checkpoint {:.0} ms (CRIU frozen {:?} us), restore incl. fetch \
+         {:.0} ms (CRIU restore {:?} us), switch-flow {:.0} ms, release {:.0} ms; total {:.0} ms; \
+         count {}..{} continuous on one connection ({} replies)",
+        ms(migration_gap),
+        ms(describe_t),
+        ms(prepare_t),
+        ms(checkpoint_t),
+        dump.frozen_time_us,
+        ms(restore_t),
+        rst.restore_time_us,
+        ms(switch_t),
+        ms(release_t),
+        ms(total),
+        counts[0],
+        counts[counts.len() - 1],
+        counts.len()
+    );
+    println!(
+        "ROLLBACK (restore failed on B): client-observed downtime {:.0} ms, resume on A {:.0} ms",
+        ms(rollback_gap),
+        ms(resume_time)
+    );
+
+    session.close().await.ok();
+    lab.destroy().await;
+    assert!(mose_testbed::leftovers(PREFIX).is_empty(), "left: {:?}", mose_testbed::leftovers(PREFIX));
+}
+
+fn run_cmd(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program).args(args).output().expect("spawn");
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
