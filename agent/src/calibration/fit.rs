@@ -27,7 +27,10 @@ pub enum FitError {
 
 /// Fits `y = intercept + slope·x` to `points` (at least 2 distinct x).
 pub fn fit_line(law: &'static str, points: &[(f64, f64)]) -> Result<LinearFit, FitError> {
-    if let Some(&(x, y)) = points.iter().find(|(x, y)| !x.is_finite() || !y.is_finite()) {
+    if let Some(&(x, y)) = points
+        .iter()
+        .find(|(x, y)| !x.is_finite() || !y.is_finite())
+    {
         return Err(FitError::NotFinite { law, x, y });
     }
     let mut xs: Vec<f64> = points.iter().map(|p| p.0).collect();
@@ -54,7 +57,11 @@ pub fn fit_line(law: &'static str, points: &[(f64, f64)]) -> Result<LinearFit, F
     let ss_res: f64 = residuals.iter().map(|r| r * r).sum();
     let ss_tot: f64 = points.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
     // All y equal: a flat line fits them exactly.
-    let r_squared = if ss_tot == 0.0 { 1.0 } else { 1.0 - ss_res / ss_tot };
+    let r_squared = if ss_tot == 0.0 {
+        1.0
+    } else {
+        1.0 - ss_res / ss_tot
+    };
     Ok(LinearFit {
         intercept,
         slope,
@@ -99,7 +106,11 @@ mod tests {
         assert!(fit_line("t", &noisy).unwrap().r_squared < 0.5);
         assert_eq!(
             fit_line("t", &[(1.0, 1.0), (1.0, 2.0)]),
-            Err(FitError::TooFewPoints { law: "t", needed: 2, got: 1 })
+            Err(FitError::TooFewPoints {
+                law: "t",
+                needed: 2,
+                got: 1
+            })
         );
         assert!(matches!(
             fit_line("t", &[(1.0, f64::NAN), (2.0, 1.0)]),

@@ -7,8 +7,8 @@
 //! time β; Podman's wall time over CRIU's gives α_c and α_r; archive size over state gives τ₁.
 //! M on the x axis is what CRIU wrote (pages written × page size), not what we asked for.
 //!
-//! Pre-dump laws (φ_p, γ_p, δ, Λ, η) need kernel dirty tracking; where it is missing they keep
-//! their previous values and the report says so. A fit whose R² is under the threshold is
+//! Pre-dump laws (φ_p, γ_p, δ, Λ, η) need kernel dirty tracking (absent on the development
+//! kernel) and are not measured yet: they keep their previous values and the report says so. A fit whose R² is under the threshold is
 //! refused: a bad model would make every plan wrong while looking precise.
 
 pub mod fit;
@@ -36,6 +36,9 @@ pub struct CalibrationPlan {
     pub rates_mib_per_s: Vec<f64>,
     /// Work directory for the archives (removed per sample).
     pub scratch: PathBuf,
+    /// Runs per size and rate; the fit uses their medians, so one disturbed run does not
+    /// bend a law.
+    pub repeats: u32,
     /// Smallest acceptable R² of the fitted laws.
     pub min_r_squared: f64,
 }
@@ -47,6 +50,7 @@ impl CalibrationPlan {
             sizes_mib: vec![1, 10, 50, 100],
             rates_mib_per_s: vec![0.0, 20.0],
             scratch: scratch.into(),
+            repeats: 3,
             min_r_squared: 0.8,
         }
     }
@@ -109,8 +113,10 @@ pub enum CalibrationError {
     Sample { mib: u32, rate: f64, reason: String },
     #[error(transparent)]
     Fit(#[from] FitError),
-    #[error("the {law} fit is too poor to plan with (R² = {r_squared:.3} < {threshold}); \
-             the host was probably busy: calibrate again on an idle host")]
+    #[error(
+        "the {law} fit is too poor to plan with (R² = {r_squared:.3} < {threshold}); \
+             the host was probably busy: calibrate again on an idle host"
+    )]
     BadFit {
         law: String,
         r_squared: f64,
@@ -129,18 +135,30 @@ pub async fn measure(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<Sample>, CalibrationError> {
     if plan.sizes_mib.is_empty() || plan.rates_mib_per_s.is_empty() {
-        return Err(CalibrationError::Plan("needs at least one size and one rate".into()));
+        return Err(CalibrationError::Plan(
+            "needs at least one size and one rate".into(),
+        ));
     }
-    if plan.rates_mib_per_s.iter().any(|r| !r.is_finite() || *r < 0.0) {
-        return Err(CalibrationError::Plan("dirty rates must be finite and ≥ 0".into()));
+    if plan
+        .rates_mib_per_s
+        .iter()
+        .any(|r| !r.is_finite() || *r < 0.0)
+    {
+        return Err(CalibrationError::Plan(
+            "dirty rates must be finite and ≥ 0".into(),
+        ));
     }
-    let limits = HostLimits::detect().map_err(|e| CalibrationError::Plan(format!(
-        "cannot read this host's limits: {e}"
-    )))?;
-    let total = plan.sizes_mib.len() * plan.rates_mib_per_s.len();
+    let limits = HostLimits::detect()
+        .map_err(|e| CalibrationError::Plan(format!("cannot read this host's limits: {e}")))?;
+    let total = plan.sizes_mib.len() * plan.rates_mib_per_s.len() * plan.repeats.max(1) as usize;
     let mut samples = Vec::with_capacity(total);
-    for &rate in &plan.rates_mib_per_s {
-        for &mib in &plan.sizes_mib {
+    let runs = plan.rates_mib_per_s.iter().flat_map(|&rate| {
+        plan.sizes_mib
+            .iter()
+            .flat_map(move |&mib| std::iter::repeat_n((rate, mib), plan.repeats.max(1) as usize))
+    });
+    {
+        for (rate, mib) in runs {
             progress(Progress {
                 done: samples.len(),
                 total,
@@ -223,6 +241,8 @@ async fn sample_once(
     drop(file);
     let restored = match ck {
         Ok(ck) => {
+            // An import recreates the container with its ID, which must be free on this host.
+            podman.remove(name).await.map_err(rt)?;
             let reader = tokio::fs::File::open(&archive)
                 .await
                 .map_err(|e| bad(format!("{}: {e}", archive.display())))?;
@@ -255,13 +275,46 @@ async fn sample_once(
     })
 }
 
-/// Fits the model to `samples`, starting from `previous` for what cannot be measured here.
+/// The median of each measured field over the runs of the same size and rate.
+fn collapse(samples: &[Sample]) -> Vec<Sample> {
+    let mut keys: Vec<(u32, f64)> = samples
+        .iter()
+        .map(|s| (s.requested_mib, s.dirty_rate_bytes_per_s))
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    keys.dedup();
+    keys.into_iter()
+        .map(|(mib, rate)| {
+            let runs: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.requested_mib == mib && s.dirty_rate_bytes_per_s == rate)
+                .collect();
+            let med = |f: fn(&Sample) -> f64| {
+                median(&runs.iter().map(|s| f(s)).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+            };
+            Sample {
+                requested_mib: mib,
+                dirty_rate_bytes_per_s: rate,
+                state_bytes: med(|s| s.state_bytes as f64) as u64,
+                archive_bytes: med(|s| s.archive_bytes as f64) as u64,
+                freezing_s: med(|s| s.freezing_s),
+                frozen_s: med(|s| s.frozen_s),
+                podman_checkpoint_s: med(|s| s.podman_checkpoint_s),
+                criu_restore_s: med(|s| s.criu_restore_s),
+                podman_restore_s: med(|s| s.podman_restore_s),
+            }
+        })
+        .collect()
+}
+
+/// Fits the model to `samples` (repeated runs are reduced to their medians), starting from
+/// `previous` for what cannot be measured here.
 pub fn fit(
-    samples: &[Sample],
+    all_samples: &[Sample],
     previous: &PamParams,
-    dirty_tracking: bool,
     min_r_squared: f64,
 ) -> Result<Calibration, CalibrationError> {
+    let samples = &collapse(all_samples)[..];
     let mut fits = Vec::new();
     let mut notes = Vec::new();
     let mut accept = |law: &str, f: LinearFit| -> Result<LinearFit, CalibrationError> {
@@ -296,16 +349,28 @@ pub fn fit(
             .map(|s| (s.state_bytes as f64, y(s)))
             .collect()
     };
-    let dump_low = accept("dump frozen time at R_min", fit_line("dump frozen time", &points(min_rate, |s| s.frozen_s))?)?;
+    let dump_low = accept(
+        "dump frozen time at R_min",
+        fit_line("dump frozen time", &points(min_rate, |s| s.frozen_s))?,
+    )?;
     let restore = accept(
         "restore time",
-        fit_line("restore time", &samples.iter().map(|s| (s.state_bytes as f64, s.criu_restore_s)).collect::<Vec<_>>())?,
+        fit_line(
+            "restore time",
+            &samples
+                .iter()
+                .map(|s| (s.state_bytes as f64, s.criu_restore_s))
+                .collect::<Vec<_>>(),
+        )?,
     )?;
     let mut params = previous.clone();
     params.phi_d_s = dump_low.intercept.max(0.0);
     params.gamma_d_s_per_byte.at_zero_rate = dump_low.slope.max(0.0);
     if max_rate > min_rate {
-        let dump_high = accept("dump frozen time at R_max", fit_line("dump frozen time", &points(max_rate, |s| s.frozen_s))?)?;
+        let dump_high = accept(
+            "dump frozen time at R_max",
+            fit_line("dump frozen time", &points(max_rate, |s| s.frozen_s))?,
+        )?;
         // γ_d grows linearly with R between the two measured rates (the paper's shape).
         params.gamma_d_s_per_byte.per_byte_per_s =
             ((dump_high.slope - dump_low.slope) / (max_rate - min_rate)).max(0.0);
@@ -320,11 +385,17 @@ pub fn fit(
     params.beta_s = med("β", samples.iter().map(|s| s.freezing_s).collect())?;
     let alpha_c = med(
         "α_c",
-        samples.iter().map(|s| s.podman_checkpoint_s / (s.freezing_s + s.frozen_s)).collect(),
+        samples
+            .iter()
+            .map(|s| s.podman_checkpoint_s / (s.freezing_s + s.frozen_s))
+            .collect(),
     )?;
     let alpha_r = med(
         "α_r",
-        samples.iter().map(|s| s.podman_restore_s / s.criu_restore_s).collect(),
+        samples
+            .iter()
+            .map(|s| s.podman_restore_s / s.criu_restore_s)
+            .collect(),
     )?;
     if alpha_c < 1.0 || alpha_r < 1.0 {
         notes.push(format!(
@@ -343,15 +414,13 @@ pub fn fit(
     )?;
     params.rho = 1.0; // archives are exported uncompressed
     params.page_size_bytes = crate::runtime::capabilities::page_size() as u64;
-    if !dirty_tracking {
-        notes.push(
-            "no kernel dirty tracking here: pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) kept from before".into(),
-        );
-    }
+    notes.push(
+        "pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) are not measured yet: kept from before".into(),
+    );
     Ok(Calibration {
         params,
         fits,
-        samples: samples.to_vec(),
+        samples: all_samples.to_vec(),
         notes,
     })
 }
@@ -374,12 +443,14 @@ pub fn store(path: &Path, calibration: &Calibration) -> Result<(), CalibrationEr
 /// Loads a stored calibration; `Ok(None)` when none was stored yet.
 pub fn load(path: &Path) -> Result<Option<Calibration>, CalibrationError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CalibrationError::Store {
-                path: path.to_path_buf(),
-                reason: format!("not a calibration: {e}"),
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CalibrationError::Store {
+                    path: path.to_path_buf(),
+                    reason: format!("not a calibration: {e}"),
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CalibrationError::Store {
             path: path.to_path_buf(),
@@ -420,7 +491,7 @@ mod tests {
 
     #[test]
     fn known_laws_are_recovered() {
-        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), false, 0.8).unwrap();
+        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), 0.8).unwrap();
         let p = &c.params;
         assert!((p.phi_d_s - 0.02).abs() < 1e-9, "{}", p.phi_d_s);
         assert!((p.gamma_d_s_per_byte.at_zero_rate - 2e-9).abs() < 1e-15);
@@ -432,21 +503,38 @@ mod tests {
         assert!((p.tau1 - 1.02).abs() < 1e-6);
         assert!((p.beta_s - 0.004).abs() < 1e-12);
         assert!(c.fits.iter().all(|f| f.r_squared > 0.999));
-        assert!(c.notes.iter().any(|n| n.contains("dirty tracking")));
+        assert!(c.notes.iter().any(|n| n.contains("pre-dump")));
     }
 
     #[test]
     fn a_clearly_bad_fit_is_refused() {
-        let err = fit(&synthetic(0.2), &PamParams::paper_defaults(), false, 0.8).unwrap_err();
+        let err = fit(&synthetic(0.2), &PamParams::paper_defaults(), 0.8).unwrap_err();
         assert!(matches!(err, CalibrationError::BadFit { .. }), "{err}");
         assert!(err.to_string().contains("R²"));
     }
 
     #[test]
+    fn repeated_runs_are_reduced_to_medians() {
+        let mut runs = synthetic(0.0);
+        let mut disturbed = synthetic(0.0);
+        for s in &mut disturbed {
+            s.criu_restore_s += 5.0; // one run per point hit by a busy neighbour
+        }
+        runs.extend(synthetic(0.0));
+        runs.extend(disturbed);
+        let c = fit(&runs, &PamParams::paper_defaults(), 0.8).unwrap();
+        assert!((c.params.psi_s - 0.05).abs() < 1e-9, "{}", c.params.psi_s);
+        assert_eq!(c.samples.len(), 24, "the report keeps every run");
+    }
+
+    #[test]
     fn one_size_is_not_enough() {
-        let one: Vec<Sample> = synthetic(0.0).into_iter().filter(|s| s.requested_mib == 10).collect();
+        let one: Vec<Sample> = synthetic(0.0)
+            .into_iter()
+            .filter(|s| s.requested_mib == 10)
+            .collect();
         assert!(matches!(
-            fit(&one, &PamParams::paper_defaults(), false, 0.8),
+            fit(&one, &PamParams::paper_defaults(), 0.8),
             Err(CalibrationError::Fit(FitError::TooFewPoints { .. }))
         ));
     }
@@ -456,10 +544,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/pam.json");
         assert!(load(&path).unwrap().is_none());
-        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), false, 0.8).unwrap();
+        let c = fit(&synthetic(0.0), &PamParams::paper_defaults(), 0.8).unwrap();
         store(&path, &c).unwrap();
         assert_eq!(load(&path).unwrap().unwrap(), c);
         std::fs::write(&path, b"{ nope").unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("not a calibration"));
+        assert!(load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a calibration"));
     }
 }
