@@ -111,7 +111,12 @@ impl TarScanner {
                     if self.header.len() == BLOCK {
                         let block = std::mem::replace(&mut self.header, Vec::with_capacity(BLOCK));
                         self.state = self.parse_header(&block)?;
-                        if let State::Data { left: 0, pad: 0, keep } = &mut self.state {
+                        if let State::Data {
+                            left: 0,
+                            pad: 0,
+                            keep,
+                        } = &mut self.state
+                        {
                             let keep = std::mem::replace(keep, Keep::Skip);
                             self.state = State::Header;
                             self.finish_member(keep, &mut done)?;
@@ -164,7 +169,10 @@ impl TarScanner {
     fn apply_pax(&mut self, buf: &[u8]) -> Result<(), String> {
         let mut rest = buf;
         while !rest.is_empty() {
-            let sp = rest.iter().position(|&b| b == b' ').ok_or("PAX record without length")?;
+            let sp = rest
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or("PAX record without length")?;
             let len: usize = std::str::from_utf8(&rest[..sp])
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -177,7 +185,9 @@ impl TarScanner {
             if let Some(eq) = record.iter().position(|&b| b == b'=') {
                 let (key, value) = (&record[..eq], &record[eq + 1..]);
                 match key {
-                    b"path" => self.pending.name = Some(String::from_utf8_lossy(value).into_owned()),
+                    b"path" => {
+                        self.pending.name = Some(String::from_utf8_lossy(value).into_owned())
+                    }
                     b"size" => {
                         let size = std::str::from_utf8(value)
                             .ok()
@@ -197,7 +207,11 @@ impl TarScanner {
         let at = self.offset - BLOCK as u64;
         if h.iter().all(|&b| b == 0) {
             self.zero_blocks += 1;
-            return Ok(if self.zero_blocks == 2 { State::End } else { State::Header });
+            return Ok(if self.zero_blocks == 2 {
+                State::End
+            } else {
+                State::Header
+            });
         }
         if self.zero_blocks > 0 {
             return Err(format!("a lone zero block before offset {at}"));
@@ -206,12 +220,15 @@ impl TarScanner {
         let pending = std::mem::take(&mut self.pending);
         let size = match pending.size {
             Some(s) => s,
-            None => parse_number(&h[124..136]).map_err(|e| format!("tar header at offset {at}: size {e}"))?,
+            None => parse_number(&h[124..136])
+                .map_err(|e| format!("tar header at offset {at}: size {e}"))?,
         };
         let kind = h[156];
         let keep = match kind {
             b'L' | b'x' if size > MAX_META => {
-                return Err(format!("tar header at offset {at}: {size}-byte metadata member"));
+                return Err(format!(
+                    "tar header at offset {at}: {size}-byte metadata member"
+                ));
             }
             b'L' => Keep::LongName(Vec::with_capacity(size as usize)),
             b'x' => Keep::Pax(Vec::with_capacity(size as usize)),
@@ -233,7 +250,11 @@ impl TarScanner {
             _ => size,
         };
         let pad = (BLOCK as u64 - data % BLOCK as u64) % BLOCK as u64;
-        Ok(State::Data { left: data, pad, keep })
+        Ok(State::Data {
+            left: data,
+            pad,
+            keep,
+        })
     }
 }
 
@@ -278,7 +299,17 @@ fn parse_number(f: &[u8]) -> Result<u64, String> {
 fn verify_checksum(h: &[u8]) -> Result<(), String> {
     const NOT_TAR: &str = "not a tar archive (compressed, or corrupt)";
     let stored = parse_number(&h[148..156]).map_err(|e| format!("checksum {e}: {NOT_TAR}"))?;
-    let sum: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
+    let sum: u64 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
     if stored == sum {
         Ok(())
     } else {
@@ -377,9 +408,19 @@ mod tests {
     fn long_names_and_pax_headers_are_followed() {
         let mut a = Vec::new();
         let long = format!("{}/x", "d".repeat(120));
-        member(&mut a, "././@LongLink", format!("{long}\0").as_bytes(), b'L');
+        member(
+            &mut a,
+            "././@LongLink",
+            format!("{long}\0").as_bytes(),
+            b'L',
+        );
         member(&mut a, "truncated-name", b"abc", b'0');
-        member(&mut a, "PaxHeaders/stats", b"19 path=stats-dump\n10 size=2\n", b'x');
+        member(
+            &mut a,
+            "PaxHeaders/stats",
+            b"19 path=stats-dump\n10 size=2\n",
+            b'x',
+        );
         // The ustar size field says 5, the PAX record says 2: PAX wins.
         a.extend(header("whatever", 5, b'0'));
         a.extend_from_slice(b"hi");
@@ -388,7 +429,13 @@ mod tests {
         let mut s = TarScanner::new(&["stats-dump"], 1024);
         let got = s.feed(&a).unwrap();
         assert!(s.is_complete());
-        assert_eq!(got, [Member { name: "stats-dump".into(), data: b"hi".to_vec() }]);
+        assert_eq!(
+            got,
+            [Member {
+                name: "stats-dump".into(),
+                data: b"hi".to_vec()
+            }]
+        );
     }
 
     #[test]

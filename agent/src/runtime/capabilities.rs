@@ -68,9 +68,20 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
         notes.push(s);
     };
 
-    let podman_version = podman.version().await.map_err(|e| note(format!("podman version: {e}"))).ok();
-    let info = podman.info().await.map_err(|e| note(format!("podman info: {e}"))).ok();
-    let runtime = info.as_ref().map(|i| i.host.oci_runtime.name.clone()).filter(|r| !r.is_empty());
+    let podman_version = podman
+        .version()
+        .await
+        .map_err(|e| note(format!("podman version: {e}")))
+        .ok();
+    let info = podman
+        .info()
+        .await
+        .map_err(|e| note(format!("podman info: {e}")))
+        .ok();
+    let runtime = info
+        .as_ref()
+        .map(|i| i.host.oci_runtime.name.clone())
+        .filter(|r| !r.is_empty());
     let cgroup_version = info.as_ref().map(|i| i.cgroup_version()).unwrap_or(0);
 
     let criu_version = match criu_version(&opts.criu, opts.criu_timeout).await {
@@ -93,17 +104,30 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
         (false, false, false)
     } else {
         let criu_dirty = kernel_dirty
-            && criu_ok(&opts.criu, &["check", "--feature", "mem_dirty_track"], opts.criu_timeout)
-                .await
-                .map_err(|e| note(format!("criu check mem_dirty_track: {e}")))
-                .is_ok();
-        let tcp = tcp_dump_works(opts).await.map_err(|e| note(format!("CRIU TCP dump: {e}"))).is_ok();
-        let lazy = lazy_pages_work(opts).await.map_err(|e| note(format!("CRIU lazy pages: {e}"))).is_ok();
+            && criu_ok(
+                &opts.criu,
+                &["check", "--feature", "mem_dirty_track"],
+                opts.criu_timeout,
+            )
+            .await
+            .map_err(|e| note(format!("criu check mem_dirty_track: {e}")))
+            .is_ok();
+        let tcp = tcp_dump_works(opts)
+            .await
+            .map_err(|e| note(format!("CRIU TCP dump: {e}")))
+            .is_ok();
+        let lazy = lazy_pages_work(opts)
+            .await
+            .map_err(|e| note(format!("CRIU lazy pages: {e}")))
+            .is_ok();
         (criu_dirty, tcp, lazy)
     };
 
     let ovs = match &opts.ovsdb_socket {
-        Some(p) => ovsdb_answers(p).await.map_err(|e| note(format!("OVSDB {}: {e}", p.display()))).is_ok(),
+        Some(p) => ovsdb_answers(p)
+            .await
+            .map_err(|e| note(format!("OVSDB {}: {e}", p.display())))
+            .is_ok(),
         None => false,
     };
 
@@ -118,8 +142,15 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
         cgroup_version,
         ovs,
     };
-    tracing::info!(?capabilities, ms = t0.elapsed().as_millis() as u64, "host capabilities probed");
-    ProbeReport { capabilities, notes }
+    tracing::info!(
+        ?capabilities,
+        ms = t0.elapsed().as_millis() as u64,
+        "host capabilities probed"
+    );
+    ProbeReport {
+        capabilities,
+        notes,
+    }
 }
 
 pub fn page_size() -> u32 {
@@ -141,7 +172,8 @@ fn kernel_soft_dirty(page: usize) -> Result<bool, String> {
     let aligned = base.div_ceil(page) * page;
     // SAFETY: `aligned` lies within `buf` (it has two pages), which lives to the end of the fn.
     unsafe { std::ptr::write_volatile((aligned as *mut u8).cast::<u8>(), 1) };
-    let mut f = std::fs::File::open("/proc/self/pagemap").map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
+    let mut f = std::fs::File::open("/proc/self/pagemap")
+        .map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
     let mut entry = [0u8; 8];
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start((aligned / page * 8) as u64))
@@ -159,7 +191,10 @@ async fn criu_version(criu: &Path, timeout: Duration) -> Result<String, String> 
 
 /// `Version: 4.2.1` (and maybe a `GitID:` line) → `4.2.1`.
 fn parse_criu_version(out: &str) -> Option<String> {
-    out.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 async fn criu_output(criu: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
@@ -169,11 +204,17 @@ async fn criu_output(criu: &Path, args: &[&str], timeout: Duration) -> Result<St
         .await
         .map_err(|_| format!("`criu {}` took more than {timeout:?}", args.join(" ")))?
         .map_err(|e| format!("cannot run {}: {e}", criu.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         Ok(text)
     } else {
-        Err(format!("`criu {}` failed ({}): {}", args.join(" "), out.status, last_lines(&text, 3)))
+        Err(format!(
+            "`criu {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            last_lines(&text, 3)
+        ))
     }
 }
 
@@ -202,7 +243,11 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(base: &Path, what: &str) -> Result<Scratch, String> {
-        let p = base.join(format!("mose-probe-{what}-{}-{}", std::process::id(), unique()));
+        let p = base.join(format!(
+            "mose-probe-{what}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
         Ok(Scratch(p))
     }
@@ -215,15 +260,26 @@ impl Drop for Scratch {
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Start `program args` as a session leader (so CRIU needs no `--shell-job`) with null stdio.
 fn spawn_target(program: &str, args: &[&str]) -> Result<(Child, i32), String> {
     let mut c = Command::new("setsid");
-    c.arg(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    c.arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     let child = c.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
-    let pid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or("spawned target has no pid")?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or("spawned target has no pid")?;
     Ok((child, pid))
 }
 
@@ -231,7 +287,10 @@ fn spawn_target(program: &str, args: &[&str]) -> Result<(Child, i32), String> {
 async fn wait_comm(pid: i32, comm: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == comm).unwrap_or(false) {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim() == comm)
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -243,8 +302,13 @@ async fn wait_comm(pid: i32, comm: &str) -> Result<(), String> {
 /// does with `--tcp-established`. The process is killed by the dump.
 async fn tcp_dump_works(opts: &ProbeOptions) -> Result<(), String> {
     let dir = Scratch::new(&opts.scratch, "tcp")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("listen: {e}"))?;
-    let port = listener.local_addr().map_err(|e| format!("listener address: {e}"))?.port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("listen: {e}"))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| format!("listener address: {e}"))?
+        .port();
     let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && exec sleep 300");
     let (mut child, pid) = spawn_target("bash", &["-c", &script])?;
     let _peer = tokio::time::timeout(Duration::from_secs(5), listener.accept())
@@ -254,83 +318,195 @@ async fn tcp_dump_works(opts: &ProbeOptions) -> Result<(), String> {
     wait_comm(pid, "sleep").await?;
     let d = dir.0.to_string_lossy().into_owned();
     let pid_s = pid.to_string();
-    let r = criu_ok(&opts.criu, &["dump", "-t", &pid_s, "-D", &d, "-o", "dump.log", "--tcp-established"], opts.criu_timeout)
-        .await
-        .map_err(|e| format!("{e}; log: {}", criu_log_errors(&dir.0.join("dump.log"))));
+    let r = criu_ok(
+        &opts.criu,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &d,
+            "-o",
+            "dump.log",
+            "--tcp-established",
+        ],
+        opts.criu_timeout,
+    )
+    .await
+    .map_err(|e| format!("{e}; log: {}", criu_log_errors(&dir.0.join("dump.log"))));
     let _ = child.kill().await;
     r
 }
 
 /// Post-copy end to end: `criu dump --lazy-pages` serves the memory, a `criu lazy-pages`
-/// daemon fetches it while `criu restore --lazy-pages` brings the process back.
+/// daemon fetches it while `criu restore --lazy-pages` brings the process back. The target
+/// runs as the init of its own PID namespace: a lazy dump keeps the original until all pages
+/// are served, and only a fresh namespace lets the restore have the same PID meanwhile.
 async fn lazy_pages_work(opts: &ProbeOptions) -> Result<(), String> {
     let dir = Scratch::new(&opts.scratch, "lazy")?;
     let d = dir.0.to_string_lossy().into_owned();
     let port = free_port()?;
     let port_s = port.to_string();
-    let (mut target, pid) = spawn_target("sleep", &["300"])?;
+    let mut reaper = Reaper::default();
+    let holder = spawn_group(
+        "unshare",
+        &["--pid", "--fork", "setsid", "sleep", "300"],
+        &mut reaper,
+    )?;
+    let pid = ns_init_of(&holder).await?;
+    reaper.pids.push(pid);
     wait_comm(pid, "sleep").await?;
     let pid_s = pid.to_string();
-    let criu = |args: &[&str]| {
-        let mut c = Command::new(&opts.criu);
-        c.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
-        c.spawn().map_err(|e| format!("spawn criu {}: {e}", args[0]))
-    };
     let log_of = |name: &str| criu_log_errors(&dir.0.join(name));
+    let criu = opts.criu.to_string_lossy().into_owned();
 
-    let mut dump = criu(&[
-        "dump", "-t", &pid_s, "-D", &d, "-o", "dump.log", "--lazy-pages", "--address", "127.0.0.1", "--port", &port_s,
-    ])?;
-    // The dump kills the target once its state (not its memory) is written; reap it so its PID
-    // is free for the restore.
-    tokio::time::timeout(opts.criu_timeout, target.wait())
-        .await
-        .map_err(|_| format!("lazy dump did not stop the target; log: {}", log_of("dump.log")))?
-        .map_err(|e| format!("wait for target: {e}"))?;
+    let dump_args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &d,
+        "-o",
+        "dump.log",
+        "--lazy-pages",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+    ];
+    let mut dump = spawn_group(&criu, &dump_args, &mut reaper)?;
     wait_until(opts.criu_timeout, || tcp_listening(port), &mut dump)
         .await
         .map_err(|e| format!("dump page server: {e}; log: {}", log_of("dump.log")))?;
-    let mut daemon = criu(&[
-        "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", &port_s, "-D", &d, "-o", "lazy.log",
-    ])?;
+    let daemon_args = [
+        "lazy-pages",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+        "-D",
+        &d,
+        "-o",
+        "lazy.log",
+    ];
+    let mut daemon = spawn_group(&criu, &daemon_args, &mut reaper)?;
     let sock = dir.0.join("lazy-pages.socket");
     wait_until(opts.criu_timeout, || sock.exists(), &mut daemon)
         .await
         .map_err(|e| format!("lazy-pages daemon: {e}; log: {}", log_of("lazy.log")))?;
-    let restored = criu_ok(
-        &opts.criu,
-        &["restore", "-D", &d, "-o", "restore.log", "--lazy-pages", "--restore-detached"],
-        opts.criu_timeout,
-    )
-    .await
-    .map_err(|e| format!("{e}; log: {}", log_of("restore.log")));
-    // All pages must arrive: both helpers then exit on their own.
-    let finished = async {
-        let d = dump.wait().await.map_err(|e| e.to_string())?;
-        let l = daemon.wait().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((d, l))
-    };
-    let helpers = tokio::time::timeout(opts.criu_timeout, finished).await;
-    let alive = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "sleep").unwrap_or(false);
-    if alive {
-        // SAFETY: kill(2) with a PID we restored a moment ago; no memory is involved.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pidfile = dir.0.join("restored.pid");
+    let pidfile_s = pidfile.to_string_lossy().into_owned();
+    let restore_args = [
+        "restore",
+        "-D",
+        &d,
+        "-o",
+        "restore.log",
+        "--lazy-pages",
+        "--restore-detached",
+        "--pidfile",
+        &pidfile_s,
+    ];
+    let restored = criu_ok(&opts.criu, &restore_args, opts.criu_timeout).await;
+    if let Some(p) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        reaper.pids.push(p);
     }
-    restored?;
+    // Every page must arrive: both helpers then exit on their own, successfully.
+    let helpers = tokio::time::timeout(opts.criu_timeout, async {
+        (dump.wait().await, daemon.wait().await)
+    })
+    .await;
+    restored.map_err(|e| {
+        format!(
+            "{e}; logs: {} / {}",
+            log_of("dump.log"),
+            log_of("restore.log")
+        )
+    })?;
     match helpers {
-        Ok(Ok((d, l))) if d.success() && l.success() && alive => Ok(()),
-        Ok(Ok((d, l))) => Err(format!(
-            "dump {d}, lazy-pages {l}, restored process alive: {alive}; logs: {} / {}",
+        Ok((Ok(d), Ok(l))) if d.success() && l.success() => Ok(()),
+        Ok((d, l)) => Err(format!(
+            "dump {d:?}, lazy-pages {l:?}; logs: {} / {}",
             log_of("dump.log"),
             log_of("lazy.log")
         )),
-        Ok(Err(e)) => Err(format!("waiting for the CRIU helpers: {e}")),
-        Err(_) => Err(format!("pages were not all transferred; lazy log: {}", log_of("lazy.log"))),
+        Err(_) => Err(format!(
+            "pages were not all transferred; lazy log: {}",
+            log_of("lazy.log")
+        )),
+    }
+}
+
+/// Processes and process groups a probe started, killed (SIGKILL) when it ends whatever happened:
+/// CRIU helpers fork children of their own, so their whole group goes.
+#[derive(Default)]
+struct Reaper {
+    pids: Vec<i32>,
+    groups: Vec<i32>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for &g in &self.groups {
+            // SAFETY: kill(2) on a process group this probe created; no memory is involved.
+            unsafe { libc::kill(-g, libc::SIGKILL) };
+        }
+        for &p in &self.pids {
+            // SAFETY: as above, for a single process this probe started or restored.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Start `program args` as the leader of a new process group registered with `reaper`.
+fn spawn_group(program: &str, args: &[&str], reaper: &mut Reaper) -> Result<Child, String> {
+    let mut c = Command::new(program);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = c.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| format!("{program} has no pid"))?;
+    reaper.groups.push(pid);
+    Ok(child)
+}
+
+/// The PID (in our namespace) of the first child of `holder` (`unshare --fork`'s namespace init).
+async fn ns_init_of(holder: &Child) -> Result<i32, String> {
+    let h = holder.id().ok_or("namespace holder has exited")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{h}/task/{h}/children")).unwrap_or_default();
+        if let Some(p) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            return Err("unshare --pid --fork started no child".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Poll `cond` until it holds; fail if `helper` exits first or the deadline passes.
-async fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool, helper: &mut Child) -> Result<(), String> {
+async fn wait_until(
+    deadline: Duration,
+    mut cond: impl FnMut() -> bool,
+    helper: &mut Child,
+) -> Result<(), String> {
     let end = Instant::now() + deadline;
     loop {
         if cond() {
@@ -369,10 +545,13 @@ fn listening_in(proc_net_tcp: &str, port: u16) -> bool {
 }
 
 async fn ovsdb_answers(socket: &Path) -> Result<(), String> {
-    let mut c = tokio::time::timeout(Duration::from_secs(2), mose_overlay::ovsdb::OvsdbClient::connect(socket))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(2),
+        mose_overlay::ovsdb::OvsdbClient::connect(socket),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     c.set_timeout(Duration::from_secs(2));
     c.echo().await.map_err(|e| e.to_string())
 }
@@ -392,19 +571,31 @@ mod tests {
     #[test]
     fn kernel_test_agrees_with_criu_here() {
         let kernel = kernel_soft_dirty(page_size() as usize).unwrap();
-        let criu = std::process::Command::new("criu").args(["check", "--feature", "mem_dirty_track"]).output();
+        let criu = std::process::Command::new("criu")
+            .args(["check", "--feature", "mem_dirty_track"])
+            .output();
         if let Ok(out) = criu {
             if String::from_utf8_lossy(&out.stderr).contains("root") {
                 return; // not root: criu cannot tell
             }
-            assert_eq!(kernel, out.status.success(), "pagemap test and `criu check --feature mem_dirty_track` disagree");
+            assert_eq!(
+                kernel,
+                out.status.success(),
+                "pagemap test and `criu check --feature mem_dirty_track` disagree"
+            );
         }
     }
 
     #[test]
     fn criu_versions_parse() {
-        assert_eq!(parse_criu_version("Version: 4.2.1\n").as_deref(), Some("4.2.1"));
-        assert_eq!(parse_criu_version("Version: 3.17\nGitID: v3.17-1\n").as_deref(), Some("3.17"));
+        assert_eq!(
+            parse_criu_version("Version: 4.2.1\n").as_deref(),
+            Some("4.2.1")
+        );
+        assert_eq!(
+            parse_criu_version("Version: 3.17\nGitID: v3.17-1\n").as_deref(),
+            Some("3.17")
+        );
         assert_eq!(parse_criu_version("criu: command not found"), None);
     }
 

@@ -88,7 +88,12 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { tcp_established: true, file_locks: true, print_stats: true, timeout: Duration::from_secs(300) }
+        RestoreOptions {
+            tcp_established: true,
+            file_locks: true,
+            print_stats: true,
+            timeout: Duration::from_secs(300),
+        }
     }
 }
 
@@ -136,20 +141,28 @@ impl Podman {
     /// checkpointed (stopped) even if the transfer then fails: restore it from its own
     /// checkpoint or from the archive, per the COAT failure rules.
     #[tracing::instrument(skip(self, sink), fields(socket = %self.socket().display()))]
-    pub async fn checkpoint<W>(&self, name: &str, opts: &CheckpointOptions, sink: &mut W) -> Result<CheckpointReport>
+    pub async fn checkpoint<W>(
+        &self,
+        name: &str,
+        opts: &CheckpointOptions,
+        sink: &mut W,
+    ) -> Result<CheckpointReport>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
         let op = Op::Checkpoint;
         check_name(op, name)?;
         let flag = |b: bool| if b { "true" } else { "false" };
-        let req = self.http.post(self.url(&format!("/containers/{name}/checkpoint"))).query(&[
-            ("export", "true"),
-            ("tcpEstablished", flag(opts.tcp_established)),
-            ("leaveRunning", flag(opts.leave_running)),
-            ("fileLocks", flag(opts.file_locks)),
-            ("printStats", flag(opts.print_stats)),
-        ]);
+        let req = self
+            .http
+            .post(self.url(&format!("/containers/{name}/checkpoint")))
+            .query(&[
+                ("export", "true"),
+                ("tcpEstablished", flag(opts.tcp_established)),
+                ("leaveRunning", flag(opts.leave_running)),
+                ("fileLocks", flag(opts.file_locks)),
+                ("printStats", flag(opts.print_stats)),
+            ]);
         self.within(op, name, opts.timeout, async {
             let t0 = Instant::now();
             let mut resp = self.exchange(op, name, req).await?;
@@ -164,23 +177,35 @@ impl Podman {
                     // A body that breaks off is a half-read archive, not a transport hiccup.
                     Err(e) => return Err(incomplete(op, name, scan.offset(), e.to_string())),
                 };
-                kept.extend(scan.feed(&chunk).map_err(|why| incomplete(op, name, scan.offset(), why))?);
-                sink.write_all(&chunk).await.map_err(|source| RuntimeError::ArchiveIo {
+                kept.extend(
+                    scan.feed(&chunk)
+                        .map_err(|why| incomplete(op, name, scan.offset(), why))?,
+                );
+                sink.write_all(&chunk)
+                    .await
+                    .map_err(|source| RuntimeError::ArchiveIo {
+                        op,
+                        target: name.into(),
+                        bytes: scan.offset(),
+                        source,
+                    })?;
+            }
+            if !scan.is_complete() {
+                return Err(incomplete(
+                    op,
+                    name,
+                    scan.offset(),
+                    "response ended before the end-of-archive marker".into(),
+                ));
+            }
+            sink.flush()
+                .await
+                .map_err(|source| RuntimeError::ArchiveIo {
                     op,
                     target: name.into(),
                     bytes: scan.offset(),
                     source,
                 })?;
-            }
-            if !scan.is_complete() {
-                return Err(incomplete(op, name, scan.offset(), "response ended before the end-of-archive marker".into()));
-            }
-            sink.flush().await.map_err(|source| RuntimeError::ArchiveIo {
-                op,
-                target: name.into(),
-                bytes: scan.offset(),
-                source,
-            })?;
             let report = CheckpointReport {
                 container: name.to_string(),
                 archive_bytes: scan.offset(),
@@ -236,14 +261,27 @@ impl Podman {
                 let resp = match req.send().await {
                     Ok(r) => r,
                     // If our upload stream failed, that is the story; reqwest only saw its effect.
-                    Err(e) => return Err(upload.lock().map(|mut u| u.failure.take()).ok().flatten().unwrap_or_else(|| {
-                        self.transport_error(op, &target_of(&upload), e)
-                    })),
+                    Err(e) => {
+                        return Err(upload
+                            .lock()
+                            .map(|mut u| u.failure.take())
+                            .ok()
+                            .flatten()
+                            .unwrap_or_else(|| self.transport_error(op, &target_of(&upload), e)))
+                    }
                 };
                 let status = resp.status();
-                let body = resp.bytes().await.map_err(|e| self.transport_error(op, &target_of(&upload), e))?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| self.transport_error(op, &target_of(&upload), e))?;
                 if !status.is_success() {
-                    return Err(super::libpod::podman_error(op, &target_of(&upload), status, &body));
+                    return Err(super::libpod::podman_error(
+                        op,
+                        &target_of(&upload),
+                        status,
+                        &body,
+                    ));
                 }
                 decode::<PodmanRestoreReport>(op, &target_of(&upload), &body)
             })
@@ -276,9 +314,13 @@ impl Podman {
                 // Only a container this call created is ours to remove.
                 if let (Some(c), Some(false)) = (&container, existed_before) {
                     match self.remove(&c.id).await {
-                        Ok(true) => tracing::warn!(container = %c.id, "removed the container a failed restore left"),
+                        Ok(true) => {
+                            tracing::warn!(container = %c.id, "removed the container a failed restore left")
+                        }
                         Ok(false) => {}
-                        Err(ce) => tracing::error!(container = %c.id, error = %ce, "cannot remove what a failed restore left"),
+                        Err(ce) => {
+                            tracing::error!(container = %c.id, error = %ce, "cannot remove what a failed restore left")
+                        }
                     }
                 }
                 Err(e)
@@ -303,7 +345,11 @@ fn target_of(upload: &Mutex<Upload>) -> String {
     upload
         .lock()
         .ok()
-        .and_then(|u| u.container.as_ref().map(|c| c.name.clone().unwrap_or_else(|| c.id.clone())))
+        .and_then(|u| {
+            u.container
+                .as_ref()
+                .map(|c| c.name.clone().unwrap_or_else(|| c.id.clone()))
+        })
         .unwrap_or_else(|| "(imported archive)".into())
 }
 
@@ -369,7 +415,12 @@ where
                 Some((Ok(chunk), Some(st)))
             }
             Some(Err(source)) => {
-                let e = RuntimeError::ArchiveIo { op, target: target_of(&st.shared), bytes: st.scan.offset(), source };
+                let e = RuntimeError::ArchiveIo {
+                    op,
+                    target: target_of(&st.shared),
+                    bytes: st.scan.offset(),
+                    source,
+                };
                 fail(&st, e)
             }
             None if st.scan.is_complete() => None,
@@ -415,5 +466,10 @@ fn dump_stats(name: &str, wanted: bool, kept: &[Member]) -> Option<CriuDumpStats
 }
 
 fn incomplete(op: Op, target: &str, bytes: u64, reason: String) -> RuntimeError {
-    RuntimeError::ArchiveIncomplete { op, target: target.into(), bytes, reason }
+    RuntimeError::ArchiveIncomplete {
+        op,
+        target: target.into(),
+        bytes,
+        reason,
+    }
 }

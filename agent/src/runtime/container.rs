@@ -67,8 +67,14 @@ struct Namespace {
 impl<'a> From<&'a CreateSpec> for SpecGenerator<'a> {
     fn from(s: &'a CreateSpec) -> Self {
         let netns = match &s.netns {
-            Netns::Path(p) => Namespace { nsmode: "path", value: Some(p.to_string_lossy().into_owned()) },
-            Netns::None => Namespace { nsmode: "none", value: None },
+            Netns::Path(p) => Namespace {
+                nsmode: "path",
+                value: Some(p.to_string_lossy().into_owned()),
+            },
+            Netns::None => Namespace {
+                nsmode: "none",
+                value: None,
+            },
         };
         SpecGenerator {
             name: &s.name,
@@ -149,7 +155,10 @@ pub struct HostConfig {
 impl ContainerInfo {
     /// The namespace path the container joined, if it was created with [`Netns::Path`].
     pub fn netns_path(&self) -> Option<PathBuf> {
-        self.host_config.network_mode.strip_prefix("ns:").map(PathBuf::from)
+        self.host_config
+            .network_mode
+            .strip_prefix("ns:")
+            .map(PathBuf::from)
     }
 }
 
@@ -239,20 +248,29 @@ mod tests {
     #[test]
     fn inspect_reads_podman_4_and_5() {
         for (v, json) in [("4.3", INSPECT_4_3), ("5.x", INSPECT_5)] {
-            let c: ContainerInfo = serde_json::from_str(json).unwrap_or_else(|e| panic!("{v}: {e}"));
+            let c: ContainerInfo =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{v}: {e}"));
             assert_eq!(c.name, "rtx1", "{v}");
             assert_eq!(c.id.len(), 64, "{v}");
             assert!(c.state.running && c.state.pid > 0, "{v}");
             assert_eq!(c.state.status, "running", "{v}");
-            assert_eq!(c.netns_path(), Some(PathBuf::from("/run/netns/rtxns")), "{v}");
+            assert_eq!(
+                c.netns_path(),
+                Some(PathBuf::from("/run/netns/rtxns")),
+                "{v}"
+            );
             assert_eq!(c.oci_runtime, "runc", "{v}");
         }
     }
 
     #[test]
     fn inspect_tolerates_missing_sections() {
-        let c: ContainerInfo = serde_json::from_str(r#"{"Id":"x","State":{"Status":"exited"}}"#).unwrap();
-        assert_eq!((c.id.as_str(), c.state.status.as_str(), c.netns_path()), ("x", "exited", None));
+        let c: ContainerInfo =
+            serde_json::from_str(r#"{"Id":"x","State":{"Status":"exited"}}"#).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.state.status.as_str(), c.netns_path()),
+            ("x", "exited", None)
+        );
     }
 
     #[test]
@@ -291,8 +309,12 @@ mod tests {
     #[test]
     fn info_cgroup_version() {
         let i: HostInfo =
-            serde_json::from_str(r#"{"host":{"cgroupVersion":"v2","ociRuntime":{"name":"runc"}}}"#).unwrap();
-        assert_eq!((i.cgroup_version(), i.host.oci_runtime.name.as_str()), (2, "runc"));
+            serde_json::from_str(r#"{"host":{"cgroupVersion":"v2","ociRuntime":{"name":"runc"}}}"#)
+                .unwrap();
+        assert_eq!(
+            (i.cgroup_version(), i.host.oci_runtime.name.as_str()),
+            (2, "runc")
+        );
         assert_eq!(HostInfo::default().cgroup_version(), 0);
     }
 }

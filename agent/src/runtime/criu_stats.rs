@@ -75,7 +75,10 @@ impl From<&CriuDumpStats> for CriuStats {
 
 impl From<&CriuRestoreStats> for CriuStats {
     fn from(s: &CriuRestoreStats) -> CriuStats {
-        CriuStats { restore_time_us: Some(s.restore_time_us), ..CriuStats::default() }
+        CriuStats {
+            restore_time_us: Some(s.restore_time_us),
+            ..CriuStats::default()
+        }
     }
 }
 
@@ -108,15 +111,27 @@ pub fn parse_stats_dump(file: &[u8]) -> Result<CriuDumpStats, String> {
     let word = |at: usize| -> Result<u32, String> {
         file.get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| format!("stats file is {} bytes, too short for its header", file.len()))
+            .ok_or_else(|| {
+                format!(
+                    "stats file is {} bytes, too short for its header",
+                    file.len()
+                )
+            })
     };
     if word(0)? != IMG_SERVICE_MAGIC || word(4)? != STATS_MAGIC {
-        return Err(format!("not a CRIU stats image (magics {:#x} {:#x})", word(0)?, word(4)?));
+        return Err(format!(
+            "not a CRIU stats image (magics {:#x} {:#x})",
+            word(0)?,
+            word(4)?
+        ));
     }
     let len = word(8)? as usize;
-    let payload = file
-        .get(12..12 + len)
-        .ok_or_else(|| format!("stats payload of {len} bytes runs past the {}-byte file", file.len()))?;
+    let payload = file.get(12..12 + len).ok_or_else(|| {
+        format!(
+            "stats payload of {len} bytes runs past the {}-byte file",
+            file.len()
+        )
+    })?;
     // stats_entry { optional dump_stats_entry dump = 1; optional restore_stats_entry restore = 2; }
     let dump = fields(payload)?
         .into_iter()
@@ -158,17 +173,25 @@ fn fields(mut msg: &[u8]) -> Result<Vec<(u64, Value<'_>)>, String> {
             0 => Value::Varint(varint(&mut msg)?),
             2 => {
                 let len = usize::try_from(varint(&mut msg)?).map_err(|_| "length overflows")?;
-                let b = msg.get(..len).ok_or("length-delimited field runs past the message")?;
+                let b = msg
+                    .get(..len)
+                    .ok_or("length-delimited field runs past the message")?;
                 msg = &msg[len..];
                 Value::Bytes(b)
             }
             1 | 5 => {
                 let n = if wire == 1 { 8 } else { 4 };
-                let b = msg.get(..n).ok_or("fixed-size field runs past the message")?;
+                let b = msg
+                    .get(..n)
+                    .ok_or("fixed-size field runs past the message")?;
                 msg = &msg[n..];
                 Value::Bytes(b)
             }
-            w => return Err(format!("unsupported protobuf wire type {w} (field {number})")),
+            w => {
+                return Err(format!(
+                    "unsupported protobuf wire type {w} (field {number})"
+                ))
+            }
         };
         out.push((number, value));
     }
@@ -193,9 +216,10 @@ mod tests {
 
     /// `stats-dump` of a busybox shell loop checkpointed by podman 4.3.1 + CRIU 4.2.1 here.
     const RECORDED: &[u8] = &[
-        0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x24, 0x00, 0x00, 0x00, 0x0a, 0x22, 0x08, 0x8b, 0xc2, 0x06,
-        0x10, 0xe0, 0xb9, 0x07, 0x18, 0xf4, 0x1b, 0x20, 0xa5, 0x01, 0x28, 0x30, 0x30, 0x00, 0x38, 0x22, 0x40, 0x00,
-        0x48, 0x00, 0x50, 0x08, 0x58, 0x08, 0x60, 0x00, 0x68, 0x00, 0x70, 0x00,
+        0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x24, 0x00, 0x00, 0x00, 0x0a, 0x22, 0x08,
+        0x8b, 0xc2, 0x06, 0x10, 0xe0, 0xb9, 0x07, 0x18, 0xf4, 0x1b, 0x20, 0xa5, 0x01, 0x28, 0x30,
+        0x30, 0x00, 0x38, 0x22, 0x40, 0x00, 0x48, 0x00, 0x50, 0x08, 0x58, 0x08, 0x60, 0x00, 0x68,
+        0x00, 0x70, 0x00,
     ];
 
     #[test]
@@ -216,23 +240,34 @@ mod tests {
         );
         assert_eq!(s.frozen_time(), Duration::from_micros(122_080));
         let p = CriuStats::from(&s);
-        assert_eq!((p.frozen_time_us, p.pages_written, p.restore_time_us), (Some(122_080), Some(34), None));
+        assert_eq!(
+            (p.frozen_time_us, p.pages_written, p.restore_time_us),
+            (Some(122_080), Some(34), None)
+        );
     }
 
     #[test]
     fn damaged_files_are_errors() {
         assert!(parse_stats_dump(&[]).unwrap_err().contains("too short"));
-        assert!(parse_stats_dump(&RECORDED[..20]).unwrap_err().contains("runs past"));
+        assert!(parse_stats_dump(&RECORDED[..20])
+            .unwrap_err()
+            .contains("runs past"));
         let mut wrong_magic = RECORDED.to_vec();
         wrong_magic[4] = 0;
-        assert!(parse_stats_dump(&wrong_magic).unwrap_err().contains("not a CRIU stats image"));
+        assert!(parse_stats_dump(&wrong_magic)
+            .unwrap_err()
+            .contains("not a CRIU stats image"));
         let mut cut_varint = RECORDED[..12].to_vec();
         cut_varint[8] = 3;
         cut_varint.extend([0x08, 0xff, 0xff]);
-        assert!(parse_stats_dump(&cut_varint).unwrap_err().contains("varint"));
+        assert!(parse_stats_dump(&cut_varint)
+            .unwrap_err()
+            .contains("varint"));
         // A restore-only entry (field 2) has no dump statistics.
         let restore_only = [&RECORDED[..8], &[4, 0, 0, 0, 0x12, 0x02, 0x08, 0x01]].concat();
-        assert!(parse_stats_dump(&restore_only).unwrap_err().contains("no dump entry"));
+        assert!(parse_stats_dump(&restore_only)
+            .unwrap_err()
+            .contains("no dump entry"));
     }
 
     #[test]

@@ -56,17 +56,36 @@ pub enum RuntimeError {
     },
     /// The operation did not finish within its deadline (podman may still be working on it).
     #[error("{op} {target}: podman did not finish within {after_ms} ms")]
-    Timeout { op: Op, target: String, after_ms: u64 },
+    Timeout {
+        op: Op,
+        target: String,
+        after_ms: u64,
+    },
     /// Podman answered 404: no such container or image.
     #[error("{op} {target}: not found ({message})")]
-    NotFound { op: Op, target: String, message: String },
+    NotFound {
+        op: Op,
+        target: String,
+        message: String,
+    },
     /// Podman refused or failed the operation; `message` is its own explanation.
     #[error("{op} {target}: podman answered HTTP {status}: {message}")]
-    Podman { op: Op, target: String, status: u16, message: String, cause: String },
+    Podman {
+        op: Op,
+        target: String,
+        status: u16,
+        message: String,
+        cause: String,
+    },
     /// The checkpoint archive stopped before its end: podman's response broke off mid-body, or the
     /// archive given to restore ended early. Restore never hands such an archive to podman.
     #[error("{op} {target}: checkpoint archive incomplete after {bytes} bytes: {reason}")]
-    ArchiveIncomplete { op: Op, target: String, bytes: u64, reason: String },
+    ArchiveIncomplete {
+        op: Op,
+        target: String,
+        bytes: u64,
+        reason: String,
+    },
     /// Our side of the archive failed: writing the checkpoint out, or reading the one to restore.
     #[error("{op} {target}: archive I/O failed after {bytes} bytes: {source}")]
     ArchiveIo {

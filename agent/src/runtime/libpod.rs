@@ -14,8 +14,8 @@ use tokio::io::AsyncRead;
 use tokio_util::io::ReaderStream;
 
 use super::container::{
-    ContainerInfo, ContainerStats, CreateResponse, CreateSpec, HostInfo, SpecGenerator, StatsEnvelope,
-    VersionResponse,
+    ContainerInfo, ContainerStats, CreateResponse, CreateSpec, HostInfo, SpecGenerator,
+    StatsEnvelope, VersionResponse,
 };
 use super::error::{Op, Result, RuntimeError};
 
@@ -54,7 +54,11 @@ impl Podman {
                 target: socket.display().to_string(),
                 why: format!("cannot build the HTTP client: {e}"),
             })?;
-        Ok(Podman { http, socket, timeout: DEFAULT_TIMEOUT })
+        Ok(Podman {
+            http,
+            socket,
+            timeout: DEFAULT_TIMEOUT,
+        })
     }
 
     /// Deadline for ordinary requests (create, start, inspect, ...). Transfers take their own.
@@ -75,16 +79,33 @@ impl Podman {
     /// Map a reqwest failure: no connection, deadline, or anything else.
     pub(crate) fn transport_error(&self, op: Op, target: &str, e: reqwest::Error) -> RuntimeError {
         if e.is_connect() {
-            RuntimeError::Unreachable { op, target: target.into(), socket: self.socket.clone(), source: e }
+            RuntimeError::Unreachable {
+                op,
+                target: target.into(),
+                socket: self.socket.clone(),
+                source: e,
+            }
         } else {
-            RuntimeError::Transport { op, target: target.into(), source: e }
+            RuntimeError::Transport {
+                op,
+                target: target.into(),
+                source: e,
+            }
         }
     }
 
     /// Send `req`; a 2xx or 304 (already in that state) answer is returned, anything else
     /// becomes the typed error podman's JSON (`{"cause", "message", "response"}`) describes.
-    pub(crate) async fn exchange(&self, op: Op, target: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| self.transport_error(op, target, e))?;
+    pub(crate) async fn exchange(
+        &self,
+        op: Op,
+        target: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(op, target, e))?;
         let status = resp.status();
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             return Ok(resp);
@@ -103,15 +124,27 @@ impl Podman {
     ) -> Result<T> {
         match tokio::time::timeout(deadline, fut).await {
             Ok(r) => r,
-            Err(_) => Err(RuntimeError::Timeout { op, target: target.into(), after_ms: deadline.as_millis() as u64 }),
+            Err(_) => Err(RuntimeError::Timeout {
+                op,
+                target: target.into(),
+                after_ms: deadline.as_millis() as u64,
+            }),
         }
     }
 
     /// Send `req` within the ordinary deadline and decode the JSON answer.
-    async fn json<T: DeserializeOwned>(&self, op: Op, target: &str, req: reqwest::RequestBuilder) -> Result<T> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        target: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
         self.within(op, target, self.timeout, async {
             let resp = self.exchange(op, target, req).await?;
-            let body = resp.bytes().await.map_err(|e| self.transport_error(op, target, e))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error(op, target, e))?;
             decode(op, target, &body)
         })
         .await
@@ -119,7 +152,10 @@ impl Podman {
 
     /// Send `req` within the ordinary deadline, ignoring the answer's body.
     async fn call(&self, op: Op, target: &str, req: reqwest::RequestBuilder) -> Result<StatusCode> {
-        self.within(op, target, self.timeout, async { Ok(self.exchange(op, target, req).await?.status()) }).await
+        self.within(op, target, self.timeout, async {
+            Ok(self.exchange(op, target, req).await?.status())
+        })
+        .await
     }
 
     /// `true` on 204, `false` on 404: libpod's `.../exists` endpoints.
@@ -134,14 +170,17 @@ impl Podman {
     /// The podman engine version (`4.3.1`, `5.2.0`, ...).
     #[tracing::instrument(level = "debug", skip(self), fields(socket = %self.socket.display()))]
     pub async fn version(&self) -> Result<String> {
-        let v: VersionResponse = self.json(Op::Version, "", self.http.get(self.url("/version"))).await?;
+        let v: VersionResponse = self
+            .json(Op::Version, "", self.http.get(self.url("/version")))
+            .await?;
         Ok(v.version)
     }
 
     /// Host facts podman knows: OCI runtime, cgroup version, kernel.
     #[tracing::instrument(level = "debug", skip(self), fields(socket = %self.socket.display()))]
     pub async fn info(&self) -> Result<HostInfo> {
-        self.json(Op::Info, "", self.http.get(self.url("/info"))).await
+        self.json(Op::Info, "", self.http.get(self.url("/info")))
+            .await
     }
 
     /// Create a container (not started); returns its ID.
@@ -149,9 +188,15 @@ impl Podman {
     pub async fn create(&self, spec: &CreateSpec) -> Result<String> {
         check_name(Op::Create, &spec.name)?;
         if spec.image.is_empty() {
-            return Err(RuntimeError::Invalid { op: Op::Create, why: "empty image reference".into() });
+            return Err(RuntimeError::Invalid {
+                op: Op::Create,
+                why: "empty image reference".into(),
+            });
         }
-        let req = self.http.post(self.url("/containers/create")).json(&SpecGenerator::from(spec));
+        let req = self
+            .http
+            .post(self.url("/containers/create"))
+            .json(&SpecGenerator::from(spec));
         let r: CreateResponse = self.json(Op::Create, &spec.name, req).await?;
         for w in r.warnings.unwrap_or_default() {
             tracing::warn!(container = %spec.name, warning = %w, "podman create warning");
@@ -163,7 +208,13 @@ impl Podman {
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn start(&self, name: &str) -> Result<()> {
         check_name(Op::Start, name)?;
-        self.call(Op::Start, name, self.http.post(self.url(&format!("/containers/{name}/start")))).await?;
+        self.call(
+            Op::Start,
+            name,
+            self.http
+                .post(self.url(&format!("/containers/{name}/start"))),
+        )
+        .await?;
         Ok(())
     }
 
@@ -176,8 +227,10 @@ impl Podman {
             .post(self.url(&format!("/containers/{name}/stop")))
             .query(&[("timeout", grace.as_secs().to_string())]);
         // Podman waits out the grace period before answering.
-        self.within(Op::Stop, name, self.timeout + grace, async { self.exchange(Op::Stop, name, req).await })
-            .await?;
+        self.within(Op::Stop, name, self.timeout + grace, async {
+            self.exchange(Op::Stop, name, req).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -199,13 +252,19 @@ impl Podman {
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn inspect(&self, name: &str) -> Result<ContainerInfo> {
         check_name(Op::Inspect, name)?;
-        self.json(Op::Inspect, name, self.http.get(self.url(&format!("/containers/{name}/json")))).await
+        self.json(
+            Op::Inspect,
+            name,
+            self.http.get(self.url(&format!("/containers/{name}/json"))),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn exists(&self, name: &str) -> Result<bool> {
         check_name(Op::Exists, name)?;
-        self.exists_at(Op::Exists, name, &format!("/containers/{name}/exists")).await
+        self.exists_at(Op::Exists, name, &format!("/containers/{name}/exists"))
+            .await
     }
 
     /// One stats sample of a running container.
@@ -217,17 +276,24 @@ impl Podman {
             .get(self.url("/containers/stats"))
             .query(&[("containers", name), ("stream", "false")]);
         let env: StatsEnvelope = self.json(Op::Stats, name, req).await?;
-        env.stats.and_then(|s| s.into_iter().next()).ok_or_else(|| RuntimeError::NotFound {
-            op: Op::Stats,
-            target: name.into(),
-            message: "podman returned no stats for it".into(),
-        })
+        env.stats
+            .and_then(|s| s.into_iter().next())
+            .ok_or_else(|| RuntimeError::NotFound {
+                op: Op::Stats,
+                target: name.into(),
+                message: "podman returned no stats for it".into(),
+            })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn image_exists(&self, reference: &str) -> Result<bool> {
         check_reference(Op::ImageExists, reference)?;
-        self.exists_at(Op::ImageExists, reference, &format!("/images/{reference}/exists")).await
+        self.exists_at(
+            Op::ImageExists,
+            reference,
+            &format!("/images/{reference}/exists"),
+        )
+        .await
     }
 
     /// `podman load` of an image archive (docker-archive or oci-archive tar), streamed from
@@ -252,7 +318,10 @@ impl Podman {
         let target = "(image archive)";
         self.within(Op::ImageLoad, target, deadline, async {
             let resp = self.exchange(Op::ImageLoad, target, req).await?;
-            let body = resp.bytes().await.map_err(|e| self.transport_error(Op::ImageLoad, target, e))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error(Op::ImageLoad, target, e))?;
             let l: Loaded = decode(Op::ImageLoad, target, &body)?;
             Ok(l.names)
         })
@@ -268,12 +337,24 @@ pub(crate) fn podman_error(op: Op, target: &str, status: StatusCode, body: &[u8]
         cause: String,
         message: String,
     }
-    let doc: ErrorDoc = serde_json::from_slice(body)
-        .unwrap_or_else(|_| ErrorDoc { cause: String::new(), message: snippet(body) });
+    let doc: ErrorDoc = serde_json::from_slice(body).unwrap_or_else(|_| ErrorDoc {
+        cause: String::new(),
+        message: snippet(body),
+    });
     if status == StatusCode::NOT_FOUND {
-        RuntimeError::NotFound { op, target: target.into(), message: doc.message }
+        RuntimeError::NotFound {
+            op,
+            target: target.into(),
+            message: doc.message,
+        }
     } else {
-        RuntimeError::Podman { op, target: target.into(), status: status.as_u16(), message: doc.message, cause: doc.cause }
+        RuntimeError::Podman {
+            op,
+            target: target.into(),
+            status: status.as_u16(),
+            message: doc.message,
+            cause: doc.cause,
+        }
     }
 }
 
@@ -287,7 +368,9 @@ pub(crate) fn decode<T: DeserializeOwned>(op: Op, target: &str, body: &[u8]) -> 
 
 /// The start of a body, for error messages.
 fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string();
+    let s = String::from_utf8_lossy(&body[..body.len().min(300)])
+        .trim()
+        .to_string();
     if body.len() > 300 {
         format!("{s}...")
     } else {
@@ -299,12 +382,17 @@ fn snippet(body: &[u8]) -> String {
 /// can alter the path or query.
 pub(crate) fn check_name(op: Op, name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(RuntimeError::Invalid { op, why: format!("`{name}` is not a valid container name or ID") })
+        Err(RuntimeError::Invalid {
+            op,
+            why: format!("`{name}` is not a valid container name or ID"),
+        })
     }
 }
 
@@ -313,11 +401,16 @@ pub(crate) fn check_name(op: Op, name: &str) -> Result<()> {
 fn check_reference(op: Op, reference: &str) -> Result<()> {
     let ok = !reference.is_empty()
         && !reference.contains("..")
-        && reference.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/:@".contains(&b));
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/:@".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(RuntimeError::Invalid { op, why: format!("`{reference}` is not a valid image reference") })
+        Err(RuntimeError::Invalid {
+            op,
+            why: format!("`{reference}` is not a valid image reference"),
+        })
     }
 }
 
@@ -330,19 +423,36 @@ mod tests {
         let body = br#"{"cause":"no such container","message":"no container with name or ID \"x\" found: no such container","response":404}"#;
         let e = podman_error(Op::Checkpoint, "x", StatusCode::NOT_FOUND, body);
         assert!(e.is_not_found());
-        assert!(e.to_string().starts_with("checkpoint x: not found (no container with name"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("checkpoint x: not found (no container with name"),
+            "{e}"
+        );
 
         let body = br#"{"cause":"unexpected EOF","message":"unpacking of checkpoint archive /var/tmp/restore1 failed: unexpected EOF","response":500}"#;
         match podman_error(Op::Restore, "svc", StatusCode::INTERNAL_SERVER_ERROR, body) {
-            RuntimeError::Podman { status: 500, cause, message, .. } => {
+            RuntimeError::Podman {
+                status: 500,
+                cause,
+                message,
+                ..
+            } => {
                 assert_eq!(cause, "unexpected EOF");
                 assert!(message.contains("unpacking"));
             }
             e => panic!("{e:?}"),
         }
         // Not JSON (a proxy, or not podman at all): the text is kept.
-        let e = podman_error(Op::Start, "x", StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
-        assert!(e.to_string().contains("HTTP 502: <html>bad gateway</html>"), "{e}");
+        let e = podman_error(
+            Op::Start,
+            "x",
+            StatusCode::BAD_GATEWAY,
+            b"<html>bad gateway</html>",
+        );
+        assert!(
+            e.to_string().contains("HTTP 502: <html>bad gateway</html>"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -351,7 +461,13 @@ mod tests {
             assert!(check_name(Op::Start, ok).is_ok(), "{ok}");
         }
         for bad in ["", "-x", "a/b", "a?b", "x y", "../x", "é"] {
-            assert!(matches!(check_name(Op::Start, bad), Err(RuntimeError::Invalid { .. })), "{bad}");
+            assert!(
+                matches!(
+                    check_name(Op::Start, bad),
+                    Err(RuntimeError::Invalid { .. })
+                ),
+                "{bad}"
+            );
         }
         assert!(check_reference(Op::ImageExists, "localhost/mose/counter:latest").is_ok());
         assert!(check_reference(Op::ImageExists, "sha256:abc").is_ok());
@@ -372,7 +488,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = Podman::new(dir.path().join("nothing.sock")).unwrap();
         let e = p.version().await.unwrap_err();
-        assert!(matches!(e, RuntimeError::Unreachable { op: Op::Version, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                RuntimeError::Unreachable {
+                    op: Op::Version,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("nothing.sock"), "{e}");
     }
 
@@ -388,9 +513,21 @@ mod tests {
                 conns.push(c);
             }
         });
-        let p = Podman::new(&path).unwrap().with_timeout(Duration::from_millis(200));
+        let p = Podman::new(&path)
+            .unwrap()
+            .with_timeout(Duration::from_millis(200));
         let e = p.inspect("svc").await.unwrap_err();
-        assert!(matches!(e, RuntimeError::Timeout { op: Op::Inspect, after_ms: 200, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                RuntimeError::Timeout {
+                    op: Op::Inspect,
+                    after_ms: 200,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         hold.abort();
     }
 }

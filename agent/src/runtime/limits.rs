@@ -29,10 +29,21 @@ pub struct Ulimit {
     pub hard: u64,
 }
 
+/// Podman's command-line and containers.conf form: `nofile=1024:1024`.
+impl std::fmt::Display for Ulimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}:{}", self.kind, self.soft, self.hard)
+    }
+}
+
 impl Ulimit {
     /// Soft = hard = `value`.
     pub fn fixed(kind: &str, value: u64) -> Ulimit {
-        Ulimit { kind: kind.to_string(), soft: value, hard: value }
+        Ulimit {
+            kind: kind.to_string(),
+            soft: value,
+            hard: value,
+        }
     }
 }
 
@@ -50,7 +61,8 @@ impl HostLimits {
     /// Read this process's capability mask and hard limits.
     pub fn detect() -> std::io::Result<HostLimits> {
         let status = std::fs::read_to_string("/proc/self/status")?;
-        let cap_eff = parse_cap_eff(&status).map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidData, why))?;
+        let cap_eff = parse_cap_eff(&status)
+            .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidData, why))?;
         Ok(HostLimits {
             has_sys_resource: cap_eff & (1 << CAP_SYS_RESOURCE) != 0,
             nofile_hard: hard_limit(libc::RLIMIT_NOFILE)?,
@@ -71,18 +83,29 @@ impl HostLimits {
 }
 
 fn hard_limit(resource: libc::__rlimit_resource_t) -> std::io::Result<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes the struct we pass, which lives for the call.
     if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(if r.rlim_max == libc::RLIM_INFINITY { u64::MAX } else { r.rlim_max })
+    Ok(if r.rlim_max == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        r.rlim_max
+    })
 }
 
 /// The `CapEff:` mask of a `/proc/<pid>/status` text.
 fn parse_cap_eff(status: &str) -> Result<u64, String> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).ok_or("no CapEff line in /proc/self/status")?;
-    u64::from_str_radix(hex.trim(), 16).map_err(|e| format!("CapEff `{}` is not hex: {e}", hex.trim()))
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or("no CapEff line in /proc/self/status")?;
+    u64::from_str_radix(hex.trim(), 16)
+        .map_err(|e| format!("CapEff `{}` is not hex: {e}", hex.trim()))
 }
 
 #[cfg(test)]
@@ -92,17 +115,41 @@ mod tests {
     #[test]
     fn without_the_capability_limits_are_explicit_and_clamped() {
         let cap = parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffff\n").unwrap();
-        let l = HostLimits { has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0, nofile_hard: 20000, nproc_hard: 96364 };
+        let l = HostLimits {
+            has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0,
+            nofile_hard: 20000,
+            nproc_hard: 96364,
+        };
         assert!(!l.has_sys_resource);
-        assert_eq!(l.container_ulimits(), [Ulimit::fixed("nofile", 20000), Ulimit::fixed("nproc", 32768)]);
-        let unlimited = HostLimits { nofile_hard: u64::MAX, nproc_hard: 1000, ..l };
-        assert_eq!(unlimited.container_ulimits(), [Ulimit::fixed("nofile", 1_048_576), Ulimit::fixed("nproc", 1000)]);
+        assert_eq!(
+            l.container_ulimits(),
+            [
+                Ulimit::fixed("nofile", 20000),
+                Ulimit::fixed("nproc", 32768)
+            ]
+        );
+        let unlimited = HostLimits {
+            nofile_hard: u64::MAX,
+            nproc_hard: 1000,
+            ..l
+        };
+        assert_eq!(
+            unlimited.container_ulimits(),
+            [
+                Ulimit::fixed("nofile", 1_048_576),
+                Ulimit::fixed("nproc", 1000)
+            ]
+        );
     }
 
     #[test]
     fn with_the_capability_podman_defaults_stay() {
         let cap = parse_cap_eff("CapEff:\t000001ffffffffff\n").unwrap();
-        let l = HostLimits { has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0, nofile_hard: 1024, nproc_hard: 1024 };
+        let l = HostLimits {
+            has_sys_resource: cap & (1 << CAP_SYS_RESOURCE) != 0,
+            nofile_hard: 1024,
+            nproc_hard: 1024,
+        };
         assert!(l.container_ulimits().is_empty());
     }
 
@@ -118,6 +165,9 @@ mod tests {
         assert!(l.nofile_hard > 0 && l.nproc_hard > 0);
         assert_eq!(l.container_ulimits().is_empty(), l.has_sys_resource);
         let json = serde_json::to_value(Ulimit::fixed("nofile", 5)).unwrap();
-        assert_eq!(json, serde_json::json!({"type": "nofile", "soft": 5, "hard": 5}));
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "nofile", "soft": 5, "hard": 5})
+        );
     }
 }
