@@ -83,8 +83,9 @@ pub fn service_flows(svc: ServiceAddr, port: u32) -> Vec<Flow> {
 }
 
 /// Installs and removes flows on a bridge. Implementations must make [`FlowBackend::replace`]
-/// atomic: after it returns, the bridge holds exactly `flows` under `cookie`, and no packet saw a
-/// mix of old and new.
+/// atomic: after it returns, the bridge holds exactly `flows` under `cookie`, packets are
+/// forwarded by them (no cached datapath flow still follows the old ones), and no packet saw a mix
+/// of old and new.
 pub trait FlowBackend {
     /// Replace all flows with `cookie` on `bridge` by `flows` (each tagged with `cookie`).
     fn replace(
@@ -127,6 +128,32 @@ impl OfctlBackend {
         argv.extend_from_slice(args);
         cmd::run_with_input(&argv, &[], input, cmd::DEFAULT_TIMEOUT).await
     }
+
+    /// Make the datapath follow the new tables now. The OpenFlow reply only says the *tables*
+    /// changed; packets keep following cached datapath flows until a revalidator pass, so a new
+    /// connection right after a switch had its SYN sent to the old host and its data to the new
+    /// one (which answered RST) — seen in tests/flow_switch.rs. `revalidator/wait` fixes that but
+    /// waits for a periodic pass (~250 ms measured); `revalidator/purge` drops the cached flows at
+    /// once (whole switch incl. purge: 19-29 ms), and the next packets take the slow path through
+    /// the new tables.
+    async fn revalidated(&self) -> Result<()> {
+        // Our OvsInstance names its control socket `ovs-vswitchd.ctl`; the system daemon's is found
+        // through its pidfile in the run directory.
+        let ctl = self.rundir.join("ovs-vswitchd.ctl");
+        let target = if ctl.exists() {
+            ctl.to_string_lossy().into_owned()
+        } else {
+            "ovs-vswitchd".into()
+        };
+        let rundir = self.rundir.to_string_lossy().into_owned();
+        cmd::run(
+            &cmd::argv(["ovs-appctl", "-t", target.as_str(), "revalidator/purge"]),
+            &[("OVS_RUNDIR", rundir.as_str())],
+            cmd::DEFAULT_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// `ovs-ofctl` syntax of one flow's match and actions.
@@ -164,7 +191,7 @@ impl FlowBackend for OfctlBackend {
             Some(input.as_bytes()),
         )
         .await?;
-        Ok(())
+        self.revalidated().await
     }
 
     async fn remove(&self, bridge: &str, cookie: u64) -> Result<()> {
@@ -174,7 +201,7 @@ impl FlowBackend for OfctlBackend {
             None,
         )
         .await?;
-        Ok(())
+        self.revalidated().await
     }
 
     async fn list(&self, bridge: &str, cookie: u64) -> Result<Vec<String>> {

@@ -43,7 +43,7 @@ use crate::netns::{self, Endpoint, EndpointSpec, NETNS_DIR};
 use crate::ovs_instance::OvsInstance;
 use crate::ovsdb::{BridgeOptions, OvsdbClient, PortKind, PortSpec};
 
-/// How long ovs-vswitchd may take to open a new port and number it.
+/// How long ovs-vswitchd may take to open a new port and number it, or to apply a removal.
 const OFPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One host's bridge and the namespaces around it.
@@ -139,9 +139,13 @@ impl HostOverlay {
         Ok(db.wait_ofport(&spec.name, OFPORT_TIMEOUT).await?)
     }
 
-    /// Remove port `name` from the bridge (absent is fine).
+    /// Remove port `name` from the bridge (absent is fine) and wait until ovs-vswitchd has let
+    /// go of the device, so it may be deleted or recreated right after.
     pub async fn remove_port(&self, name: &str) -> Result<()> {
-        self.ovsdb().await?.remove_port(&self.bridge, name).await?;
+        let mut db = self.ovsdb().await?;
+        if db.remove_port(&self.bridge, name).await? {
+            db.sync(OFPORT_TIMEOUT).await?;
+        }
         Ok(())
     }
 

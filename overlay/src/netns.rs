@@ -144,7 +144,9 @@ pub struct Endpoint {
 pub(crate) fn ifname_ok(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= IFNAMSIZ_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 pub(crate) fn validate_ifname(name: &str) -> Result<()> {

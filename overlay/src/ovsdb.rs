@@ -717,10 +717,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
                     return Ok(());
                 }
                 (None, None) => {}
-                _ => return Err(OvsdbError::Conflict(format!(
+                _ => {
+                    return Err(OvsdbError::Conflict(format!(
                     "port/interface {} half exists (a port with a differently named interface?)",
                     spec.name
-                ))),
+                )))
+                }
             }
             let ops = vec![
                 json!({"op": "wait", "table": "Port", "where": [["name", "==", spec.name]], "columns": ["name"],
@@ -773,6 +775,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             )));
         }
         Ok(true)
+    }
+
+    /// Wait until ovs-vswitchd has applied every change made so far (what `ovs-vsctl` does unless
+    /// `--no-wait`): bump `next_cfg`, then poll until `cur_cfg` reaches it. Needed before a device
+    /// of a removed port's name is recreated: if ovs-vswitchd sees "removed" and "added again" in
+    /// one reconfiguration pass, it keeps its packet socket on the old, deleted device.
+    pub async fn sync(&mut self, timeout: Duration) -> Result<()> {
+        let r = self
+            .transact(vec![
+                json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]}),
+                json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}),
+            ])
+            .await?;
+        let want = rows_of(&r[1])?
+            .first()
+            .and_then(|row| row.get("next_cfg"))
+            .and_then(Value::as_i64)
+            .ok_or_else(|| OvsdbError::Malformed(format!("no next_cfg in {}", r[1])))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self
+                .transact(vec![json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]})])
+                .await?;
+            let cur = rows_of(&r[0])?
+                .first()
+                .and_then(|row| row.get("cur_cfg"))
+                .and_then(Value::as_i64);
+            if cur.is_some_and(|c| c >= want) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OvsdbError::Timeout {
+                    method: format!("ovs-vswitchd to apply configuration {want} (at {cur:?})"),
+                    after_ms: timeout.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Ports of `bridge` (including its local port) with interface type, ofport and options.
