@@ -19,7 +19,12 @@ async fn checkpoint_and_restore_of_100_mib_stream() {
     let img = image("memload").await;
     let (lan, mut hs) = hosts("mtb-rts", 1, &img).await;
     let (host, podman) = hs.pop().unwrap();
-    let cmd = Some(vec!["--mib".into(), "100".into(), "--pages-per-sec".into(), "0".into()]);
+    let cmd = Some(vec![
+        "--mib".into(),
+        "100".into(),
+        "--pages-per-sec".into(),
+        "0".into(),
+    ]);
     podman.create(&spec("memload", &img, cmd)).await.unwrap();
     podman.start("memload").await.unwrap();
     // Wait until the workload has filled its memory.
@@ -29,7 +34,10 @@ async fn checkpoint_and_restore_of_100_mib_stream() {
         if st.mem_usage_bytes >= 100 * MIB {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "memload did not fill 100 MiB: {st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "memload did not fill 100 MiB: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -38,7 +46,10 @@ async fn checkpoint_and_restore_of_100_mib_stream() {
     let before = rss_kib();
     reset_peak_rss();
     let mut f = tokio::fs::File::create(&path).await.unwrap();
-    let ck = podman.checkpoint("memload", &CheckpointOptions::default(), &mut f).await.unwrap();
+    let ck = podman
+        .checkpoint("memload", &CheckpointOptions::default(), &mut f)
+        .await
+        .unwrap();
     drop(f);
     let peak = peak_rss_kib();
     let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
@@ -52,22 +63,35 @@ async fn checkpoint_and_restore_of_100_mib_stream() {
         before,
         peak
     );
-    assert!(ck.archive_bytes >= 100 * MIB, "the archive holds the memory: {}", ck.archive_bytes);
-    assert!(growth_mib < 8.0, "checkpoint raised RSS by {growth_mib:.1} MiB: not streamed");
+    assert!(
+        ck.archive_bytes >= 100 * MIB,
+        "the archive holds the memory: {}",
+        ck.archive_bytes
+    );
+    assert!(
+        growth_mib < 8.0,
+        "checkpoint raised RSS by {growth_mib:.1} MiB: not streamed"
+    );
 
     // The same for the upload: restore from the file after removing the original.
     assert!(podman.remove("memload").await.unwrap());
     let before = rss_kib();
     reset_peak_rss();
     let file = tokio::fs::File::open(&path).await.unwrap();
-    let rs = podman.restore(&RestoreOptions::default(), file).await.unwrap();
+    let rs = podman
+        .restore(&RestoreOptions::default(), file)
+        .await
+        .unwrap();
     let growth_mib = peak_rss_kib().saturating_sub(before) as f64 / 1024.0;
     println!(
         "restore of 100 MiB: {} ms (CRIU {:?} us), RSS +{growth_mib:.1} MiB",
         rs.elapsed.as_millis(),
         rs.criu.map(|c| c.restore_time_us)
     );
-    assert!(growth_mib < 8.0, "restore raised RSS by {growth_mib:.1} MiB: not streamed");
+    assert!(
+        growth_mib < 8.0,
+        "restore raised RSS by {growth_mib:.1} MiB: not streamed"
+    );
     assert!(podman.inspect("memload").await.unwrap().state.running);
 
     host.destroy().await.unwrap();

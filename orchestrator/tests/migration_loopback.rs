@@ -118,6 +118,7 @@ impl StepExecutor for Scripted {
         let op = step.op().to_string();
         let detail = match &step {
             Step::SwitchFlow { to_agent, .. } => format!("{op}->{to_agent}"),
+            Step::Checkpoint { pre_dump: true, .. } => format!("{op}(pre-dump)"),
             _ => op.clone(),
         };
         self.world
@@ -164,14 +165,17 @@ impl StepExecutor for Scripted {
     }
 }
 
-fn profile(id: &str, role: Role) -> AgentProfile {
+fn profile(id: &str, role: Role, dirty_tracking: bool) -> AgentProfile {
     AgentProfile {
         id: id.into(),
         role,
         hostname: id.into(),
         agent_version: "test".into(),
         started_us: now_us(),
-        capabilities: Capabilities::default(),
+        capabilities: Capabilities {
+            dirty_tracking,
+            ..Capabilities::default()
+        },
         pam: None,
     }
 }
@@ -209,6 +213,11 @@ struct Rig {
 
 impl Rig {
     async fn start(store: Store, config: DriverConfig) -> Self {
+        Self::start_with(store, config, false).await
+    }
+
+    /// `dirty_tracking`: what every host's profile says about soft-dirty tracking.
+    async fn start_with(store: Store, config: DriverConfig, dirty_tracking: bool) -> Self {
         let endpoint = format!("tcp/127.0.0.1:{}", free_port());
         let keys = KeySpace::default();
         let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
@@ -227,7 +236,7 @@ impl Rig {
             let node = AgentNode::start(
                 session,
                 keys.clone(),
-                profile(id, role),
+                profile(id, role, dirty_tracking),
                 Duration::from_secs(3600),
                 Arc::new(CgroupProbe::default()),
             )
@@ -373,6 +382,23 @@ async fn happy_path_runs_coat_in_order_and_reports() {
         other => panic!("expected 409, got {other:?}"),
     }
     drop(rig.registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
+    // Hosts with dirty tracking and the downtime objective: the designer picks pre-copy, and
+    // the driver runs its rounds as pre-dumps while the service keeps running.
+    let rig = Rig::start_with(Store::in_memory().unwrap(), test_config(), true).await;
+    let task = rig.submit().await;
+    assert!(task.plan.rounds >= 1, "{:#?}", task.plan);
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:#?}");
+    let calls = rig.world.calls(&task.id);
+    let rounds = task.plan.rounds as usize;
+    assert_eq!(calls[..2], HAPPY[..2]);
+    assert!(calls[2..2 + rounds].iter().all(|c| c == "edge1:checkpoint(pre-dump)"), "{calls:?}");
+    assert_eq!(calls[2 + rounds..], HAPPY[2..]);
+    assert!(done.measurements.phases_ms.contains_key("pre_copy"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -153,6 +153,7 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
     }
 }
 
+/// The kernel's page size (σ in the PAM model).
 pub fn page_size() -> u32 {
     // SAFETY: sysconf has no memory effects.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

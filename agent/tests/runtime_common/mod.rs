@@ -20,14 +20,26 @@ pub const SVC_NETNS: &str = "/run/netns/svc";
 pub fn prerequisites() -> Option<()> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
         .unwrap_or(false);
     let missing: Vec<&str> = ["podman", "runc", "criu"]
         .into_iter()
-        .filter(|p| std::process::Command::new(p).arg("--version").output().map(|o| !o.status.success()).unwrap_or(true))
+        .filter(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
         .collect();
     if !root || !missing.is_empty() {
-        eprintln!("SKIPPED: needs root (have: {root}) and podman, runc, criu (missing: {missing:?})");
+        eprintln!(
+            "SKIPPED: needs root (have: {root}) and podman, runc, criu (missing: {missing:?})"
+        );
         return None;
     }
     Some(())
@@ -38,32 +50,58 @@ static IMAGES: OnceCell<Vec<BuiltImage>> = OnceCell::const_new();
 /// The testbed's workload images (built once per test binary; a nested static cargo build).
 pub async fn images() -> &'static [BuiltImage] {
     IMAGES
-        .get_or_init(|| async { ImageBuilder::default().build_all().await.expect("build workload images") })
+        .get_or_init(|| async {
+            ImageBuilder::default()
+                .build_all()
+                .await
+                .expect("build workload images")
+        })
         .await
 }
 
 pub async fn image(name: &str) -> BuiltImage {
-    images().await.iter().find(|i| i.spec.name == name).cloned().expect("image exists")
+    images()
+        .await
+        .iter()
+        .find(|i| i.spec.name == name)
+        .cloned()
+        .expect("image exists")
 }
 
 /// A LAN and `n` emulated hosts, each with a podman API service, `image` loaded through our
 /// client and a service netns at [`SVC_NETNS`]. A crashed earlier run of the same prefix is
 /// swept first.
 pub async fn hosts(prefix: &str, n: u8, image: &BuiltImage) -> (Lan, Vec<(Host, Podman)>) {
-    mose_testbed::sweep_stale(prefix).await.expect("sweep stale testbed objects");
+    mose_testbed::sweep_stale(prefix)
+        .await
+        .expect("sweep stale testbed objects");
     let lan = Lan::create(prefix).await.expect("create LAN");
     let mut out = Vec::new();
     for i in 0..n {
         let name = format!("h{i}");
-        let mut host = Host::create(&name, &lan, lan.host_addr(i).unwrap()).await.expect("create host");
+        let mut host = Host::create(&name, &lan, lan.host_addr(i).unwrap())
+            .await
+            .expect("create host");
         let sock = host.start_podman_service().await.expect("podman service");
         let podman = Podman::new(sock).unwrap();
-        let file = tokio::fs::File::open(&image.archive).await.expect("open image archive");
-        let names = podman.image_load(file, Duration::from_secs(120)).await.expect("image load");
-        assert!(names.iter().any(|n| n.contains(&image.reference)), "loaded {names:?}");
+        let file = tokio::fs::File::open(&image.archive)
+            .await
+            .expect("open image archive");
+        let names = podman
+            .image_load(file, Duration::from_secs(120))
+            .await
+            .expect("image load");
+        assert!(
+            names.iter().any(|n| n.contains(&image.reference)),
+            "loaded {names:?}"
+        );
         assert!(podman.image_exists(&image.reference).await.unwrap());
-        host.run("ip", ["netns", "add", "svc"]).await.expect("netns add");
-        host.run("ip", ["-n", "svc", "link", "set", "lo", "up"]).await.expect("lo up");
+        host.run("ip", ["netns", "add", "svc"])
+            .await
+            .expect("netns add");
+        host.run("ip", ["-n", "svc", "link", "set", "lo", "up"])
+            .await
+            .expect("lo up");
         out.push((host, podman));
     }
     (lan, out)
@@ -76,7 +114,9 @@ pub fn spec(name: &str, image: &BuiltImage, command: Option<Vec<String>>) -> Cre
         image: image.reference.clone(),
         command,
         netns: Netns::Path(PathBuf::from(SVC_NETNS)),
-        ulimits: HostLimits::detect().expect("detect limits").container_ulimits(),
+        ulimits: HostLimits::detect()
+            .expect("detect limits")
+            .container_ulimits(),
         ..CreateSpec::default()
     }
 }
