@@ -32,7 +32,7 @@ use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::images::BuiltImage;
 use crate::lan::Lan;
-use crate::quirks::Quirks;
+use mose_agent::runtime::HostLimits;
 use crate::sys;
 
 /// Where the namespace files of every host are bind-mounted (a private mount, see [`sys::ensure_private_mount`]).
@@ -104,7 +104,7 @@ pub struct Host {
     ns_dir: PathBuf,
     state_dir: PathBuf,
     inodes: NsInodes,
-    quirks: Quirks,
+    limits: HostLimits,
     ovs: Option<OvsInstance>,
     podman_service: Option<Child>,
     torn_down: bool,
@@ -165,7 +165,8 @@ impl Host {
                 lan.prefix()
             )));
         }
-        let quirks = Quirks::detect()?;
+        let limits = HostLimits::detect()
+            .map_err(|e| TestbedError::io("read this machine's capabilities and rlimits", e))?;
         let mut host = Host {
             name: name.to_string(),
             full_name: full_name.clone(),
@@ -180,7 +181,7 @@ impl Host {
                 mnt: 0,
                 uts: 0,
             },
-            quirks,
+            limits,
             ovs: None,
             podman_service: None,
             torn_down: false,
@@ -279,7 +280,7 @@ impl Host {
             tracing::warn!(path = %path.display(), "replacing the machine's containers.conf inside the emulated host");
         }
         let ulimits: Vec<String> = self
-            .quirks
+            .limits
             .container_ulimits()
             .iter()
             .map(|u| format!("\"{u}\""))
@@ -287,7 +288,7 @@ impl Host {
         let text = format!(
             "# Written by mose-testbed for emulated host {name}.\n\
              [containers]\n\
-             # Empty unless this machine lacks CAP_SYS_RESOURCE (see testbed/src/quirks.rs).\n\
+             # Empty unless this machine lacks CAP_SYS_RESOURCE (see agent/src/runtime/limits.rs).\n\
              default_ulimits = [{ulimits}]\n\
              [engine]\n\
              # No systemd inside an emulated host.\n\
@@ -367,9 +368,9 @@ impl Host {
     pub fn inodes(&self) -> NsInodes {
         self.inodes
     }
-    /// The machine quirks detected when the host was made.
-    pub fn quirks(&self) -> &Quirks {
-        &self.quirks
+    /// The container rlimits this machine needs, detected when the host was made.
+    pub fn limits(&self) -> &HostLimits {
+        &self.limits
     }
 
     /// Command prefix that runs a program inside this host, e.g. for [`OvsInstance::start`].
@@ -422,7 +423,11 @@ impl Host {
 
     /// `--ulimit ...` arguments every `podman create/run` needs on this machine (empty on real hosts).
     pub fn container_ulimit_args(&self) -> Vec<String> {
-        self.quirks.podman_ulimit_args()
+        self.limits
+            .container_ulimits()
+            .iter()
+            .flat_map(|u| ["--ulimit".to_string(), u.to_string()])
+            .collect()
     }
 
     /// Where an inside path lives on the real filesystem (the private directories map into the

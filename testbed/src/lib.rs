@@ -2,7 +2,6 @@
 //!
 //! * [`host`]: an emulated host = network + mount + UTS namespace with private podman/OvS state.
 //! * [`lan`]: the bridge connecting hosts, with per-host rate/delay shaping.
-//! * [`quirks`]: machine-specific container settings (ulimits without `CAP_SYS_RESOURCE`).
 //! * [`images`]: reproducible local images of our static workloads (`counter-service`, `memload`).
 //! * [`sweep_stale`]: removes everything a crashed run left behind; [`leftovers`] checks for it.
 //!
@@ -13,7 +12,6 @@ pub mod error;
 pub mod host;
 pub mod images;
 pub mod lan;
-pub mod quirks;
 mod sweep;
 mod sys;
 
@@ -21,7 +19,6 @@ pub use error::{Result, TestbedError};
 pub use host::{Host, NsInodes};
 pub use images::{BuiltImage, ImageBuilder, ImageSpec};
 pub use lan::{Lan, LinkShape};
-pub use quirks::Quirks;
 pub use sweep::{leftovers, sweep_stale, SweepReport};
 
 /// Name prefix of everything the testbed CLI makes; tests use longer prefixes that start with it,
