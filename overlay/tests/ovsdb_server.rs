@@ -129,6 +129,8 @@ async fn bridge_and_port_ensure_are_idempotent() {
 
     // Removal is idempotent.
     assert!(db.remove_port("br1", "int1").await.unwrap());
+    // ovs-vswitchd confirms it applied the removal.
+    db.sync(Duration::from_secs(10)).await.unwrap();
     assert!(!db.remove_port("br1", "int1").await.unwrap());
     assert_eq!(db.ofport("int1").await.unwrap(), None);
     assert!(db.delete_bridge("br1").await.unwrap());
