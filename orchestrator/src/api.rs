@@ -55,7 +55,13 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: &self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -72,13 +78,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", get(get_agent))
-        .route("/v1/migrations", get(list_migrations).post(submit_migration))
-        .route("/v1/migrations/{id}", get(get_migration).delete(cancel_migration))
+        .route(
+            "/v1/migrations",
+            get(list_migrations).post(submit_migration),
+        )
+        .route(
+            "/v1/migrations/{id}",
+            get(get_migration).delete(cancel_migration),
+        )
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; see GET /openapi.json")
-        })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
         .with_state(state)
 }
 
@@ -127,7 +137,12 @@ async fn submit_migration(
     })?;
     let task = state.migrations.submit(request).await?;
     let location = format!("/v1/migrations/{}", task.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(task),
+    )
+        .into_response())
 }
 
 async fn list_migrations(State(state): State<ApiState>) -> Result<Json<Vec<TaskRecord>>, ApiError> {
@@ -156,7 +171,10 @@ async fn openapi() -> Json<serde_json::Value> {
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let text = crate::prometheus::render(&state.agents.list(), &state.migrations.list()?);
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())

@@ -100,12 +100,18 @@ impl Cli {
         file.zenoh.apply(&self.zenoh);
         let http = match self.http.or(file.http) {
             Some(addr) => addr,
-            None => DEFAULT_HTTP.parse().expect("DEFAULT_HTTP is a socket address"),
+            None => DEFAULT_HTTP
+                .parse()
+                .expect("DEFAULT_HTTP is a socket address"),
         };
         let prefix = self.prefix.or(file.prefix);
         Ok(OrchestratorConfig {
             http,
-            keys: KeySpace::new(prefix.as_deref().unwrap_or(mose_protocol::keys::DEFAULT_PREFIX))?,
+            keys: KeySpace::new(
+                prefix
+                    .as_deref()
+                    .unwrap_or(mose_protocol::keys::DEFAULT_PREFIX),
+            )?,
             state_dir: self
                 .state_dir
                 .or(file.state_dir)
@@ -150,12 +156,16 @@ mod tests {
     #[test]
     fn bad_input_is_a_clear_error() {
         assert!(Cli::try_parse_from(["mose-orchestrator", "--http", "nowhere"]).is_err());
-        let err = Cli::parse_from(["mose-orchestrator", "--prefix", "a b"]).settle().unwrap_err();
+        let err = Cli::parse_from(["mose-orchestrator", "--prefix", "a b"])
+            .settle()
+            .unwrap_err();
         assert!(err.to_string().contains("prefix"), "{err}");
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "listen = 3").unwrap();
         let path = f.path().to_str().unwrap();
-        let err = Cli::parse_from(["mose-orchestrator", "-c", path]).settle().unwrap_err();
+        let err = Cli::parse_from(["mose-orchestrator", "-c", path])
+            .settle()
+            .unwrap_err();
         assert!(err.to_string().contains(path), "{err}");
     }
 }

@@ -59,12 +59,14 @@ impl ApiClient {
 
     /// Plans and starts a migration; the answer is the accepted task with its plan.
     pub async fn submit(&self, request: &MigrationRequest) -> Result<TaskRecord, ClientError> {
-        self.json(Method::POST, "/v1/migrations", Some(request)).await
+        self.json(Method::POST, "/v1/migrations", Some(request))
+            .await
     }
 
     /// Asks a running migration to roll back.
     pub async fn cancel(&self, id: &str) -> Result<TaskRecord, ClientError> {
-        self.json(Method::DELETE, &format!("/v1/migrations/{id}"), None::<&()>).await
+        self.json(Method::DELETE, &format!("/v1/migrations/{id}"), None::<&()>)
+            .await
     }
 
     /// A non-JSON document, such as `/metrics`.
@@ -128,7 +130,16 @@ impl ApiClient {
 /// The agents as an aligned text table.
 pub fn agents_table(agents: &[AgentView]) -> String {
     let mut rows = vec![[
-        "ID", "ROLE", "HOST", "CPU%", "MEM USED", "LOAD1", "CONTAINERS", "CRIU", "DIRTY-TRACK", "METRICS AGE",
+        "ID",
+        "ROLE",
+        "HOST",
+        "CPU%",
+        "MEM USED",
+        "LOAD1",
+        "CONTAINERS",
+        "CRIU",
+        "DIRTY-TRACK",
+        "METRICS AGE",
     ]
     .map(String::from)];
     let now = now_us();
@@ -142,11 +153,16 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             p.map_or_else(dash, |p| p.hostname.clone()),
             m.map_or_else(dash, |m| format!("{:.0}", m.host.cpu_percent)),
             m.map_or_else(dash, |m| {
-                format!("{} / {}", mib(m.host.mem_used_bytes), mib(m.host.mem_total_bytes))
+                format!(
+                    "{} / {}",
+                    mib(m.host.mem_used_bytes),
+                    mib(m.host.mem_total_bytes)
+                )
             }),
             m.map_or_else(dash, |m| format!("{:.2}", m.host.load_avg[0])),
             m.map_or_else(dash, |m| m.containers.len().to_string()),
-            p.and_then(|p| p.capabilities.criu_version.clone()).unwrap_or_else(dash),
+            p.and_then(|p| p.capabilities.criu_version.clone())
+                .unwrap_or_else(dash),
             p.map_or_else(dash, |p| yes_no(p.capabilities.dirty_tracking)),
             a.metrics_received_us.map_or_else(dash, |t| {
                 format!("{:.1}s", now.saturating_sub(t) as f64 / 1e6)
@@ -160,7 +176,12 @@ pub fn agents_table(agents: &[AgentView]) -> String {
 fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
     let columns = rows.first().map_or(0, |r| r.as_ref().len());
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().map(|r| r.as_ref()[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -178,7 +199,16 @@ fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
 /// The migrations as an aligned text table, in the order given.
 pub fn migrations_table(tasks: &[TaskRecord]) -> String {
     let mut rows = vec![[
-        "ID", "SERVICE", "FROM", "TO", "STRATEGY", "STATUS", "PHASE", "PRED DOWN", "FROZEN", "TOTAL",
+        "ID",
+        "SERVICE",
+        "FROM",
+        "TO",
+        "STRATEGY",
+        "STATUS",
+        "PHASE",
+        "PRED DOWN",
+        "FROZEN",
+        "TOTAL",
     ]
     .map(String::from)];
     for t in tasks {
@@ -190,7 +220,8 @@ pub fn migrations_table(tasks: &[TaskRecord]) -> String {
             t.request.destination.clone(),
             t.plan.strategy.to_string(),
             t.status.to_string(),
-            t.phase.map_or_else(|| "-".to_string(), |p| phase_name(p).to_string()),
+            t.phase
+                .map_or_else(|| "-".to_string(), |p| phase_name(p).to_string()),
             millis(Some(t.plan.predicted_downtime_s * 1000.0)),
             millis(m.frozen_ms),
             millis(m.total_ms),
@@ -216,7 +247,11 @@ pub fn plan_summary(task: &TaskRecord) -> String {
         bw = p.bandwidth_bps as f64 / 1e6,
         down = millis(Some(p.predicted_downtime_s * 1000.0)),
         total = millis(Some(p.predicted_total_s * 1000.0)),
-        met = if p.target_met { "" } else { " (targets NOT met)" },
+        met = if p.target_met {
+            ""
+        } else {
+            " (targets NOT met)"
+        },
         why = p.explanation,
     )
 }
@@ -229,7 +264,11 @@ pub fn event_line(event: &PhaseEvent, created_us: u64) -> String {
         PhaseStatus::Finished => "done".to_string(),
         PhaseStatus::Failed { error } => format!("FAILED: {error}"),
     };
-    format!("[{at:>7.3}s] {:<12} {:<8} {what}", phase_name(event.phase), event.agent)
+    format!(
+        "[{at:>7.3}s] {:<12} {:<8} {what}",
+        phase_name(event.phase),
+        event.agent
+    )
 }
 
 /// Predicted vs measured, once the task has finished.
@@ -253,7 +292,8 @@ pub fn kpi_table(task: &TaskRecord) -> String {
     rows.push([
         "image".into(),
         format!("{} B (M)", task.inputs.state_bytes),
-        m.image_bytes.map_or_else(|| "-".into(), |b| format!("{b} B")),
+        m.image_bytes
+            .map_or_else(|| "-".into(), |b| format!("{b} B")),
     ]);
     let mut out = aligned(&rows);
     let _ = writeln!(out, "status: {}", task.status);
@@ -282,7 +322,11 @@ pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
         "s" => 1000.0,
         "m" | "min" => 60_000.0,
         "" => return Err(format!("'{text}' needs a unit: ms, s or m")),
-        other => return Err(format!("unknown unit '{other}' in '{text}': use ms, s or m")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}': use ms, s or m"
+            ))
+        }
     };
     Ok(value * scale)
 }
@@ -312,16 +356,23 @@ mod tests {
 
     #[test]
     fn migration_tables_render() {
-        let mut task = crate::tasks::store::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
+        let mut task =
+            crate::tasks::store::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
         task.measurements.frozen_ms = Some(640.0);
         task.measurements.phases_ms.insert("restore".into(), 300.0);
         let table = migrations_table(std::slice::from_ref(&task));
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[1].starts_with("m1") && lines[1].contains("succeeded"), "{table}");
+        assert!(
+            lines[1].starts_with("m1") && lines[1].contains("succeeded"),
+            "{table}"
+        );
         let kpi = kpi_table(&task);
         assert!(kpi.contains("900 ms") && kpi.contains("640 ms"), "{kpi}");
-        assert!(kpi.contains("  restore") && kpi.contains("status: succeeded"), "{kpi}");
+        assert!(
+            kpi.contains("  restore") && kpi.contains("status: succeeded"),
+            "{kpi}"
+        );
         assert!(plan_summary(&task).contains("counter edge1 → edge2"));
     }
 

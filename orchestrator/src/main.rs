@@ -10,11 +10,20 @@ use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 async fn main() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let store = Store::open(&config.task_db())?;
-    let session = config.zenoh.open().await.context("joining the MOSE network")?;
-    let registry = Registry::start(&session, config.keys.clone(), RegistryOptions::default()).await?;
+    let session = config
+        .zenoh
+        .open()
+        .await
+        .context("joining the MOSE network")?;
+    let registry =
+        Registry::start(&session, config.keys.clone(), RegistryOptions::default()).await?;
     // Starting the service reconciles whatever a previous run left unfinished.
     let migrations = Migrations::start(
         session.clone(),
@@ -43,10 +52,15 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "cannot wait for signals; stopping");
         }
     };
-    api::serve(listener, state, shutdown).await.context("HTTP API")?;
+    api::serve(listener, state, shutdown)
+        .await
+        .context("HTTP API")?;
     tracing::info!("shutting down");
     drop(rpc_server);
     drop(registry);
-    session.close().await.map_err(|e| anyhow::anyhow!("closing zenoh: {e}"))?;
+    session
+        .close()
+        .await
+        .map_err(|e| anyhow::anyhow!("closing zenoh: {e}"))?;
     Ok(())
 }

@@ -38,7 +38,8 @@ pub fn document() -> Value {
         "name": "id", "in": "path", "required": true, "schema": {"type": "string"},
         "description": "task id as returned by POST /v1/migrations"
     });
-    let agent_id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let agent_id =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let phases: Vec<Value> = [
         Phase::Prepare,
         Phase::PreCopy,
@@ -240,6 +241,9 @@ mod tests {
         let status = &doc["components"]["schemas"]["Task"]["properties"]["status"]["enum"];
         assert!(status.as_array().unwrap().contains(&json!("rolled_back")));
         let strategy = &doc["components"]["schemas"]["Plan"]["properties"]["strategy"]["enum"];
-        assert!(strategy.as_array().unwrap().contains(&json!("iterative_precopy")));
+        assert!(strategy
+            .as_array()
+            .unwrap()
+            .contains(&json!("iterative_precopy")));
     }
 }

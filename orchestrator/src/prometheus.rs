@@ -20,10 +20,18 @@ pub fn render(agents: &[AgentView], tasks: &[TaskRecord]) -> String {
         .map(|r| (r.to_string(), 0))
         .collect();
     for a in agents {
-        let role = a.profile.as_ref().map_or("unknown".to_string(), |p| p.role.to_string());
+        let role = a
+            .profile
+            .as_ref()
+            .map_or("unknown".to_string(), |p| p.role.to_string());
         *by_role.entry(role).or_default() += 1;
     }
-    header(&mut out, "mose_agents_online", "gauge", "Agents present, by role (unknown: no profile yet).");
+    header(
+        &mut out,
+        "mose_agents_online",
+        "gauge",
+        "Agents present, by role (unknown: no profile yet).",
+    );
     for (role, n) in &by_role {
         let _ = writeln!(out, "mose_agents_online{{role=\"{role}\"}} {n}");
     }
@@ -52,7 +60,12 @@ pub fn render(agents: &[AgentView], tasks: &[TaskRecord]) -> String {
             bytes_moved += m.image_bytes.unwrap_or(0);
         }
     }
-    header(&mut out, "mose_migrations_running", "gauge", "Migrations queued or running.");
+    header(
+        &mut out,
+        "mose_migrations_running",
+        "gauge",
+        "Migrations queued or running.",
+    );
     let _ = writeln!(out, "mose_migrations_running {running}");
     header(
         &mut out,
@@ -137,7 +150,10 @@ mod tests {
             record("c", 3, TaskStatus::Running),
         ];
         let text = render(&[], &tasks);
-        assert!(text.contains("mose_agents_online{role=\"edge\"} 0"), "{text}");
+        assert!(
+            text.contains("mose_agents_online{role=\"edge\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("mose_migrations_running 1"));
         assert!(text.contains("mose_migrations_total{strategy=\"cold\",outcome=\"succeeded\"} 1"));
         assert!(text.contains("mose_migrations_total{strategy=\"cold\",outcome=\"rolled_back\"} 1"));

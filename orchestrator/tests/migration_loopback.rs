@@ -153,9 +153,11 @@ impl StepExecutor for Scripted {
             }),
             Step::Restore { .. } => {
                 // A destination reports its own sub-phases on the task's event key.
-                self.agent_event(task, Phase::Transfer, PhaseStatus::Started).await;
+                self.agent_event(task, Phase::Transfer, PhaseStatus::Started)
+                    .await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                self.agent_event(task, Phase::Transfer, PhaseStatus::Finished).await;
+                self.agent_event(task, Phase::Transfer, PhaseStatus::Finished)
+                    .await;
                 Ok(StepOutcome::Restored {
                     stats: CriuStats::default(),
                 })
@@ -220,19 +222,33 @@ impl Rig {
     async fn start_with(store: Store, config: DriverConfig, dirty_tracking: bool) -> Self {
         let endpoint = format!("tcp/127.0.0.1:{}", free_port());
         let keys = KeySpace::default();
-        let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-        let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+        let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+            .open()
+            .await
+            .unwrap();
+        let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
+            .await
+            .unwrap();
         let world = Arc::new(World::default());
         let mut agents = Vec::new();
-        for (id, role) in [("edge1", Role::Edge), ("edge2", Role::Edge), ("drone", Role::Mobile)] {
-            let session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+        for (id, role) in [
+            ("edge1", Role::Edge),
+            ("edge2", Role::Edge),
+            ("drone", Role::Mobile),
+        ] {
+            let session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
+                .open()
+                .await
+                .unwrap();
             let executor = Arc::new(Scripted {
                 agent: id.into(),
                 world: world.clone(),
                 session: session.clone(),
                 keys: keys.clone(),
             });
-            let server = StepServer::start(&session, &keys, id, executor).await.unwrap();
+            let server = StepServer::start(&session, &keys, id, executor)
+                .await
+                .unwrap();
             let node = AgentNode::start(
                 session,
                 keys.clone(),
@@ -283,9 +299,11 @@ impl Rig {
         loop {
             match self.client.submit(&request()).await {
                 Ok(task) => return task,
-                Err(ClientError::Api { status: 502, message, .. })
-                    if start.elapsed() < Duration::from_secs(5) =>
-                {
+                Err(ClientError::Api {
+                    status: 502,
+                    message,
+                    ..
+                }) if start.elapsed() < Duration::from_secs(5) => {
                     eprintln!("retrying submit: {message}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -332,11 +350,19 @@ const HAPPY: [&str; 6] = [
 #[tokio::test(flavor = "multi_thread")]
 async fn happy_path_runs_coat_in_order_and_reports() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
-    let tasks = rig.orch.declare_subscriber(rig.keys.task("*")).await.unwrap();
+    let tasks = rig
+        .orch
+        .declare_subscriber(rig.keys.task("*"))
+        .await
+        .unwrap();
 
     let accepted = rig.submit().await;
     assert_eq!(accepted.status, TaskStatus::Queued);
-    assert!(accepted.plan.explanation.contains("not calibrated"), "{}", accepted.plan.explanation);
+    assert!(
+        accepted.plan.explanation.contains("not calibrated"),
+        "{}",
+        accepted.plan.explanation
+    );
     assert_eq!(accepted.inputs.state_bytes, 10 << 20);
 
     let done = rig.wait_finished(&accepted.id).await;
@@ -355,12 +381,26 @@ async fn happy_path_runs_coat_in_order_and_reports() {
     assert_eq!(published.plan, done.plan);
 
     // Phases from the orchestrator and from the destination agent, with measurements.
-    let phases: Vec<&str> = ["prepare", "checkpoint", "transfer", "restore", "flow_switch", "cleanup"]
-        .into_iter()
-        .filter(|p| !done.measurements.phases_ms.contains_key(*p))
-        .collect();
-    assert!(phases.is_empty(), "phases without a time: {phases:?} in {:?}", done.measurements);
-    assert!(done.events.iter().any(|e| e.agent == "edge2" && e.phase == Phase::Transfer));
+    let phases: Vec<&str> = [
+        "prepare",
+        "checkpoint",
+        "transfer",
+        "restore",
+        "flow_switch",
+        "cleanup",
+    ]
+    .into_iter()
+    .filter(|p| !done.measurements.phases_ms.contains_key(*p))
+    .collect();
+    assert!(
+        phases.is_empty(),
+        "phases without a time: {phases:?} in {:?}",
+        done.measurements
+    );
+    assert!(done
+        .events
+        .iter()
+        .any(|e| e.agent == "edge2" && e.phase == Phase::Transfer));
     assert_eq!(done.measurements.image_bytes, Some(1 << 20));
     assert!(done.measurements.frozen_ms.is_some() && done.measurements.total_ms.is_some());
 
@@ -372,7 +412,10 @@ async fn happy_path_runs_coat_in_order_and_reports() {
         metrics.contains("mose_migrations_total{strategy=\"cold\",outcome=\"succeeded\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("mose_agents_online{role=\"edge\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("mose_agents_online{role=\"edge\"} 2"),
+        "{metrics}"
+    );
     let openapi = rig.client.text("/openapi.json").await.unwrap();
     assert!(openapi.contains("/v1/migrations/{id}"));
 
@@ -396,7 +439,12 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     let calls = rig.world.calls(&task.id);
     let rounds = task.plan.rounds as usize;
     assert_eq!(calls[..2], HAPPY[..2]);
-    assert!(calls[2..2 + rounds].iter().all(|c| c == "edge1:checkpoint(pre-dump)"), "{calls:?}");
+    assert!(
+        calls[2..2 + rounds]
+            .iter()
+            .all(|c| c == "edge1:checkpoint(pre-dump)"),
+        "{calls:?}"
+    );
     assert_eq!(calls[2 + rounds..], HAPPY[2..]);
     assert!(done.measurements.phases_ms.contains_key("pre_copy"));
 }
@@ -417,10 +465,17 @@ async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
         let task = rig.submit().await;
         let done = rig.wait_finished(&task.id).await;
         assert_eq!(done.status, TaskStatus::RolledBack, "{op}: {done:#?}");
-        assert!(done.error.as_deref().unwrap().contains("scripted failure"), "{:?}", done.error);
+        assert!(
+            done.error.as_deref().unwrap().contains("scripted failure"),
+            "{:?}",
+            done.error
+        );
 
         let calls = rig.world.calls(&task.id);
-        let failed_at = calls.iter().position(|c| c.starts_with(&format!("{agent}:{op}"))).unwrap();
+        let failed_at = calls
+            .iter()
+            .position(|c| c.starts_with(&format!("{agent}:{op}")))
+            .unwrap();
         let mut expected: Vec<String> = HAPPY[..=failed_at].iter().map(|s| s.to_string()).collect();
         expected.push("edge2:abort".into());
         expected.push("edge1:resume".into());
@@ -429,7 +484,10 @@ async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
             expected.push("drone:switch-flow->edge1".into());
         }
         assert_eq!(calls, expected, "failure at {op}");
-        assert!(!calls.iter().any(|c| c.ends_with("release")), "nothing is released at the source");
+        assert!(
+            !calls.iter().any(|c| c.ends_with("release")),
+            "nothing is released at the source"
+        );
     }
 }
 
@@ -445,7 +503,11 @@ async fn a_step_that_never_finishes_times_out_and_rolls_back() {
     let task = rig.submit().await;
     let done = rig.wait_finished(&task.id).await;
     assert_eq!(done.status, TaskStatus::RolledBack, "{done:#?}");
-    assert!(done.error.as_deref().unwrap().contains("within"), "{:?}", done.error);
+    assert!(
+        done.error.as_deref().unwrap().contains("within"),
+        "{:?}",
+        done.error
+    );
     let calls = rig.world.calls(&task.id);
     assert_eq!(calls[calls.len() - 2..], ["edge2:abort", "edge1:resume"]);
 }
@@ -480,7 +542,11 @@ async fn cancel_rolls_back() {
     let task = rig.submit().await;
     // Cancel once the restore is under way.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !rig.world.calls(&task.id).contains(&"edge2:restore".to_string()) {
+    while !rig
+        .world
+        .calls(&task.id)
+        .contains(&"edge2:restore".to_string())
+    {
         assert!(Instant::now() < deadline, "restore never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -488,7 +554,10 @@ async fn cancel_rolls_back() {
     let cancelled = rig.client.cancel(&task.id).await.unwrap();
     assert_eq!(cancelled.id, task.id);
     let done = rig.wait_finished(&task.id).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "cancel waited for the step timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel waited for the step timeout"
+    );
     assert_eq!(done.status, TaskStatus::Cancelled, "{done:#?}");
     let calls = rig.world.calls(&task.id);
     assert_eq!(calls[calls.len() - 2..], ["edge2:abort", "edge1:resume"]);
@@ -536,7 +605,9 @@ async fn bad_submissions_get_clear_4xx() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
     let refused = |status: u16, needle: &'static str| {
         move |r: Result<TaskRecord, ClientError>| match r {
-            Err(ClientError::Api { status: s, message, .. }) if s == status => {
+            Err(ClientError::Api {
+                status: s, message, ..
+            }) if s == status => {
                 assert!(message.contains(needle), "{message}")
             }
             other => panic!("expected {status} containing '{needle}', got {other:?}"),
@@ -549,10 +620,14 @@ async fn bad_submissions_get_clear_4xx() {
     };
     // Unknown service: the source's own reason comes back.
     refused(422, "no container named 'ghost'")(
-        rig.client.submit(&with(|r| r.service = "ghost".into())).await,
+        rig.client
+            .submit(&with(|r| r.service = "ghost".into()))
+            .await,
     );
     refused(422, "'edge9' is not a present agent")(
-        rig.client.submit(&with(|r| r.destination = "edge9".into())).await,
+        rig.client
+            .submit(&with(|r| r.destination = "edge9".into()))
+            .await,
     );
     refused(400, "must be edge")(
         rig.client
@@ -563,20 +638,32 @@ async fn bad_submissions_get_clear_4xx() {
             .await,
     );
     refused(400, "nothing to migrate")(
-        rig.client.submit(&with(|r| r.destination = "edge1".into())).await,
+        rig.client
+            .submit(&with(|r| r.destination = "edge1".into()))
+            .await,
     );
     refused(400, "target_duration_ms")(
-        rig.client.submit(&with(|r| r.target_duration_ms = -1.0)).await,
+        rig.client
+            .submit(&with(|r| r.target_duration_ms = -1.0))
+            .await,
     );
     refused(404, "no migration 'nope'")(rig.client.migration("nope").await);
-    assert!(rig.migrations.list().unwrap().is_empty(), "refused tasks are not stored");
+    assert!(
+        rig.migrations.list().unwrap().is_empty(),
+        "refused tasks are not stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_calls_work_over_zenoh() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
-    let _server = QueryServer::start(&rig.orch, &rig.keys, rig.migrations.clone()).await.unwrap();
-    let caller = ZenohOptions::explicit(vec![], vec![rig.endpoint.clone()]).open().await.unwrap();
+    let _server = QueryServer::start(&rig.orch, &rig.keys, rig.migrations.clone())
+        .await
+        .unwrap();
+    let caller = ZenohOptions::explicit(vec![], vec![rig.endpoint.clone()])
+        .open()
+        .await
+        .unwrap();
     let ask = |op: &'static str, body: Vec<u8>| {
         let (caller, key) = (caller.clone(), rig.keys.orchestrator_rpc(op));
         async move {
@@ -599,17 +686,23 @@ async fn the_same_calls_work_over_zenoh() {
             }
         }
     };
-    let task: TaskRecord =
-        serde_json::from_slice(&ask("submit", serde_json::to_vec(&request()).unwrap()).await.unwrap())
-            .unwrap();
+    let task: TaskRecord = serde_json::from_slice(
+        &ask("submit", serde_json::to_vec(&request()).unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let done = rig.wait_finished(&task.id).await;
     assert_eq!(done.status, TaskStatus::Succeeded);
     let id = serde_json::to_vec(&BTreeMap::from([("id", task.id.clone())])).unwrap();
-    let inspected: TaskRecord = serde_json::from_slice(&ask("inspect", id.clone()).await.unwrap()).unwrap();
+    let inspected: TaskRecord =
+        serde_json::from_slice(&ask("inspect", id.clone()).await.unwrap()).unwrap();
     assert_eq!(inspected.status, TaskStatus::Succeeded);
-    let list: Vec<TaskRecord> = serde_json::from_slice(&ask("list", vec![]).await.unwrap()).unwrap();
+    let list: Vec<TaskRecord> =
+        serde_json::from_slice(&ask("list", vec![]).await.unwrap()).unwrap();
     assert_eq!(list.len(), 1);
-    let err: serde_json::Value = serde_json::from_slice(&ask("cancel", id).await.unwrap_err()).unwrap();
+    let err: serde_json::Value =
+        serde_json::from_slice(&ask("cancel", id).await.unwrap_err()).unwrap();
     assert_eq!(err["status"], 409, "{err}");
     let err: serde_json::Value =
         serde_json::from_slice(&ask("submit", b"{not json".to_vec()).await.unwrap_err()).unwrap();

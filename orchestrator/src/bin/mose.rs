@@ -173,11 +173,17 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Migration { id } => {
-            println!("{}", serde_json::to_string_pretty(&client.migration(&id).await?)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&client.migration(&id).await?)?
+            );
         }
         Command::Cancel { id } => {
             let task = client.cancel(&id).await?;
-            println!("cancel requested for {}: it rolls back to {}", task.id, task.request.source);
+            println!(
+                "cancel requested for {}: it rolls back to {}",
+                task.id, task.request.source
+            );
         }
     }
     Ok(())

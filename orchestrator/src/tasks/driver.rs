@@ -131,11 +131,15 @@ impl Driver {
         let span = migration_span(&record);
         async move {
             let req = &record.request;
-            let needed: Vec<&str> = [Some(&req.source), Some(&req.destination), req.mobile.as_ref()]
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .collect();
+            let needed: Vec<&str> = [
+                Some(&req.source),
+                Some(&req.destination),
+                req.mobile.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
             // Right after a restart the agents are still being rediscovered; acting at once
             // would spend the retries on agents that are merely not seen yet.
             let present = self
@@ -149,7 +153,9 @@ impl Driver {
                 warn!(agents = ?needed, "not every agent of the task is present; acting anyway");
             }
             if record.progress.past_point_of_no_return() {
-                info!("reconciling after restart: past the point of no return, releasing the source");
+                info!(
+                    "reconciling after restart: past the point of no return, releasing the source"
+                );
                 self.release().await;
             } else {
                 info!("reconciling after restart: rolling back to the source");
@@ -170,8 +176,15 @@ impl Driver {
         let (source, destination) = (&r.request.source, &r.request.destination);
         let service = &r.request.service;
 
-        self.step(destination, Step::Prepare { spec: r.spec.clone() }, Phase::Prepare, t.prepare)
-            .await?;
+        self.step(
+            destination,
+            Step::Prepare {
+                spec: r.spec.clone(),
+            },
+            Phase::Prepare,
+            t.prepare,
+        )
+        .await?;
 
         for round in 0..r.plan.rounds {
             let pre_dump = Step::Checkpoint {
@@ -180,7 +193,8 @@ impl Driver {
                 leave_running: true,
                 pre_dump: true,
             };
-            self.step(source, pre_dump, Phase::PreCopy, t.checkpoint).await?;
+            self.step(source, pre_dump, Phase::PreCopy, t.checkpoint)
+                .await?;
         }
 
         let checkpoint = Step::Checkpoint {
@@ -189,7 +203,10 @@ impl Driver {
             leave_running: false,
             pre_dump: false,
         };
-        let image_bytes = match self.step(source, checkpoint, Phase::Checkpoint, t.checkpoint).await? {
+        let image_bytes = match self
+            .step(source, checkpoint, Phase::Checkpoint, t.checkpoint)
+            .await?
+        {
             StepOutcome::Checkpointed { image_bytes, stats } => {
                 self.set(|r| {
                     r.measurements.image_bytes = Some(image_bytes);
@@ -206,7 +223,10 @@ impl Driver {
             image: IMAGE.into(),
         };
         let timeout = t.restore + transfer_allowance(image_bytes, r.plan.bandwidth_bps);
-        match self.step(destination, restore, Phase::Restore, timeout).await? {
+        match self
+            .step(destination, restore, Phase::Restore, timeout)
+            .await?
+        {
             StepOutcome::Restored { stats } => {
                 self.set(|r| {
                     r.measurements.restore_stats = Some(stats);
@@ -224,7 +244,8 @@ impl Driver {
                 network: r.spec.network.clone(),
                 to_agent: destination.clone(),
             };
-            self.step(mobile, switch, Phase::FlowSwitch, t.switch_flow).await?;
+            self.step(mobile, switch, Phase::FlowSwitch, t.switch_flow)
+                .await?;
         }
         self.set(|r| r.progress.switched = true);
         info!("point of no return passed: the destination is the truth now");
@@ -249,7 +270,12 @@ impl Driver {
             .shared
             .rpc
             .call(agent, &self.id, step, timeout)
-            .instrument(info_span!("step", op, agent, timeout_ms = timeout.as_millis() as u64));
+            .instrument(info_span!(
+                "step",
+                op,
+                agent,
+                timeout_ms = timeout.as_millis() as u64
+            ));
         let cancel = &mut self.cancel;
         let cancelled = async {
             if cancel.wait_for(|c| *c).await.is_err() {
@@ -263,7 +289,9 @@ impl Driver {
         };
         let status = match &result {
             Ok(_) => PhaseStatus::Finished,
-            Err(Stop::Failed(error)) => PhaseStatus::Failed { error: error.clone() },
+            Err(Stop::Failed(error)) => PhaseStatus::Failed {
+                error: error.clone(),
+            },
             Err(Stop::Cancelled) => PhaseStatus::Failed {
                 error: "cancelled".into(),
             },
@@ -290,13 +318,17 @@ impl Driver {
         // …and failures after which the service may be reachable nowhere.
         let mut unsafe_failures = Vec::new();
         // The destination copy goes first, so it can never run next to the resumed source.
-        let abort = Step::Abort { service: service.clone() };
+        let abort = Step::Abort {
+            service: service.clone(),
+        };
         if let Err(e) = self.retry(destination, abort, Phase::Rollback, t).await {
             leftovers.push(e);
         }
         // The source runs again *before* the flow points back at it: a flow switched to a host
         // whose service is not running makes that kernel answer RST (SPEC §4, step 5).
-        let resume = Step::Resume { service: service.clone() };
+        let resume = Step::Resume {
+            service: service.clone(),
+        };
         if let Err(e) = self.retry(source, resume, Phase::Rollback, t).await {
             unsafe_failures.push(e);
         }
@@ -390,7 +422,14 @@ impl Driver {
             }
         }
         let error = format!("{op} on {agent} failed {attempts} times, last: {last}");
-        self.event(agent, phase, PhaseStatus::Failed { error: error.clone() }).await;
+        self.event(
+            agent,
+            phase,
+            PhaseStatus::Failed {
+                error: error.clone(),
+            },
+        )
+        .await;
         Err(error)
     }
 
@@ -426,7 +465,9 @@ impl Driver {
             r.phase = Some(phase);
             r.events.push(event.clone());
         });
-        self.shared.publish(self.shared.keys.task_events(&self.id), &event).await;
+        self.shared
+            .publish(self.shared.keys.task_events(&self.id), &event)
+            .await;
     }
 
     async fn publish_task(&self, r: &TaskRecord) {
@@ -439,7 +480,9 @@ impl Driver {
             plan: r.plan.clone(),
             created_us: r.created_us,
         };
-        self.shared.publish(self.shared.keys.task(&r.id), &task).await;
+        self.shared
+            .publish(self.shared.keys.task(&r.id), &task)
+            .await;
     }
 }
 
@@ -454,7 +497,9 @@ fn migration_span(r: &TaskRecord) -> tracing::Span {
 }
 
 fn unexpected(agent: &str, op: &str, outcome: &StepOutcome) -> Stop {
-    Stop::Failed(format!("agent {agent} answered '{op}' with an unexpected outcome: {outcome:?}"))
+    Stop::Failed(format!(
+        "agent {agent} answered '{op}' with an unexpected outcome: {outcome:?}"
+    ))
 }
 
 /// Twice the time the image takes at the planned bandwidth: the restore fetches it first.
@@ -472,7 +517,10 @@ mod tests {
     #[test]
     fn transfer_allowance_scales_and_is_capped() {
         assert_eq!(transfer_allowance(0, 1), Duration::ZERO);
-        assert_eq!(transfer_allowance(125_000_000, 125_000_000), Duration::from_secs(2));
+        assert_eq!(
+            transfer_allowance(125_000_000, 125_000_000),
+            Duration::from_secs(2)
+        );
         assert_eq!(transfer_allowance(u64::MAX, 0), MAX_TRANSFER_ALLOWANCE);
     }
 }

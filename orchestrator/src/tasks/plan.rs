@@ -59,7 +59,9 @@ pub fn check_agents(
 ) -> Result<Participants, TaskError> {
     let agent = |what: &str, id: &str, role: Role| -> Result<AgentView, TaskError> {
         let view = lookup(id).ok_or_else(|| {
-            TaskError::Unknown(format!("{what} '{id}' is not a present agent (see GET /v1/agents)"))
+            TaskError::Unknown(format!(
+                "{what} '{id}' is not a present agent (see GET /v1/agents)"
+            ))
         })?;
         let profile = view.profile.as_ref().ok_or_else(|| {
             TaskError::NotReady(format!(
@@ -99,16 +101,18 @@ pub fn design(
     default_bandwidth_bps: u64,
 ) -> Result<(Plan, PlanInputs), TaskError> {
     let mut notes = Vec::new();
-    let params_of = |view: &AgentView, notes: &mut Vec<String>| {
-        match view.profile.as_ref().and_then(|p| p.pam.clone()) {
-            Some(pam) => (pam, true),
-            None => {
-                notes.push(format!(
-                    "{} is not calibrated: using the PAM paper's default parameters for it",
-                    view.id
-                ));
-                (PamParams::paper_defaults(), false)
-            }
+    let params_of = |view: &AgentView, notes: &mut Vec<String>| match view
+        .profile
+        .as_ref()
+        .and_then(|p| p.pam.clone())
+    {
+        Some(pam) => (pam, true),
+        None => {
+            notes.push(format!(
+                "{} is not calibrated: using the PAM paper's default parameters for it",
+                view.id
+            ));
+            (PamParams::paper_defaults(), false)
         }
     };
     let (source_params, source_calibrated) = params_of(&who.source, &mut notes);
@@ -300,7 +304,11 @@ mod tests {
         assert_eq!(inputs.dirty_rate_bps, 0);
         assert_eq!(inputs.bandwidth_bps, 125_000_000);
         assert_eq!(inputs.notes.len(), 4, "{:?}", inputs.notes);
-        assert!(plan.explanation.starts_with("edge1 is not calibrated"), "{}", plan.explanation);
+        assert!(
+            plan.explanation.starts_with("edge1 is not calibrated"),
+            "{}",
+            plan.explanation
+        );
         assert!(plan.explanation.contains("R_max = 0"));
         assert!(plan.explanation.contains("configured default"));
     }
@@ -340,6 +348,10 @@ mod tests {
         };
         let (plan, _) = design(&req, &who, 0, 125_000_000).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
-        assert!(plan.explanation.contains("one page"), "{}", plan.explanation);
+        assert!(
+            plan.explanation.contains("one page"),
+            "{}",
+            plan.explanation
+        );
     }
 }

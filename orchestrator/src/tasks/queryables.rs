@@ -70,8 +70,16 @@ impl QueryServer {
 
 async fn answer(query: Query, migrations: Migrations) {
     let key = query.key_expr().clone();
-    let op = key.as_str().rsplit('/').next().unwrap_or_default().to_string();
-    let payload = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+    let op = key
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let payload = query
+        .payload()
+        .map(|p| p.to_bytes().into_owned())
+        .unwrap_or_default();
     let result = call(&migrations, &op, &payload).await;
     let sent = match result {
         Ok(json) => query.reply(key, json).await,
@@ -106,7 +114,8 @@ async fn call(migrations: &Migrations, op: &str, payload: &[u8]) -> Result<Vec<u
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
-    serde_json::to_vec(value).map_err(|e| TaskError::Internal(format!("cannot encode the reply: {e}")))
+    serde_json::to_vec(value)
+        .map_err(|e| TaskError::Internal(format!("cannot encode the reply: {e}")))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(op: &str, payload: &[u8]) -> Result<T, TaskError> {

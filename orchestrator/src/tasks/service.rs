@@ -45,13 +45,19 @@ impl Shared {
 
     /// Changes an active task's record, persists it and returns the result; `None` when the
     /// task is not active (already finished).
-    pub(crate) fn update(&self, id: &str, change: impl FnOnce(&mut TaskRecord)) -> Option<TaskRecord> {
+    pub(crate) fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut TaskRecord),
+    ) -> Option<TaskRecord> {
         let mut active = self.active();
         let record = &mut active.get_mut(id)?.record;
         change(record);
         record.updated_us = now_us();
         let (created, finished) = (record.created_us, record.finished_us);
-        record.measurements.update_from(created, finished, &record.events);
+        record
+            .measurements
+            .update_from(created, finished, &record.events);
         // Saved under the lock, so the file sees changes in the order they were made.
         if let Err(e) = self.store.save(record) {
             // The migration goes on (stopping mid-way is worse), but a restart would act on
@@ -62,7 +68,11 @@ impl Shared {
     }
 
     /// Applies the last change to a task and stops tracking it as active.
-    pub(crate) fn finish(&self, id: &str, change: impl FnOnce(&mut TaskRecord)) -> Option<TaskRecord> {
+    pub(crate) fn finish(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut TaskRecord),
+    ) -> Option<TaskRecord> {
         let record = self.update(id, change);
         self.active().remove(id);
         record
@@ -128,14 +138,20 @@ impl Migrations {
         let weak = Arc::downgrade(&shared);
         let listener = tokio::spawn(async move {
             while let Ok(sample) = subscriber.recv_async().await {
-                record_agent_event(&weak, sample.key_expr().as_str(), &sample.payload().to_bytes());
+                record_agent_event(
+                    &weak,
+                    sample.key_expr().as_str(),
+                    &sample.payload().to_bytes(),
+                );
             }
         });
         for record in unfinished {
             info!(task = %record.id, status = %record.status, "task left unfinished by a previous run");
             let id = record.id.clone();
             let (cancel, rx) = watch::channel(false);
-            shared.active().insert(id.clone(), Active { record, cancel });
+            shared
+                .active()
+                .insert(id.clone(), Active { record, cancel });
             tokio::spawn(Driver::new(shared.clone(), id, rx).reconcile());
         }
         Ok(Self {
@@ -154,7 +170,12 @@ impl Migrations {
             .describe(&id, &request)
             .instrument(info_span!("describe", task = %id, service = %request.service))
             .await?;
-        let (plan, inputs) = design(&request, &who, state_bytes, self.shared.config.default_bandwidth_bps)?;
+        let (plan, inputs) = design(
+            &request,
+            &who,
+            state_bytes,
+            self.shared.config.default_bandwidth_bps,
+        )?;
         let now = now_us();
         let record = TaskRecord {
             id: id.clone(),
@@ -180,7 +201,13 @@ impl Migrations {
                 return Err(other);
             }
             self.shared.store.save(&record)?;
-            active.insert(id.clone(), Active { record: record.clone(), cancel });
+            active.insert(
+                id.clone(),
+                Active {
+                    record: record.clone(),
+                    cancel,
+                },
+            );
         }
         info!(task = %id, strategy = %record.plan.strategy, "migration accepted");
         tokio::spawn(Driver::new(self.shared.clone(), id, rx).run());
@@ -240,7 +267,12 @@ impl Migrations {
             service: request.service.clone(),
         };
         let timeout = self.shared.config.timeouts.describe;
-        match self.shared.rpc.call(&request.source, id, step, timeout).await {
+        match self
+            .shared
+            .rpc
+            .call(&request.source, id, step, timeout)
+            .await
+        {
             Ok(StepOutcome::Described { spec, state_bytes }) => Ok((spec, state_bytes)),
             Ok(other) => Err(TaskError::AgentUnreachable(format!(
                 "{} answered 'describe' with an unexpected outcome: {other:?}",
@@ -277,7 +309,9 @@ fn new_task_id() -> String {
 /// Appends an agent's phase event to its task, if the task is active and the event speaks
 /// for the task its key names.
 fn record_agent_event(shared: &Weak<Shared>, key: &str, payload: &[u8]) {
-    let Some(shared) = shared.upgrade() else { return };
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
     let event: PhaseEvent = match decode(payload) {
         Ok(e) => e,
         Err(e) => {

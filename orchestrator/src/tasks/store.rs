@@ -61,7 +61,8 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(open_err)?;
         // WAL keeps a crash mid-write from losing the previous state of a task.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -92,7 +93,12 @@ impl Store {
         self.conn().execute(
             "INSERT INTO tasks (id, created_us, status, record) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, record = excluded.record",
-            params![record.id, record.created_us as i64, record.status.as_str(), json],
+            params![
+                record.id,
+                record.created_us as i64,
+                record.status.as_str(),
+                json
+            ],
         )?;
         Ok(())
     }
@@ -100,14 +106,19 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let json: Option<String> = self
             .conn()
-            .query_row("SELECT record FROM tasks WHERE id = ?1", [id], |row| row.get(0))
+            .query_row("SELECT record FROM tasks WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
             .optional()?;
         json.map(|j| parse(id, &j)).transpose()
     }
 
     /// Every task, newest first.
     pub fn list(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.select("SELECT id, record FROM tasks ORDER BY created_us DESC, id DESC", &[])
+        self.select(
+            "SELECT id, record FROM tasks ORDER BY created_us DESC, id DESC",
+            &[],
+        )
     }
 
     /// Tasks the driver had not finished (queued or running), oldest first.
@@ -224,7 +235,10 @@ pub(crate) mod tests {
     fn survives_reopening_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.sqlite");
-        Store::open(&path).unwrap().save(&record("a", 1, TaskStatus::Running)).unwrap();
+        Store::open(&path)
+            .unwrap()
+            .save(&record("a", 1, TaskStatus::Running))
+            .unwrap();
         let again = Store::open(&path).unwrap();
         assert_eq!(again.unfinished().unwrap().len(), 1);
     }
