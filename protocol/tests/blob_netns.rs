@@ -44,6 +44,20 @@ fn blob_server_child() {
     });
 }
 
+/// Resets this process's peak RSS (VmHWM) so a later reading covers only what follows.
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
 /// Starts the server child in host 1 connecting to a fetcher session in the root namespace.
 async fn setup(tag: &str, subnet: u8, role: &str) -> (TestNet, mose_testkit::ChildGuard, zenoh::Session) {
     let mut net = TestNet::new(tag, subnet).unwrap();
@@ -67,6 +81,8 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image");
     let mut reports = 0u64;
+    reset_peak_rss();
+    let rss_before = peak_rss_kib();
     let start = Instant::now();
     let manifest = blob::fetch_to_file(&session, KEY, &dest, &FetchOptions::default(), &mut |_| {
         reports += 1
@@ -74,6 +90,10 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
     .await
     .unwrap();
     let took = start.elapsed();
+    let rss_growth_mib = (peak_rss_kib() - rss_before) / 1024;
+    // The fetch streams to disk: its memory is the reorder window, not the blob. (Another test
+    // of this binary may fetch concurrently, so the bound leaves room for two windows.)
+    assert!(rss_growth_mib < 40, "peak RSS grew {rss_growth_mib} MiB for a 64 MiB blob");
     let expected = pseudo_random(SIZE, SEED);
     assert_eq!(manifest.size, SIZE as u64);
     assert_eq!(manifest.chunks, 64);
@@ -81,7 +101,7 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
     assert_eq!(manifest.sha256, <[u8; 32]>::from(Sha256::digest(&expected)));
     assert!(std::fs::read(&dest).unwrap() == expected, "content differs");
     println!(
-        "64 MiB across namespaces in {took:?} ({:.0} MB/s)",
+        "64 MiB across namespaces in {took:?} ({:.0} MB/s), peak RSS +{rss_growth_mib} MiB",
         SIZE as f64 / took.as_secs_f64() / 1e6
     );
 }
