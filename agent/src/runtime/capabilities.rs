@@ -276,6 +276,7 @@ fn spawn_target(program: &str, args: &[&str]) -> Result<(Child, i32), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    no_inherited_fds(&mut c);
     let child = c.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
     let pid = child
         .id()
@@ -463,6 +464,24 @@ impl Drop for Reaper {
     }
 }
 
+/// `CLOSE_RANGE_CLOEXEC` (linux/close_range.h; not in the libc crate).
+const CLOSE_RANGE_CLOEXEC: libc::c_int = 1 << 2;
+
+/// Keep descriptors the agent inherited without close-on-exec (e.g. a `/dev/null` of another
+/// mount namespace when it was started through `nsenter`) out of the test processes: CRIU
+/// refuses to dump a file whose mount it cannot see ("Can't lookup mount=N for fd=...").
+/// Marking them close-on-exec, rather than closing them, leaves std's exec-error pipe working.
+fn no_inherited_fds(c: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
+    // syscall; a kernel without close_range (< 5.11) just leaves the descriptors as they are.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close_range(3, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+}
+
 /// Start `program args` as the leader of a new process group registered with `reaper`.
 fn spawn_group(program: &str, args: &[&str], reaper: &mut Reaper) -> Result<Child, String> {
     let mut c = Command::new(program);
@@ -472,6 +491,7 @@ fn spawn_group(program: &str, args: &[&str], reaper: &mut Reaper) -> Result<Chil
         .stderr(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    no_inherited_fds(&mut c);
     let child = c.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
     let pid = child
         .id()
