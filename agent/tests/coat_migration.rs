@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Proves, with a client sending a request every 10 ms on ONE TCP connection:
-//! 1. a failed restore on B, then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
+//! 1. a failed restore on B (CRIU cannot bind the service's port), then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
 //!    running on A with the client still served and nothing of it on B;
 //! 2. the migration A→B keeps the same connection and the count continues without a jump.
 //!
@@ -22,7 +22,7 @@ mod runtime_common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,6 +170,7 @@ type Samples = Vec<(Instant, Instant, u64)>;
 /// to stop. Any error (reset, timeout, closed) ends it with the samples so far and the error.
 struct Client {
     stop: Arc<AtomicBool>,
+    replies: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<(Samples, Option<String>, SocketAddr)>,
 }
 
@@ -190,7 +191,8 @@ impl Client {
         s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let replies = Arc::new(AtomicU64::new(0));
+        let (flag, seen) = (stop.clone(), replies.clone());
         let thread = std::thread::spawn(move || {
             let local = s.local_addr().unwrap();
             let mut r = BufReader::new(s.try_clone().unwrap());
@@ -203,7 +205,10 @@ impl Client {
                 match res {
                     Ok(0) => return (samples, Some("connection closed by the service".into()), local),
                     Ok(_) => match line.trim().parse() {
-                        Ok(n) => samples.push((sent, Instant::now(), n)),
+                        Ok(n) => {
+                            samples.push((sent, Instant::now(), n));
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(_) => return (samples, Some(format!("not a count: {line:?}")), local),
                     },
                     Err(e) => return (samples, Some(format!("{e}")), local),
@@ -212,7 +217,19 @@ impl Client {
             }
             (samples, None, local)
         });
-        Client { stop, thread }
+        Client { stop, replies, thread }
+    }
+
+    /// Waits until `n` more replies arrived: the client is served again. Its TCP retransmission
+    /// timer backs off while the service is frozen, so this can take seconds after a long stall.
+    async fn served_again(&self, n: u64, within: Duration) {
+        let start = self.replies.load(Ordering::Relaxed);
+        let t = Instant::now();
+        while self.replies.load(Ordering::Relaxed) < start + n {
+            assert!(!self.thread.is_finished(), "the client stopped (connection broken?)");
+            assert!(t.elapsed() < within, "the client got no replies for {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn finish(self) -> (Samples, Option<String>, SocketAddr) {
@@ -327,10 +344,24 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     ok(&session, &keys, "b", "t-fail", Step::Prepare { spec: spec.clone() }).await;
     let ckpt = Step::Checkpoint { service: SERVICE.into(), image: "ckpt".into(), leave_running: false, pre_dump: false };
     ok(&session, &keys, "a", "t-fail", ckpt.clone()).await;
-    // Break B's restore: the container image vanishes after Prepare checked it.
-    b.podman_output(["rmi", "-f", &counter.reference], Duration::from_secs(60)).await.expect("rmi on B");
+    // Break B's restore at the CRIU level: something else listens on the service's port in the
+    // prepared namespace, so CRIU cannot bind the restored listening socket.
+    let mut squatter = b
+        .command("ip")
+        .args(["netns", "exec", &format!("mose-{SERVICE}"), "python3", "-c"])
+        .arg(format!("import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',{PORT}))\ns.listen()\nprint('squatting',flush=True)\ntime.sleep(300)"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("port squatter in B's service netns");
+    let mut ready = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(squatter.stdout.take().unwrap()), &mut ready)
+        .await
+        .unwrap();
+    assert_eq!(ready.trim(), "squatting");
     let restore = Step::Restore { spec: spec.clone(), from_agent: "a".into(), image: "ckpt".into() };
-    let err = step(&session, &keys, "b", "t-fail", restore.clone()).await.expect_err("restore without the image must fail");
+    let err = step(&session, &keys, "b", "t-fail", restore.clone()).await.expect_err("restore onto a taken port must fail");
+    squatter.kill().await.expect("stop the squatter");
     println!("restore on B failed as intended: {err}");
     for _ in 0..2 {
         ok(&session, &keys, "b", "t-fail", Step::Abort { service: SERVICE.into() }).await;
@@ -338,13 +369,12 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     ok(&session, &keys, "m", "t-fail", to_a.clone()).await;
     let (_, resume_time) = ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
     ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
+    client.served_again(5, Duration::from_secs(20)).await;
     let t_fail_end = Instant::now();
     assert!(pa.inspect(SERVICE).await.unwrap().state.running, "service runs on A again");
     assert!(!pb.exists(SERVICE).await.unwrap(), "no container left on B");
     assert!(!b.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "no netns left on B");
     assert!(hb.steering().flows(SVC_IP).await.unwrap().is_empty(), "no flows left on B");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    b.load_image(&counter).await.expect("reload the image on B");
 
     // --- 2. The migration A→B in the orchestrator's order.
     let task = "t-ab";
@@ -358,13 +388,13 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     let StepOutcome::Restored { stats: rst } = r.clone() else { panic!("{r:?}") };
     let to_b = Step::SwitchFlow { network: spec.network.clone(), to_agent: "b".into() };
     let (_, switch_t) = ok(&session, &keys, "m", task, to_b).await;
-    let t_switched = Instant::now();
     let (_, release_t) = ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
     let total = t_mig.elapsed();
     // Repeats converge: same outcome, nothing undone.
     assert_eq!(ok(&session, &keys, "b", task, restore).await.0, r, "restore is idempotent");
     ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    client.served_again(50, Duration::from_secs(20)).await;
+    let t_served = Instant::now();
 
     let (samples, error, local) = client.finish();
     assert!(error.is_none(), "the client's connection broke: {error:?} after {} replies", samples.len());
@@ -377,7 +407,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     assert!(!a.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "A released the netns");
 
     let rollback_gap = longest_gap(&samples, t_fail, t_fail_end);
-    let migration_gap = longest_gap(&samples, t_mig, t_switched + Duration::from_millis(900));
+    let migration_gap = longest_gap(&samples, t_mig, t_served);
     println!(
         "COAT A->B ({image_bytes} B image): client-observed downtime {:.0} ms; steps (end to end over Zenoh): \
          describe {:.0} ms, prepare {:.0} ms, checkpoint {:.0} ms (CRIU frozen {:?} us), restore incl. fetch \

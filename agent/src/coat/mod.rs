@@ -29,7 +29,7 @@ use mose_overlay::{HostOverlay, ServiceAddr};
 use mose_protocol::blob::{fetch_to_file, BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
 use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec, Step, StepOutcome};
 use mose_protocol::KeySpace;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 use zenoh::Session;
 
 use crate::profiling::anon_bytes_of_cgroup;
@@ -77,7 +77,17 @@ struct Served {
 }
 
 /// Carries out COAT steps with podman (runtime driver), the OvS overlay and Zenoh blobs.
+///
+/// Each step runs as its own task holding the service's lock: when the caller stops waiting
+/// (the step server's timeout), the step still runs to its end, and the next step on that
+/// service (e.g. Resume after a timed-out Checkpoint) waits for it instead of racing it. A
+/// checkpoint cut off halfway would leave the container frozen without an archive to resume from.
+#[derive(Clone)]
 pub struct CoatExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     podman: Podman,
     overlay: HostOverlay,
     session: Session,
@@ -104,7 +114,7 @@ impl CoatExecutor {
         keys: KeySpace,
         settings: CoatSettings,
     ) -> Self {
-        CoatExecutor {
+        let inner = Inner {
             podman,
             overlay,
             session,
@@ -113,9 +123,14 @@ impl CoatExecutor {
             locks: Mutex::default(),
             served: Mutex::default(),
             restored: Mutex::default(),
+        };
+        CoatExecutor {
+            inner: Arc::new(inner),
         }
     }
+}
 
+impl Inner {
     fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.locks).entry(key).or_default().clone()
     }
@@ -681,17 +696,24 @@ impl StepExecutor for CoatExecutor {
             // Flows belong to the service address, not to a container on this host.
             Step::SwitchFlow { network, .. } => format!("flow {}", network.ip),
         };
-        let op = step.op();
-        let guard = self.lock_for(key);
-        let _held = guard.lock().await;
-        let t0 = Instant::now();
-        let result = self.run(task, step).await;
-        let ms = t0.elapsed().as_millis() as u64;
-        match &result {
-            Ok(_) => info!(op, ms, "step done"),
-            Err(e) => warn!(op, ms, error = %e, "step failed"),
-        }
-        result.map_err(|e| e.to_string())
+        let (inner, task) = (self.inner.clone(), task.to_string());
+        let run = async move {
+            let op = step.op();
+            let service_lock = inner.lock_for(key);
+            let _held = service_lock.lock().await;
+            let t0 = Instant::now();
+            let result = inner.run(&task, step).await;
+            let ms = t0.elapsed().as_millis() as u64;
+            match &result {
+                Ok(_) => info!(op, ms, "step done"),
+                Err(e) => warn!(op, ms, error = %e, "step failed"),
+            }
+            result.map_err(|e| e.to_string())
+        };
+        // Spawned, not awaited in place: see [`CoatExecutor`] on steps outliving their caller.
+        tokio::spawn(run.instrument(tracing::Span::current()))
+            .await
+            .unwrap_or_else(|e| Err(format!("the step's task ended abnormally: {e}")))
     }
 }
 
