@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use mose_protocol::cli::ZenohArgs;
+use mose_protocol::cli::{load_toml, ConfigFileError};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{KeyError, KeySpace};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::tasks::DriverConfig;
 
 /// Default address of the HTTP API (SPEC §8).
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
@@ -34,6 +37,10 @@ pub struct Cli {
     /// migrations are reconciled [default: /var/lib/mose]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Bandwidth source → destination to plan with when the source has no estimate, in bytes
+    /// per second [default: 125000000, 1 Gbit/s]
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub default_bandwidth: Option<u64>,
     #[command(flatten)]
     pub zenoh: ZenohArgs,
 }
@@ -45,6 +52,7 @@ pub struct ConfigFile {
     pub http: Option<SocketAddr>,
     pub prefix: Option<String>,
     pub state_dir: Option<PathBuf>,
+    pub default_bandwidth_bps: Option<u64>,
     pub zenoh: ZenohOptions,
 }
 
@@ -54,6 +62,7 @@ pub struct OrchestratorConfig {
     pub http: SocketAddr,
     pub keys: KeySpace,
     pub state_dir: PathBuf,
+    pub driver: DriverConfig,
     pub zenoh: ZenohOptions,
 }
 
@@ -66,27 +75,17 @@ impl OrchestratorConfig {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("default_bandwidth_bps must be at least 1 byte per second")]
+    ZeroBandwidth,
     #[error("invalid key prefix: {0}")]
     Prefix(#[from] KeyError),
 }
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        Ok(load_toml(path)?)
     }
 }
 
@@ -105,6 +104,14 @@ impl Cli {
                 .expect("DEFAULT_HTTP is a socket address"),
         };
         let prefix = self.prefix.or(file.prefix);
+        let mut driver = DriverConfig::default();
+        if let Some(bandwidth) = self.default_bandwidth.or(file.default_bandwidth_bps) {
+            // The designer needs at least one byte per second to plan with.
+            if bandwidth == 0 {
+                return Err(ConfigError::ZeroBandwidth);
+            }
+            driver.default_bandwidth_bps = bandwidth;
+        }
         Ok(OrchestratorConfig {
             http,
             keys: KeySpace::new(
@@ -116,6 +123,7 @@ impl Cli {
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            driver,
             zenoh: file.zenoh,
         })
     }
@@ -148,6 +156,11 @@ mod tests {
             .settle()
             .unwrap();
         assert_eq!(cfg2.state_dir, Path::new("/tmp/x"));
+        assert_eq!(cfg2.driver.default_bandwidth_bps, 125_000_000);
+        let cfg3 = Cli::parse_from(["mose-orchestrator", "--default-bandwidth", "12500000"])
+            .settle()
+            .unwrap();
+        assert_eq!(cfg3.driver.default_bandwidth_bps, 12_500_000);
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);
@@ -156,6 +169,7 @@ mod tests {
     #[test]
     fn bad_input_is_a_clear_error() {
         assert!(Cli::try_parse_from(["mose-orchestrator", "--http", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["mose-orchestrator", "--default-bandwidth", "0"]).is_err());
         let err = Cli::parse_from(["mose-orchestrator", "--prefix", "a b"])
             .settle()
             .unwrap_err();

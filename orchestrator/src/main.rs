@@ -4,7 +4,7 @@ use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::cli::Cli;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::queryables::QueryServer;
-use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
+use mose_orchestrator::tasks::{Migrations, Store};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         config.keys.clone(),
         registry.view(),
         store,
-        DriverConfig::default(),
+        config.driver.clone(),
     )
     .await?;
     let rpc_server = QueryServer::start(&session, &config.keys, migrations.clone()).await?;

@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 struct Script {
     /// (agent, op) that fails with a reason; a flow switch is named with its target
     /// (`switch-flow->edge2`), so the switch back can still succeed.
-    fail: Option<(String, String)>,
+    fail: Vec<(String, String)>,
     /// (agent, op) that never finishes (the agent's step timeout answers for it).
     hang: Option<(String, String)>,
     /// (agent, op) during which the agent dies: its session closes, nothing answers.
@@ -128,7 +128,7 @@ impl StepExecutor for Scripted {
             .push((task.into(), self.agent.clone(), detail.clone()));
         let script = self.world.script.lock().unwrap().clone();
         let me = Some((self.agent.clone(), detail));
-        if script.fail == me {
+        if me.as_ref().is_some_and(|me| script.fail.contains(me)) {
             return Err(format!("scripted failure of {op}"));
         }
         if script.hang == me {
@@ -450,6 +450,52 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn failures_rollback_or_release_cannot_repair_end_failed_after_retries() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let fail = |pairs: &[(&str, &str)]| Script {
+        fail: pairs
+            .iter()
+            .map(|(a, o)| (a.to_string(), o.to_string()))
+            .collect(),
+        ..Script::default()
+    };
+
+    // The source cannot resume: the service may run nowhere, so the task says so loudly.
+    rig.world
+        .set(fail(&[("edge2", "restore"), ("edge1", "resume")]));
+    let task = rig.submit().await;
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Failed, "{done:#?}");
+    let error = done.error.unwrap();
+    assert!(
+        error.contains("rollback incomplete") && error.contains("resume on edge1 failed 2 times"),
+        "{error}"
+    );
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(
+        calls.iter().filter(|c| *c == "edge1:resume").count(),
+        2,
+        "retried: {calls:?}"
+    );
+
+    // Past the point of no return the source is only ever released, never resumed.
+    rig.world.set(fail(&[("edge1", "release")]));
+    let task = rig.submit().await;
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Failed, "{done:#?}");
+    assert!(done
+        .error
+        .unwrap()
+        .contains("runs at edge2, but edge1 did not release"));
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(calls[..HAPPY.len()], HAPPY);
+    assert_eq!(calls[HAPPY.len()..], ["edge1:release"]);
+    assert!(!calls
+        .iter()
+        .any(|c| c.ends_with("resume") || c.ends_with("abort")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
     for (agent, op) in [
@@ -459,7 +505,7 @@ async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
         ("drone", "switch-flow->edge2"),
     ] {
         rig.world.set(Script {
-            fail: Some((agent.into(), op.into())),
+            fail: vec![(agent.into(), op.into())],
             ..Script::default()
         });
         let task = rig.submit().await;
