@@ -1,6 +1,33 @@
 //! What every MOSE binary shares on its command line: Zenoh flags, logging, shutdown.
 
+use std::path::{Path, PathBuf};
+
 use crate::transport::ZenohOptions;
+
+/// A config file that cannot be read or parsed; names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Reads a TOML config file into `T` (whose unknown keys should be refused by
+/// `#[serde(deny_unknown_fields)]`).
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigFileError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
 
 /// Command-line flags that override [`ZenohOptions`] (shared by every MOSE binary).
 #[derive(Debug, Clone, Default, clap::Args)]
