@@ -150,7 +150,10 @@ impl AgentNode {
     }
 
     /// Changes the profile (e.g. after calibration) and publishes it.
-    pub async fn update_profile(&self, change: impl FnOnce(&mut AgentProfile)) -> Result<(), NodeError> {
+    pub async fn update_profile(
+        &self,
+        change: impl FnOnce(&mut AgentProfile),
+    ) -> Result<(), NodeError> {
         let updated = {
             let mut p = self.profile.write().unwrap_or_else(|p| p.into_inner());
             change(&mut p);

@@ -167,7 +167,7 @@ fn soft_dirty(entry: u64) -> bool {
 
 /// Write one page of ours and read its pagemap entry: a kernel that tracks dirty pages marks
 /// it soft-dirty (new and written pages always are). No `clear_refs`: its success proves nothing.
-fn kernel_soft_dirty(page: usize) -> Result<bool, String> {
+pub(crate) fn kernel_soft_dirty(page: usize) -> Result<bool, String> {
     let mut buf = vec![0u8; 2 * page];
     let base = buf.as_mut_ptr() as usize;
     let aligned = base.div_ceil(page) * page;
