@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use mose_protocol::messages::Role;
 use mose_protocol::cli::ZenohArgs;
+use mose_protocol::messages::Role;
 
 use crate::config::{AgentConfig, ConfigError, ConfigFile};
 
@@ -90,7 +90,11 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "id = \"from-file\"\nrole = \"mobile\"\n[zenoh]\nlease_ms = 3000").unwrap();
+        writeln!(
+            f,
+            "id = \"from-file\"\nrole = \"mobile\"\n[zenoh]\nlease_ms = 3000"
+        )
+        .unwrap();
         let cli = Cli::parse_from([
             "mose-agent",
             "--config",
@@ -111,7 +115,10 @@ mod tests {
         assert_eq!(cfg.zenoh.lease_ms, 3000);
         assert!(!cfg.zenoh.multicast_scouting);
         assert_eq!(cfg.zenoh.connect, vec!["tcp/127.0.0.1:7447".to_string()]);
-        assert_eq!(cfg.flow_ports.get("edge-b").map(String::as_str), Some("to-b"));
+        assert_eq!(
+            cfg.flow_ports.get("edge-b").map(String::as_str),
+            Some("to-b")
+        );
         assert_eq!(cfg.work_dir, PathBuf::from("/tmp/w"));
     }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mose_protocol::cli::{load_toml, ConfigFileError};
 use mose_protocol::messages::Role;
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{KeyError, KeySpace};
@@ -31,13 +32,8 @@ pub struct ConfigFile {
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("invalid agent id: {0}")]
     Id(KeyError),
     #[error("invalid key prefix: {0}")]
@@ -80,14 +76,7 @@ pub struct AgentConfig {
 impl ConfigFile {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        Ok(load_toml(path)?)
     }
 
     /// Fills the defaults and checks every value.
@@ -188,7 +177,10 @@ mod tests {
         assert_eq!(cfg.zenoh.lease_ms, 2000);
         assert_eq!(cfg.ovs_bridge, "br-edge");
         assert_eq!(cfg.work_dir, PathBuf::from("/srv/mose"));
-        assert_eq!(cfg.flow_ports.get("edge-a").map(String::as_str), Some("to-a"));
+        assert_eq!(
+            cfg.flow_ports.get("edge-a").map(String::as_str),
+            Some("to-a")
+        );
     }
 
     #[test]

@@ -19,16 +19,30 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
-    let session = config.zenoh.open().await.context("joining the MOSE network")?;
+    let session = config
+        .zenoh
+        .open()
+        .await
+        .context("joining the MOSE network")?;
     // The podman client connects lazily: a mobile host without podman still serves its steps
     // (switch-flow needs only OvS), and the others fail with the socket's name in the error.
     let podman = Podman::new(&config.podman_socket).context("podman API client")?;
-    let overlay = HostOverlay::new(&config.ovsdb_socket, &config.ovs_rundir, config.ovs_bridge.clone());
+    let overlay = HostOverlay::new(
+        &config.ovsdb_socket,
+        &config.ovs_rundir,
+        config.ovs_bridge.clone(),
+    );
     let settings = CoatSettings {
         flow_ports: config.flow_ports.clone(),
         ..CoatSettings::new(&config.work_dir)
     };
-    let executor = CoatExecutor::new(podman.clone(), overlay, session.clone(), config.keys.clone(), settings);
+    let executor = CoatExecutor::new(
+        podman.clone(),
+        overlay,
+        session.clone(),
+        config.keys.clone(),
+        settings,
+    );
     // Steps are served before the profile is announced: whoever sees the agent can use it.
     let _steps = StepServer::start(&session, &config.keys, &config.id, Arc::new(executor)).await?;
     let profile = AgentProfile {
@@ -54,7 +68,8 @@ async fn run() -> anyhow::Result<()> {
         ..ProbeOptions::default()
     };
     let report = runtime::probe(&podman, &probe_options).await;
-    node.update_profile(|p| p.capabilities = report.capabilities).await?;
+    node.update_profile(|p| p.capabilities = report.capabilities)
+        .await?;
     mose_protocol::cli::shutdown_signal().await?;
     tracing::info!("shutting down");
     node.close().await;

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use mose_agent::runtime::{CreateSpec, HostLimits, Netns, Podman};
 use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
 use mose_overlay::{connect_wire, HostOverlay};
-use mose_protocol::messages::{ServiceNetwork, ServiceSpec, Step, StepOutcome, StepReply, StepRequest};
+use mose_protocol::messages::{
+    ServiceNetwork, ServiceSpec, Step, StepOutcome, StepReply, StepRequest,
+};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{decode, encode, KeySpace};
 use mose_testbed::{Host, Lan};
@@ -97,26 +99,35 @@ impl Lab {
 }
 
 fn overlay_of(host: &Host) -> HostOverlay {
-    HostOverlay::for_instance(host.ovs().expect("OvS started"), "br0").with_host_netns(host.netns_path())
+    HostOverlay::for_instance(host.ovs().expect("OvS started"), "br0")
+        .with_host_netns(host.netns_path())
 }
 
 /// Start `mose-agent` inside `host`, listening on its LAN address and connected to `peers`.
 fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&str]) -> Child {
     let ovs = host.ovs().expect("OvS started");
     let mut c = host.command(env!("CARGO_BIN_EXE_mose-agent"));
-    c.args(["--id", id, "--role", role, "--no-multicast", "--ovs-bridge", "br0"])
-        .args(["--listen", &format!("tcp/{}:7447", host.addr())])
-        .args(["--podman-socket", "/run/podman/podman.sock"])
-        .arg("--ovsdb-socket")
-        .arg(ovs.db_socket())
-        .arg("--ovs-rundir")
-        .arg(ovs.rundir())
-        // /var/tmp is private to each emulated host; /var/lib/mose-agent would be shared.
-        .args(["--work-dir", "/var/tmp/mose-agent"])
-        .args(extra)
-        .env("RUST_LOG", "info,zenoh=warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    c.args([
+        "--id",
+        id,
+        "--role",
+        role,
+        "--no-multicast",
+        "--ovs-bridge",
+        "br0",
+    ])
+    .args(["--listen", &format!("tcp/{}:7447", host.addr())])
+    .args(["--podman-socket", "/run/podman/podman.sock"])
+    .arg("--ovsdb-socket")
+    .arg(ovs.db_socket())
+    .arg("--ovs-rundir")
+    .arg(ovs.rundir())
+    // /var/tmp is private to each emulated host; /var/lib/mose-agent would be shared.
+    .args(["--work-dir", "/var/tmp/mose-agent"])
+    .args(extra)
+    .env("RUST_LOG", "info,zenoh=warn")
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
     for p in peers {
         c.args(["--connect", &format!("tcp/{p}:7447")]);
     }
@@ -124,9 +135,19 @@ fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&
 }
 
 /// One step on one agent, as the orchestrator's `AgentRpc::call` sends it.
-async fn step(session: &Session, keys: &KeySpace, agent: &str, task: &str, step: Step) -> Result<StepOutcome, String> {
+async fn step(
+    session: &Session,
+    keys: &KeySpace,
+    agent: &str,
+    task: &str,
+    step: Step,
+) -> Result<StepOutcome, String> {
     let op = step.op();
-    let request = StepRequest { task: task.into(), step, timeout_ms: STEP_TIMEOUT.as_millis() as u64 };
+    let request = StepRequest {
+        task: task.into(),
+        step,
+        timeout_ms: STEP_TIMEOUT.as_millis() as u64,
+    };
     let replies = session
         .get(keys.agent_rpc(agent, op))
         .payload(encode(&request).unwrap())
@@ -134,18 +155,34 @@ async fn step(session: &Session, keys: &KeySpace, agent: &str, task: &str, step:
         .timeout(STEP_TIMEOUT + Duration::from_secs(2))
         .await
         .map_err(|e| format!("get: {e}"))?;
-    let reply = replies.recv_async().await.map_err(|_| format!("agent {agent} did not answer {op}"))?;
-    let sample = reply.result().map_err(|e| format!("agent {agent} refused {op}: {:?}", e.payload().try_to_string()))?;
+    let reply = replies
+        .recv_async()
+        .await
+        .map_err(|_| format!("agent {agent} did not answer {op}"))?;
+    let sample = reply.result().map_err(|e| {
+        format!(
+            "agent {agent} refused {op}: {:?}",
+            e.payload().try_to_string()
+        )
+    })?;
     let reply: StepReply = decode(&sample.payload().to_bytes()).map_err(|e| e.to_string())?;
     assert_eq!(reply.task, task);
     reply.result.map_err(|f| f.reason)
 }
 
 /// A step that must succeed; returns its outcome and how long it took end to end.
-async fn ok(session: &Session, keys: &KeySpace, agent: &str, task: &str, s: Step) -> (StepOutcome, Duration) {
+async fn ok(
+    session: &Session,
+    keys: &KeySpace,
+    agent: &str,
+    task: &str,
+    s: Step,
+) -> (StepOutcome, Duration) {
     let op = s.op();
     let t = Instant::now();
-    let out = step(session, keys, agent, task, s).await.unwrap_or_else(|e| panic!("{op} on {agent}: {e}"));
+    let out = step(session, keys, agent, task, s)
+        .await
+        .unwrap_or_else(|e| panic!("{op} on {agent}: {e}"));
     (out, t.elapsed())
 }
 
@@ -153,12 +190,17 @@ async fn ok(session: &Session, keys: &KeySpace, agent: &str, task: &str, s: Step
 async fn wait_ready(session: &Session, keys: &KeySpace, agent: &str) {
     let t = Instant::now();
     loop {
-        let probe = Step::Describe { service: "no-such-service".into() };
+        let probe = Step::Describe {
+            service: "no-such-service".into(),
+        };
         match step(session, keys, agent, "ready", probe).await {
             Err(e) if e.contains("did not answer") || e.starts_with("get:") => {}
             _ => return,
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "agent {agent} never answered");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "agent {agent} never answered"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -179,7 +221,11 @@ impl Client {
         let mut stream = None;
         // The service needs a moment to listen after its container started.
         for _ in 0..100 {
-            match netns::in_netns(ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(1))).await {
+            match netns::in_netns(ns, move || {
+                TcpStream::connect_timeout(&to, Duration::from_secs(1))
+            })
+            .await
+            {
                 Ok(s) => {
                     stream = Some(s);
                     break;
@@ -203,7 +249,13 @@ impl Client {
                 let mut line = String::new();
                 let res = w.write_all(b"tick\n").and_then(|()| r.read_line(&mut line));
                 match res {
-                    Ok(0) => return (samples, Some("connection closed by the service".into()), local),
+                    Ok(0) => {
+                        return (
+                            samples,
+                            Some("connection closed by the service".into()),
+                            local,
+                        )
+                    }
                     Ok(_) => match line.trim().parse() {
                         Ok(n) => {
                             samples.push((sent, Instant::now(), n));
@@ -217,7 +269,11 @@ impl Client {
             }
             (samples, None, local)
         });
-        Client { stop, replies, thread }
+        Client {
+            stop,
+            replies,
+            thread,
+        }
     }
 
     /// Waits until `n` more replies arrived: the client is served again. Its TCP retransmission
@@ -226,8 +282,14 @@ impl Client {
         let start = self.replies.load(Ordering::Relaxed);
         let t = Instant::now();
         while self.replies.load(Ordering::Relaxed) < start + n {
-            assert!(!self.thread.is_finished(), "the client stopped (connection broken?)");
-            assert!(t.elapsed() < within, "the client got no replies for {within:?}");
+            assert!(
+                !self.thread.is_finished(),
+                "the client stopped (connection broken?)"
+            );
+            assert!(
+                t.elapsed() < within,
+                "the client got no replies for {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -265,9 +327,16 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
 
     // --- Three hosts, each with OvS br0; A and B with podman and the image.
     let lan = Lan::create(PREFIX).await.expect("LAN");
-    let mut lab = Lab { agents: Vec::new(), client_ns: None, hosts: Vec::new(), lan: None };
+    let mut lab = Lab {
+        agents: Vec::new(),
+        client_ns: None,
+        hosts: Vec::new(),
+        lan: None,
+    };
     for (i, name) in ["a", "b", "m"].into_iter().enumerate() {
-        let mut h = Host::create(name, &lan, lan.host_addr(i as u8).unwrap()).await.expect("host");
+        let mut h = Host::create(name, &lan, lan.host_addr(i as u8).unwrap())
+            .await
+            .expect("host");
         h.start_ovs().await.expect("OvS");
         if name != "m" {
             h.start_podman_service().await.expect("podman service");
@@ -279,21 +348,43 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     lab.lan = Some(lan);
     let (a, b, m) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
     let (hb, hm) = (overlay_of(b), overlay_of(m));
-    connect_wire(&hm, "to-a", &overlay_of(a), "to-m").await.expect("wire M-A");
-    connect_wire(&hm, "to-b", &hb, "to-m").await.expect("wire M-B");
+    connect_wire(&hm, "to-a", &overlay_of(a), "to-m")
+        .await
+        .expect("wire M-A");
+    connect_wire(&hm, "to-b", &hb, "to-m")
+        .await
+        .expect("wire M-B");
     let lan_bridge = lab.lan.as_ref().unwrap().bridge().to_string();
     run_cmd("ip", &["addr", "add", TEST_LAN_IP, "dev", &lan_bridge]);
 
     // --- The agents, and the test's own Zenoh session on the LAN.
     let addrs = [a.addr(), b.addr(), m.addr()];
-    let others = |i: usize| addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect::<Vec<_>>();
-    lab.agents.push(spawn_agent(a, "a", "edge", &others(0), &[]));
-    lab.agents.push(spawn_agent(b, "b", "edge", &others(1), &[]));
-    lab.agents.push(spawn_agent(m, "m", "mobile", &others(2), &["--flow-port", "a=to-a", "--flow-port", "b=to-b"]));
-    let session = ZenohOptions::explicit(vec![], addrs.iter().map(|a| format!("tcp/{a}:7447")).collect())
-        .open()
-        .await
-        .expect("test session");
+    let others = |i: usize| {
+        addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| *a)
+            .collect::<Vec<_>>()
+    };
+    lab.agents
+        .push(spawn_agent(a, "a", "edge", &others(0), &[]));
+    lab.agents
+        .push(spawn_agent(b, "b", "edge", &others(1), &[]));
+    lab.agents.push(spawn_agent(
+        m,
+        "m",
+        "mobile",
+        &others(2),
+        &["--flow-port", "a=to-a", "--flow-port", "b=to-b"],
+    ));
+    let session = ZenohOptions::explicit(
+        vec![],
+        addrs.iter().map(|a| format!("tcp/{a}:7447")).collect(),
+    )
+    .open()
+    .await
+    .expect("test session");
     let keys = KeySpace::new("mose").unwrap();
     for id in ["a", "b", "m"] {
         wait_ready(&session, &keys, id).await;
@@ -307,8 +398,19 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         client_ip: Some(CLIENT_IP),
         client_mac: Some(mac_of(CLIENT_IP)),
     };
-    let spec = ServiceSpec { name: SERVICE.into(), image: counter.reference.clone(), network: network.clone() };
-    ok(&session, &keys, "a", "place", Step::Prepare { spec: spec.clone() }).await;
+    let spec = ServiceSpec {
+        name: SERVICE.into(),
+        image: counter.reference.clone(),
+        network: network.clone(),
+    };
+    ok(
+        &session,
+        &keys,
+        "a",
+        "place",
+        Step::Prepare { spec: spec.clone() },
+    )
+    .await;
     let pa = Podman::new(a.podman_socket()).unwrap();
     let pb = Podman::new(b.podman_socket()).unwrap();
     pa.create(&CreateSpec {
@@ -321,28 +423,70 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     .await
     .expect("create the service on A");
     pa.start(SERVICE).await.expect("start the service on A");
-    let to_a = Step::SwitchFlow { network: network.clone(), to_agent: "a".into() };
+    let to_a = Step::SwitchFlow {
+        network: network.clone(),
+        to_agent: "a".into(),
+    };
     ok(&session, &keys, "m", "place", to_a.clone()).await;
 
     // The client's namespace on M, with the service's neighbour entry pre-loaded.
-    let mut cli = EndpointSpec::new(client_netns(), "cli", CLIENT_IP, 24, MacAddr(mac_of(CLIENT_IP)));
-    cli.neighbours.push(Neighbour { ip: SVC_IP, mac: MacAddr(mac_of(SVC_IP)) });
+    let mut cli = EndpointSpec::new(
+        client_netns(),
+        "cli",
+        CLIENT_IP,
+        24,
+        MacAddr(mac_of(CLIENT_IP)),
+    );
+    cli.neighbours.push(Neighbour {
+        ip: SVC_IP,
+        mac: MacAddr(mac_of(SVC_IP)),
+    });
     let cli = hm.add_endpoint(&cli).await.expect("client endpoint");
     lab.client_ns = Some(cli.endpoint.netns_path.clone());
     let client = Client::start(&cli.endpoint.netns_path, SocketAddr::from((SVC_IP, PORT))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // --- Describe reads the identity back, the client included.
-    let (described, _) = ok(&session, &keys, "a", "t-fail", Step::Describe { service: SERVICE.into() }).await;
-    let StepOutcome::Described { spec: got, state_bytes } = described else { panic!("{described:?}") };
-    assert_eq!(got, spec, "describe reports what the service was placed with");
+    let (described, _) = ok(
+        &session,
+        &keys,
+        "a",
+        "t-fail",
+        Step::Describe {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
+    let StepOutcome::Described {
+        spec: got,
+        state_bytes,
+    } = described
+    else {
+        panic!("{described:?}")
+    };
+    assert_eq!(
+        got, spec,
+        "describe reports what the service was placed with"
+    );
     assert!(state_bytes > 0, "state size from the cgroup");
     println!("describe: {SERVICE} {SVC_IP} state {state_bytes} B");
 
     // --- 1. Restore fails on B → Abort(B), flow back to A, Resume(A).
     let t_fail = Instant::now();
-    ok(&session, &keys, "b", "t-fail", Step::Prepare { spec: spec.clone() }).await;
-    let ckpt = Step::Checkpoint { service: SERVICE.into(), image: "ckpt".into(), leave_running: false, pre_dump: false };
+    ok(
+        &session,
+        &keys,
+        "b",
+        "t-fail",
+        Step::Prepare { spec: spec.clone() },
+    )
+    .await;
+    let ckpt = Step::Checkpoint {
+        service: SERVICE.into(),
+        image: "ckpt".into(),
+        leave_running: false,
+        pre_dump: false,
+    };
     ok(&session, &keys, "a", "t-fail", ckpt.clone()).await;
     // Break B's restore at the CRIU level: something else listens on the service's port in the
     // prepared namespace, so CRIU cannot bind the restored listening socket.
@@ -355,56 +499,172 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         .spawn()
         .expect("port squatter in B's service netns");
     let mut ready = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(squatter.stdout.take().unwrap()), &mut ready)
-        .await
-        .unwrap();
+    tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(squatter.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .await
+    .unwrap();
     assert_eq!(ready.trim(), "squatting");
-    let restore = Step::Restore { spec: spec.clone(), from_agent: "a".into(), image: "ckpt".into() };
-    let err = step(&session, &keys, "b", "t-fail", restore.clone()).await.expect_err("restore onto a taken port must fail");
+    let restore = Step::Restore {
+        spec: spec.clone(),
+        from_agent: "a".into(),
+        image: "ckpt".into(),
+    };
+    let err = step(&session, &keys, "b", "t-fail", restore.clone())
+        .await
+        .expect_err("restore onto a taken port must fail");
     squatter.kill().await.expect("stop the squatter");
     println!("restore on B failed as intended: {err}");
     for _ in 0..2 {
-        ok(&session, &keys, "b", "t-fail", Step::Abort { service: SERVICE.into() }).await;
+        ok(
+            &session,
+            &keys,
+            "b",
+            "t-fail",
+            Step::Abort {
+                service: SERVICE.into(),
+            },
+        )
+        .await;
     }
     ok(&session, &keys, "m", "t-fail", to_a.clone()).await;
-    let (_, resume_time) = ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
-    ok(&session, &keys, "a", "t-fail", Step::Resume { service: SERVICE.into() }).await;
+    let (_, resume_time) = ok(
+        &session,
+        &keys,
+        "a",
+        "t-fail",
+        Step::Resume {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
+    ok(
+        &session,
+        &keys,
+        "a",
+        "t-fail",
+        Step::Resume {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
     client.served_again(5, Duration::from_secs(20)).await;
     let t_fail_end = Instant::now();
-    assert!(pa.inspect(SERVICE).await.unwrap().state.running, "service runs on A again");
+    assert!(
+        pa.inspect(SERVICE).await.unwrap().state.running,
+        "service runs on A again"
+    );
     assert!(!pb.exists(SERVICE).await.unwrap(), "no container left on B");
-    assert!(!b.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "no netns left on B");
-    assert!(hb.steering().flows(SVC_IP).await.unwrap().is_empty(), "no flows left on B");
+    assert!(
+        !b.outside_path(format!("/run/netns/mose-{SERVICE}"))
+            .unwrap()
+            .exists(),
+        "no netns left on B"
+    );
+    assert!(
+        hb.steering().flows(SVC_IP).await.unwrap().is_empty(),
+        "no flows left on B"
+    );
 
     // --- 2. The migration A→B in the orchestrator's order.
     let task = "t-ab";
     let t_mig = Instant::now();
-    let (d, describe_t) = ok(&session, &keys, "a", task, Step::Describe { service: SERVICE.into() }).await;
-    let StepOutcome::Described { spec, .. } = d else { panic!("{d:?}") };
-    let (_, prepare_t) = ok(&session, &keys, "b", task, Step::Prepare { spec: spec.clone() }).await;
+    let (d, describe_t) = ok(
+        &session,
+        &keys,
+        "a",
+        task,
+        Step::Describe {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
+    let StepOutcome::Described { spec, .. } = d else {
+        panic!("{d:?}")
+    };
+    let (_, prepare_t) = ok(
+        &session,
+        &keys,
+        "b",
+        task,
+        Step::Prepare { spec: spec.clone() },
+    )
+    .await;
     let (c, checkpoint_t) = ok(&session, &keys, "a", task, ckpt.clone()).await;
-    let StepOutcome::Checkpointed { image_bytes, stats: dump } = c else { panic!("{c:?}") };
+    let StepOutcome::Checkpointed {
+        image_bytes,
+        stats: dump,
+    } = c
+    else {
+        panic!("{c:?}")
+    };
     let (r, restore_t) = ok(&session, &keys, "b", task, restore.clone()).await;
-    let StepOutcome::Restored { stats: rst } = r.clone() else { panic!("{r:?}") };
-    let to_b = Step::SwitchFlow { network: spec.network.clone(), to_agent: "b".into() };
+    let StepOutcome::Restored { stats: rst } = r.clone() else {
+        panic!("{r:?}")
+    };
+    let to_b = Step::SwitchFlow {
+        network: spec.network.clone(),
+        to_agent: "b".into(),
+    };
     let (_, switch_t) = ok(&session, &keys, "m", task, to_b).await;
-    let (_, release_t) = ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
+    let (_, release_t) = ok(
+        &session,
+        &keys,
+        "a",
+        task,
+        Step::Release {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
     let total = t_mig.elapsed();
     // Repeats converge: same outcome, nothing undone.
-    assert_eq!(ok(&session, &keys, "b", task, restore).await.0, r, "restore is idempotent");
-    ok(&session, &keys, "a", task, Step::Release { service: SERVICE.into() }).await;
+    assert_eq!(
+        ok(&session, &keys, "b", task, restore).await.0,
+        r,
+        "restore is idempotent"
+    );
+    ok(
+        &session,
+        &keys,
+        "a",
+        task,
+        Step::Release {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
     client.served_again(50, Duration::from_secs(20)).await;
     let t_served = Instant::now();
 
     let (samples, error, local) = client.finish();
-    assert!(error.is_none(), "the client's connection broke: {error:?} after {} replies", samples.len());
+    assert!(
+        error.is_none(),
+        "the client's connection broke: {error:?} after {} replies",
+        samples.len()
+    );
     assert!(samples.len() > 100, "{} replies", samples.len());
     let counts: Vec<u64> = samples.iter().map(|s| s.2).collect();
-    assert!(counts.windows(2).all(|w| w[1] == w[0] + 1), "the count jumps or resets: {counts:?}");
+    assert!(
+        counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count jumps or resets: {counts:?}"
+    );
     assert_eq!(local.ip(), std::net::IpAddr::V4(CLIENT_IP));
-    assert!(pb.inspect(SERVICE).await.unwrap().state.running, "service runs on B");
-    assert!(!pa.exists(SERVICE).await.unwrap(), "A released the container");
-    assert!(!a.outside_path(format!("/run/netns/mose-{SERVICE}")).unwrap().exists(), "A released the netns");
+    assert!(
+        pb.inspect(SERVICE).await.unwrap().state.running,
+        "service runs on B"
+    );
+    assert!(
+        !pa.exists(SERVICE).await.unwrap(),
+        "A released the container"
+    );
+    assert!(
+        !a.outside_path(format!("/run/netns/mose-{SERVICE}"))
+            .unwrap()
+            .exists(),
+        "A released the netns"
+    );
 
     let rollback_gap = longest_gap(&samples, t_fail, t_fail_end);
     let migration_gap = longest_gap(&samples, t_mig, t_served);
@@ -435,10 +695,21 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
 
     session.close().await.ok();
     lab.destroy().await;
-    assert!(mose_testbed::leftovers(PREFIX).is_empty(), "left: {:?}", mose_testbed::leftovers(PREFIX));
+    assert!(
+        mose_testbed::leftovers(PREFIX).is_empty(),
+        "left: {:?}",
+        mose_testbed::leftovers(PREFIX)
+    );
 }
 
 fn run_cmd(program: &str, args: &[&str]) {
-    let out = std::process::Command::new(program).args(args).output().expect("spawn");
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

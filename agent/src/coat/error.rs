@@ -63,7 +63,10 @@ pub(crate) fn blob(what: impl Into<String>) -> impl FnOnce(BlobError) -> CoatErr
     move |source| CoatError::Blob { what, source }
 }
 
-pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CoatError {
+pub(crate) fn io(
+    what: impl Into<String>,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> CoatError {
     let (what, path) = (what.into(), path.into());
     move |source| CoatError::Io { what, path, source }
 }

@@ -791,9 +791,17 @@ fn cgroup_dir(text: &str) -> Option<PathBuf> {
     let v1 = text.lines().find_map(|l| {
         let mut f = l.splitn(3, ':');
         let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        ctrls.split(',').any(|c| c == "memory").then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
     });
-    v1.or_else(|| text.lines().find_map(|l| l.strip_prefix("0::").map(|p| Path::new("/sys/fs/cgroup").join(rel(p)))))
+    v1.or_else(|| {
+        text.lines().find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| Path::new("/sys/fs/cgroup").join(rel(p)))
+        })
+    })
 }
 
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {

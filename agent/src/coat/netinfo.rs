@@ -28,7 +28,10 @@ pub async fn read(netns: &Path, ifname: &str) -> Result<NetIdentity> {
     let name = ifname.to_string();
     mose_overlay::netns::in_netns(netns, move || read_here(&name))
         .await
-        .map_err(overlay(format!("read the address of {ifname} in {}", netns.display())))
+        .map_err(overlay(format!(
+            "read the address of {ifname} in {}",
+            netns.display()
+        )))
 }
 
 /// Runs on a thread inside the namespace.
@@ -36,8 +39,18 @@ fn read_here(ifname: &str) -> io::Result<NetIdentity> {
     let (ip, prefix_len, mac) = interface_addrs(ifname)?;
     let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
     let arp = std::fs::read_to_string("/proc/thread-self/net/arp")?;
-    let client = pick_client(ip, prefix_len, &established_peers(&tcp), &complete_neighbours(&arp, ifname));
-    Ok(NetIdentity { ip, prefix_len, mac, client })
+    let client = pick_client(
+        ip,
+        prefix_len,
+        &established_peers(&tcp),
+        &complete_neighbours(&arp, ifname),
+    );
+    Ok(NetIdentity {
+        ip,
+        prefix_len,
+        mac,
+        client,
+    })
 }
 
 /// First IPv4 address (with prefix length) and the MAC of `ifname`.
@@ -55,7 +68,10 @@ fn interface_addrs(ifname: &str) -> io::Result<(Ipv4Addr, u8, [u8; 6])> {
         unsafe {
             let ifa = &*cur;
             cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() || CStr::from_ptr(ifa.ifa_name).to_bytes() != ifname.as_bytes() {
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_name.is_null()
+                || CStr::from_ptr(ifa.ifa_name).to_bytes() != ifname.as_bytes()
+            {
                 continue;
             }
             match i32::from((*ifa.ifa_addr).sa_family) {
@@ -85,8 +101,14 @@ fn interface_addrs(ifname: &str) -> io::Result<(Ipv4Addr, u8, [u8; 6])> {
     unsafe { libc::freeifaddrs(head) };
     match (ip, mac) {
         (Some((ip, prefix)), Some(mac)) => Ok((ip, prefix, mac)),
-        (None, _) => Err(io::Error::new(io::ErrorKind::NotFound, format!("{ifname} has no IPv4 address"))),
-        (_, None) => Err(io::Error::new(io::ErrorKind::NotFound, format!("{ifname} has no MAC (no such interface?)"))),
+        (None, _) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{ifname} has no IPv4 address"),
+        )),
+        (_, None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{ifname} has no MAC (no such interface?)"),
+        )),
     }
 }
 
@@ -102,7 +124,9 @@ fn established_peers(tcp: &str) -> Vec<Ipv4Addr> {
             }
             let (hex, _port) = f.get(2)?.split_once(':')?;
             // The kernel prints the network-order address as a native-endian u32.
-            u32::from_str_radix(hex, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+            u32::from_str_radix(hex, 16)
+                .ok()
+                .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
         })
         .collect()
 }
@@ -141,7 +165,9 @@ fn pick_client(
     peers: &[Ipv4Addr],
     neighbours: &[(Ipv4Addr, [u8; 6])],
 ) -> Option<(Ipv4Addr, [u8; 6])> {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
     let on_link = |a: Ipv4Addr| a != ip && (u32::from(a) & mask) == (u32::from(ip) & mask);
     let mac_of = |a: Ipv4Addr| neighbours.iter().find(|(n, _)| *n == a).map(|(_, m)| *m);
     peers
@@ -164,7 +190,8 @@ mod tests {
    1: 644D0A0A:1B58 024D0A0A:A3F2 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
    2: 644D0A0A:1B58 0900000A:A3F3 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
 ";
-    const ARP: &str = "IP address       HW type     Flags       HW address            Mask     Device
+    const ARP: &str =
+        "IP address       HW type     Flags       HW address            Mask     Device
 10.77.0.2        0x1         0x2         02:00:0a:4d:00:02     *        eth0
 10.77.0.3        0x1         0x0         00:00:00:00:00:00     *        eth0
 10.77.0.4        0x1         0x2         02:00:0a:4d:00:04     *        eth1
@@ -181,9 +208,15 @@ mod tests {
     #[test]
     fn only_resolved_neighbours_of_the_interface_count() {
         let n = complete_neighbours(ARP, "eth0");
-        assert_eq!(n, vec![(Ipv4Addr::new(10, 77, 0, 2), [2, 0, 0x0a, 0x4d, 0, 2])]);
+        assert_eq!(
+            n,
+            vec![(Ipv4Addr::new(10, 77, 0, 2), [2, 0, 0x0a, 0x4d, 0, 2])]
+        );
         assert!(complete_neighbours("header only\n", "eth0").is_empty());
-        assert!(complete_neighbours("h\ngarbage line\n1.2.3.4 0x1 zz 02:00 * eth0\n", "eth0").is_empty());
+        assert!(
+            complete_neighbours("h\ngarbage line\n1.2.3.4 0x1 zz 02:00 * eth0\n", "eth0")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -192,9 +225,15 @@ mod tests {
         let mac = [2, 0, 0x0a, 0x4d, 0, 2];
         let other = (Ipv4Addr::new(10, 77, 0, 5), [2, 0, 0, 0, 0, 5]);
         // Connected peer wins over another resolved neighbour.
-        assert_eq!(pick_client(SVC, 24, &[client], &[other, (client, mac)]), Some((client, mac)));
+        assert_eq!(
+            pick_client(SVC, 24, &[client], &[other, (client, mac)]),
+            Some((client, mac))
+        );
         // Off-link peers (behind a gateway) are not the client whose neighbour entry matters.
-        assert_eq!(pick_client(SVC, 24, &[Ipv4Addr::new(10, 0, 0, 9)], &[other]), Some(other));
+        assert_eq!(
+            pick_client(SVC, 24, &[Ipv4Addr::new(10, 0, 0, 9)], &[other]),
+            Some(other)
+        );
         // No connection and several neighbours: ambiguous, none.
         assert_eq!(pick_client(SVC, 24, &[], &[other, (client, mac)]), None);
         assert_eq!(pick_client(SVC, 0, &[], &[]), None);
