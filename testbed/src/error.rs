@@ -34,6 +34,9 @@ pub enum TestbedError {
     /// The host's Open vSwitch could not be started or stopped.
     #[error("open vswitch: {0}")]
     Ovs(#[from] mose_overlay::OverlayError),
+    /// The orchestrator's HTTP API refused a call or could not be reached.
+    #[error("orchestrator API: {0}")]
+    Api(#[from] mose_orchestrator::client::ClientError),
 }
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;

@@ -32,8 +32,8 @@ use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::images::BuiltImage;
 use crate::lan::Lan;
-use mose_agent::runtime::HostLimits;
 use crate::sys;
+use mose_agent::runtime::HostLimits;
 
 /// Where the namespace files of every host are bind-mounted (a private mount, see [`sys::ensure_private_mount`]).
 pub const RUN_BASE: &str = "/run/mose-testbed";
@@ -635,6 +635,17 @@ impl Host {
                 problems.join("; ")
             )))
         }
+    }
+
+    /// Leave the host running after this process exits (`mose-testbed up`): no teardown on
+    /// drop, the podman service and OvS keep running; [`crate::sweep_stale`] (`mose-testbed
+    /// down`) removes it later, from what is on disk.
+    pub fn persist(mut self) {
+        self.torn_down = true;
+        // Their own Drops would stop them (kill_on_drop, OvsInstance's Drop): hand them over
+        // to the system instead; the sweep finds them by namespace and state directory.
+        std::mem::forget(self.podman_service.take());
+        std::mem::forget(self.ovs.take());
     }
 
     /// SIGTERM the API service and give it time to finish what it does: killing it mid-request can

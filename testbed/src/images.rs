@@ -78,11 +78,8 @@ pub struct ImageBuilder {
 
 impl Default for ImageBuilder {
     fn default() -> Self {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let target = workspace.join("target/testbed");
+        let workspace = crate::workspace_dir();
+        let target = crate::out_dir();
         ImageBuilder {
             target_dir: target.join("workloads-static"),
             out_dir: target.join("images"),

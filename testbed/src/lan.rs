@@ -262,6 +262,12 @@ impl Lan {
         Ok(())
     }
 
+    /// Keep the bridge after this process exits (`mose-testbed up`); [`crate::sweep_stale`]
+    /// deletes it later.
+    pub fn persist(mut self) {
+        self.torn_down = true;
+    }
+
     /// Delete the bridge (hosts' veths are deleted by the hosts).
     pub async fn destroy(mut self) -> Result<()> {
         self.torn_down = true;

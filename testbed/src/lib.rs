@@ -7,11 +7,16 @@
 //!
 //! See `docs/testbed.md` for the model, the addressing and measured timings.
 
+pub mod client;
 mod cmd;
+pub mod demo;
 pub mod error;
+pub mod fourhost;
 pub mod host;
 pub mod images;
 pub mod lan;
+pub mod plot;
+pub mod report;
 mod sweep;
 mod sys;
 
@@ -24,3 +29,16 @@ pub use sweep::{leftovers, sweep_stale, SweepReport};
 /// Name prefix of everything the testbed CLI makes; tests use longer prefixes that start with it,
 /// so `mose-testbed down` (which sweeps this prefix) also clears what crashed tests left.
 pub const DEFAULT_PREFIX: &str = "mtb-";
+
+/// The cargo workspace this crate was built in (holds `testbed/`, `target/`).
+pub fn workspace_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `target/testbed`: images, `state.json`, logs, the report and the plot.
+pub fn out_dir() -> std::path::PathBuf {
+    workspace_dir().join("target/testbed")
+}

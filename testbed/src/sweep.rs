@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use mose_overlay::netns::NETNS_DIR;
+
 use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::host::{teardown_sync, RUN_BASE, STATE_BASE};
@@ -14,7 +16,7 @@ use crate::sys;
 pub struct SweepReport {
     /// Full names of hosts torn down.
     pub hosts: Vec<String>,
-    /// Root-namespace interfaces deleted (bridges, veths).
+    /// Root-namespace interfaces (bridges, veths) and `/run/netns` namespaces deleted.
     pub links: Vec<String>,
     /// Things that could not be removed, with the reason.
     pub problems: Vec<String>,
@@ -59,6 +61,12 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
                 .map(|e| format!("directory {base}/{e}")),
         );
     }
+    // Endpoint namespaces the testbed keeps in the machine's /run/netns (the four-host client).
+    v.extend(
+        entries_with_prefix(Path::new(NETNS_DIR), prefix)
+            .into_iter()
+            .map(|e| format!("namespace {NETNS_DIR}/{e}")),
+    );
     v.extend(
         sys::link_names()
             .into_iter()
@@ -101,6 +109,16 @@ fn sweep_sync(prefix: &str) -> SweepReport {
                 .map(|p| format!("{h}: {p}")),
         );
         report.hosts.push(h);
+    }
+    // Namespaces the testbed made in the machine's /run/netns (the four-host client's); their
+    // veths go with them.
+    match mose_overlay::netns::sweep_netns(Path::new(NETNS_DIR), prefix) {
+        Ok(names) => report
+            .links
+            .extend(names.into_iter().map(|n| format!("{NETNS_DIR}/{n}"))),
+        Err(e) => report
+            .problems
+            .push(format!("sweep namespaces {NETNS_DIR}/{prefix}*: {e}")),
     }
     // Bridges last: veths first so nothing is enslaved while the bridge goes.
     let mut links: Vec<String> = sys::link_names()

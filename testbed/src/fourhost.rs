@@ -1,0 +1,886 @@
+//! The paper's four hosts, emulated (SPEC §1, issue 8): **edge1** (source edge), **edge2**
+//! (destination edge), **mobile** (the client's device) and **ctrl** (the edge controller).
+//!
+//! ```text
+//!  root namespace: <prefix>br (LAN bridge, no address)   <prefix>api 10.98.N.1/30 ── HTTP API
+//!        │ eth0 10.99.0.10   │ eth0 .11           │ eth0 .12            │ eth0 .13   │
+//!   ┌────┴──────┐      ┌─────┴─────┐       ┌──────┴──────┐       ┌──────┴──────────┴─┐
+//!   │ edge1     │      │ edge2     │       │ mobile      │       │ ctrl   api0 .N.2  │
+//!   │ mose-agent│      │ mose-agent│       │ mose-agent  │       │ mose-orchestrator │
+//!   │ podman    │      │ podman    │       │ client netns│       └───────────────────┘
+//!   │ OvS br0   │      │ OvS br0   │       │ OvS br0     │
+//!   └─┬─────────┘      └─┬─────────┘       └┬──────────┬─┘
+//!     │to-mobile         │to-mobile   to-edge1│        │to-edge2     (veth wires: a star
+//!     └──────────────────┼────────────────────┘        │              around the mobile host)
+//!                        └─────────────────────────────┘
+//! ```
+//!
+//! * The LAN (`10.99.0.0/24`) carries the control plane: Zenoh between the agents and the
+//!   orchestrator, found by **multicast scouting on each host's eth0** (no endpoints configured),
+//!   and the checkpoint images.
+//! * The overlay (`10.88.0.0/24`, on the OvS bridges and their wires) carries the service
+//!   traffic: the counter service in the namespace `/run/netns/mose-counter` of the host that
+//!   runs it (10.88.0.100, MAC derived from it), the client in a namespace on the mobile host
+//!   (10.88.0.2). The mobile bridge steers the service's IP/ARP/MAC toward the edge host that
+//!   runs it (docs/overlay.md).
+//! * The orchestrator's HTTP API listens on a point-to-point veth between the root namespace and
+//!   ctrl (`10.98.N.0/30`), so it is reachable from here without giving the root namespace a
+//!   foot on the LAN, where scouting happens.
+//!
+//! Everything is named `<prefix>*` or lives inside the hosts, so [`crate::sweep_stale`] (`down`)
+//! removes all of it, also after a crash. [`FourHost`]'s `Drop` tears down what it made when a
+//! step fails half-way.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mose_agent::coat::{host_ifname, netns_name};
+use mose_agent::runtime::{CreateSpec, Netns, Podman};
+use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::registry::AgentView;
+use mose_overlay::{connect_wire, EndpointSpec, HostOverlay, MacAddr, Neighbour, ServiceAddr};
+use serde::{Deserialize, Serialize};
+use tokio::process::Child;
+
+use crate::cmd;
+use crate::error::{Result, TestbedError};
+use crate::host::Host;
+use crate::images::{BuiltImage, ImageBuilder, COUNTER};
+use crate::lan::Lan;
+
+/// Agent ids and host names (the same): source edge, destination edge, mobile device.
+pub const EDGE1: &str = "edge1";
+pub const EDGE2: &str = "edge2";
+pub const MOBILE: &str = "mobile";
+/// The edge controller's host name (short: `<prefix><name>` must fit an interface name).
+pub const CONTROLLER: &str = "ctrl";
+/// The edge hosts, in the order the demo migrates between them.
+pub const EDGES: [&str; 2] = [EDGE1, EDGE2];
+
+/// The stateful service the testbed deploys.
+pub const SERVICE: &str = "counter";
+/// Its TCP port (the counter image's).
+pub const SERVICE_PORT: u16 = 7000;
+/// Service address on the overlay (same on every host it runs on).
+pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
+/// The mobile client's address on the overlay.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+/// Prefix length of the overlay subnet.
+pub const OVERLAY_PREFIX_LEN: u8 = 24;
+/// Every host's OvS bridge (the agents' default `--ovs-bridge`).
+pub const BRIDGE: &str = "br0";
+/// Port of the orchestrator's HTTP API.
+pub const API_PORT: u16 = 7070;
+/// Name of the client's namespace (under `/run/netns`), after the prefix: swept with it.
+const CLIENT_NETNS_SUFFIX: &str = "cli";
+/// Inside ctrl, the API link's end.
+const API_IFNAME: &str = "api0";
+/// How long agents may take to be listed with their profiles (capability probes run at start).
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The agent's port toward an edge host on the mobile bridge (`--flow-port <edge>=to-<edge>`).
+pub fn port_toward(edge: &str) -> String {
+    format!("to-{edge}")
+}
+/// The edge bridges' port toward the mobile host.
+const PORT_TO_MOBILE: &str = "to-mobile";
+
+/// A MAC derived from an overlay address (the same rule as the LAN's, `02:00:<ip>`).
+pub fn overlay_mac(ip: Ipv4Addr) -> MacAddr {
+    let o = ip.octets();
+    MacAddr([2, 0, o[0], o[1], o[2], o[3]])
+}
+
+/// The binaries the testbed runs inside its hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub orchestrator: PathBuf,
+    /// `mose-testbed` itself: runs the service-placement helper inside edge1.
+    pub testbed: PathBuf,
+}
+
+impl Binaries {
+    /// `mose-agent` and `mose-orchestrator` in `dir` (a cargo profile directory such as
+    /// `target/release`), with `testbed` as the helper. Fails naming what is missing.
+    pub fn in_dir(dir: &Path, testbed: PathBuf) -> Result<Self> {
+        let b = Binaries {
+            agent: dir.join("mose-agent"),
+            orchestrator: dir.join("mose-orchestrator"),
+            testbed,
+        };
+        for p in [&b.agent, &b.orchestrator, &b.testbed] {
+            if !p.is_file() {
+                return Err(TestbedError::State(format!(
+                    "{} is missing: build it with `cargo build -p mose-agent -p mose-orchestrator` \
+                     (same profile as mose-testbed)",
+                    p.display()
+                )));
+            }
+        }
+        Ok(b)
+    }
+
+    /// `cargo build -p mose-agent -p mose-orchestrator` into the cargo profile directory
+    /// `profile_dir` (`<target>/debug` or `<target>/release`, the profile follows the name), run
+    /// from `workspace`. Cargo does nothing when they are up to date; a lock wait behind another
+    /// build is normal.
+    pub async fn build(workspace: &Path, profile_dir: &Path) -> Result<()> {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let target = profile_dir.parent().ok_or_else(|| {
+            TestbedError::Invalid(format!("{} has no parent", profile_dir.display()))
+        })?;
+        let mut c =
+            tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(workspace)
+            .args(["build", "-p", "mose-agent", "-p", "mose-orchestrator"])
+            .env("CARGO_TARGET_DIR", target);
+        match profile {
+            "release" => {
+                c.arg("--release");
+            }
+            "debug" => {}
+            other => {
+                return Err(TestbedError::Invalid(format!(
+                    "cannot tell the cargo profile of {} (`{other}`); build mose-agent and \
+                     mose-orchestrator yourself and pass --no-build",
+                    profile_dir.display()
+                )))
+            }
+        }
+        // Progress on the terminal: a first build of zenoh takes minutes.
+        c.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        let shown = cmd::show(&c);
+        let status = c
+            .status()
+            .await
+            .map_err(|e| TestbedError::io(format!("run `{shown}`"), e))?;
+        if !status.success() {
+            return Err(TestbedError::Command {
+                command: shown,
+                status: status.to_string(),
+                stderr: "see the compiler output above".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a four-host testbed is made of.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name prefix of everything made (`mtb-` for the CLI); ≤ 10 characters of [a-z0-9-].
+    pub prefix: String,
+    pub binaries: Binaries,
+    /// `target/testbed`: `state.json`, `logs/`, the report and the plot.
+    pub out_dir: PathBuf,
+    /// N of the API link `10.98.N.0/30` (differs between testbeds that run at the same time).
+    pub api_net: u8,
+    /// Zenoh lease of agents and orchestrator (how fast a vanished host is noticed).
+    pub lease_ms: u64,
+}
+
+impl Config {
+    /// The API link: (root side, ctrl side) addresses.
+    fn api_addrs(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (
+            Ipv4Addr::new(10, 98, self.api_net, 1),
+            Ipv4Addr::new(10, 98, self.api_net, 2),
+        )
+    }
+    /// The root-namespace end of the API link (named with the prefix: the sweep removes it).
+    fn api_link(&self) -> String {
+        format!("{}api", self.prefix)
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.out_dir.join("state.json")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.out_dir.join("logs")
+    }
+}
+
+/// One host as `state.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    pub name: String,
+    pub full_name: String,
+    pub lan_addr: Ipv4Addr,
+    /// What runs there: `edge`, `mobile` or `controller`.
+    pub role: String,
+    /// The podman API socket as seen from the root namespace (edge hosts).
+    pub podman_socket: Option<PathBuf>,
+}
+
+/// What later commands (`status`, `down`, the demo) need to know about a running testbed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub prefix: String,
+    /// `http://10.98.N.2:7070`, reachable from the root namespace.
+    pub api_url: String,
+    pub hosts: Vec<HostState>,
+    pub service: String,
+    pub service_addr: SocketAddr,
+    /// The client's namespace on the mobile host (`/run/netns/<prefix>cli`).
+    pub client_netns: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl State {
+    /// Read `state.json` (written by `up`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            TestbedError::io(
+                format!(
+                    "read {} (is the testbed up? `mose-testbed up`)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| TestbedError::Parse {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| TestbedError::State(format!("encode the testbed state: {e}")))?;
+        std::fs::write(path, json)
+            .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
+    }
+
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.api_url)
+    }
+
+    /// The edge host the service runs on now, asked from the hosts' podman (not remembered):
+    /// `None` if it runs nowhere.
+    pub async fn service_location(&self) -> Result<Option<String>> {
+        for h in &self.hosts {
+            let Some(sock) = &h.podman_socket else {
+                continue;
+            };
+            let podman = Podman::new(sock.clone())
+                .map_err(|e| TestbedError::State(format!("podman client for {}: {e}", h.name)))?;
+            let running = match podman.exists(&self.service).await {
+                Ok(true) => podman
+                    .inspect(&self.service)
+                    .await
+                    .map(|i| i.state.running)
+                    .unwrap_or(false),
+                Ok(false) => false,
+                Err(e) => {
+                    return Err(TestbedError::State(format!(
+                        "ask podman on {} about {}: {e}",
+                        h.name, self.service
+                    )))
+                }
+            };
+            if running {
+                return Ok(Some(h.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The `status` text: hosts, agents (from the API), where the service runs.
+    pub async fn status(&self) -> String {
+        let mut out = String::from("hosts:\n");
+        for h in &self.hosts {
+            let up = Path::new(crate::host::RUN_BASE).join(&h.full_name).is_dir();
+            out.push_str(&format!(
+                "  {:<8} {:<11} {:<15} {}\n",
+                h.name,
+                h.role,
+                h.lan_addr,
+                if up { "up" } else { "GONE" }
+            ));
+        }
+        out.push_str(&format!("\nagents ({}):\n", self.api_url));
+        match self.api().agents().await {
+            Ok(agents) => out.push_str(&mose_orchestrator::client::agents_table(&agents)),
+            Err(e) => out.push_str(&format!("  {e}\n")),
+        }
+        out.push_str(&format!(
+            "\nservice {} at {} (client namespace {}): ",
+            self.service,
+            self.service_addr,
+            self.client_netns.display()
+        ));
+        match self.service_location().await {
+            Ok(Some(h)) => out.push_str(&format!("running on {h}\n")),
+            Ok(None) => out.push_str("not running on any edge host\n"),
+            Err(e) => out.push_str(&format!("unknown: {e}\n")),
+        }
+        out
+    }
+}
+
+/// What the service-placement helper does inside an edge host (`mose-testbed place-endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub netns: String,
+    pub host_ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: [u8; 6],
+    /// The client, pre-loaded as a neighbour (COAT: no ARP wait after a restore).
+    pub client_ip: Ipv4Addr,
+    pub client_mac: [u8; 6],
+    pub ovsdb_socket: PathBuf,
+    pub ovs_rundir: PathBuf,
+    pub bridge: String,
+}
+
+impl Placement {
+    /// Run inside the host (its network **and mount** namespace, so the service's namespace is
+    /// made at the host's own `/run/netns/<netns>`, the path podman and the agents use there):
+    /// the endpoint with its fixed IP/MAC on the bridge, and the flows for it on the local
+    /// bridge, as the agent's Prepare does on a destination. Returns the OpenFlow port.
+    pub async fn apply_here(&self) -> Result<u32> {
+        let overlay = HostOverlay::new(&self.ovsdb_socket, &self.ovs_rundir, &self.bridge);
+        let mut spec = EndpointSpec::new(
+            &self.netns,
+            &self.host_ifname,
+            self.ip,
+            self.prefix_len,
+            MacAddr(self.mac),
+        );
+        spec.neighbours.push(Neighbour {
+            ip: self.client_ip,
+            mac: MacAddr(self.client_mac),
+        });
+        let attached = overlay.add_endpoint(&spec).await?;
+        overlay
+            .steer(
+                ServiceAddr {
+                    ip: self.ip,
+                    mac: MacAddr(self.mac),
+                },
+                attached.ofport,
+            )
+            .await?;
+        Ok(attached.ofport)
+    }
+}
+
+/// A running four-host testbed. Dropping it tears everything down (agents and orchestrator
+/// first, then the hosts, then the LAN); [`FourHost::persist`] leaves it running instead.
+pub struct FourHost {
+    cfg: Config,
+    state: State,
+    /// (what, process) of the agents and the orchestrator.
+    processes: Vec<(String, Child)>,
+    client_netns: Option<PathBuf>,
+    api_link: Option<String>,
+    /// Field order = drop order: the hosts before the LAN they hang on.
+    hosts: Vec<Host>,
+    lan: Option<Lan>,
+}
+
+/// Timings of `up`, for the log and the docs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpTimings {
+    pub images_ms: u64,
+    pub hosts_ms: u64,
+    pub wiring_ms: u64,
+    pub discovery_ms: u64,
+    pub service_ms: u64,
+}
+
+fn since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+impl FourHost {
+    /// Bring the four hosts up (see the module docs), wait until the orchestrator lists the three
+    /// agents with their profiles, deploy the counter on edge1 with the mobile flow toward it,
+    /// and write `state.json`. On failure everything made so far is removed.
+    pub async fn up(cfg: Config) -> Result<(FourHost, UpTimings)> {
+        let mut timings = UpTimings::default();
+        crate::host::validate_name("prefix", &cfg.prefix, crate::lan::MAX_PREFIX_LEN)?;
+        for dir in [cfg.out_dir.clone(), cfg.log_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| TestbedError::io(format!("create {}", dir.display()), e))?;
+        }
+        let t = Instant::now();
+        let images = ImageBuilder::default().build_all().await?;
+        timings.images_ms = since(t);
+
+        let t = Instant::now();
+        let lan = Lan::create(&cfg.prefix).await?;
+        let (api_root, api_ctrl) = cfg.api_addrs();
+        let mut tb = FourHost {
+            state: State {
+                prefix: cfg.prefix.clone(),
+                api_url: format!("http://{api_ctrl}:{API_PORT}"),
+                hosts: Vec::new(),
+                service: SERVICE.into(),
+                service_addr: SocketAddr::from((SERVICE_IP, SERVICE_PORT)),
+                client_netns: mose_overlay::netns::netns_path(
+                    Path::new(mose_overlay::netns::NETNS_DIR),
+                    &format!("{}{CLIENT_NETNS_SUFFIX}", cfg.prefix),
+                ),
+                log_dir: cfg.log_dir(),
+            },
+            cfg,
+            processes: Vec::new(),
+            client_netns: None,
+            api_link: None,
+            hosts: Vec::new(),
+            lan: None,
+        };
+        for (i, (name, role)) in [
+            (EDGE1, "edge"),
+            (EDGE2, "edge"),
+            (MOBILE, "mobile"),
+            (CONTROLLER, "controller"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut h = Host::create(name, &lan, lan.host_addr(i as u8)?).await?;
+            let mut podman_socket = None;
+            if role != "controller" {
+                h.start_ovs().await?;
+                overlay_of(&h)?.ensure_bridge().await?;
+            }
+            if role == "edge" {
+                podman_socket = Some(h.start_podman_service().await?);
+                for image in &images {
+                    h.load_image(image).await?;
+                }
+            }
+            tb.state.hosts.push(HostState {
+                name: name.into(),
+                full_name: h.full_name().into(),
+                lan_addr: h.addr(),
+                role: role.into(),
+                podman_socket,
+            });
+            tb.hosts.push(h);
+        }
+        tb.lan = Some(lan);
+        timings.hosts_ms = since(t);
+
+        let t = Instant::now();
+        let mobile = overlay_of(tb.host(MOBILE)?)?;
+        for edge in EDGES {
+            connect_wire(
+                &mobile,
+                &port_toward(edge),
+                &overlay_of(tb.host(edge)?)?,
+                PORT_TO_MOBILE,
+            )
+            .await?;
+        }
+        tb.make_api_link(api_root, api_ctrl).await?;
+        timings.wiring_ms = since(t);
+
+        let t = Instant::now();
+        tb.start_processes(api_ctrl)?;
+        tb.wait_for_agents().await?;
+        timings.discovery_ms = since(t);
+
+        let t = Instant::now();
+        let counter = images
+            .iter()
+            .find(|i| i.spec == COUNTER)
+            .ok_or_else(|| TestbedError::State("the counter image was not built".into()))?;
+        tb.deploy_service(counter).await?;
+        timings.service_ms = since(t);
+        tb.state.save(&tb.cfg.state_file())?;
+        Ok((tb, timings))
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name() == name)
+            .ok_or_else(|| TestbedError::Invalid(format!("no host `{name}` in the testbed")))
+    }
+
+    /// A veth between the root namespace and ctrl, addressed as a /30: the HTTP API's path.
+    async fn make_api_link(&mut self, root: Ipv4Addr, ctrl: Ipv4Addr) -> Result<()> {
+        let link = self.cfg.api_link();
+        let ctrl_host = self.host(CONTROLLER)?;
+        let netns = ctrl_host.netns_path().to_string_lossy().into_owned();
+        cmd::run(
+            "ip",
+            [
+                "link", "add", &link, "type", "veth", "peer", "name", API_IFNAME, "netns", &netns,
+            ],
+        )
+        .await?;
+        self.api_link = Some(link.clone());
+        crate::lan::disable_ipv6(&link);
+        cmd::run("ip", ["addr", "add", &format!("{root}/30"), "dev", &link]).await?;
+        cmd::run("ip", ["link", "set", &link, "up"]).await?;
+        let ctrl_host = self.host(CONTROLLER)?;
+        ctrl_host
+            .run(
+                "ip",
+                ["addr", "add", &format!("{ctrl}/30"), "dev", API_IFNAME],
+            )
+            .await?;
+        ctrl_host
+            .run("ip", ["link", "set", API_IFNAME, "up"])
+            .await?;
+        Ok(())
+    }
+
+    /// Spawn `program args` inside `host`, its output to `<logs>/<host>-<what>.log`.
+    fn spawn_in(&mut self, host: &str, what: &str, program: &Path, args: &[String]) -> Result<()> {
+        let log_path = self.cfg.log_dir().join(format!("{host}-{what}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| TestbedError::io(format!("create {}", log_path.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| TestbedError::io("duplicate log file handle", e))?;
+        let mut c = self.host(host)?.command(program);
+        c.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,zenoh=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = c
+            .spawn()
+            .map_err(|e| TestbedError::io(format!("start {} in {host}", program.display()), e))?;
+        tracing::info!(host, what, log = %log_path.display(), "started");
+        self.processes.push((format!("{what} on {host}"), child));
+        Ok(())
+    }
+
+    fn start_processes(&mut self, api_ctrl: Ipv4Addr) -> Result<()> {
+        let lease = self.cfg.lease_ms.to_string();
+        // Scouting only on the LAN interface of each host (never in the root namespace).
+        let zenoh = ["--multicast-interface", "eth0", "--lease-ms", &lease].map(String::from);
+        let mut args: Vec<String> = vec![
+            "--http".into(),
+            format!("{api_ctrl}:{API_PORT}"),
+            // /var/tmp is private to each emulated host (/var/lib is shared with the machine).
+            "--state-dir".into(),
+            "/var/tmp/mose-orchestrator".into(),
+        ];
+        args.extend(zenoh.iter().cloned());
+        let orchestrator = self.cfg.binaries.orchestrator.clone();
+        self.spawn_in(CONTROLLER, "orchestrator", &orchestrator, &args)?;
+        for (id, role) in [(EDGE1, "edge"), (EDGE2, "edge"), (MOBILE, "mobile")] {
+            let ovs = self
+                .host(id)?
+                .ovs()
+                .ok_or_else(|| TestbedError::State(format!("OvS of {id} is not running")))?;
+            let mut args: Vec<String> = vec![
+                "--id".into(),
+                id.into(),
+                "--role".into(),
+                role.into(),
+                "--ovs-bridge".into(),
+                BRIDGE.into(),
+                "--ovsdb-socket".into(),
+                ovs.db_socket().to_string_lossy().into_owned(),
+                "--ovs-rundir".into(),
+                ovs.rundir().to_string_lossy().into_owned(),
+                "--work-dir".into(),
+                "/var/tmp/mose-agent".into(),
+            ];
+            if role == "edge" {
+                args.extend([
+                    "--podman-socket".into(),
+                    crate::host::PODMAN_SOCKET_INSIDE.into(),
+                ]);
+            } else {
+                for edge in EDGES {
+                    args.extend([
+                        "--flow-port".into(),
+                        format!("{edge}={}", port_toward(edge)),
+                    ]);
+                }
+            }
+            args.extend(zenoh.iter().cloned());
+            let agent = self.cfg.binaries.agent.clone();
+            self.spawn_in(id, "agent", &agent, &args)?;
+        }
+        Ok(())
+    }
+
+    /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile.
+    async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
+        let api = self.state.api();
+        let t = Instant::now();
+        let mut last;
+        loop {
+            if let Some((what, status)) = self
+                .processes
+                .iter_mut()
+                .find_map(|(w, c)| c.try_wait().ok().flatten().map(|s| (w.clone(), s)))
+            {
+                return Err(TestbedError::State(format!(
+                    "{what} exited ({status}) during start-up; see {}",
+                    self.cfg.log_dir().display()
+                )));
+            }
+            match api.agents().await {
+                Ok(agents) => {
+                    let ready = [EDGE1, EDGE2, MOBILE]
+                        .iter()
+                        .all(|id| agents.iter().any(|a| a.id == *id && a.profile.is_some()));
+                    if ready {
+                        tracing::info!(ms = since(t), "all agents discovered with profiles");
+                        return Ok(agents);
+                    }
+                    last = format!(
+                        "listed: {:?}",
+                        agents
+                            .iter()
+                            .map(|a| format!(
+                                "{}{}",
+                                a.id,
+                                if a.profile.is_some() {
+                                    ""
+                                } else {
+                                    " (no profile)"
+                                }
+                            ))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if t.elapsed() > DISCOVERY_TIMEOUT {
+                return Err(TestbedError::Timeout {
+                    what: format!(
+                        "the orchestrator to list {EDGE1}, {EDGE2} and {MOBILE} with profiles ({last}); \
+                         logs in {}",
+                        self.cfg.log_dir().display()
+                    ),
+                    after_ms: DISCOVERY_TIMEOUT.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The counter on edge1 in its service namespace, the mobile flow toward edge1, and the
+    /// client's namespace on the mobile host.
+    async fn deploy_service(&mut self, counter: &BuiltImage) -> Result<()> {
+        let edge1 = self.host(EDGE1)?;
+        let ovs = edge1
+            .ovs()
+            .ok_or_else(|| TestbedError::State(format!("OvS of {EDGE1} is not running")))?;
+        let placement = Placement {
+            netns: netns_name(SERVICE),
+            host_ifname: host_ifname(SERVICE),
+            ip: SERVICE_IP,
+            prefix_len: OVERLAY_PREFIX_LEN,
+            mac: overlay_mac(SERVICE_IP).0,
+            client_ip: CLIENT_IP,
+            client_mac: overlay_mac(CLIENT_IP).0,
+            ovsdb_socket: ovs.db_socket(),
+            ovs_rundir: ovs.rundir().to_path_buf(),
+            bridge: BRIDGE.into(),
+        };
+        let json = serde_json::to_string(&placement)
+            .map_err(|e| TestbedError::State(format!("encode the placement: {e}")))?;
+        // In edge1's mount namespace: the service namespace must be at edge1's own /run/netns.
+        let mut c = edge1.command(&self.cfg.binaries.testbed);
+        c.args(["place-endpoint", &json]);
+        cmd::output(c, cmd::SHORT).await?;
+
+        let podman = Podman::new(edge1.podman_socket())
+            .map_err(|e| TestbedError::State(format!("podman client for {EDGE1}: {e}")))?;
+        let spec = CreateSpec {
+            name: SERVICE.into(),
+            image: counter.reference.clone(),
+            netns: Netns::Path(Path::new("/run/netns").join(netns_name(SERVICE))),
+            ulimits: edge1.limits().container_ulimits(),
+            ..CreateSpec::default()
+        };
+        let podman_err = |what: &str, e: mose_agent::runtime::RuntimeError| {
+            TestbedError::State(format!("{what} {SERVICE} on {EDGE1}: {e}"))
+        };
+        podman
+            .create(&spec)
+            .await
+            .map_err(|e| podman_err("create", e))?;
+        podman
+            .start(SERVICE)
+            .await
+            .map_err(|e| podman_err("start", e))?;
+
+        let mobile = overlay_of(self.host(MOBILE)?)?;
+        let svc = ServiceAddr {
+            ip: SERVICE_IP,
+            mac: overlay_mac(SERVICE_IP),
+        };
+        mobile
+            .steer(svc, mobile.ofport(&port_toward(EDGE1)).await?)
+            .await?;
+        let mut cli = EndpointSpec::new(
+            format!("{}{CLIENT_NETNS_SUFFIX}", self.cfg.prefix),
+            CLIENT_NETNS_SUFFIX,
+            CLIENT_IP,
+            OVERLAY_PREFIX_LEN,
+            overlay_mac(CLIENT_IP),
+        );
+        cli.neighbours.push(Neighbour {
+            ip: SERVICE_IP,
+            mac: overlay_mac(SERVICE_IP),
+        });
+        let attached = mobile.add_endpoint(&cli).await?;
+        self.client_netns = Some(attached.endpoint.netns_path);
+        Ok(())
+    }
+
+    /// Leave everything running after this process exits (`mose-testbed up`); `down` removes it.
+    pub fn persist(mut self) {
+        // Dropping a tokio Child without kill_on_drop leaves the process running.
+        self.processes.clear();
+        self.client_netns = None;
+        self.api_link = None;
+        for h in self.hosts.drain(..) {
+            h.persist();
+        }
+        if let Some(lan) = self.lan.take() {
+            lan.persist();
+        }
+    }
+
+    /// Orderly teardown with errors reported (what `Drop` does, best effort, on failures).
+    pub async fn destroy(mut self) -> Result<()> {
+        let mut problems = self.stop_root_side();
+        for h in self.hosts.drain(..) {
+            if let Err(e) = h.destroy().await {
+                problems.push(e.to_string());
+            }
+        }
+        if let Some(lan) = self.lan.take() {
+            if let Err(e) = lan.destroy().await {
+                problems.push(e.to_string());
+            }
+        }
+        let _ = std::fs::remove_file(self.cfg.state_file());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TestbedError::State(format!(
+                "teardown left problems: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// Kill the agents and the orchestrator, delete the client namespace and the API link: what
+    /// the hosts' own teardown does not cover (or should not wait for).
+    fn stop_root_side(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (what, mut c) in self.processes.drain(..) {
+            if let Err(e) = c.start_kill() {
+                // Already gone is fine: it is what we want.
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    problems.push(format!("stop {what}: {e}"));
+                }
+            }
+        }
+        if let Some(ns) = self.client_netns.take() {
+            if let Err(e) = mose_overlay::netns::delete_netns(&ns) {
+                problems.push(format!("delete {}: {e}", ns.display()));
+            }
+        }
+        if let Some(link) = self.api_link.take() {
+            if crate::sys::link_names().contains(&link) {
+                if let Err(e) = cmd::run_sync("ip", &["link", "del", &link], cmd::SHORT) {
+                    problems.push(e);
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl Drop for FourHost {
+    fn drop(&mut self) {
+        let problems = self.stop_root_side();
+        if !problems.is_empty() {
+            tracing::warn!(
+                ?problems,
+                "four-host testbed torn down on drop, with problems"
+            );
+        }
+        // The hosts and the LAN follow through their own Drops; state.json would be stale.
+        if !self.hosts.is_empty() {
+            let _ = std::fs::remove_file(self.cfg.state_file());
+        }
+    }
+}
+
+/// The overlay handle of a host's OvS, driven from the root namespace.
+fn overlay_of(host: &Host) -> Result<HostOverlay> {
+    let ovs = host.ovs().ok_or_else(|| {
+        TestbedError::State(format!("OvS of {} is not running", host.full_name()))
+    })?;
+    Ok(HostOverlay::for_instance(ovs, BRIDGE).with_host_netns(host.netns_path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_survives_its_trip_through_the_command_line() {
+        let p = Placement {
+            netns: netns_name(SERVICE),
+            host_ifname: host_ifname(SERVICE),
+            ip: SERVICE_IP,
+            prefix_len: OVERLAY_PREFIX_LEN,
+            mac: overlay_mac(SERVICE_IP).0,
+            client_ip: CLIENT_IP,
+            client_mac: overlay_mac(CLIENT_IP).0,
+            ovsdb_socket: "/x/db.sock".into(),
+            ovs_rundir: "/x".into(),
+            bridge: BRIDGE.into(),
+        };
+        let back: Placement = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(p.netns, "mose-counter");
+        assert_eq!(p.host_ifname, "mv-counter");
+        assert_eq!(p.mac, [2, 0, 10, 88, 0, 100]);
+    }
+
+    #[test]
+    fn names_fit_interface_names_with_the_cli_prefix() {
+        let cfg = Config {
+            prefix: crate::DEFAULT_PREFIX.into(),
+            binaries: Binaries {
+                agent: "a".into(),
+                orchestrator: "o".into(),
+                testbed: "t".into(),
+            },
+            out_dir: "/tmp/x".into(),
+            api_net: 0,
+            lease_ms: 1000,
+        };
+        for name in [EDGE1, EDGE2, MOBILE, CONTROLLER] {
+            assert!(cfg.prefix.len() + name.len() <= 15, "{name}");
+        }
+        assert!(cfg.api_link().len() <= 15);
+        assert_eq!(
+            cfg.api_addrs(),
+            (Ipv4Addr::new(10, 98, 0, 1), Ipv4Addr::new(10, 98, 0, 2))
+        );
+    }
+}
