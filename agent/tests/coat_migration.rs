@@ -13,7 +13,8 @@
 //! Proves, with a client sending a request every 10 ms on ONE TCP connection:
 //! 1. a failed restore on B (CRIU cannot bind the service's port), then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
 //!    running on A with the client still served and nothing of it on B;
-//! 2. the migration A→B keeps the same connection and the count continues without a jump.
+//! 2. the migrations A→B→A keep the same connection and the count continues without a jump;
+//! 3. bad requests (unknown flow target, pre-dump, missing service, bad name) fail with the reason.
 //!
 //! Run: `sudo -E cargo test -p mose-agent --test coat_migration -- --nocapture`
 
@@ -567,76 +568,75 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         "no flows left on B"
     );
 
-    // --- 2. The migration A→B in the orchestrator's order.
-    let task = "t-ab";
-    let t_mig = Instant::now();
-    let (d, describe_t) = ok(
-        &session,
-        &keys,
-        "a",
-        task,
-        Step::Describe {
-            service: SERVICE.into(),
-        },
-    )
-    .await;
-    let StepOutcome::Described { spec, .. } = d else {
-        panic!("{d:?}")
-    };
-    let (_, prepare_t) = ok(
-        &session,
-        &keys,
-        "b",
-        task,
-        Step::Prepare { spec: spec.clone() },
-    )
-    .await;
-    let (c, checkpoint_t) = ok(&session, &keys, "a", task, ckpt.clone()).await;
-    let StepOutcome::Checkpointed {
-        image_bytes,
-        stats: dump,
-    } = c
-    else {
-        panic!("{c:?}")
-    };
-    let (r, restore_t) = ok(&session, &keys, "b", task, restore.clone()).await;
-    let StepOutcome::Restored { stats: rst } = r.clone() else {
-        panic!("{r:?}")
-    };
-    let to_b = Step::SwitchFlow {
-        network: spec.network.clone(),
-        to_agent: "b".into(),
-    };
-    let (_, switch_t) = ok(&session, &keys, "m", task, to_b).await;
-    let (_, release_t) = ok(
-        &session,
-        &keys,
-        "a",
-        task,
-        Step::Release {
-            service: SERVICE.into(),
-        },
-    )
-    .await;
-    let total = t_mig.elapsed();
-    // Repeats converge: same outcome, nothing undone.
-    assert_eq!(
-        ok(&session, &keys, "b", task, restore).await.0,
-        r,
-        "restore is idempotent"
-    );
-    ok(
-        &session,
-        &keys,
-        "a",
-        task,
-        Step::Release {
-            service: SERVICE.into(),
-        },
-    )
-    .await;
-    client.served_again(50, Duration::from_secs(20)).await;
-    let t_served = Instant::now();
+    // --- 2. A→B→A in the orchestrator's order, on the same client connection.
+    let hosts = [("a", a, &pa), ("b", b, &pb)];
+    let mut migrations = Vec::new();
+    for (task, from, to) in [("t-ab", 0, 1), ("t-ba", 1, 0)] {
+        let mig = migrate(&session, &keys, hosts[from].0, hosts[to].0, task, &client).await;
+        assert!(
+            hosts[to].2.inspect(SERVICE).await.unwrap().state.running,
+            "service runs on {}",
+            hosts[to].0
+        );
+        assert!(
+            !hosts[from].2.exists(SERVICE).await.unwrap(),
+            "{} released the container",
+            hosts[from].0
+        );
+        assert!(
+            !hosts[from]
+                .1
+                .outside_path(format!("/run/netns/mose-{SERVICE}"))
+                .unwrap()
+                .exists(),
+            "{} released the netns",
+            hosts[from].0
+        );
+        migrations.push(mig);
+    }
+
+    // --- Bad requests fail with the reason, and change nothing.
+    let refusals = [
+        (
+            "m",
+            Step::SwitchFlow {
+                network: network.clone(),
+                to_agent: "c".into(),
+            },
+            "no OvS port toward agent c",
+        ),
+        (
+            "a",
+            Step::Checkpoint {
+                service: SERVICE.into(),
+                image: "x".into(),
+                leave_running: true,
+                pre_dump: true,
+            },
+            "pre-dump",
+        ),
+        (
+            "b",
+            Step::Describe {
+                service: SERVICE.into(),
+            },
+            "no container counter",
+        ),
+        (
+            "a",
+            Step::Describe {
+                service: "../etc".into(),
+            },
+            "invalid service name",
+        ),
+    ];
+    for (agent, s, why) in refusals {
+        let err = step(&session, &keys, agent, "t-bad", s)
+            .await
+            .expect_err("must fail");
+        assert!(err.contains(why), "{agent}: {err}");
+    }
+    client.served_again(5, Duration::from_secs(5)).await;
 
     let (samples, error, local) = client.finish();
     assert!(
@@ -644,53 +644,41 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         "the client's connection broke: {error:?} after {} replies",
         samples.len()
     );
-    assert!(samples.len() > 100, "{} replies", samples.len());
     let counts: Vec<u64> = samples.iter().map(|s| s.2).collect();
     assert!(
         counts.windows(2).all(|w| w[1] == w[0] + 1),
         "the count jumps or resets: {counts:?}"
     );
     assert_eq!(local.ip(), std::net::IpAddr::V4(CLIENT_IP));
-    assert!(
-        pb.inspect(SERVICE).await.unwrap().state.running,
-        "service runs on B"
-    );
-    assert!(
-        !pa.exists(SERVICE).await.unwrap(),
-        "A released the container"
-    );
-    assert!(
-        !a.outside_path(format!("/run/netns/mose-{SERVICE}"))
-            .unwrap()
-            .exists(),
-        "A released the netns"
-    );
-
-    let rollback_gap = longest_gap(&samples, t_fail, t_fail_end);
-    let migration_gap = longest_gap(&samples, t_mig, t_served);
     println!(
-        "COAT A->B ({image_bytes} B image): client-observed downtime {:.0} ms; steps (end to end over Zenoh): \
-         describe {:.0} ms, prepare {:.0} ms, checkpoint {:.0} ms (CRIU frozen {:?} us), restore incl. fetch \
-         {:.0} ms (CRIU restore {:?} us), switch-flow {:.0} ms, release {:.0} ms; total {:.0} ms; \
-         count {}..{} continuous on one connection ({} replies)",
-        ms(migration_gap),
-        ms(describe_t),
-        ms(prepare_t),
-        ms(checkpoint_t),
-        dump.frozen_time_us,
-        ms(restore_t),
-        rst.restore_time_us,
-        ms(switch_t),
-        ms(release_t),
-        ms(total),
+        "ROLLBACK (restore failed on B): client-observed downtime {:.0} ms, resume on A {:.0} ms",
+        ms(longest_gap(&samples, t_fail, t_fail_end)),
+        ms(resume_time)
+    );
+    for m in &migrations {
+        let steps: Vec<String> = m
+            .steps
+            .iter()
+            .map(|(op, d)| format!("{op} {:.0} ms", ms(*d)))
+            .collect();
+        println!(
+            "COAT {}->{} ({} B image): client-observed downtime {:.0} ms; steps end to end over Zenoh: {}; \
+             CRIU frozen {:?} us, CRIU restore {:?} us; total {:.0} ms",
+            m.from,
+            m.to,
+            m.image_bytes,
+            ms(longest_gap(&samples, m.window.0, m.window.1)),
+            steps.join(", "),
+            m.frozen_us,
+            m.restore_us,
+            ms(m.total)
+        );
+    }
+    println!(
+        "count {}..{} continuous on one TCP connection ({} replies)",
         counts[0],
         counts[counts.len() - 1],
         counts.len()
-    );
-    println!(
-        "ROLLBACK (restore failed on B): client-observed downtime {:.0} ms, resume on A {:.0} ms",
-        ms(rollback_gap),
-        ms(resume_time)
     );
 
     session.close().await.ok();
@@ -700,6 +688,119 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         "left: {:?}",
         mose_testbed::leftovers(PREFIX)
     );
+}
+
+/// One migration: its step times and the time window it ran in (for the client's gap).
+struct Migration {
+    from: String,
+    to: String,
+    window: (Instant, Instant),
+    steps: Vec<(&'static str, Duration)>,
+    image_bytes: u64,
+    frozen_us: Option<u64>,
+    restore_us: Option<u64>,
+    total: Duration,
+}
+
+/// Migrate the service `from` → `to` in the orchestrator's order, repeat the restore and the
+/// release (idempotent), and wait until the client is served again.
+async fn migrate(
+    session: &Session,
+    keys: &KeySpace,
+    from: &str,
+    to: &str,
+    task: &str,
+    client: &Client,
+) -> Migration {
+    let service = || SERVICE.to_string();
+    let t0 = Instant::now();
+    let mut steps = Vec::new();
+    let (d, t) = ok(
+        session,
+        keys,
+        from,
+        task,
+        Step::Describe { service: service() },
+    )
+    .await;
+    steps.push(("describe", t));
+    let StepOutcome::Described { spec, .. } = d else {
+        panic!("{d:?}")
+    };
+    let (_, t) = ok(
+        session,
+        keys,
+        to,
+        task,
+        Step::Prepare { spec: spec.clone() },
+    )
+    .await;
+    steps.push(("prepare", t));
+    let ckpt = Step::Checkpoint {
+        service: service(),
+        image: "ckpt".into(),
+        leave_running: false,
+        pre_dump: false,
+    };
+    let (c, t) = ok(session, keys, from, task, ckpt).await;
+    steps.push(("checkpoint", t));
+    let StepOutcome::Checkpointed {
+        image_bytes,
+        stats: dump,
+    } = c
+    else {
+        panic!("{c:?}")
+    };
+    let restore = Step::Restore {
+        spec: spec.clone(),
+        from_agent: from.into(),
+        image: "ckpt".into(),
+    };
+    let (r, t) = ok(session, keys, to, task, restore.clone()).await;
+    steps.push(("restore", t));
+    let StepOutcome::Restored { stats: rst } = r.clone() else {
+        panic!("{r:?}")
+    };
+    let switch = Step::SwitchFlow {
+        network: spec.network.clone(),
+        to_agent: to.into(),
+    };
+    let (_, t) = ok(session, keys, "m", task, switch).await;
+    steps.push(("switch-flow", t));
+    let (_, t) = ok(
+        session,
+        keys,
+        from,
+        task,
+        Step::Release { service: service() },
+    )
+    .await;
+    steps.push(("release", t));
+    let total = t0.elapsed();
+    assert_eq!(
+        ok(session, keys, to, task, restore).await.0,
+        r,
+        "restore is idempotent"
+    );
+    ok(
+        session,
+        keys,
+        from,
+        task,
+        Step::Release { service: service() },
+    )
+    .await;
+    client.served_again(50, Duration::from_secs(20)).await;
+    Migration {
+        from: from.into(),
+        to: to.into(),
+        window: (t0, Instant::now()),
+        steps,
+        image_bytes,
+        frozen_us: dump.frozen_time_us,
+        restore_us: rst.restore_time_us,
+        total,
+    }
 }
 
 fn run_cmd(program: &str, args: &[&str]) {
