@@ -1,0 +1,110 @@
+//! Root integration test of the four-host testbed: `up` (four emulated hosts, OvS wires, podman,
+//! the real mose-agent ×3 and mose-orchestrator found by multicast scouting, the counter on
+//! edge1), the live client against the service for ~2 s, then `mose-testbed down` leaving
+//! nothing behind.
+//!
+//! Needs root, a host prepared by `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator`
+//! built in the same profile (`cargo test --workspace` builds them; with `-p mose-testbed` run
+//! `cargo build -p mose-agent -p mose-orchestrator` first).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mose_testbed::client::LiveClient;
+use mose_testbed::fourhost::{Binaries, Config, FourHost, State, EDGE1, EDGE2, MOBILE};
+
+use common::*;
+
+const PREFIX: &str = "mtb-4h-";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_hosts_come_up_discover_serve_a_live_client_and_go_down() {
+    require_root();
+    sweep_before(PREFIX).await;
+    // target/<profile>/deps/<this test> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let binaries = Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
+        .expect("agent and orchestrator binaries");
+    let out = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        prefix: PREFIX.into(),
+        binaries,
+        out_dir: out.path().to_path_buf(),
+        // Not the CLI's 0: a demo may run next to this test.
+        api_net: 1,
+        lease_ms: 1000,
+    };
+
+    let t = Instant::now();
+    let (tb, timings) = FourHost::up(cfg.clone()).await.expect("four hosts up");
+    println!("UP in {} ms: {timings:?}", t.elapsed().as_millis());
+    let inodes: Vec<_> = ["edge1", "edge2", "mobile", "ctrl"]
+        .iter()
+        .map(|h| tb.host(h).unwrap().inodes())
+        .collect();
+
+    // Discovery: the orchestrator (inside ctrl, reached over the API link) lists the three
+    // agents with their profiles; nobody configured an endpoint.
+    let state = tb.state().clone();
+    let agents = state.api().agents().await.expect("GET /v1/agents");
+    let mut ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, [EDGE1, EDGE2, MOBILE]);
+    assert!(agents.iter().all(|a| a.profile.is_some()), "{agents:?}");
+    assert_eq!(
+        State::load(&cfg.state_file()).expect("state.json"),
+        state,
+        "state.json is what later commands read"
+    );
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE1.to_string())
+    );
+
+    // The live client from the mobile host, through the mobile bridge's steering to edge1.
+    let client = LiveClient::start(
+        &state.client_netns,
+        state.service_addr,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client connects");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let timeline = client.finish();
+    assert!(timeline.error.is_none(), "{:?}", timeline.error);
+    let n = timeline.samples.len();
+    assert!(n > 100, "only {n} replies in 2 s");
+    let end = timeline.samples[n - 1].reply_ms();
+    let k = timeline.kpis(0.0, end);
+    assert!(k.same_connection && k.state_continuous, "{k:?}");
+    assert_eq!(
+        timeline.samples[0].count, 1,
+        "a fresh service counts from 1"
+    );
+    let mut lat: Vec<f64> = timeline.samples.iter().map(|s| s.latency_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "CLIENT {n} replies in 2 s, counts 1..={}, latency median {:.3} ms, max {:.3} ms",
+        timeline.samples[n - 1].count,
+        lat[n / 2],
+        lat[n - 1]
+    );
+
+    // Leave it running as `up` does, and remove it the way an operator would.
+    tb.persist();
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mose-testbed"))
+        .args(["down", "--prefix", PREFIX])
+        .output()
+        .expect("run mose-testbed down");
+    assert!(
+        out.status.success(),
+        "down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("DOWN in {} ms", t.elapsed().as_millis());
+    assert_nothing_left(PREFIX, &inodes, &[], &[]).await;
+}
