@@ -81,9 +81,13 @@ async fn discovery_across_namespaces() {
         net.add_host(n).unwrap();
     }
     let http = format!("{}:7070", net.ip(1));
+    // Its own task database, not the host's /var/lib/mose.
+    let state = tempfile::tempdir().unwrap();
     let _orchestrator = ChildGuard(
         net.command(1, env!("CARGO_BIN_EXE_mose-orchestrator"))
             .args(["--http", &http, "--lease-ms", &LEASE_MS.to_string()])
+            .arg("--state-dir")
+            .arg(state.path())
             .args(["--multicast-interface", "eth0"])
             .spawn()
             .unwrap(),
@@ -94,7 +98,9 @@ async fn discovery_across_namespaces() {
     let client = ApiClient::new(&format!("http://{http}"));
     let found = wait_for(&client, Duration::from_secs(30), |agents| {
         agents.len() == 2
-            && agents.iter().all(|a| a.profile.is_some() && a.metrics.is_some())
+            && agents
+                .iter()
+                .all(|a| a.profile.is_some() && a.metrics.is_some())
     })
     .await
     .unwrap_or_else(|last| panic!("agents not discovered by scouting: {last:?}"));
@@ -106,13 +112,22 @@ async fn discovery_across_namespaces() {
     let gone = wait_for(&client, Duration::from_secs(5), |a| ids(a) == ["edge-b"])
         .await
         .unwrap_or_else(|last| panic!("killed agent still listed: {:?}", ids(&last)));
-    println!("killed agent gone after {:?} (measured from kill: {:?})", gone, killed.elapsed());
+    println!(
+        "killed agent gone after {:?} (measured from kill: {:?})",
+        gone,
+        killed.elapsed()
+    );
 
     // A dead link: no FIN, no RST. Only the lease can tell.
     net.cut(3).unwrap();
     let limit = Duration::from_millis(3 * LEASE_MS);
     let gone = wait_for(&client, limit, |a| a.is_empty())
         .await
-        .unwrap_or_else(|last| panic!("cut-off agent still listed after {limit:?}: {:?}", ids(&last)));
+        .unwrap_or_else(|last| {
+            panic!(
+                "cut-off agent still listed after {limit:?}: {:?}",
+                ids(&last)
+            )
+        });
     println!("agent behind a cut link gone after {gone:?} (lease {LEASE_MS} ms)");
 }

@@ -4,7 +4,7 @@
 //! without a network.
 
 use mose_protocol::keys::validate_id;
-use mose_protocol::messages::Role;
+use mose_protocol::messages::{Role, ServiceSpec};
 use mose_protocol::model::{PamParams, Plan};
 
 use super::{MigrationRequest, PlanInputs, TaskError};
@@ -91,16 +91,25 @@ pub fn check_agents(
     })
 }
 
-/// Plans the migration: host parameters from both profiles, M from the source's Describe,
-/// R_max and L from the source's latest metrics. Every fallback is stated in the inputs'
-/// notes and at the head of the plan's explanation.
+/// Plans the migration: host parameters from both profiles, M and the service's network from
+/// the source's Describe, R_max and L from the source's latest metrics. Every fallback is
+/// stated in the inputs' notes and at the head of the plan's explanation.
 pub fn design(
     req: &MigrationRequest,
     who: &Participants,
+    described: &ServiceSpec,
     state_bytes: u64,
     default_bandwidth_bps: u64,
 ) -> Result<(Plan, PlanInputs), TaskError> {
     let mut notes = Vec::new();
+    if let (None, Some(client)) = (&req.mobile, described.network.client_ip) {
+        // Allowed (the client may reach the service another way), but rarely what is meant.
+        notes.push(format!(
+            "'{}' has a client at {client} but no mobile agent was named: its flow will not be \
+             switched",
+            req.service
+        ));
+    }
     let params_of = |view: &AgentView, notes: &mut Vec<String>| match view
         .profile
         .as_ref()
@@ -189,7 +198,23 @@ mod tests {
     use super::*;
     use mose_protocol::messages::{
         AgentProfile, Capabilities, ContainerMetrics, HostMetrics, LinkEstimate, MetricsSample,
+        ServiceNetwork,
     };
+    use std::net::Ipv4Addr;
+
+    fn spec(client_ip: Option<Ipv4Addr>) -> ServiceSpec {
+        ServiceSpec {
+            name: "counter".into(),
+            image: "counter".into(),
+            network: ServiceNetwork {
+                ip: Ipv4Addr::new(10, 0, 0, 10),
+                prefix_len: 24,
+                mac: [2, 0, 0, 0, 0, 10],
+                client_ip,
+                client_mac: None,
+            },
+        }
+    }
     use mose_protocol::model::{Objective, Strategy};
     use std::collections::BTreeMap;
 
@@ -298,7 +323,7 @@ mod tests {
     #[test]
     fn uncalibrated_hosts_and_missing_metrics_are_stated() {
         let who = check(&request()).unwrap();
-        let (plan, inputs) = design(&request(), &who, 10 << 20, 125_000_000).unwrap();
+        let (plan, inputs) = design(&request(), &who, &spec(None), 10 << 20, 125_000_000).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(!inputs.source_calibrated && !inputs.destination_calibrated);
         assert_eq!(inputs.dirty_rate_bps, 0);
@@ -335,7 +360,7 @@ mod tests {
                 bandwidth_bps: 12_500_000,
             }],
         });
-        let (plan, inputs) = design(&request(), &who, 10 << 20, 125_000_000).unwrap();
+        let (plan, inputs) = design(&request(), &who, &spec(None), 10 << 20, 125_000_000).unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
         assert_eq!(inputs.dirty_rate_bps, 1 << 20);
         assert_eq!(inputs.bandwidth_bps, 12_500_000);
@@ -346,12 +371,28 @@ mod tests {
             objective: Objective::Downtime,
             ..request()
         };
-        let (plan, _) = design(&req, &who, 0, 125_000_000).unwrap();
+        let (plan, _) = design(&req, &who, &spec(None), 0, 125_000_000).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(
             plan.explanation.contains("one page"),
             "{}",
             plan.explanation
         );
+
+        // A client without a mobile agent to steer its flow is worth a word.
+        let req = MigrationRequest {
+            mobile: None,
+            ..request()
+        };
+        let client = Some(Ipv4Addr::new(10, 0, 0, 2));
+        let (plan, inputs) = design(&req, &who, &spec(client), 1 << 20, 1).unwrap();
+        assert_eq!(inputs.notes.len(), 1, "{:?}", inputs.notes);
+        assert!(
+            plan.explanation.contains("client at 10.0.0.2"),
+            "{}",
+            plan.explanation
+        );
+        let (_, inputs) = design(&request(), &who, &spec(client), 1 << 20, 1).unwrap();
+        assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
     }
 }

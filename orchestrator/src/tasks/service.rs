@@ -173,6 +173,7 @@ impl Migrations {
         let (plan, inputs) = design(
             &request,
             &who,
+            &spec,
             state_bytes,
             self.shared.config.default_bandwidth_bps,
         )?;
