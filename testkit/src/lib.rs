@@ -132,9 +132,21 @@ impl TestNet {
         cmd
     }
 
-    /// Removes every namespace and link of this tag, including a crashed run's.
+    /// Removes every namespace and link of this tag, including a crashed run's. Host links are
+    /// deleted by name too: a veth can outlive its namespace for minutes while the kernel still
+    /// holds sockets of that namespace, and then blocks the next run's `ip link add`.
     fn sweep(&self) {
         let _ = run("ip", &["link", "del", &self.bridge()]);
+        if let Ok(out) = run("ip", &["-o", "link", "show"]) {
+            let prefix = format!("{}h", self.bridge());
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "12: mkdisch1@if11: <...>"
+                let name = line.split(": ").nth(1).and_then(|n| n.split('@').next());
+                if let Some(name) = name.filter(|n| n.starts_with(&prefix)) {
+                    let _ = run("ip", &["link", "del", name]);
+                }
+            }
+        }
         if let Ok(out) = run("ip", &["netns", "list"]) {
             let prefix = format!("mk-{}-", self.tag);
             for line in String::from_utf8_lossy(&out.stdout).lines() {
