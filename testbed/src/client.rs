@@ -2,9 +2,10 @@
 //! request every 10 ms, every reply timestamped **on the client**. The timeline it records is
 //! what the client-observed KPIs are computed from:
 //!
-//! * `client_downtime_ms`: the longest request→reply time of a request in a migration's window
-//!   (one request is in flight at a time, so a request sent just before the freeze waits the
-//!   whole stall);
+//! * `client_downtime_ms`: the longest time the client went without a reply in a migration's
+//!   window, reply to reply (with a request every 10 ms a healthy service shows ≈ 10.5 ms). One
+//!   request is in flight at a time, so the request caught by the freeze makes this gap; a
+//!   client whose connection never answers again is down until the window's end;
 //! * `same_connection`: the one connection never broke and still answered after the window (the
 //!   client never reconnects, so any reset or close ends the timeline with an error);
 //! * `state_continuous`: every reply in the window is the previous count + 1 (no jump, no reset).
@@ -78,15 +79,22 @@ impl Timeline {
     /// was served again after it). Requests whose request→reply interval overlaps the window
     /// count; continuity also checks the step from the last reply before the window into it.
     pub fn kpis(&self, from_ms: f64, to_ms: f64) -> ClientKpis {
-        let overlapping = |s: &&Sample| s.reply_ms() >= from_ms && s.sent_ms <= to_ms;
-        let client_downtime_ms = self
+        // Gaps between consecutive replies that overlap the window.
+        let gaps = self
             .samples
-            .iter()
-            .filter(overlapping)
-            .map(|s| s.latency_ms)
-            .fold(0.0, f64::max);
-        let broke_in_or_before = self.error.as_ref().is_some_and(|(at, _)| *at <= to_ms);
+            .windows(2)
+            .map(|w| (w[0].reply_ms(), w[1].reply_ms()))
+            .filter(|&(a, b)| b >= from_ms && a <= to_ms)
+            .map(|(a, b)| b - a);
         let answered_after = self.samples.iter().any(|s| s.reply_ms() >= to_ms);
+        // No reply after the window: the outage lasts at least from the last reply to its end.
+        let open_end = self
+            .samples
+            .last()
+            .filter(|_| !answered_after)
+            .map(|s| to_ms - s.reply_ms().max(from_ms));
+        let client_downtime_ms = gaps.chain(open_end).fold(0.0, f64::max);
+        let broke_in_or_before = self.error.as_ref().is_some_and(|(at, _)| *at <= to_ms);
         // The last reply before the window anchors the first count inside it.
         let first = self
             .samples
@@ -306,15 +314,30 @@ mod tests {
         }
     }
 
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
     #[test]
-    fn downtime_is_the_longest_request_to_reply_time_in_the_window() {
+    fn downtime_is_the_longest_time_without_a_reply_in_the_window() {
         let tl = migration(612.5);
         let k = tl.kpis(500.0, 2200.0);
-        assert_eq!(k.client_downtime_ms, 612.5);
+        // The pause before the stalled request, then the stall itself.
+        assert!(close(k.client_downtime_ms, 10.0 + 612.5), "{k:?}");
         assert!(k.same_connection && k.state_continuous, "{k:?}");
-        // Outside the window the stall does not count.
-        let before = tl.kpis(0.0, 400.0);
-        assert_eq!(before.client_downtime_ms, 0.2);
+        // Outside the window the stall does not count: a steady 10 ms + 0.2 ms.
+        assert!(close(tl.kpis(0.0, 400.0).client_downtime_ms, 10.2));
+    }
+
+    #[test]
+    fn no_reply_after_the_window_counts_as_down_until_its_end() {
+        let mut tl = migration(300.0);
+        tl.samples.truncate(101); // the stalled request never came back
+        tl.error = Some((3000.0, "timed out".into()));
+        let last = tl.samples[100].reply_ms();
+        let k = tl.kpis(500.0, 3000.0);
+        assert!(close(k.client_downtime_ms, 3000.0 - last), "{k:?}");
+        assert!(!k.same_connection);
     }
 
     #[test]

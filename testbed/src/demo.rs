@@ -152,7 +152,6 @@ pub async fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Result<DemoOutcome> {
     let state = tb.state();
-    let host = host_info(&state.api()).await?;
     let client = LiveClient::start(
         &state.client_netns,
         state.service_addr,
@@ -210,12 +209,20 @@ pub async fn run(
         ));
         phases.extend(phase_spans(&task.events, &timeline));
     }
+    // Asked at the end: the agents' capability probes (CRIU, podman) finish seconds after they
+    // join, and the profile is updated then.
     let report = Report {
-        host,
+        host: host_info(&state.api()).await?,
         raw_floor_ms: None,
         migrations,
     };
     report.write(&out_dir.join("report.json"))?;
+    // The raw timeline next to the report: every number above can be recomputed from it.
+    let raw = serde_json::to_string(&timeline)
+        .map_err(|e| TestbedError::State(format!("encode the client timeline: {e}")))?;
+    let raw_path = out_dir.join("client-timeline.json");
+    std::fs::write(&raw_path, raw)
+        .map_err(|e| TestbedError::io(format!("write {}", raw_path.display()), e))?;
     if !timeline.samples.is_empty() {
         crate::plot::latency_png(&timeline, &phases, &out_dir.join("latency.png"))?;
     }

@@ -6,7 +6,8 @@
 //! would have to ship), and the machines here have neither. What the axes mean is fixed instead:
 //! x is time since the client started (a light vertical line every second), y is latency on a
 //! linear scale from 0 to the largest latency seen (a light horizontal line every 100 ms); the
-//! KPI table and the report carry the numbers.
+//! KPI table and the report carry the numbers. Each request is a blue bar from when it was sent
+//! to when its reply came, as tall as its latency.
 
 use std::path::Path;
 
@@ -94,14 +95,16 @@ pub fn latency_png(timeline: &Timeline, phases: &[PhaseSpan], path: &Path) -> Re
     chart
         .draw_series(hundreds.map(|y| PathElement::new(vec![(0.0, y), (x_max, y)], grid)))
         .map_err(|e| plot_err(&e))?;
+    // Each request as a bar from when it was sent to when its reply came, as tall as its
+    // latency: a stalled request shows as a block spanning the outage, steady traffic as a
+    // flat line along the axis.
     chart
-        .draw_series(LineSeries::new(
-            timeline
-                .samples
-                .iter()
-                .map(|s| (s.sent_ms / 1e3, s.latency_ms)),
-            BLUE.stroke_width(2),
-        ))
+        .draw_series(timeline.samples.iter().map(|s| {
+            Rectangle::new(
+                [(s.sent_ms / 1e3, 0.0), (s.reply_ms() / 1e3, s.latency_ms)],
+                BLUE.filled(),
+            )
+        }))
         .map_err(|e| plot_err(&e))?;
     // Frame: the axes.
     chart
