@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mose_protocol::messages::{Step, StepFailure, StepOutcome, StepReply, StepRequest};
+use mose_protocol::transport::QueryService;
 use mose_protocol::{decode, encode, KeySpace};
-use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
 use zenoh::query::Query;
 use zenoh::Session;
@@ -32,13 +32,7 @@ pub trait StepExecutor: Send + Sync + 'static {
 
 /// Serves the step queryables while it lives.
 pub struct StepServer {
-    task: JoinHandle<()>,
-}
-
-impl Drop for StepServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _service: QueryService,
 }
 
 impl StepServer {
@@ -49,25 +43,25 @@ impl StepServer {
         executor: Arc<E>,
     ) -> Result<Self, NodeError> {
         let key = keys.agent_rpc(agent_id, "*");
-        let queryable = session
-            .declare_queryable(&key)
-            .await
-            .map_err(|e| NodeError::Zenoh {
-                what: format!("declare queryable {key}"),
-                reason: e.to_string(),
-            })?;
-        let task = tokio::spawn(async move {
-            while let Ok(query) = queryable.recv_async().await {
-                tokio::spawn(answer(query, executor.clone()));
-            }
-        });
-        Ok(Self { task })
+        let service =
+            QueryService::start(session, &key, move |query| answer(query, executor.clone()))
+                .await
+                .map_err(|e| NodeError::Zenoh {
+                    what: format!("declare queryable {key}"),
+                    reason: e.to_string(),
+                })?;
+        Ok(Self { _service: service })
     }
 }
 
 async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     let key = query.key_expr().clone();
-    let op = key.as_str().rsplit('/').next().unwrap_or_default().to_string();
+    let op = key
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let request = match parse(&query, &op) {
         Ok(r) => r,
         Err(reason) => {
@@ -91,12 +85,22 @@ async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     .await
     .map_err(|reason| {
         span.in_scope(|| warn!(%reason, "step failed"));
-        StepFailure { op: op.clone(), reason }
+        StepFailure {
+            op: op.clone(),
+            reason,
+        }
     });
-    let reply = StepReply { task: request.task, result };
+    let reply = StepReply {
+        task: request.task,
+        result,
+    };
     let sent = match encode(&reply) {
         Ok(bytes) => query.reply(key, bytes).await,
-        Err(e) => query.reply_err(format!("cannot encode the step reply: {e}")).await,
+        Err(e) => {
+            query
+                .reply_err(format!("cannot encode the step reply: {e}"))
+                .await
+        }
     };
     if let Err(e) = sent {
         debug!(error = %e, "step reply not delivered");

@@ -25,6 +25,7 @@ use zenoh::query::{ConsolidationMode, Query};
 use zenoh::Session;
 
 use crate::codec::{self, CodecError, Message, MessageKind};
+use crate::transport::QueryService;
 
 /// Default chunk size: 1 MiB (measured sweet spot for Zenoh replies, SPEC §3).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
@@ -180,14 +181,7 @@ pub async fn manifest_of_file(path: &Path, chunk_size: u32) -> Result<BlobManife
 pub struct BlobServer {
     key: String,
     manifest: BlobManifest,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for BlobServer {
-    fn drop(&mut self) {
-        // Aborting drops the queryable, which undeclares it.
-        self.task.abort();
-    }
+    _service: QueryService,
 }
 
 impl BlobServer {
@@ -216,29 +210,30 @@ impl BlobServer {
             reason,
         })?;
         let file = Arc::new(std::fs::File::open(path).map_err(io_err(path))?);
-        let queryable = session
-            .declare_queryable(format!("{key}/**"))
-            .await
-            .map_err(|e| BlobError::Serve {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
         let served = Arc::new(Served {
             key: key.to_string(),
             manifest_bytes: codec::encode(&manifest)?,
             manifest: manifest.clone(),
             file,
         });
-        let task = tokio::spawn(async move {
-            while let Ok(query) = queryable.recv_async().await {
-                tokio::spawn(served.clone().answer(query));
-            }
-        });
-        tracing::debug!(key, size = manifest.size, chunks = manifest.chunks, "serving blob");
+        let service = QueryService::start(session, &format!("{key}/**"), move |query| {
+            served.clone().answer(query)
+        })
+        .await
+        .map_err(|e| BlobError::Serve {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        tracing::debug!(
+            key,
+            size = manifest.size,
+            chunks = manifest.chunks,
+            "serving blob"
+        );
         Ok(Self {
             key: key.to_string(),
             manifest,
-            task,
+            _service: service,
         })
     }
 

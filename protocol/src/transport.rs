@@ -118,6 +118,41 @@ impl ZenohOptions {
     }
 }
 
+/// Answers every query on a key expression, each in its own task, while it lives; dropping it
+/// undeclares the queryable. Shared by every MOSE queryable (steps, task calls, blobs) so none of
+/// them can block the others or outlive its owner.
+pub struct QueryService {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QueryService {
+    fn drop(&mut self) {
+        // Aborting drops the queryable, which undeclares it.
+        self.task.abort();
+    }
+}
+
+impl QueryService {
+    /// Declares a queryable on `key` and runs `answer` for each query.
+    pub async fn start<F, Fut>(
+        session: &zenoh::Session,
+        key: &str,
+        answer: F,
+    ) -> Result<Self, zenoh::Error>
+    where
+        F: Fn(zenoh::query::Query) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let queryable = session.declare_queryable(key).await?;
+        let task = tokio::spawn(async move {
+            while let Ok(query) = queryable.recv_async().await {
+                tokio::spawn(answer(query));
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
 fn json_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

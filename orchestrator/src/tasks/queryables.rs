@@ -12,12 +12,12 @@
 //! A refused call gets an error reply `{"error": "...", "status": <HTTP status>}`.
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use zenoh::query::Query;
 use zenoh::Session;
 
 use super::{Migrations, TaskError};
+use mose_protocol::transport::QueryService;
 use mose_protocol::KeySpace;
 
 /// The operations served, which are also the last key chunk.
@@ -39,13 +39,7 @@ pub struct ErrorReply {
 
 /// Serves the queryables while it lives.
 pub struct QueryServer {
-    task: JoinHandle<()>,
-}
-
-impl Drop for QueryServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _service: QueryService,
 }
 
 impl QueryServer {
@@ -55,16 +49,12 @@ impl QueryServer {
         migrations: Migrations,
     ) -> Result<Self, TaskError> {
         let key = keys.orchestrator_rpc("*");
-        let queryable = session
-            .declare_queryable(&key)
-            .await
-            .map_err(|e| TaskError::Internal(format!("cannot declare queryable {key}: {e}")))?;
-        let task = tokio::spawn(async move {
-            while let Ok(query) = queryable.recv_async().await {
-                tokio::spawn(answer(query, migrations.clone()));
-            }
-        });
-        Ok(Self { task })
+        let service = QueryService::start(session, &key, move |query| {
+            answer(query, migrations.clone())
+        })
+        .await
+        .map_err(|e| TaskError::Internal(format!("cannot declare queryable {key}: {e}")))?;
+        Ok(Self { _service: service })
     }
 }
 
