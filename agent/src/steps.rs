@@ -56,12 +56,7 @@ impl StepServer {
 
 async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     let key = query.key_expr().clone();
-    let op = key
-        .as_str()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let op = mose_protocol::keys::rpc_op(key.as_str()).to_string();
     let request = match parse(&query, &op) {
         Ok(r) => r,
         Err(reason) => {

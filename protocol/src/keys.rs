@@ -15,7 +15,9 @@ pub const DEFAULT_PREFIX: &str = "mose";
 pub enum KeyError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
-    #[error("{what} '{value}' contains '{ch}': only letters, digits, '-', '_' and '.' are allowed")]
+    #[error(
+        "{what} '{value}' contains '{ch}': only letters, digits, '-', '_' and '.' are allowed"
+    )]
     BadChar {
         what: &'static str,
         value: String,
@@ -41,6 +43,11 @@ pub fn validate_id(what: &'static str, value: &str) -> Result<(), KeyError> {
         });
     }
     Ok(())
+}
+
+/// The operation named by an rpc key (`…/rpc/{op}`): its last chunk.
+pub fn rpc_op(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or_default()
 }
 
 /// The keys of one MOSE domain.
@@ -151,12 +158,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rpc_op_is_the_last_chunk() {
+        let k = KeySpace::default();
+        assert_eq!(rpc_op(&k.agent_rpc("edge1", "switch-flow")), "switch-flow");
+        assert_eq!(rpc_op(&k.orchestrator_rpc("submit")), "submit");
+        assert_eq!(rpc_op(""), "");
+    }
+
+    #[test]
     fn keys_follow_the_spec() {
         let k = KeySpace::default();
         assert_eq!(k.agent("edge1"), "mose/agents/edge1");
         assert_eq!(k.agent_profile("edge1"), "mose/agents/edge1/profile");
         assert_eq!(k.agent_metrics("edge1"), "mose/agents/edge1/metrics");
-        assert_eq!(k.agent_rpc("edge1", "checkpoint"), "mose/agents/edge1/rpc/checkpoint");
+        assert_eq!(
+            k.agent_rpc("edge1", "checkpoint"),
+            "mose/agents/edge1/rpc/checkpoint"
+        );
         assert_eq!(k.task("t1"), "mose/tasks/t1");
         assert_eq!(k.task_events("t1"), "mose/tasks/t1/events");
         assert_eq!(k.image("t1", "ckpt"), "mose/images/t1/ckpt");
@@ -168,7 +186,10 @@ mod tests {
         let k = KeySpace::new("site-a/mose").unwrap();
         assert_eq!(k.agent("x"), "site-a/mose/agents/x");
         assert!(matches!(KeySpace::new(""), Err(KeyError::Empty { .. })));
-        assert!(matches!(KeySpace::new("a/*"), Err(KeyError::BadChar { ch: '*', .. })));
+        assert!(matches!(
+            KeySpace::new("a/*"),
+            Err(KeyError::BadChar { ch: '*', .. })
+        ));
         assert!(KeySpace::new("a//b").is_err());
     }
 

@@ -35,7 +35,9 @@ impl std::str::FromStr for Role {
         match s {
             "edge" => Ok(Role::Edge),
             "mobile" => Ok(Role::Mobile),
-            other => Err(format!("unknown role '{other}': expected 'edge' or 'mobile'")),
+            other => Err(format!(
+                "unknown role '{other}': expected 'edge' or 'mobile'"
+            )),
         }
     }
 }
@@ -225,17 +227,9 @@ pub struct CriuStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StepOutcome {
     Done,
-    Described {
-        spec: ServiceSpec,
-        state_bytes: u64,
-    },
-    Checkpointed {
-        image_bytes: u64,
-        stats: CriuStats,
-    },
-    Restored {
-        stats: CriuStats,
-    },
+    Described { spec: ServiceSpec, state_bytes: u64 },
+    Checkpointed { image_bytes: u64, stats: CriuStats },
+    Restored { stats: CriuStats },
 }
 
 /// Why a step failed.
@@ -289,7 +283,14 @@ pub struct PhaseEvent {
 macro_rules! impl_message {
     ($($ty:ident),*) => { $(impl Message for $ty { const KIND: MessageKind = MessageKind::$ty; })* };
 }
-impl_message!(AgentProfile, MetricsSample, Task, StepRequest, StepReply, PhaseEvent);
+impl_message!(
+    AgentProfile,
+    MetricsSample,
+    Task,
+    StepRequest,
+    StepReply,
+    PhaseEvent
+);
 
 /// Microseconds since the Unix epoch, for `*_us` fields.
 pub fn now_us() -> u64 {
@@ -394,7 +395,9 @@ mod tests {
 
     fn all_steps() -> Vec<Step> {
         vec![
-            Step::Describe { service: "counter".into() },
+            Step::Describe {
+                service: "counter".into(),
+            },
             Step::Prepare { spec: spec() },
             Step::Checkpoint {
                 service: "counter".into(),
@@ -411,9 +414,15 @@ mod tests {
                 network: network(),
                 to_agent: "edge2".into(),
             },
-            Step::Resume { service: "counter".into() },
-            Step::Abort { service: "counter".into() },
-            Step::Release { service: "counter".into() },
+            Step::Resume {
+                service: "counter".into(),
+            },
+            Step::Abort {
+                service: "counter".into(),
+            },
+            Step::Release {
+                service: "counter".into(),
+            },
         ]
     }
 
@@ -533,12 +542,18 @@ mod tests {
 
         assert!(matches!(
             decode::<AgentProfile>(&bytes),
-            Err(CodecError::WrongKind { expected: "AgentProfile", .. })
+            Err(CodecError::WrongKind {
+                expected: "AgentProfile",
+                ..
+            })
         ));
 
         let mut m = bytes.clone();
         m[0] = b'X';
-        assert!(matches!(decode::<Task>(&m), Err(CodecError::BadMagic { .. })));
+        assert!(matches!(
+            decode::<Task>(&m),
+            Err(CodecError::BadMagic { .. })
+        ));
 
         let mut t = bytes.clone();
         t.push(0);
@@ -546,19 +561,28 @@ mod tests {
             decode::<Task>(&t),
             Err(CodecError::TrailingBytes { count: 1, .. })
         ));
-        assert!(matches!(decode::<Task>(&[]), Err(CodecError::Truncated { got: 0 })));
+        assert!(matches!(
+            decode::<Task>(&[]),
+            Err(CodecError::Truncated { got: 0 })
+        ));
+    }
+
+    /// Decodes `bytes` as every message type; the result does not matter, only that none panics.
+    fn decode_as_every_message(bytes: &[u8]) {
+        let _ = decode::<AgentProfile>(bytes);
+        let _ = decode::<MetricsSample>(bytes);
+        let _ = decode::<Task>(bytes);
+        let _ = decode::<StepRequest>(bytes);
+        let _ = decode::<StepReply>(bytes);
+        let _ = decode::<PhaseEvent>(bytes);
+        let _ = decode::<crate::blob::BlobManifest>(bytes);
     }
 
     proptest! {
         /// Random bytes never panic the decoder, whatever the message type.
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode::<AgentProfile>(&bytes);
-            let _ = decode::<MetricsSample>(&bytes);
-            let _ = decode::<Task>(&bytes);
-            let _ = decode::<StepRequest>(&bytes);
-            let _ = decode::<StepReply>(&bytes);
-            let _ = decode::<PhaseEvent>(&bytes);
+            decode_as_every_message(&bytes);
         }
 
         /// Garbage behind a valid header (the case a fuzzer finds first) is an error, not a panic.
@@ -569,12 +593,7 @@ mod tests {
                 bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
                 bytes.push(kind);
                 bytes.extend_from_slice(&body);
-                let _ = decode::<AgentProfile>(&bytes);
-                let _ = decode::<MetricsSample>(&bytes);
-                let _ = decode::<Task>(&bytes);
-                let _ = decode::<StepRequest>(&bytes);
-                let _ = decode::<StepReply>(&bytes);
-                let _ = decode::<PhaseEvent>(&bytes);
+                decode_as_every_message(&bytes);
             }
         }
 

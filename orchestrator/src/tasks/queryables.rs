@@ -60,12 +60,7 @@ impl QueryServer {
 
 async fn answer(query: Query, migrations: Migrations) {
     let key = query.key_expr().clone();
-    let op = key
-        .as_str()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let op = mose_protocol::keys::rpc_op(key.as_str()).to_string();
     let payload = query
         .payload()
         .map(|p| p.to_bytes().into_owned())
