@@ -137,8 +137,22 @@ pub fn phase_spans(events: &[PhaseEvent], timeline: &Timeline) -> Vec<PhaseSpan>
 /// What a demo run produced.
 pub struct DemoOutcome {
     pub report: Report,
-    /// Every migration succeeded with the same connection and continuous state.
-    pub all_good: bool,
+    /// Why the run stopped early (a migration that could not be submitted or did not finish, a
+    /// client that was not served again); the report holds what was measured until then.
+    pub stopped: Option<String>,
+}
+
+impl DemoOutcome {
+    /// Every migration ran, succeeded, kept the connection and continued the state.
+    pub fn all_good(&self) -> bool {
+        self.stopped.is_none()
+            && !self.report.migrations.is_empty()
+            && self
+                .report
+                .migrations
+                .iter()
+                .all(|m| m.ok && m.same_connection && m.state_continuous)
+    }
 }
 
 /// Run the migrations with a live client, then write the report and the plot to `out_dir`.
@@ -175,7 +189,7 @@ pub async fn run(
             let task = match migrate(state, from, to, targets, progress).await {
                 Ok(t) => t,
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(e.to_string());
                     break 'runs;
                 }
             };
@@ -184,13 +198,14 @@ pub async fn run(
                 .served_again(SERVED_AGAIN, Duration::from_secs(30))
                 .await;
             let t1 = client.now_ms();
-            let ok = task.status == TaskStatus::Succeeded;
+            let (id, status) = (task.id.clone(), task.status);
             done.push((task, t0, t1));
             if let Err(e) = served {
-                failure = Some(e);
+                failure = Some(format!("after migration {id} ({status}): {e}"));
                 break 'runs;
             }
-            if !ok {
+            if status != TaskStatus::Succeeded {
+                failure = Some(format!("migration {id} {from} -> {to} ended {status}"));
                 break 'runs;
             }
         }
@@ -226,15 +241,10 @@ pub async fn run(
     if !timeline.samples.is_empty() {
         crate::plot::latency_png(&timeline, &phases, &out_dir.join("latency.png"))?;
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let all_good = !report.migrations.is_empty()
-        && report
-            .migrations
-            .iter()
-            .all(|m| m.ok && m.same_connection && m.state_continuous);
-    Ok(DemoOutcome { report, all_good })
+    Ok(DemoOutcome {
+        report,
+        stopped: failure,
+    })
 }
 
 #[cfg(test)]

@@ -618,7 +618,8 @@ impl FourHost {
         Ok(())
     }
 
-    /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile.
+    /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile (edge agents:
+    /// with their probed capabilities, see [`profiled`]).
     async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
         let api = self.state.api();
         let t = Instant::now();
@@ -638,9 +639,9 @@ impl FourHost {
                 Ok(agents) => {
                     let ready = [EDGE1, EDGE2, MOBILE]
                         .iter()
-                        .all(|id| agents.iter().any(|a| a.id == *id && a.profile.is_some()));
+                        .all(|id| agents.iter().any(|a| a.id == *id && profiled(a)));
                     if ready {
-                        tracing::info!(ms = since(t), "all agents discovered with profiles");
+                        tracing::info!(ms = since(t), "all agents discovered and profiled");
                         return Ok(agents);
                     }
                     last = format!(
@@ -650,10 +651,10 @@ impl FourHost {
                             .map(|a| format!(
                                 "{}{}",
                                 a.id,
-                                if a.profile.is_some() {
+                                if profiled(a) {
                                     ""
                                 } else {
-                                    " (no profile)"
+                                    " (not profiled yet)"
                                 }
                             ))
                             .collect::<Vec<_>>()
@@ -825,6 +826,20 @@ impl Drop for FourHost {
         if !self.hosts.is_empty() {
             let _ = std::fs::remove_file(self.cfg.state_file());
         }
+    }
+}
+
+/// An agent is ready for migrations once its profile carries the result of its capability
+/// probe (an edge agent's podman version comes from it). The agent answers steps before the
+/// probe ends, but a restore that ran while edge2's probe was still going hung for its whole
+/// timeout in one demo run, and the designer would plan without the host's capabilities.
+fn profiled(agent: &AgentView) -> bool {
+    match &agent.profile {
+        Some(p) if p.role == mose_protocol::messages::Role::Edge => {
+            p.capabilities.podman_version.is_some()
+        }
+        Some(_) => true,
+        None => false,
     }
 }
 

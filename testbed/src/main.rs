@@ -248,7 +248,10 @@ async fn run_demo(
         out_dir.join("report.json").display(),
         out_dir.join("latency.png").display()
     );
-    if !outcome.all_good {
+    if let Some(why) = &outcome.stopped {
+        bail!("the demo stopped early: {why}");
+    }
+    if !outcome.all_good() {
         bail!("not every migration kept the connection and the state; see the table above");
     }
     Ok(())
