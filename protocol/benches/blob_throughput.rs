@@ -62,10 +62,20 @@ fn raw_tcp_copy(path: &Path) -> Duration {
 }
 
 async fn zenoh_fetch(path: &Path, in_flight: usize) -> Duration {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    let owner = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let fetcher = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
+    let owner = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let fetcher = ZenohOptions::explicit(vec![], vec![endpoint])
+        .open()
+        .await
+        .unwrap();
     let _server = BlobServer::serve_file(&owner, "bench/blob", path, blob::DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
@@ -74,11 +84,19 @@ async fn zenoh_fetch(path: &Path, in_flight: usize) -> Duration {
         ..FetchOptions::default()
     };
     // The manifest is fetched once up front so a not-yet-propagated queryable does not count.
-    blob::fetch_manifest(&fetcher, "bench/blob", &opts).await.unwrap();
-    let start = Instant::now();
-    let m = blob::fetch_into(&fetcher, "bench/blob", &mut tokio::io::sink(), &opts, &mut |_| {})
+    blob::fetch_manifest(&fetcher, "bench/blob", &opts)
         .await
         .unwrap();
+    let start = Instant::now();
+    let m = blob::fetch_into(
+        &fetcher,
+        "bench/blob",
+        &mut tokio::io::sink(),
+        &opts,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     let took = start.elapsed();
     assert_eq!(m.size, SIZE as u64);
     drop(_server);
@@ -104,8 +122,14 @@ fn main() {
 
     let raw = median((0..runs).map(|_| raw_tcp_copy(&path)).collect());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    println!("blob transfer, {} MiB, median of {runs} runs, loopback", SIZE >> 20);
-    println!("  raw TCP copy + SHA-256      {:>8.0} MB/s  (baseline)", mb_per_s(raw));
+    println!(
+        "blob transfer, {} MiB, median of {runs} runs, loopback",
+        SIZE >> 20
+    );
+    println!(
+        "  raw TCP copy + SHA-256      {:>8.0} MB/s  (baseline)",
+        mb_per_s(raw)
+    );
     for in_flight in [1, 4, 8] {
         let z = median(
             (0..runs)

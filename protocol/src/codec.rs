@@ -105,13 +105,12 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
             got: bytes[4],
         });
     }
-    let (msg, rest) =
-        postcard::take_from_bytes::<M>(&bytes[HEADER_LEN..]).map_err(|source| {
-            CodecError::Malformed {
-                kind: M::KIND.name(),
-                source,
-            }
-        })?;
+    let (msg, rest) = postcard::take_from_bytes::<M>(&bytes[HEADER_LEN..]).map_err(|source| {
+        CodecError::Malformed {
+            kind: M::KIND.name(),
+            source,
+        }
+    })?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes {
             kind: M::KIND.name(),

@@ -117,7 +117,14 @@ async fn source_gone_mid_transfer_is_a_chunk_error() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, BlobError::ChunkUnavailable { index: 4, attempts: 3, .. }),
+        matches!(
+            err,
+            BlobError::ChunkUnavailable {
+                index: 4,
+                attempts: 3,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(!dest.exists());
@@ -135,13 +142,21 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
     let err = blob::fetch_into(&b, "mose/images/none/ckpt", &mut sink, &opts, &mut |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(err, BlobError::ManifestUnavailable { attempts: 2, .. }), "{err}");
+    assert!(
+        matches!(err, BlobError::ManifestUnavailable { attempts: 2, .. }),
+        "{err}"
+    );
 
     // A hand-rolled server answering garbage, then an inconsistent manifest.
-    let garbage = a.declare_queryable("mose/images/bad/ckpt/**").await.unwrap();
+    let garbage = a
+        .declare_queryable("mose/images/bad/ckpt/**")
+        .await
+        .unwrap();
     let answers = tokio::spawn(async move {
         let q = garbage.recv_async().await.unwrap();
-        q.reply(q.key_expr().clone(), vec![1u8, 2, 3, 4, 5, 6]).await.unwrap();
+        q.reply(q.key_expr().clone(), vec![1u8, 2, 3, 4, 5, 6])
+            .await
+            .unwrap();
         let q = garbage.recv_async().await.unwrap();
         let lying = BlobManifest {
             size: 10,
@@ -149,7 +164,9 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
             chunks: 99,
             sha256: [0; 32],
         };
-        q.reply(q.key_expr().clone(), codec::encode(&lying).unwrap()).await.unwrap();
+        q.reply(q.key_expr().clone(), codec::encode(&lying).unwrap())
+            .await
+            .unwrap();
     });
     let err = blob::fetch_into(&b, "mose/images/bad/ckpt", &mut sink, &opts, &mut |_| {})
         .await
@@ -170,7 +187,10 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_chunk_is_retried_then_refused() {
     let (a, b) = session_pair().await;
-    let q = a.declare_queryable("mose/images/short/ckpt/**").await.unwrap();
+    let q = a
+        .declare_queryable("mose/images/short/ckpt/**")
+        .await
+        .unwrap();
     let manifest = BlobManifest {
         size: 8,
         chunk_size: 8,
@@ -185,7 +205,10 @@ async fn truncated_chunk_is_retried_then_refused() {
                 query.reply(query.key_expr().clone(), m).await.unwrap();
             } else {
                 chunk_asks += 1;
-                query.reply(query.key_expr().clone(), vec![0u8; 5]).await.unwrap();
+                query
+                    .reply(query.key_expr().clone(), vec![0u8; 5])
+                    .await
+                    .unwrap();
                 if chunk_asks == 2 {
                     return chunk_asks;
                 }
@@ -203,6 +226,10 @@ async fn truncated_chunk_is_retried_then_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("5 bytes, expected 8"), "{err}");
-    assert_eq!(served.await.unwrap(), 2, "the short chunk was asked for twice");
+    assert_eq!(
+        served.await.unwrap(),
+        2,
+        "the short chunk was asked for twice"
+    );
     assert!(sink.is_empty(), "nothing of a bad chunk reaches the sink");
 }

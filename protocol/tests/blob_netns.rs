@@ -29,13 +29,20 @@ fn blob_server_child() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image");
         std::fs::write(&path, pseudo_random(SIZE, SEED)).unwrap();
-        let session = ZenohOptions::explicit(vec![], vec![connect]).open().await.unwrap();
+        let session = ZenohOptions::explicit(vec![], vec![connect])
+            .open()
+            .await
+            .unwrap();
         let _server = BlobServer::serve_file(&session, KEY, &path, blob::DEFAULT_CHUNK_SIZE)
             .await
             .unwrap();
         if role == "corrupt" {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
             let mut byte = [0u8; 1];
             f.read_exact_at(&mut byte, CORRUPT_AT).unwrap();
             f.write_all_at(&[byte[0] ^ 0x40], CORRUPT_AT).unwrap();
@@ -59,17 +66,37 @@ fn peak_rss_kib() -> u64 {
 }
 
 /// Starts the server child in host 1 connecting to a fetcher session in the root namespace.
-async fn setup(tag: &str, subnet: u8, role: &str) -> (TestNet, mose_testkit::ChildGuard, zenoh::Session) {
+async fn setup(
+    tag: &str,
+    subnet: u8,
+    role: &str,
+) -> (TestNet, mose_testkit::ChildGuard, zenoh::Session) {
     let mut net = TestNet::new(tag, subnet).unwrap();
     net.add_host(1).unwrap();
     let endpoint = format!("tcp/{}:{}", net.bridge_ip(), common::free_port());
-    let session = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let child = spawn_self(&net, 1, "blob_server_child", role, &[("MOSE_TEST_CONNECT", endpoint)]);
+    let session = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let child = spawn_self(
+        &net,
+        1,
+        "blob_server_child",
+        role,
+        &[("MOSE_TEST_CONNECT", endpoint)],
+    );
     // The child writes and hashes 64 MiB before it serves: wait for the manifest.
     let start = Instant::now();
-    let quick = FetchOptions { chunk_timeout: Duration::from_millis(500), retries: 0, ..Default::default() };
+    let quick = FetchOptions {
+        chunk_timeout: Duration::from_millis(500),
+        retries: 0,
+        ..Default::default()
+    };
     while blob::fetch_manifest(&session, KEY, &quick).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "server child never served the blob");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "server child never served the blob"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (net, child, session)
@@ -93,7 +120,10 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
     let rss_growth_mib = (peak_rss_kib() - rss_before) / 1024;
     // The fetch streams to disk: its memory is the reorder window, not the blob. (Another test
     // of this binary may fetch concurrently, so the bound leaves room for two windows.)
-    assert!(rss_growth_mib < 40, "peak RSS grew {rss_growth_mib} MiB for a 64 MiB blob");
+    assert!(
+        rss_growth_mib < 40,
+        "peak RSS grew {rss_growth_mib} MiB for a 64 MiB blob"
+    );
     let expected = pseudo_random(SIZE, SEED);
     assert_eq!(manifest.size, SIZE as u64);
     assert_eq!(manifest.chunks, 64);
@@ -116,5 +146,9 @@ async fn corrupted_chunk_fails_the_fetch_and_leaves_no_file() {
         .unwrap_err();
     assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
     assert!(!dest.exists());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "partial file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "partial file left behind"
+    );
 }

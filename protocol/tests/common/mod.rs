@@ -15,8 +15,14 @@ pub fn free_port() -> u16 {
 pub async fn session_pair() -> (zenoh::Session, zenoh::Session) {
     let port = free_port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    let a = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let b = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
+    let a = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let b = ZenohOptions::explicit(vec![], vec![endpoint])
+        .open()
+        .await
+        .unwrap();
     (a, b)
 }
 
