@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use mose_protocol::cli::ZenohArgs;
 use mose_protocol::messages::Role;
 
@@ -49,11 +49,42 @@ pub struct Cli {
     pub flow_ports: Vec<(String, String)>,
     #[command(flatten)]
     pub zenoh: ZenohArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Without a subcommand the agent runs (announces itself and serves migration steps).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure this host's checkpoint/restore costs with the memory workload and fit the PAM
+    /// model's parameters; stores them in <work-dir>/pam.json, published in the profile from the
+    /// agent's next start. Refuses a fit that is clearly bad.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The memory workload image (testbed/workloads `memload`), present on this host
+    #[arg(long, default_value = "localhost/mose/memload:latest")]
+    pub image: String,
+    /// State sizes to measure, MiB
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    pub sizes_mib: Vec<u32>,
+    /// Dirty rates to measure, MiB/s (the lowest and highest to plan for)
+    #[arg(long, value_delimiter = ',', default_value = "0,20")]
+    pub rates_mib_per_s: Vec<f64>,
+    /// Runs per size and rate (their medians are fitted)
+    #[arg(long, default_value_t = 3)]
+    pub repeats: u32,
+    /// Smallest acceptable R² of a fitted law
+    #[arg(long, default_value_t = 0.8)]
+    pub min_r_squared: f64,
 }
 
 impl Cli {
     /// Reads the config file (if any) and applies the flags over it.
-    pub fn settle(self) -> Result<AgentConfig, ConfigError> {
+    pub fn settle(self) -> Result<(AgentConfig, Option<Command>), ConfigError> {
+        let command = self.command;
         let mut file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
@@ -69,7 +100,7 @@ impl Cli {
         file.work_dir = self.work_dir.or(file.work_dir);
         file.flow_ports.extend(self.flow_ports);
         file.zenoh.apply(&self.zenoh);
-        file.settle()
+        Ok((file.settle()?, command))
     }
 }
 
@@ -109,7 +140,7 @@ mod tests {
             "--work-dir",
             "/tmp/w",
         ]);
-        let cfg = cli.settle().unwrap();
+        let (cfg, _) = cli.settle().unwrap();
         assert_eq!(cfg.id, "from-flag");
         assert_eq!(cfg.role, Role::Mobile);
         assert_eq!(cfg.zenoh.lease_ms, 3000);
@@ -126,6 +157,26 @@ mod tests {
     fn bad_flow_port_flag_is_rejected_by_the_parser() {
         let err = Cli::try_parse_from(["mose-agent", "--flow-port", "edge-b"]).unwrap_err();
         assert!(err.to_string().contains("AGENT=PORT"), "{err}");
+    }
+
+    #[test]
+    fn calibrate_takes_lists_and_defaults() {
+        let cli = Cli::parse_from([
+            "mose-agent",
+            "--id",
+            "e1",
+            "calibrate",
+            "--sizes-mib",
+            "2,20",
+        ]);
+        let (_, command) = cli.settle().unwrap();
+        let Some(Command::Calibrate(args)) = command else {
+            panic!("calibrate subcommand expected")
+        };
+        assert_eq!(args.sizes_mib, [2, 20]);
+        assert_eq!(args.rates_mib_per_s, [0.0, 20.0]);
+        assert_eq!(args.repeats, 3);
+        assert!(Cli::try_parse_from(["mose-agent", "calibrate", "--sizes-mib", "x"]).is_err());
     }
 
     #[test]

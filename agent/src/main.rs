@@ -2,14 +2,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use mose_agent::cli::Cli;
+use mose_agent::calibration::{self, CalibrationPlan};
+use mose_agent::cli::{CalibrateArgs, Cli, Command};
 use mose_agent::coat::{CoatExecutor, CoatSettings};
+use mose_agent::config::AgentConfig;
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::runtime::{self, Podman, ProbeOptions};
 use mose_agent::steps::StepServer;
 use mose_overlay::HostOverlay;
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities};
+use mose_protocol::model::PamParams;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -18,7 +21,16 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
-    let config = Cli::parse().settle()?;
+    let (config, command) = Cli::parse().settle()?;
+    if let Some(Command::Calibrate(args)) = command {
+        return calibrate(&config, args).await;
+    }
+    let calibration_file = calibration::stored_path(&config.work_dir);
+    let pam = calibration::load(&calibration_file)?.map(|c| c.params);
+    if pam.is_none() {
+        tracing::warn!(file = %calibration_file.display(),
+                       "not calibrated: the orchestrator will plan with paper defaults (run `mose-agent calibrate`)");
+    }
     let session = config
         .zenoh
         .open()
@@ -52,7 +64,7 @@ async fn run() -> anyhow::Result<()> {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         started_us: now_us(),
         capabilities: Capabilities::default(),
-        pam: None,
+        pam,
     };
     let node = AgentNode::start(
         session,
@@ -73,5 +85,55 @@ async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::shutdown_signal().await?;
     tracing::info!("shutting down");
     node.close().await;
+    Ok(())
+}
+
+/// `mose-agent calibrate`: measure, fit, refuse a bad fit, store.
+async fn calibrate(config: &AgentConfig, args: CalibrateArgs) -> anyhow::Result<()> {
+    let podman = Podman::new(&config.podman_socket).context("podman API client")?;
+    let path = calibration::stored_path(&config.work_dir);
+    let previous = calibration::load(&path)?
+        .map(|c| c.params)
+        .unwrap_or_else(PamParams::paper_defaults);
+    let plan = CalibrationPlan {
+        sizes_mib: args.sizes_mib,
+        rates_mib_per_s: args.rates_mib_per_s,
+        repeats: args.repeats,
+        min_r_squared: args.min_r_squared,
+        ..CalibrationPlan::new(args.image, config.work_dir.join("calibration"))
+    };
+    let samples = calibration::measure(&podman, &plan, &mut |p| {
+        if p.done < p.total {
+            eprintln!(
+                "[{}/{}] M = {} MiB, R = {} MiB/s: checkpoint + restore",
+                p.done + 1,
+                p.total,
+                p.state_mib,
+                p.rate_mib_per_s
+            );
+        }
+    })
+    .await?;
+    let result = calibration::fit(&samples, &previous, plan.min_r_squared)?;
+    println!(
+        "{:<28} {:>12} {:>14} {:>6}",
+        "law", "intercept s", "slope s/B", "R²"
+    );
+    for f in &result.fits {
+        println!(
+            "{:<28} {:>12.4e} {:>14.4e} {:>6.3}",
+            f.law, f.intercept, f.slope, f.r_squared
+        );
+        println!("{:<28} residuals {:?}", "", f.residuals);
+    }
+    for note in &result.notes {
+        println!("note: {note}");
+    }
+    println!("{}", serde_json::to_string_pretty(&result.params)?);
+    calibration::store(&path, &result)?;
+    println!(
+        "stored in {} (published in the profile from the agent's next start)",
+        path.display()
+    );
     Ok(())
 }

@@ -425,6 +425,11 @@ pub fn fit(
     })
 }
 
+/// Where an agent keeps its calibration: `<work_dir>/pam.json`.
+pub fn stored_path(work_dir: &Path) -> PathBuf {
+    work_dir.join("pam.json")
+}
+
 /// Stores a calibration as JSON (written to a temp file, then renamed).
 pub fn store(path: &Path, calibration: &Calibration) -> Result<(), CalibrationError> {
     let err = |reason: String| CalibrationError::Store {
