@@ -103,11 +103,12 @@ pub struct FitSummary {
 
 #[derive(Debug, Error)]
 pub enum CalibrationError {
-    #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {source}")]
+    // `error` (not `source`): the message already carries it; a source would print it twice.
+    #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {error}")]
     Runtime {
         mib: u32,
         rate: f64,
-        source: RuntimeError,
+        error: RuntimeError,
     },
     #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {reason}")]
     Sample { mib: u32, rate: f64, reason: String },
@@ -189,7 +190,7 @@ async fn sample_once(
     mib: u32,
     rate: f64,
 ) -> Result<Sample, CalibrationError> {
-    let rt = |source| CalibrationError::Runtime { mib, rate, source };
+    let rt = |error| CalibrationError::Runtime { mib, rate, error };
     let bad = |reason: String| CalibrationError::Sample { mib, rate, reason };
     let _ = podman.remove(name).await; // a crashed earlier run's leftover
     podman
