@@ -159,7 +159,10 @@ fn dirty_rate_since(
     cleared: Option<Instant>,
 ) -> io::Result<Option<u64>> {
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))?;
-    let pids: Vec<u32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let pids: Vec<u32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     let mut bytes = 0u64;
     for &pid in &pids {
         // A process may exit between listing and reading: it dirties nothing more.
@@ -191,7 +194,10 @@ fn pid_dirty_bytes(method: DirtyMethod, pid: u32) -> io::Result<u64> {
         DirtyMethod::AccessedBit => {
             let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
             parse_referenced_bytes(&rollup).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "smaps_rollup has no Referenced line")
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "smaps_rollup has no Referenced line",
+                )
             })
         }
         DirtyMethod::SoftDirty => soft_dirty_bytes(pid),
@@ -228,7 +234,8 @@ fn soft_dirty_bytes(pid: u32) -> io::Result<u64> {
             dirty += chunk
                 .chunks_exact(8)
                 .filter(|e| {
-                    let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                    let entry =
+                        u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
                     entry & PM_SOFT_DIRTY != 0
                 })
                 .count() as u64;
@@ -249,7 +256,10 @@ fn writable_ranges(maps: &str) -> Vec<(u64, u64)> {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
         })
         .collect()
 }
@@ -324,7 +334,11 @@ mod tests {
     fn accessed_bit_rate_sees_memory_written_between_samples() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.stat"), "anon 4096\n").unwrap();
-        std::fs::write(dir.path().join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        std::fs::write(
+            dir.path().join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
         let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
         probe.track("me", dir.path().to_path_buf());
         let first = probe.containers();
@@ -344,7 +358,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let third = probe.containers()[0].dirty_rate_bps.unwrap();
         let touched = third as f64 * quiet.elapsed().as_secs_f64();
-        assert!(touched < f64::from(16u32 << 20), "{touched} B counted again");
+        assert!(
+            touched < f64::from(16u32 << 20),
+            "{touched} B counted again"
+        );
         drop(block);
     }
 

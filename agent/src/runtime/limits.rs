@@ -128,7 +128,11 @@ mod tests {
                 Ulimit::fixed("nproc", 32768)
             ]
         );
-        let as_flags: Vec<String> = l.container_ulimits().iter().map(|u| u.to_string()).collect();
+        let as_flags: Vec<String> = l
+            .container_ulimits()
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
         assert_eq!(as_flags, ["nofile=20000:20000", "nproc=32768:32768"]);
         let unlimited = HostLimits {
             nofile_hard: u64::MAX,
