@@ -1,7 +1,8 @@
 //! Root integration test of the four-host testbed: `up` (four emulated hosts, OvS wires, podman,
 //! the real mose-agent ×3 and mose-orchestrator found by multicast scouting, the counter on
-//! edge1), the live client against the service for ~2 s, then `mose-testbed down` leaving
-//! nothing behind.
+//! edge1), the live client against the service, one cold COAT migration edge1 → edge2 through
+//! the orchestrator's API while the client runs (same connection, count continuous), then
+//! `mose-testbed down` leaving nothing behind.
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator`
 //! built in the same profile (`cargo test --workspace` builds them; with `-p mose-testbed` run
@@ -12,7 +13,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use mose_orchestrator::tasks::TaskStatus;
+use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
+use mose_testbed::demo::{migrate, Targets};
 use mose_testbed::fourhost::{Binaries, Config, FourHost, State, EDGE1, EDGE2, MOBILE};
 
 use common::*;
@@ -20,7 +24,7 @@ use common::*;
 const PREFIX: &str = "mtb-4h-";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn four_hosts_come_up_discover_serve_a_live_client_and_go_down() {
+async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     require_root();
     sweep_before(PREFIX).await;
     // target/<profile>/deps/<this test> → target/<profile>
@@ -73,13 +77,39 @@ async fn four_hosts_come_up_discover_serve_a_live_client_and_go_down() {
     .await
     .expect("client connects");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = Instant::now();
+    let task = migrate(
+        &state,
+        EDGE1,
+        EDGE2,
+        Targets {
+            downtime_ms: 1000.0,
+            duration_ms: 5000.0,
+            objective: Objective::Downtime,
+        },
+        &mut |line| println!("{line}"),
+    )
+    .await
+    .expect("migration submitted and finished");
+    assert_eq!(task.status, TaskStatus::Succeeded, "{task:?}");
+    println!(
+        "MIGRATED edge1 -> edge2 in {} ms",
+        before.elapsed().as_millis()
+    );
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE2.to_string())
+    );
+    // Served again from edge2 on the same connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let timeline = client.finish();
     assert!(timeline.error.is_none(), "{:?}", timeline.error);
     let n = timeline.samples.len();
-    assert!(n > 100, "only {n} replies in 2 s");
+    assert!(n > 100, "only {n} replies");
     let end = timeline.samples[n - 1].reply_ms();
     let k = timeline.kpis(0.0, end);
     assert!(k.same_connection && k.state_continuous, "{k:?}");
+    println!("CLIENT-OBSERVED DOWNTIME {:.0} ms", k.client_downtime_ms);
     assert_eq!(
         timeline.samples[0].count, 1,
         "a fresh service counts from 1"
@@ -87,7 +117,7 @@ async fn four_hosts_come_up_discover_serve_a_live_client_and_go_down() {
     let mut lat: Vec<f64> = timeline.samples.iter().map(|s| s.latency_ms).collect();
     lat.sort_by(f64::total_cmp);
     println!(
-        "CLIENT {n} replies in 2 s, counts 1..={}, latency median {:.3} ms, max {:.3} ms",
+        "CLIENT {n} replies, counts 1..={}, latency median {:.3} ms, max {:.3} ms",
         timeline.samples[n - 1].count,
         lat[n / 2],
         lat[n - 1]
