@@ -618,6 +618,22 @@ impl FourHost {
         Ok(())
     }
 
+    /// Kills `host`'s agent without warning (fault injection): no FIN, no withdrawal, the host
+    /// and its service stay as they are.
+    pub async fn kill_agent(&mut self, host: &str) -> Result<()> {
+        let what = format!("agent on {host}");
+        let i = self
+            .processes
+            .iter()
+            .position(|(w, _)| *w == what)
+            .ok_or_else(|| TestbedError::State(format!("no {what} is running")))?;
+        let (_, mut child) = self.processes.remove(i);
+        child
+            .kill()
+            .await
+            .map_err(|e| TestbedError::io(format!("kill {what}"), e))
+    }
+
     /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile (edge agents:
     /// with their probed capabilities, see [`profiled`]).
     async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {

@@ -1,8 +1,10 @@
 //! Root integration test of the four-host testbed: `up` (four emulated hosts, OvS wires, podman,
 //! the real mose-agent ×3 and mose-orchestrator found by multicast scouting, the counter on
 //! edge1), the live client against the service, one cold COAT migration edge1 → edge2 through
-//! the orchestrator's API while the client runs (same connection, count continuous), then
-//! `mose-testbed down` leaving nothing behind.
+//! the orchestrator's API while the client runs (same connection, count continuous), a second
+//! migration back whose destination agent is killed after the checkpoint (rolled back: the
+//! service runs at the source, same connection, count continuous), then `mose-testbed down`
+//! leaving nothing behind.
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator`
 //! built in the same profile (`cargo test --workspace` builds them; with `-p mose-testbed` run
@@ -13,7 +15,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::tasks::TaskStatus;
+use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
+use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
 use mose_testbed::demo::{migrate, Targets};
@@ -43,7 +46,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     };
 
     let t = Instant::now();
-    let (tb, timings) = FourHost::up(cfg.clone()).await.expect("four hosts up");
+    let (mut tb, timings) = FourHost::up(cfg.clone()).await.expect("four hosts up");
     println!("UP in {} ms: {timings:?}", t.elapsed().as_millis());
     let inodes: Vec<_> = ["edge1", "edge2", "mobile", "ctrl"]
         .iter()
@@ -101,6 +104,69 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         Some(EDGE2.to_string())
     );
     // Served again from edge2 on the same connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Fault: the destination's agent dies after the source has checkpointed (the service is
+    // frozen, its image on its way). The orchestrator must roll back: the service runs at the
+    // source again, the client keeps its connection and its count.
+    let api = state.api();
+    let request = MigrationRequest {
+        service: state.service.clone(),
+        source: EDGE2.into(),
+        destination: EDGE1.into(),
+        mobile: Some(MOBILE.into()),
+        objective: Objective::Downtime,
+        target_downtime_ms: 1000.0,
+        target_duration_ms: 5000.0,
+    };
+    let task = api.submit(&request).await.expect("submit edge2 -> edge1");
+    let t = Instant::now();
+    loop {
+        let now = api.migration(&task.id).await.expect("poll");
+        let checkpointed = now
+            .events
+            .iter()
+            .any(|e| e.phase == Phase::Checkpoint && matches!(e.status, PhaseStatus::Finished));
+        if checkpointed {
+            break;
+        }
+        assert!(
+            !now.status.is_finished(),
+            "finished before the checkpoint: {now:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no checkpoint: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tb.kill_agent(EDGE1).await.expect("kill edge1's agent");
+    println!(
+        "KILLED edge1's agent {} ms after submitting",
+        t.elapsed().as_millis()
+    );
+    let task = loop {
+        let now = api.migration(&task.id).await.expect("poll");
+        if now.status.is_finished() {
+            break now;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "never finished: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(task.status, TaskStatus::RolledBack, "{task:?}");
+    println!(
+        "ROLLED BACK after {} ms: {:?}",
+        t.elapsed().as_millis(),
+        task.error
+    );
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE2.to_string()),
+        "the service runs at the source again"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let timeline = client.finish();
     assert!(timeline.error.is_none(), "{:?}", timeline.error);
