@@ -2,9 +2,9 @@
 //! the real mose-agent ×3 and mose-orchestrator found by multicast scouting, the counter on
 //! edge1), the live client against the service, one cold COAT migration edge1 → edge2 through
 //! the orchestrator's API while the client runs (same connection, count continuous), a second
-//! migration back whose destination agent is killed after the checkpoint (rolled back: the
-//! service runs at the source, same connection, count continuous), then `mose-testbed down`
-//! leaving nothing behind.
+//! migration back cancelled after the checkpoint and another whose destination agent is killed
+//! after the checkpoint (both rolled back: the service runs at the source, same connection,
+//! count continuous), then `mose-testbed down` leaving nothing behind.
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator`
 //! built in the same profile (`cargo test --workspace` builds them; with `-p mose-testbed` run
@@ -15,7 +15,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
+use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
@@ -106,11 +107,12 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     // Served again from edge2 on the same connection.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Fault: the destination's agent dies after the source has checkpointed (the service is
-    // frozen, its image on its way). The orchestrator must roll back: the service runs at the
-    // source again, the client keeps its connection and its count.
+    // Faults, both after the source has checkpointed (the service is frozen, its image on its
+    // way): the task is cancelled; then the destination's agent dies. Each time the orchestrator
+    // must roll back: the service runs at the source again, the client keeps its connection
+    // and its count.
     let api = state.api();
-    let request = MigrationRequest {
+    let back = MigrationRequest {
         service: state.service.clone(),
         source: EDGE2.into(),
         destination: EDGE1.into(),
@@ -119,43 +121,28 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,
     };
-    let task = api.submit(&request).await.expect("submit edge2 -> edge1");
-    let t = Instant::now();
-    loop {
-        let now = api.migration(&task.id).await.expect("poll");
-        let checkpointed = now
-            .events
-            .iter()
-            .any(|e| e.phase == Phase::Checkpoint && matches!(e.status, PhaseStatus::Finished));
-        if checkpointed {
-            break;
-        }
-        assert!(
-            !now.status.is_finished(),
-            "finished before the checkpoint: {now:?}"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no checkpoint: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (id, t) = submit_until_checkpointed(&api, &back).await;
+    api.cancel(&id).await.expect("DELETE /v1/migrations/{id}");
+    let task = wait_finished(&api, &id, t).await;
+    assert_eq!(task.status, TaskStatus::Cancelled, "{task:?}");
+    println!(
+        "CANCELLED after the checkpoint, rolled back in {} ms",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE2.to_string()),
+        "the service runs at the source again after the cancel"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (id, t) = submit_until_checkpointed(&api, &back).await;
     tb.kill_agent(EDGE1).await.expect("kill edge1's agent");
     println!(
         "KILLED edge1's agent {} ms after submitting",
         t.elapsed().as_millis()
     );
-    let task = loop {
-        let now = api.migration(&task.id).await.expect("poll");
-        if now.status.is_finished() {
-            break now;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "never finished: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let task = wait_finished(&api, &id, t).await;
     assert_eq!(task.status, TaskStatus::RolledBack, "{task:?}");
     println!(
         "ROLLED BACK after {} ms: {:?}",
@@ -203,4 +190,47 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     );
     println!("DOWN in {} ms", t.elapsed().as_millis());
     assert_nothing_left(PREFIX, &inodes, &[], &[]).await;
+}
+
+/// Submits `request` and returns once the task shows the source's checkpoint finished.
+async fn submit_until_checkpointed(
+    api: &ApiClient,
+    request: &MigrationRequest,
+) -> (String, Instant) {
+    let task = api.submit(request).await.expect("submit");
+    let t = Instant::now();
+    loop {
+        let now = api.migration(&task.id).await.expect("poll");
+        if now
+            .events
+            .iter()
+            .any(|e| e.phase == Phase::Checkpoint && matches!(e.status, PhaseStatus::Finished))
+        {
+            return (task.id, t);
+        }
+        assert!(
+            !now.status.is_finished(),
+            "finished before the checkpoint: {now:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no checkpoint: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until the task has finished (any outcome).
+async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRecord {
+    loop {
+        let now = api.migration(id).await.expect("poll");
+        if now.status.is_finished() {
+            return now;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "never finished: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

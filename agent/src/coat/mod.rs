@@ -584,6 +584,14 @@ impl Inner {
                 .map(|n| n.ip),
             false => None,
         };
+        // Cut the namespace off the bridge first: a restored container (abort on the
+        // destination) still holds the client's live TCP socket, and killing it makes the
+        // kernel send FIN/RST — which must not reach the client, whose service lives on at the
+        // source.
+        self.overlay
+            .remove_port(&host_if)
+            .await
+            .map_err(overlay(format!("{why}: detach {service} from the bridge")))?;
         let removed = self
             .podman
             .remove(service)
