@@ -7,7 +7,7 @@ use mose_agent::cli::{CalibrateArgs, Cli, Command};
 use mose_agent::coat::{CoatExecutor, CoatSettings};
 use mose_agent::config::AgentConfig;
 use mose_agent::node::AgentNode;
-use mose_agent::profiling::CgroupProbe;
+use mose_agent::profiling::{memory_cgroup_of, CgroupProbe};
 use mose_agent::runtime::{self, Podman, ProbeOptions};
 use mose_agent::steps::StepServer;
 use mose_overlay::HostOverlay;
@@ -66,14 +66,20 @@ async fn run() -> anyhow::Result<()> {
         capabilities: Capabilities::default(),
         pam,
     };
+    let containers = Arc::new(CgroupProbe::default());
     let node = AgentNode::start(
         session,
         config.keys.clone(),
         profile,
         config.metrics_interval,
-        Arc::new(CgroupProbe::default()),
+        containers.clone(),
     )
     .await?;
+    let _discovery = tokio::spawn(follow_containers(
+        podman.clone(),
+        containers,
+        config.metrics_interval,
+    ));
     // The probe runs real CRIU dumps (seconds): announce first, publish capabilities when known.
     let probe_options = ProbeOptions {
         ovsdb_socket: Some(config.ovsdb_socket.clone()),
@@ -86,6 +92,41 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.close().await;
     Ok(())
+}
+
+/// Keeps the metrics' container set equal to podman's running containers. A host without
+/// podman (a mobile device) has none: said once, not every interval.
+async fn follow_containers(podman: Podman, probe: Arc<CgroupProbe>, every: std::time::Duration) {
+    let mut warned = false;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match podman.list_running().await {
+            Ok(list) => {
+                warned = false;
+                let running = list
+                    .into_iter()
+                    .filter(|c| c.pid > 0)
+                    .filter_map(|c| {
+                        let name = c.names.into_iter().next()?;
+                        match memory_cgroup_of(c.pid) {
+                            Ok(dir) => Some((name, dir)),
+                            Err(e) => {
+                                tracing::debug!(container = %name, error = %e, "no cgroup");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+                probe.sync(running);
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "cannot list containers; metrics carry none");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// `mose-agent calibrate`: measure, fit, refuse a bad fit, store.

@@ -112,6 +112,18 @@ impl CgroupProbe {
         self.lock().remove(name);
     }
 
+    /// Reports exactly `running` (name, cgroup dir): new ones are tracked, gone ones dropped,
+    /// unchanged ones keep their dirty-rate baseline.
+    pub fn sync(&self, running: Vec<(String, PathBuf)>) {
+        let mut tracked = self.lock();
+        tracked.retain(|name, t| running.iter().any(|(n, d)| n == name && *d == t.dir));
+        for (name, dir) in running {
+            tracked
+                .entry(name)
+                .or_insert(Tracked { dir, cleared: None });
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Tracked>> {
         // A panic while holding this lock cannot leave the map inconsistent: keep using it.
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
@@ -264,6 +276,38 @@ fn writable_ranges(maps: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The memory cgroup directory from a `/proc/<pid>/cgroup` text. A v1 `memory` controller wins
+/// (hybrid hosts also list a `0::` line, but memory is accounted in v1 there); else the v2
+/// `0::<path>` under the unified mount.
+pub fn memory_cgroup_dir(text: &str) -> Option<PathBuf> {
+    let rel = |p: &str| p.trim_start_matches('/').to_string();
+    let v1 = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
+    });
+    v1.or_else(|| {
+        text.lines().find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| Path::new("/sys/fs/cgroup").join(rel(p)))
+        })
+    })
+}
+
+/// The memory cgroup directory of process `pid`.
+pub fn memory_cgroup_of(pid: i64) -> io::Result<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    memory_cgroup_dir(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/cgroup names no v1 or v2 memory cgroup"),
+        )
+    })
+}
+
 /// Anonymous memory of a cgroup in bytes: `anon` (cgroup v2) or `total_rss`/`rss` (v1).
 pub fn anon_bytes_of_cgroup(dir: &Path) -> io::Result<u64> {
     let stat = std::fs::read_to_string(dir.join("memory.stat"))?;
@@ -316,6 +360,40 @@ mod tests {
         );
         assert_eq!(parse_anon_bytes("file 10\n"), None);
         assert_eq!(parse_anon_bytes("anon lots\n"), None);
+    }
+
+    #[test]
+    fn cgroup_paths_v2_and_v1() {
+        assert_eq!(
+            memory_cgroup_dir("0::/machine.slice/libpod-abc.scope/container\n"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/machine.slice/libpod-abc.scope/container"
+            ))
+        );
+        assert_eq!(
+            memory_cgroup_dir(
+                "12:cpu,cpuacct:/x\n4:memory:/libpod_parent/abc\n0::/libpod_parent/abc\n"
+            ),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/libpod_parent/abc")),
+            "hybrid: memory is a v1 controller"
+        );
+        assert_eq!(memory_cgroup_dir("garbage\n"), None);
+    }
+
+    #[test]
+    fn sync_keeps_baselines_and_drops_gone_containers() {
+        let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
+        probe.track("a", PathBuf::from("/a"));
+        probe.lock().get_mut("a").unwrap().cleared = Some(Instant::now());
+        probe.track("b", PathBuf::from("/b"));
+        probe.sync(vec![
+            ("a".into(), PathBuf::from("/a")),
+            ("c".into(), PathBuf::from("/c")),
+        ]);
+        let t = probe.lock();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(t["a"].cleared.is_some(), "a kept its baseline");
+        assert!(t["c"].cleared.is_none());
     }
 
     #[test]

@@ -72,6 +72,31 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         Some(EDGE1.to_string())
     );
 
+    // Edge1's metrics carry the running service: its state size and a measured dirty rate.
+    let t = Instant::now();
+    let svc = loop {
+        let edge1 = state
+            .api()
+            .agent(EDGE1)
+            .await
+            .expect("GET /v1/agents/edge1");
+        let found = edge1.metrics.and_then(|m| {
+            m.containers
+                .into_iter()
+                .find(|c| c.name == state.service && c.dirty_rate_bps.is_some())
+        });
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "edge1's metrics never listed the service"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(svc.state_bytes > 0, "{svc:?}");
+    println!("METRICS {svc:?}");
+
     // The live client from the mobile host, through the mobile bridge's steering to edge1.
     let client = LiveClient::start(
         &state.client_netns,

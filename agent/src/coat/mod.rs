@@ -32,7 +32,7 @@ use mose_protocol::KeySpace;
 use tracing::{info, warn, Instrument};
 use zenoh::Session;
 
-use crate::profiling::anon_bytes_of_cgroup;
+use crate::profiling::{anon_bytes_of_cgroup, memory_cgroup_dir};
 use crate::runtime::{
     CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, Podman, RestoreOptions,
 };
@@ -782,34 +782,13 @@ fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
     let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
     let text = std::fs::read_to_string(&file)
         .map_err(io(format!("read the cgroup of {service}"), &file))?;
-    let dir = cgroup_dir(&text).ok_or_else(|| {
+    let dir = memory_cgroup_dir(&text).ok_or_else(|| {
         CoatError::State(format!(
             "{} of {service} names no cgroup v2 or v1 memory cgroup",
             file.display()
         ))
     })?;
     anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
-}
-
-/// The memory cgroup directory from a `/proc/<pid>/cgroup` text. A v1 `memory` controller wins
-/// (hybrid hosts also list a `0::` line, but memory is accounted in v1 there); else the v2
-/// `0::<path>` under the unified mount.
-fn cgroup_dir(text: &str) -> Option<PathBuf> {
-    let rel = |p: &str| p.trim_start_matches('/').to_string();
-    let v1 = text.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        ctrls
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| Path::new("/sys/fs/cgroup/memory").join(rel(path)))
-    });
-    v1.or_else(|| {
-        text.lines().find_map(|l| {
-            l.strip_prefix("0::")
-                .map(|p| Path::new("/sys/fs/cgroup").join(rel(p)))
-        })
-    })
 }
 
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
@@ -855,22 +834,6 @@ mod tests {
             assert!(check_id("task", bad).is_err(), "{bad:?}");
         }
         assert!(check_id("task", "t-1.a_b").is_ok());
-    }
-
-    #[test]
-    fn cgroup_paths_v2_and_v1() {
-        assert_eq!(
-            cgroup_dir("0::/machine.slice/libpod-abc.scope/container\n"),
-            Some(PathBuf::from(
-                "/sys/fs/cgroup/machine.slice/libpod-abc.scope/container"
-            ))
-        );
-        assert_eq!(
-            cgroup_dir("12:cpu,cpuacct:/x\n4:memory:/libpod_parent/abc\n0::/libpod_parent/abc\n"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/libpod_parent/abc")),
-            "hybrid: memory is a v1 controller"
-        );
-        assert_eq!(cgroup_dir("garbage\n"), None);
     }
 
     #[test]

@@ -318,3 +318,15 @@ mod tests {
         assert_eq!(HostInfo::default().cgroup_version(), 0);
     }
 }
+
+/// One entry of `GET /containers/json` (running containers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ContainerSummary {
+    #[serde(rename = "Names")]
+    pub names: Vec<String>,
+    #[serde(rename = "Pid")]
+    pub pid: i64,
+    #[serde(rename = "State")]
+    pub state: String,
+}

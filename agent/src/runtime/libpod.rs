@@ -14,8 +14,8 @@ use tokio::io::AsyncRead;
 use tokio_util::io::ReaderStream;
 
 use super::container::{
-    ContainerInfo, ContainerStats, CreateResponse, CreateSpec, HostInfo, SpecGenerator,
-    StatsEnvelope, VersionResponse,
+    ContainerInfo, ContainerStats, ContainerSummary, CreateResponse, CreateSpec, HostInfo,
+    SpecGenerator, StatsEnvelope, VersionResponse,
 };
 use super::error::{Op, Result, RuntimeError};
 
@@ -265,6 +265,17 @@ impl Podman {
         check_name(Op::Exists, name)?;
         self.exists_at(Op::Exists, name, &format!("/containers/{name}/exists"))
             .await
+    }
+
+    /// The running containers (name, init pid, state).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn list_running(&self) -> Result<Vec<ContainerSummary>> {
+        self.json(
+            Op::List,
+            "containers",
+            self.http.get(self.url("/containers/json")),
+        )
+        .await
     }
 
     /// One stats sample of a running container.

@@ -23,7 +23,7 @@ pub mod limits;
 
 pub use capabilities::{probe, ProbeOptions, ProbeReport};
 pub use checkpoint::{CheckpointOptions, CheckpointReport, RestoreOptions, RestoreReport};
-pub use container::{ContainerInfo, ContainerStats, CreateSpec, HostInfo, Netns};
+pub use container::{ContainerInfo, ContainerStats, ContainerSummary, CreateSpec, HostInfo, Netns};
 pub use criu_stats::{CriuDumpStats, CriuRestoreStats};
 pub use error::{Op, Result, RuntimeError};
 pub use libpod::Podman;
