@@ -792,22 +792,11 @@ fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
 }
 
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
-    s.map(|s| CriuStats {
-        freezing_time_us: Some(s.freezing_time_us),
-        frozen_time_us: Some(s.frozen_time_us),
-        memdump_time_us: Some(s.memdump_time_us),
-        memwrite_time_us: Some(s.memwrite_time_us),
-        pages_written: Some(s.pages_written),
-        restore_time_us: None,
-    })
-    .unwrap_or_default()
+    s.as_ref().map(CriuStats::from).unwrap_or_default()
 }
 
 fn restore_stats(s: Option<CriuRestoreStats>) -> CriuStats {
-    CriuStats {
-        restore_time_us: s.map(|s| s.restore_time_us),
-        ..CriuStats::default()
-    }
+    s.as_ref().map(CriuStats::from).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -183,12 +183,7 @@ impl Podman {
                 );
                 sink.write_all(&chunk)
                     .await
-                    .map_err(|source| RuntimeError::ArchiveIo {
-                        op,
-                        target: name.into(),
-                        bytes: scan.offset(),
-                        source,
-                    })?;
+                    .map_err(archive_io(op, name, scan.offset()))?;
             }
             if !scan.is_complete() {
                 return Err(incomplete(
@@ -200,12 +195,7 @@ impl Podman {
             }
             sink.flush()
                 .await
-                .map_err(|source| RuntimeError::ArchiveIo {
-                    op,
-                    target: name.into(),
-                    bytes: scan.offset(),
-                    source,
-                })?;
+                .map_err(archive_io(op, name, scan.offset()))?;
             let report = CheckpointReport {
                 container: name.to_string(),
                 archive_bytes: scan.offset(),
@@ -462,6 +452,20 @@ fn dump_stats(name: &str, wanted: bool, kept: &[Member]) -> Option<CriuDumpStats
             }
             None
         }
+    }
+}
+
+/// Writing the archive failed after `bytes` bytes.
+fn archive_io(
+    op: Op,
+    target: &str,
+    bytes: u64,
+) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::ArchiveIo {
+        op,
+        target: target.into(),
+        bytes,
+        source,
     }
 }
 
