@@ -46,7 +46,7 @@ async fn run() -> anyhow::Result<()> {
     );
     let settings = CoatSettings {
         flow_ports: config.flow_ports.clone(),
-        ..CoatSettings::new(&config.work_dir)
+        ..CoatSettings::new(&config.id, &config.work_dir)
     };
     let executor = CoatExecutor::new(
         podman.clone(),

@@ -27,8 +27,11 @@ use mose_overlay::netns::{replace_neighbour, EndpointSpec, MacAddr, Neighbour};
 use mose_overlay::ovsdb::{PortKind, PortSpec};
 use mose_overlay::{HostOverlay, ServiceAddr};
 use mose_protocol::blob::{fetch_to_file, BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
-use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec, Step, StepOutcome};
-use mose_protocol::KeySpace;
+use mose_protocol::messages::{
+    now_us, CriuStats, Phase, PhaseEvent, PhaseStatus, ServiceNetwork, ServiceSpec, Step,
+    StepOutcome,
+};
+use mose_protocol::{encode, KeySpace};
 use tracing::{info, warn, Instrument};
 use zenoh::Session;
 
@@ -47,6 +50,8 @@ pub const SERVICE_IFNAME: &str = "eth0";
 /// What the executor needs besides the runtime, the overlay and the session.
 #[derive(Debug, Clone)]
 pub struct CoatSettings {
+    /// This agent's id: the `agent` of the phase events it publishes (transfer, netns).
+    pub agent_id: String,
     /// Checkpoint archives live under `<work_dir>/<task>/<image>.tar`.
     pub work_dir: PathBuf,
     /// Mobile hosts: the OvS port on this host's bridge that leads toward each agent's host,
@@ -58,8 +63,9 @@ pub struct CoatSettings {
 }
 
 impl CoatSettings {
-    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(agent_id: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
         CoatSettings {
+            agent_id: agent_id.into(),
             work_dir: work_dir.into(),
             flow_ports: BTreeMap::new(),
             fetch: FetchOptions::default(),
@@ -131,6 +137,49 @@ impl CoatExecutor {
 }
 
 impl Inner {
+    /// Runs `work` as `phase` of `task`, published as started/finished (or failed) events on
+    /// the task's event key: the orchestrator's breakdown then shows the phases that happen
+    /// inside a step (the fetch inside Restore, the namespace inside Prepare).
+    async fn in_phase<T>(
+        &self,
+        task: &str,
+        phase: Phase,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.publish_phase(task, phase, PhaseStatus::Started).await;
+        let result = work.await;
+        let status = match &result {
+            Ok(_) => PhaseStatus::Finished,
+            Err(e) => PhaseStatus::Failed {
+                error: e.to_string(),
+            },
+        };
+        self.publish_phase(task, phase, status).await;
+        result
+    }
+
+    /// Best effort: a lost event costs a line of the breakdown, never the step.
+    async fn publish_phase(&self, task: &str, phase: Phase, status: PhaseStatus) {
+        let event = PhaseEvent {
+            task: task.to_string(),
+            agent: self.settings.agent_id.clone(),
+            phase,
+            status,
+            at_us: now_us(),
+        };
+        let sent = match encode(&event) {
+            Ok(bytes) => self
+                .session
+                .put(self.keys.task_events(task), bytes)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            warn!(task, ?phase, error = %e, "could not publish a phase event");
+        }
+    }
+
     fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.locks).entry(key).or_default().clone()
     }
@@ -138,7 +187,7 @@ impl Inner {
     async fn run(&self, task: &str, step: Step) -> Result<StepOutcome> {
         match step {
             Step::Describe { service } => self.describe(&service).await,
-            Step::Prepare { spec } => self.prepare(&spec).await.map(|_| StepOutcome::Done),
+            Step::Prepare { spec } => self.prepare(task, &spec).await.map(|_| StepOutcome::Done),
             Step::Checkpoint {
                 service,
                 image,
@@ -385,7 +434,7 @@ impl Inner {
     /// Image present, namespace with the service's identity, explicit flows to it. Returns the
     /// OpenFlow port of the service's veth.
     #[tracing::instrument(name = "coat.prepare", skip(self, spec), fields(service = %spec.name))]
-    async fn prepare(&self, spec: &ServiceSpec) -> Result<u32> {
+    async fn prepare(&self, task: &str, spec: &ServiceSpec) -> Result<u32> {
         check_service(&spec.name)?;
         let t0 = Instant::now();
         let present = self
@@ -403,7 +452,9 @@ impl Inner {
                 spec.image, spec.name
             )));
         }
-        let ofport = self.ensure_endpoint(spec).await?;
+        let ofport = self
+            .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
+            .await?;
         let net = &spec.network;
         self.overlay
             .steer(
@@ -526,7 +577,7 @@ impl Inner {
         }
         if !self.overlay.endpoint_path(&netns_name(service)).exists() {
             warn!("restore without a prepared namespace: preparing now (inside the downtime)");
-            self.prepare(spec).await?;
+            self.prepare(task, spec).await?;
         }
 
         let path = self.image_path(task, image);
@@ -536,17 +587,20 @@ impl Inner {
             .map_err(io("create the task's work directory", dir))?;
         let key = self.keys.image(task, image);
         let t0 = Instant::now();
-        let manifest = fetch_to_file(
-            &self.session,
-            &key,
-            &path,
-            &self.settings.fetch,
-            &mut |_| {},
-        )
-        .await
-        .map_err(blob(format!(
-            "fetch the checkpoint {key} from agent {from_agent}"
-        )))?;
+        let fetch = async {
+            fetch_to_file(
+                &self.session,
+                &key,
+                &path,
+                &self.settings.fetch,
+                &mut |_| {},
+            )
+            .await
+            .map_err(blob(format!(
+                "fetch the checkpoint {key} from agent {from_agent}"
+            )))
+        };
+        let manifest = self.in_phase(task, Phase::Transfer, fetch).await?;
         let fetch_ms = t0.elapsed().as_millis() as u64;
         let file = tokio::fs::File::open(&path)
             .await
