@@ -504,6 +504,13 @@ impl FourHost {
         &self.state
     }
 
+    /// The LAN the hosts hang on (e.g. to shape a host's link).
+    pub fn lan(&self) -> Result<&Lan> {
+        self.lan
+            .as_ref()
+            .ok_or_else(|| TestbedError::State("the testbed's LAN is gone".into()))
+    }
+
     pub fn host(&self, name: &str) -> Result<&Host> {
         self.hosts
             .iter()
