@@ -331,6 +331,32 @@ pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
     Ok(value * scale)
 }
 
+/// A link rate like `100Mbit`, `1.5Gbit` or `800kbit` (per second, SI prefixes), as whole
+/// **bytes** per second (what the task API takes).
+pub fn parse_bandwidth_bytes_per_s(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a rate like 100Mbit, 1Gbit or 800kbit"))?;
+    let bits_per_unit = match unit.trim() {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "Mbit" => 1e6,
+        "Gbit" => 1e9,
+        "" => return Err(format!("'{text}' needs a unit: kbit, Mbit or Gbit (per second)")),
+        other => return Err(format!("unknown unit '{other}' in '{text}': use kbit, Mbit or Gbit")),
+    };
+    let bytes = (value * bits_per_unit / 8.0).floor();
+    if bytes < 1.0 {
+        return Err(format!("'{text}' is less than one byte per second"));
+    }
+    Ok(bytes as u64)
+}
+
 fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes / (1 << 20))
 }
@@ -347,6 +373,11 @@ mod tests {
     fn durations_parse_with_units_only() {
         assert_eq!(parse_duration_ms("500ms"), Ok(500.0));
         assert_eq!(parse_duration_ms("1s"), Ok(1000.0));
+        assert_eq!(parse_bandwidth_bytes_per_s("100Mbit"), Ok(12_500_000));
+        assert_eq!(parse_bandwidth_bytes_per_s("1.5Gbit"), Ok(187_500_000));
+        for bad in ["100", "fast", "100MB", "0Mbit", "4bit"] {
+            assert!(parse_bandwidth_bytes_per_s(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_duration_ms("1.5s"), Ok(1500.0));
         assert_eq!(parse_duration_ms("2m"), Ok(120_000.0));
         for bad in ["", "5", "s", "1h", "-1s", "1..2s"] {

@@ -165,7 +165,10 @@ pub fn document() -> Value {
                     "objective": {"type": "string", "enum": names(&[Objective::Downtime, Objective::Resources]),
                                   "default": "downtime"},
                     "target_downtime_ms": {"type": "number", "exclusiveMinimum": true, "minimum": 0},
-                    "target_duration_ms": {"type": "number", "exclusiveMinimum": true, "minimum": 0}
+                    "target_duration_ms": {"type": "number", "exclusiveMinimum": true, "minimum": 0},
+                    "bandwidth_bytes_per_s": {"type": "integer", "minimum": 1, "nullable": true,
+                        "description": "bandwidth source → destination in bytes/s, when known \
+                                        (overrides the link estimate)"}
                 }
             },
             "Plan": {

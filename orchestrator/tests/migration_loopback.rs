@@ -198,6 +198,7 @@ fn test_config() -> DriverConfig {
         retry_backoff: Duration::from_millis(50),
         default_bandwidth_bps: 125_000_000,
         reconcile_wait: Duration::from_secs(5),
+        agent_wait: Duration::from_secs(5),
     }
 }
 
@@ -335,6 +336,7 @@ fn request() -> MigrationRequest {
         objective: Objective::Downtime,
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,
+        bandwidth_bytes_per_s: None,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Targets {
     pub downtime_ms: f64,
     pub duration_ms: f64,
     pub objective: Objective,
+    /// Bandwidth edge → edge the caller states (bytes/s), e.g. the LAN's shaped rate.
+    pub bandwidth_bytes_per_s: Option<u64>,
 }
 
 /// Submit a migration of the testbed's service and wait until the orchestrator has finished
@@ -56,6 +58,7 @@ pub async fn migrate(
         objective: targets.objective,
         target_downtime_ms: targets.downtime_ms,
         target_duration_ms: targets.duration_ms,
+        bandwidth_bytes_per_s: targets.bandwidth_bytes_per_s,
     };
     let task = match api.submit(&request).await {
         Ok(t) => t,

@@ -48,6 +48,10 @@ struct TargetArgs {
     /// What the designer minimises: downtime or resources.
     #[arg(long, default_value = "downtime", value_parser = parse_objective)]
     objective: Objective,
+    /// Bandwidth edge → edge to plan with (e.g. 100Mbit); default: the agents' estimate or
+    /// the orchestrator's default.
+    #[arg(long, value_parser = mose_orchestrator::client::parse_bandwidth_bytes_per_s)]
+    bandwidth: Option<u64>,
 }
 
 impl TargetArgs {
@@ -56,6 +60,7 @@ impl TargetArgs {
             downtime_ms: self.target_downtime_ms,
             duration_ms: self.target_duration_ms,
             objective: self.objective,
+            bandwidth_bytes_per_s: self.bandwidth,
         }
     }
 }

@@ -115,6 +115,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
             downtime_ms: 1000.0,
             duration_ms: 5000.0,
             objective: Objective::Downtime,
+            bandwidth_bytes_per_s: None,
         },
         &mut |line| println!("{line}"),
     )
@@ -145,6 +146,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         objective: Objective::Downtime,
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,
+        bandwidth_bytes_per_s: None,
     };
     let (id, t) = submit_until_checkpoint(&api, &back, true).await;
     api.cancel(&id).await.expect("DELETE /v1/migrations/{id}");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mose_orchestrator::client::{
-    agents_table, event_line, kpi_table, migrations_table, parse_duration_ms, plan_summary,
+    agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s, parse_duration_ms, plan_summary,
     ApiClient,
 };
 use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
@@ -71,6 +71,10 @@ enum Command {
         /// Total migration time target θ_mig (e.g. 5s)
         #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
         target_duration: f64,
+        /// Bandwidth source → destination when you know it (e.g. 100Mbit, 1Gbit); otherwise
+        /// the agents' link estimate or the orchestrator's default is planned with
+        #[arg(long, value_parser = parse_bandwidth_bytes_per_s)]
+        bandwidth: Option<u64>,
         /// Print the plan and return at once instead of following the migration
         #[arg(long)]
         no_wait: bool,
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             objective,
             target_downtime,
             target_duration,
+            bandwidth,
             no_wait,
         } => {
             let request = MigrationRequest {
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 objective: objective.into(),
                 target_downtime_ms: target_downtime,
                 target_duration_ms: target_duration,
+                bandwidth_bytes_per_s: bandwidth,
             };
             let mut task = client.submit(&request).await?;
             if !cli.json {

@@ -98,6 +98,10 @@ pub struct MigrationRequest {
     pub target_downtime_ms: f64,
     /// θ_mig in milliseconds, > 0.
     pub target_duration_ms: f64,
+    /// L source → destination in **bytes**/s when the caller knows it (a reserved or shaped
+    /// link); overrides the agents' link estimate and the configured default.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: Option<u64>,
 }
 
 /// What the designer was fed, kept with the task so its plan can be reproduced and judged.
@@ -107,7 +111,8 @@ pub struct PlanInputs {
     pub state_bytes: u64,
     /// R_max from the source's latest metrics (0 when unknown).
     pub dirty_rate_bps: u64,
-    /// L source → destination (from link estimates, else the configured default).
+    /// L source → destination (from the request, else link estimates, else the configured
+    /// default).
     pub bandwidth_bps: u64,
     /// Whether each host's own calibration was used (else the paper's defaults).
     pub source_calibrated: bool,

@@ -31,6 +31,13 @@ pub fn check_request(req: &MigrationRequest) -> Result<(), TaskError> {
             req.source
         )));
     }
+    if req.bandwidth_bytes_per_s == Some(0) {
+        return Err(TaskError::Invalid(
+            "bandwidth_bytes_per_s must be at least 1 byte/s (or omitted to use the link \
+             estimate)"
+                .into(),
+        ));
+    }
     for (name, value) in [
         ("target_downtime_ms", req.target_downtime_ms),
         ("target_duration_ms", req.target_duration_ms),
@@ -139,10 +146,12 @@ pub fn design(
     }
     let dirty_rate_bps = dirty_rate_bps.unwrap_or(0);
 
-    let link = metrics
-        .and_then(|m| m.links.iter().find(|l| l.peer == req.destination))
-        .map(|l| l.bandwidth_bps)
-        .filter(|&b| b > 0);
+    let link = req.bandwidth_bytes_per_s.or_else(|| {
+        metrics
+            .and_then(|m| m.links.iter().find(|l| l.peer == req.destination))
+            .map(|l| l.bandwidth_bps)
+            .filter(|&b| b > 0)
+    });
     if link.is_none() {
         notes.push(format!(
             "no bandwidth estimate {} → {}: assuming the configured default of {default_bandwidth_bps} B/s",
@@ -227,6 +236,7 @@ mod tests {
             objective: Objective::Resources,
             target_downtime_ms: 2000.0,
             target_duration_ms: 5000.0,
+            bandwidth_bytes_per_s: None,
         }
     }
 
@@ -314,6 +324,9 @@ mod tests {
         }
         let (code, _) = refused(|r| r.target_duration_ms = 0.0);
         assert_eq!(code, 400);
+        let (code, msg) = refused(|r| r.bandwidth_bytes_per_s = Some(0));
+        assert_eq!(code, 400);
+        assert!(msg.contains("bandwidth_bytes_per_s"), "{msg}");
 
         let (code, msg) = refused(|r| r.service = "a/b".into());
         assert_eq!(code, 400);
@@ -365,6 +378,16 @@ mod tests {
         assert_eq!(inputs.dirty_rate_bps, 1 << 20);
         assert_eq!(inputs.bandwidth_bps, 12_500_000);
         assert!(plan.bandwidth_bps <= 12_500_000);
+
+        // A bandwidth the caller states wins over the link estimate, without a note.
+        let req = MigrationRequest {
+            bandwidth_bytes_per_s: Some(2_500_000),
+            ..request()
+        };
+        let (plan, inputs) = design(&req, &who, &spec(None), 1 << 20, 125_000_000).unwrap();
+        assert_eq!(inputs.bandwidth_bps, 2_500_000);
+        assert!(plan.bandwidth_bps <= 2_500_000);
+        assert!(!plan.explanation.contains("bandwidth estimate"));
 
         // The downtime objective without dirty tracking falls back to cold, saying why.
         let req = MigrationRequest {

@@ -170,6 +170,7 @@ pub(crate) mod tests {
                 objective: Objective::Resources,
                 target_downtime_ms: 1000.0,
                 target_duration_ms: 5000.0,
+                bandwidth_bytes_per_s: None,
             },
             spec: ServiceSpec {
                 name: "counter".into(),

@@ -83,6 +83,60 @@ impl PageCursor {
     }
 }
 
+/// Resident, incompressible memory state that is dirtied at a steady rate: the memory
+/// workload itself, and the optional state of the counter service (so a migration can carry a
+/// chosen state size behind a live client).
+pub struct Ballast {
+    mem: Vec<u8>,
+    rng: Rng,
+}
+
+impl Ballast {
+    /// Allocate `mib` MiB and fill every page with random bytes (resident, incompressible).
+    pub fn new(mib: usize, seed: u64) -> Result<Ballast, String> {
+        let bytes = mib
+            .checked_mul(1024 * 1024)
+            .ok_or_else(|| format!("state of {mib} MiB is too large"))?;
+        let mut rng = Rng::new(seed);
+        let mut mem = vec![0u8; bytes];
+        rng.fill(&mut mem);
+        Ok(Ballast { mem, rng })
+    }
+
+    pub fn pages(&self) -> usize {
+        self.mem.len() / PAGE
+    }
+
+    /// Dirty pages round-robin at `pages_per_s` forever, calling `report(elapsed_s, done)`
+    /// every `every`.
+    pub fn dirty_forever(
+        mut self,
+        pages_per_s: f64,
+        every: std::time::Duration,
+        mut report: impl FnMut(f64, u64),
+    ) -> ! {
+        use std::time::{Duration, Instant};
+        let pages = self.pages();
+        let start = Instant::now();
+        let mut pacer = Pacer::new(if pages == 0 { 0.0 } else { pages_per_s });
+        let mut cursor = PageCursor::new(pages);
+        let mut last_report = start;
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = Instant::now();
+            for _ in 0..pacer.due(now.duration_since(start).as_secs_f64()) {
+                let off = cursor.next_page() * PAGE;
+                // One word per page is enough to make the whole page dirty for the kernel.
+                self.mem[off..off + 8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+            }
+            if now.duration_since(last_report) >= every {
+                report(now.duration_since(start).as_secs_f64(), pacer.done);
+                last_report = now;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +169,11 @@ mod tests {
         Rng::new(2).fill(&mut b);
         assert_ne!(a, b);
         assert!(a.iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn ballast_has_the_size_asked_for() {
+        assert_eq!(Ballast::new(2, 7).unwrap().pages(), 512);
+        assert!(Ballast::new(usize::MAX, 7).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use mose_workloads::args::Opts;
-use mose_workloads::memload::{mib_per_s_to_pages, Pacer, PageCursor, Rng, PAGE};
+use mose_workloads::memload::{mib_per_s_to_pages, Ballast};
 
 fn main() -> ExitCode {
     match run() {
@@ -50,42 +50,20 @@ fn run() -> Result<(), String> {
             .max(10),
     );
     let seed: u64 = opts.num("seed", "MEMLOAD_SEED")?.unwrap_or(0x6d6f7365);
-    let bytes = mib
-        .checked_mul(1024 * 1024)
-        .ok_or_else(|| format!("--mib {mib} is too large"))?;
 
     let t0 = Instant::now();
-    let mut rng = Rng::new(seed);
-    let mut mem = vec![0u8; bytes];
-    rng.fill(&mut mem); // touches every page: the state is resident and incompressible
-    let pages = bytes / PAGE;
+    let ballast = Ballast::new(mib, seed)?;
+    let pages = ballast.pages();
     println!(
         "memload: ready mib={mib} pages={pages} rate_pages_per_s={pages_per_s} fill_ms={}",
         t0.elapsed().as_millis()
     );
-
-    let start = Instant::now();
-    let mut pacer = Pacer::new(if pages == 0 { 0.0 } else { pages_per_s });
-    let mut cursor = PageCursor::new(pages);
-    let (mut last_report, mut last_done) = (start, 0u64);
-    loop {
-        std::thread::sleep(Duration::from_millis(5));
-        let now = Instant::now();
-        for _ in 0..pacer.due(now.duration_since(start).as_secs_f64()) {
-            let off = cursor.next_page() * PAGE;
-            // One word per page is enough to make the whole page dirty for the kernel.
-            mem[off..off + 8].copy_from_slice(&rng.next_u64().to_le_bytes());
-        }
-        if now.duration_since(last_report) >= report {
-            let dt = now.duration_since(last_report).as_secs_f64();
-            println!(
-                "memload: t={:.1}s dirtied_pages={} rate_pages_per_s={:.0}",
-                now.duration_since(start).as_secs_f64(),
-                pacer.done,
-                (pacer.done - last_done) as f64 / dt
-            );
-            last_report = now;
-            last_done = pacer.done;
-        }
-    }
+    let mut last = (0.0, 0u64);
+    ballast.dirty_forever(pages_per_s, report, |t, done| {
+        println!(
+            "memload: t={t:.1}s dirtied_pages={done} rate_pages_per_s={:.0}",
+            (done - last.1) as f64 / (t - last.0)
+        );
+        last = (t, done);
+    })
 }
