@@ -347,8 +347,16 @@ pub fn parse_bandwidth_bytes_per_s(text: &str) -> Result<u64, String> {
         "kbit" => 1e3,
         "Mbit" => 1e6,
         "Gbit" => 1e9,
-        "" => return Err(format!("'{text}' needs a unit: kbit, Mbit or Gbit (per second)")),
-        other => return Err(format!("unknown unit '{other}' in '{text}': use kbit, Mbit or Gbit")),
+        "" => {
+            return Err(format!(
+                "'{text}' needs a unit: kbit, Mbit or Gbit (per second)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}': use kbit, Mbit or Gbit"
+            ))
+        }
     };
     let bytes = (value * bits_per_unit / 8.0).floor();
     if bytes < 1.0 {

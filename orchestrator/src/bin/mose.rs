@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mose_orchestrator::client::{
-    agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s, parse_duration_ms, plan_summary,
-    ApiClient,
+    agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s,
+    parse_duration_ms, plan_summary, ApiClient,
 };
 use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
 use mose_protocol::model::Objective;
