@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use mose_protocol::cli::ZenohArgs;
@@ -53,7 +54,67 @@ pub struct ConfigFile {
     pub prefix: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub default_bandwidth_bps: Option<u64>,
+    /// Step timeouts and retries (`[steps]`); what is absent keeps its default.
+    pub steps: StepsFile,
     pub zenoh: ZenohOptions,
+}
+
+/// `[steps]` of the config file: how long each migration step may take and how rollback and
+/// release steps are retried. Short values make faults show quickly (the fault tests use them);
+/// the defaults are generous next to measured step times.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepsFile {
+    pub describe_ms: Option<u64>,
+    pub prepare_ms: Option<u64>,
+    pub checkpoint_ms: Option<u64>,
+    /// Excluding the transfer, whose allowance is added per task.
+    pub restore_ms: Option<u64>,
+    pub switch_flow_ms: Option<u64>,
+    pub release_ms: Option<u64>,
+    /// Each attempt of each rollback step.
+    pub rollback_ms: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    pub retry_backoff_ms: Option<u64>,
+    /// How long a rollback or release step waits for its agent to come back when it is absent.
+    pub agent_wait_ms: Option<u64>,
+}
+
+impl StepsFile {
+    /// `driver` with every value given here replacing the default.
+    fn apply(&self, driver: &mut DriverConfig) -> Result<(), ConfigError> {
+        let t = &mut driver.timeouts;
+        for (value, field, name) in [
+            (self.describe_ms, &mut t.describe, "describe_ms"),
+            (self.prepare_ms, &mut t.prepare, "prepare_ms"),
+            (self.checkpoint_ms, &mut t.checkpoint, "checkpoint_ms"),
+            (self.restore_ms, &mut t.restore, "restore_ms"),
+            (self.switch_flow_ms, &mut t.switch_flow, "switch_flow_ms"),
+            (self.release_ms, &mut t.release, "release_ms"),
+            (self.rollback_ms, &mut t.rollback, "rollback_ms"),
+        ] {
+            if let Some(ms) = value {
+                // A zero timeout would fail every step before it is sent.
+                if ms == 0 {
+                    return Err(ConfigError::ZeroStepSetting(name));
+                }
+                *field = Duration::from_millis(ms);
+            }
+        }
+        if let Some(n) = self.retry_attempts {
+            if n == 0 {
+                return Err(ConfigError::ZeroStepSetting("retry_attempts"));
+            }
+            driver.retry_attempts = n;
+        }
+        if let Some(ms) = self.retry_backoff_ms {
+            driver.retry_backoff = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.agent_wait_ms {
+            driver.agent_wait = Duration::from_millis(ms);
+        }
+        Ok(())
+    }
 }
 
 /// The settled configuration.
@@ -79,6 +140,8 @@ pub enum ConfigError {
     File(#[from] ConfigFileError),
     #[error("default_bandwidth_bps must be at least 1 byte per second")]
     ZeroBandwidth,
+    #[error("[steps] {0} must be at least 1")]
+    ZeroStepSetting(&'static str),
     #[error("invalid key prefix: {0}")]
     Prefix(#[from] KeyError),
 }
@@ -112,6 +175,7 @@ impl Cli {
             }
             driver.default_bandwidth_bps = bandwidth;
         }
+        file.steps.apply(&mut driver)?;
         Ok(OrchestratorConfig {
             http,
             keys: KeySpace::new(
@@ -164,6 +228,38 @@ mod tests {
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);
+    }
+
+    #[test]
+    fn step_timeouts_from_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[steps]\nrestore_ms = 1500\nrollback_ms = 2000\nretry_attempts = 5\nretry_backoff_ms = 100\nagent_wait_ms = 7000"
+        )
+        .unwrap();
+        let path = f.path().to_str().unwrap();
+        let d = Cli::parse_from(["mose-orchestrator", "-c", path])
+            .settle()
+            .unwrap()
+            .driver;
+        assert_eq!(d.timeouts.restore, Duration::from_millis(1500));
+        assert_eq!(d.timeouts.rollback, Duration::from_secs(2));
+        assert_eq!(d.retry_attempts, 5);
+        assert_eq!(d.retry_backoff, Duration::from_millis(100));
+        assert_eq!(d.agent_wait, Duration::from_secs(7));
+        // What the file leaves out keeps its default.
+        assert_eq!(
+            d.timeouts.checkpoint,
+            DriverConfig::default().timeouts.checkpoint
+        );
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[steps]\nrestore_ms = 0").unwrap();
+        let err = Cli::parse_from(["mose-orchestrator", "-c", f.path().to_str().unwrap()])
+            .settle()
+            .unwrap_err();
+        assert!(err.to_string().contains("restore_ms"), "{err}");
     }
 
     #[test]

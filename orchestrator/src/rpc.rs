@@ -1,6 +1,6 @@
 //! Asking agents to carry out migration steps (`agents/{id}/rpc/{op}`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mose_protocol::messages::{Step, StepFailure, StepOutcome, StepReply, StepRequest};
 use mose_protocol::{decode, encode, CodecError, KeySpace};
@@ -82,28 +82,39 @@ impl AgentRpc {
             reason,
         };
         let payload = encode(&request).map_err(|e| send_err(e.to_string()))?;
+        let deadline = timeout + TRAVEL_MARGIN;
+        let sent = Instant::now();
         let replies = self
             .session
             .get(self.keys.agent_rpc(agent, op))
             .payload(payload)
             .consolidation(ConsolidationMode::None)
-            .timeout(timeout + TRAVEL_MARGIN)
+            .timeout(deadline)
             .await
             .map_err(|e| send_err(e.to_string()))?;
-        let reply = replies.recv_async().await.map_err(|_| RpcError::NoAnswer {
+        let no_answer = || RpcError::NoAnswer {
             agent: agent.to_string(),
             op,
-            timeout: timeout + TRAVEL_MARGIN,
-        })?;
-        let sample = reply.result().map_err(|e| RpcError::Refused {
-            agent: agent.to_string(),
-            op,
-            reason: e
-                .payload()
-                .try_to_string()
-                .map(|s| s.into_owned())
-                .unwrap_or_else(|_| "(not text)".into()),
-        })?;
+            timeout: deadline,
+        };
+        let reply = replies.recv_async().await.map_err(|_| no_answer())?;
+        let sample = match reply.result() {
+            Ok(sample) => sample,
+            // Zenoh ends a query that outlived its timeout with an error reply ("Timeout") of
+            // its own, not the agent's: that is no answer, not a refusal.
+            Err(_) if sent.elapsed() >= deadline => return Err(no_answer()),
+            Err(e) => {
+                return Err(RpcError::Refused {
+                    agent: agent.to_string(),
+                    op,
+                    reason: e
+                        .payload()
+                        .try_to_string()
+                        .map(|s| s.into_owned())
+                        .unwrap_or_else(|_| "(not text)".into()),
+                })
+            }
+        };
         let reply: StepReply =
             decode(&sample.payload().to_bytes()).map_err(|source| RpcError::Decode {
                 agent: agent.to_string(),

@@ -75,6 +75,8 @@ pub const BRIDGE: &str = "br0";
 pub const API_PORT: u16 = 7070;
 /// Name of the client's namespace (under `/run/netns`), after the prefix: swept with it.
 const CLIENT_NETNS_SUFFIX: &str = "cli";
+/// The agents' work directory (checkpoint archives), inside each host's private `/var/tmp`.
+pub const AGENT_WORK_DIR: &str = "/var/tmp/mose-agent";
 /// Inside ctrl, the API link's end.
 const API_IFNAME: &str = "api0";
 /// How long agents may take to be listed with their profiles (capability probes run at start).
@@ -404,6 +406,15 @@ impl FourHost {
     /// agents with their profiles, deploy the counter on edge1 with the mobile flow toward it,
     /// and write `state.json`. On failure everything made so far is removed.
     pub async fn up(cfg: Config) -> Result<(FourHost, UpTimings)> {
+        Self::up_with(cfg, Vec::new()).await
+    }
+
+    /// [`FourHost::up`] with `orchestrator_args` added to the orchestrator's command line
+    /// (e.g. `--config <file>` with short step timeouts for fault injection).
+    pub async fn up_with(
+        cfg: Config,
+        orchestrator_args: Vec<String>,
+    ) -> Result<(FourHost, UpTimings)> {
         let mut timings = UpTimings::default();
         crate::host::validate_name("prefix", &cfg.prefix, crate::lan::MAX_PREFIX_LEN)?;
         for dir in [cfg.out_dir.clone(), cfg.log_dir()] {
@@ -485,7 +496,7 @@ impl FourHost {
         timings.wiring_ms = since(t);
 
         let t = Instant::now();
-        tb.start_processes(api_ctrl)?;
+        tb.start_processes(api_ctrl, orchestrator_args)?;
         tb.wait_for_agents().await?;
         timings.discovery_ms = since(t);
 
@@ -547,11 +558,24 @@ impl FourHost {
         Ok(())
     }
 
-    /// Spawn `program args` inside `host`, its output to `<logs>/<host>-<what>.log`.
-    fn spawn_in(&mut self, host: &str, what: &str, program: &Path, args: &[String]) -> Result<()> {
+    /// Spawn `program args` inside `host`, its output to `<logs>/<host>-<what>.log` (appended
+    /// to with `append`, as a restarted process's log, else started afresh).
+    fn spawn_in(
+        &mut self,
+        host: &str,
+        what: &str,
+        program: &Path,
+        args: &[String],
+        append: bool,
+    ) -> Result<()> {
         let log_path = self.cfg.log_dir().join(format!("{host}-{what}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| TestbedError::io(format!("create {}", log_path.display()), e))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
+            .map_err(|e| TestbedError::io(format!("open {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
             .map_err(|e| TestbedError::io("duplicate log file handle", e))?;
@@ -572,10 +596,15 @@ impl FourHost {
         Ok(())
     }
 
-    fn start_processes(&mut self, api_ctrl: Ipv4Addr) -> Result<()> {
+    /// Scouting only on the LAN interface of each host (never in the root namespace).
+    fn zenoh_args(&self) -> Vec<String> {
         let lease = self.cfg.lease_ms.to_string();
-        // Scouting only on the LAN interface of each host (never in the root namespace).
-        let zenoh = ["--multicast-interface", "eth0", "--lease-ms", &lease].map(String::from);
+        ["--multicast-interface", "eth0", "--lease-ms", &lease]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn start_processes(&mut self, api_ctrl: Ipv4Addr, extra: Vec<String>) -> Result<()> {
         let mut args: Vec<String> = vec![
             "--http".into(),
             format!("{api_ctrl}:{API_PORT}"),
@@ -583,46 +612,130 @@ impl FourHost {
             "--state-dir".into(),
             "/var/tmp/mose-orchestrator".into(),
         ];
-        args.extend(zenoh.iter().cloned());
+        args.extend(self.zenoh_args());
+        args.extend(extra);
         let orchestrator = self.cfg.binaries.orchestrator.clone();
-        self.spawn_in(CONTROLLER, "orchestrator", &orchestrator, &args)?;
-        for (id, role) in [(EDGE1, "edge"), (EDGE2, "edge"), (MOBILE, "mobile")] {
-            let ovs = self
-                .host(id)?
-                .ovs()
-                .ok_or_else(|| TestbedError::State(format!("OvS of {id} is not running")))?;
-            let mut args: Vec<String> = vec![
-                "--id".into(),
-                id.into(),
-                "--role".into(),
-                role.into(),
-                "--ovs-bridge".into(),
-                BRIDGE.into(),
-                "--ovsdb-socket".into(),
-                ovs.db_socket().to_string_lossy().into_owned(),
-                "--ovs-rundir".into(),
-                ovs.rundir().to_string_lossy().into_owned(),
-                "--work-dir".into(),
-                "/var/tmp/mose-agent".into(),
-            ];
-            if role == "edge" {
-                args.extend([
-                    "--podman-socket".into(),
-                    crate::host::PODMAN_SOCKET_INSIDE.into(),
-                ]);
-            } else {
-                for edge in EDGES {
-                    args.extend([
-                        "--flow-port".into(),
-                        format!("{edge}={}", port_toward(edge)),
-                    ]);
-                }
-            }
-            args.extend(zenoh.iter().cloned());
-            let agent = self.cfg.binaries.agent.clone();
-            self.spawn_in(id, "agent", &agent, &args)?;
+        self.spawn_in(CONTROLLER, "orchestrator", &orchestrator, &args, false)?;
+        for id in [EDGE1, EDGE2, MOBILE] {
+            self.spawn_agent(id, false)?;
         }
         Ok(())
+    }
+
+    /// Start the agent of `id` (an edge host or the mobile host) inside its host.
+    fn spawn_agent(&mut self, id: &str, append_log: bool) -> Result<()> {
+        let role = if id == MOBILE { "mobile" } else { "edge" };
+        let ovs = self
+            .host(id)?
+            .ovs()
+            .ok_or_else(|| TestbedError::State(format!("OvS of {id} is not running")))?;
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.into(),
+            "--role".into(),
+            role.into(),
+            "--ovs-bridge".into(),
+            BRIDGE.into(),
+            "--ovsdb-socket".into(),
+            ovs.db_socket().to_string_lossy().into_owned(),
+            "--ovs-rundir".into(),
+            ovs.rundir().to_string_lossy().into_owned(),
+            "--work-dir".into(),
+            AGENT_WORK_DIR.into(),
+        ];
+        if role == "edge" {
+            args.extend([
+                "--podman-socket".into(),
+                crate::host::PODMAN_SOCKET_INSIDE.into(),
+            ]);
+        } else {
+            for edge in EDGES {
+                args.extend([
+                    "--flow-port".into(),
+                    format!("{edge}={}", port_toward(edge)),
+                ]);
+            }
+        }
+        args.extend(self.zenoh_args());
+        let agent = self.cfg.binaries.agent.clone();
+        self.spawn_in(id, "agent", &agent, &args, append_log)
+    }
+
+    /// Starts `host`'s agent again after [`FourHost::kill_agent`], with the same arguments and
+    /// work directory (what a supervisor restarting a crashed agent does); its log is appended
+    /// to. It is not waited for: see [`FourHost::wait_for_agents`].
+    pub async fn restart_agent(&mut self, host: &str) -> Result<()> {
+        let what = format!("agent on {host}");
+        if self.processes.iter().any(|(w, _)| *w == what) {
+            return Err(TestbedError::State(format!("the {what} is still running")));
+        }
+        self.spawn_agent(host, true)
+    }
+
+    /// SIGSTOP `host`'s agent (fault injection: a hung or descheduled agent; its Zenoh links stay
+    /// open until the lease passes, and podman finishes whatever the agent asked of it).
+    pub fn pause_agent(&self, host: &str) -> Result<()> {
+        self.signal_agent(host, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT `host`'s agent after [`FourHost::pause_agent`].
+    pub fn continue_agent(&self, host: &str) -> Result<()> {
+        self.signal_agent(host, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_agent(&self, host: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let what = format!("agent on {host}");
+        let pid = self
+            .processes
+            .iter()
+            .find(|(w, _)| *w == what)
+            .and_then(|(_, c)| c.id())
+            .ok_or_else(|| TestbedError::State(format!("no {what} is running")))?;
+        // nsenter execs the agent, so the child's pid is the agent's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .map_err(|e| TestbedError::io(format!("{signal} the {what}"), e.into()))
+    }
+
+    /// What of the service is on `host` (an edge host) that a host not running it must not
+    /// keep: the container, its namespace, its bridge port/veth, steering flows for its
+    /// address, and task directories (checkpoint archives) in the agent's work directory. Empty
+    /// when the host is clean.
+    pub async fn service_traces(&self, host: &str) -> Result<Vec<String>> {
+        let h = self.host(host)?;
+        let mut found = Vec::new();
+        let podman = Podman::new(h.podman_socket())
+            .map_err(|e| TestbedError::State(format!("podman client for {host}: {e}")))?;
+        match podman.exists(SERVICE).await {
+            Ok(false) => {}
+            Ok(true) => found.push(format!("container {SERVICE}")),
+            Err(e) => found.push(format!("podman on {host} cannot tell: {e}")),
+        }
+        let netns = Path::new(mose_overlay::netns::NETNS_DIR).join(netns_name(SERVICE));
+        if h.outside_path(&netns).is_some_and(|p| p.exists()) {
+            found.push(format!("namespace {}", netns.display()));
+        }
+        let ifname = host_ifname(SERVICE);
+        let links = h.run("ip", ["-o", "link", "show"]).await?;
+        if links
+            .lines()
+            // `7: mv-counter@if6: <...>`: a veth's name carries its peer's index.
+            .any(|l| l.split(':').nth(1).and_then(|n| n.trim().split('@').next()) == Some(&ifname))
+        {
+            found.push(format!("interface {ifname}"));
+        }
+        let flows = overlay_of(h)?.steering().flows(SERVICE_IP).await?;
+        if !flows.is_empty() {
+            found.push(format!("flows for {SERVICE_IP}: {flows:?}"));
+        }
+        if let Some(dir) = h.outside_path(AGENT_WORK_DIR) {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                // Task directories hold checkpoint archives; files (calibration) are the agent's.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    found.push(format!("task files {}", e.path().display()));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Kills `host`'s agent without warning (fault injection): no FIN, no withdrawal, the host
@@ -643,7 +756,7 @@ impl FourHost {
 
     /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile (edge agents:
     /// with their probed capabilities, see [`profiled`]).
-    async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
+    pub async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
         let api = self.state.api();
         let t = Instant::now();
         let mut last;

@@ -68,6 +68,10 @@ pub struct DriverConfig {
     pub default_bandwidth_bps: u64,
     /// After a restart, how long to wait for a task's agents to reappear before acting.
     pub reconcile_wait: Duration,
+    /// How long a rollback or release step waits for its agent when it is absent (crashed and
+    /// restarting, paused, cut off): without it the attempts are spent in a second and a
+    /// checkpointed source is never resumed.
+    pub agent_wait: Duration,
 }
 
 impl Default for DriverConfig {
@@ -79,12 +83,22 @@ impl Default for DriverConfig {
             // 1 Gbit/s, the link of the MOSE paper's testbed.
             default_bandwidth_bps: 125_000_000,
             reconcile_wait: Duration::from_secs(10),
+            agent_wait: Duration::from_secs(60),
         }
     }
 }
 
 /// The longest transfer allowance added to a restore; the agent caps any step at 10 min.
 const MAX_TRANSFER_ALLOWANCE: Duration = Duration::from_secs(540);
+
+/// What an idempotent step does when its agent is not present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// Wait for it (bounded by `agent_wait`): the step must happen, whenever the agent returns.
+    Wait,
+    /// Spend the attempts at once: someone else must not wait for this step.
+    GiveUp,
+}
 
 /// Why the forward path stopped.
 enum Stop {
@@ -317,19 +331,30 @@ impl Driver {
         let mut leftovers = Vec::new();
         // …and failures after which the service may be reachable nowhere.
         let mut unsafe_failures = Vec::new();
-        // The destination copy goes first, so it can never run next to the resumed source.
+        // The destination copy goes first, so it can never run next to the resumed source —
+        // unless the destination is away: then the source must not wait for it.
         let abort = Step::Abort {
             service: service.clone(),
         };
-        if let Err(e) = self.retry(destination, abort, Phase::Rollback, t).await {
-            leftovers.push(e);
-        }
+        let aborted = self
+            .retry(
+                destination,
+                abort.clone(),
+                Phase::Rollback,
+                t,
+                Absent::GiveUp,
+            )
+            .await;
         // The source runs again *before* the flow points back at it: a flow switched to a host
-        // whose service is not running makes that kernel answer RST (SPEC §4, step 5).
+        // whose service is not running makes that kernel answer RST (SPEC §4, step 5). Both wait
+        // for an absent agent: nobody else would ever resume the frozen source.
         let resume = Step::Resume {
             service: service.clone(),
         };
-        if let Err(e) = self.retry(source, resume, Phase::Rollback, t).await {
+        if let Err(e) = self
+            .retry(source, resume, Phase::Rollback, t, Absent::Wait)
+            .await
+        {
             unsafe_failures.push(e);
         }
         if let (true, Some(mobile)) = (r.progress.switch_attempted, &r.request.mobile) {
@@ -337,8 +362,22 @@ impl Driver {
                 network: r.spec.network.clone(),
                 to_agent: source.clone(),
             };
-            if let Err(e) = self.retry(mobile, back, Phase::Rollback, t).await {
+            if let Err(e) = self
+                .retry(mobile, back, Phase::Rollback, t, Absent::Wait)
+                .await
+            {
                 unsafe_failures.push(e);
+            }
+        }
+        if aborted.is_err() {
+            // The source serves again, so now there is time to wait for a destination that
+            // was away (paused, restarting): an agent that returns late with a restored copy
+            // must not keep it as an orphan. Its abort queues behind any step still running.
+            if let Err(e) = self
+                .retry(destination, abort, Phase::Rollback, t, Absent::Wait)
+                .await
+            {
+                leftovers.push(e);
             }
         }
         let mut error = reason;
@@ -375,7 +414,10 @@ impl Driver {
             service: r.request.service.clone(),
         };
         let t = self.shared.config.timeouts.release;
-        match self.retry(source, release, Phase::Cleanup, t).await {
+        match self
+            .retry(source, release, Phase::Cleanup, t, Absent::Wait)
+            .await
+        {
             Ok(()) => self.finish(TaskStatus::Succeeded, None),
             Err(e) => self.finish(
                 TaskStatus::Failed,
@@ -386,13 +428,16 @@ impl Driver {
         }
     }
 
-    /// Runs an idempotent step up to `retry_attempts` times with a doubling backoff.
+    /// Runs an idempotent step up to `retry_attempts` times with a doubling backoff; with
+    /// [`Absent::Wait`], an attempt first waits (up to `agent_wait` in all) for an agent that is
+    /// not present, instead of failing at once.
     async fn retry(
         &self,
         agent: &str,
         step: Step,
         phase: Phase,
         timeout: Duration,
+        absent: Absent,
     ) -> Result<(), String> {
         let config = &self.shared.config;
         let attempts = config.retry_attempts.max(1);
@@ -400,7 +445,18 @@ impl Driver {
         let op = step.op();
         self.event(agent, phase, PhaseStatus::Started).await;
         let mut last = String::new();
+        let wait_until = tokio::time::Instant::now() + config.agent_wait;
         for attempt in 1..=attempts {
+            if absent == Absent::Wait && self.shared.agents.get(agent).is_none() {
+                warn!(op, agent, "agent absent: waiting for it to return");
+                let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
+                let back = self
+                    .shared
+                    .agents
+                    .wait_until(left, |m| m.contains_key(agent))
+                    .await;
+                info!(op, agent, back, "done waiting for the agent");
+            }
             let call = self
                 .shared
                 .rpc

@@ -1,0 +1,394 @@
+//! Fault injection on the four-host testbed (issue #6): the orchestrator drives the real agents
+//! (no mocks) through a migration edge1 → edge2 of the counter under the live client, and each
+//! run is broken in a different way after the destination prepared:
+//!
+//! 1. **corrupted image**: the bytes the source serves differ from its manifest's SHA-256;
+//! 2. **destination restore fails**: the service's image is removed from edge2's podman;
+//! 3. **source agent restarted** after its checkpoint, before the destination fetched;
+//! 4. **step timeout**: the destination's agent is paused (SIGSTOP) during the restore until the
+//!    orchestrator's restore timeout passes, and only continued after the rollback.
+//!
+//! After each: the task is rolled back, the counter runs on edge1 again and the client is served
+//! again on its one connection with its count continuing, and edge2 keeps nothing of the service
+//! (no container, namespace, port, flows, task files). One testbed is brought up for all four.
+//!
+//! Determinism: the destination fetches the image within milliseconds of the checkpoint, faster
+//! than this test can see the checkpoint finish. So the test pauses edge2's agent (SIGSTOP) once
+//! the checkpoint started (the destination prepared by then), injects the fault while the
+//! orchestrator's Restore waits in that agent's socket, and continues it: no hook in the product.
+//!
+//! Needs root, `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator` built in the same
+//! profile: `cargo build -p mose-agent -p mose-orchestrator && sudo -E cargo test -p
+//! mose-testbed --test faults -- --nocapture`.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
+use mose_protocol::messages::{Phase, PhaseStatus};
+use mose_protocol::model::Objective;
+use mose_testbed::client::LiveClient;
+use mose_testbed::fourhost::{Binaries, Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2, MOBILE};
+
+use common::*;
+
+/// Not `mtb-`: `mose-testbed down` (default prefix) must not sweep this test's testbed.
+const PREFIX: &str = "mtf-";
+/// API link 10.98.3.0/30 (the CLI uses 0, the four-host test 1).
+const API_NET: u8 = 3;
+/// Long enough that pausing edge2's agent for fault 4 makes the orchestrator's restore time out
+/// (restore_ms + the RPC's 2 s travel margin = 6 s) before the Zenoh lease declares it gone.
+const LEASE_MS: u64 = 8000;
+/// The orchestrator's steps for this testbed: a restore (after the transfer) may take 4 s — the
+/// failing restore of fault 2 takes ≈3 s (podman tries to pull the missing image) and must fail,
+/// not time out; rollback attempts are short so the timeout fault rolls back within seconds.
+const ORCHESTRATOR_TOML: &str = "[steps]
+restore_ms = 4000
+rollback_ms = 1000
+retry_backoff_ms = 200
+agent_wait_ms = 30000
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_clean() {
+    require_root();
+    sweep_before(PREFIX).await;
+    // target/<profile>/deps/<this test> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let binaries = Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
+        .expect("agent and orchestrator binaries");
+    // Kept after the run (logs of every agent and the orchestrator); /work and /tmp are shared
+    // with the hosts, so ctrl's orchestrator reads its config file at this path.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults");
+    std::fs::create_dir_all(&out).expect("output directory");
+    let toml = out.join("orchestrator.toml");
+    std::fs::File::create(&toml)
+        .and_then(|mut f| f.write_all(ORCHESTRATOR_TOML.as_bytes()))
+        .expect("write the orchestrator's config");
+    let cfg = Config {
+        prefix: PREFIX.into(),
+        binaries,
+        out_dir: out.clone(),
+        api_net: API_NET,
+        lease_ms: LEASE_MS,
+    };
+    let t = Instant::now();
+    let (mut tb, _) = FourHost::up_with(
+        cfg,
+        vec!["--config".into(), toml.to_string_lossy().into_owned()],
+    )
+    .await
+    .expect("four hosts up");
+    println!("UP in {} ms", t.elapsed().as_millis());
+    let state = tb.state().clone();
+    let api = state.api();
+    assert_eq!(
+        tb.service_traces(EDGE2).await.expect("inspect edge2"),
+        Vec::<String>::new(),
+        "edge2 is clean before any fault"
+    );
+
+    let client = LiveClient::start(
+        &state.client_netns,
+        state.service_addr,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("client connects");
+    client
+        .served_again(50, Duration::from_secs(10))
+        .await
+        .expect("client served");
+    let request = MigrationRequest {
+        service: state.service.clone(),
+        source: EDGE1.into(),
+        destination: EDGE2.into(),
+        mobile: Some(MOBILE.into()),
+        objective: Objective::Downtime,
+        target_downtime_ms: 1000.0,
+        target_duration_ms: 5000.0,
+        bandwidth_bytes_per_s: None,
+    };
+    let mut windows = Vec::new();
+
+    // 1. Corrupted image. The source serves its archive through a file handle opened when the
+    // checkpoint finished; the test flips bytes in that file and puts an intact copy under the
+    // archive's name. The destination fetches the flipped bytes (what a bad disk, memory or
+    // link would hand it), while the source's own archive — which its Resume restores from —
+    // stays intact, as the source's copy must.
+    let from = client.now_ms();
+    let (id, t) = submit_until_checkpoint(&api, &request, false).await;
+    tb.pause_agent(EDGE2).expect("pause edge2's agent");
+    wait_for_event(&api, &id, Phase::Checkpoint, true).await;
+    let archive = tb
+        .host(EDGE1)
+        .unwrap()
+        .outside_path(Path::new(AGENT_WORK_DIR).join(&id).join("checkpoint.tar"))
+        .expect("edge1's work dir");
+    corrupt_served_copy(&archive);
+    tb.continue_agent(EDGE2).expect("continue edge2's agent");
+    let task = wait_finished(&api, &id, t).await;
+    let error = task.error.clone().unwrap_or_default();
+    assert!(error.contains("SHA-256"), "not a digest mismatch: {task:?}");
+    windows.push((
+        "corrupted image",
+        from,
+        rolled_back(&tb, &client, &task).await,
+    ));
+
+    // 2. The destination's restore fails for real: edge2 no longer has the service's image
+    // (Prepare checked it; it is removed while edge2's agent is paused), so podman's import
+    // has nothing to create the container from.
+    let image = counter_image().await;
+    let from = client.now_ms();
+    let (id, t) = submit_until_checkpoint(&api, &request, false).await;
+    tb.pause_agent(EDGE2).expect("pause edge2's agent");
+    tb.host(EDGE2)
+        .unwrap()
+        .podman_output(["rmi", "-f", &image.reference], Duration::from_secs(30))
+        .await
+        .expect("remove the image on edge2");
+    tb.continue_agent(EDGE2).expect("continue edge2's agent");
+    let task = wait_finished(&api, &id, t).await;
+    let error = task.error.clone().unwrap_or_default();
+    assert!(
+        task.events.iter().any(|e| e.phase == Phase::Restore
+            && e.agent == EDGE2
+            && matches!(e.status, PhaseStatus::Failed { .. })),
+        "the restore did not fail: {task:?}"
+    );
+    println!("RESTORE FAILED: {error}");
+    windows.push((
+        "restore fails",
+        from,
+        rolled_back(&tb, &client, &task).await,
+    ));
+    tb.host(EDGE2)
+        .unwrap()
+        .load_image(&image)
+        .await
+        .expect("reload the image on edge2");
+
+    // 3. The source's agent dies after its checkpoint, before the destination fetched, and is
+    // restarted 2 s later (longer than the rollback's retries take): the fetch fails, and the
+    // rollback's Resume must wait for the source's agent, which comes back knowing nothing but
+    // what is on its disk.
+    let from = client.now_ms();
+    let (id, t) = submit_until_checkpoint(&api, &request, false).await;
+    tb.pause_agent(EDGE2).expect("pause edge2's agent");
+    wait_for_event(&api, &id, Phase::Checkpoint, true).await;
+    tb.kill_agent(EDGE1).await.expect("kill edge1's agent");
+    tb.continue_agent(EDGE2).expect("continue edge2's agent");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = api.migration(&id).await.expect("poll");
+    assert!(!now.status.is_finished(), "gave up on the source: {now:?}");
+    tb.restart_agent(EDGE1)
+        .await
+        .expect("restart edge1's agent");
+    let task = wait_finished(&api, &id, t).await;
+    windows.push((
+        "source agent restarted",
+        from,
+        rolled_back(&tb, &client, &task).await,
+    ));
+    tb.wait_for_agents()
+        .await
+        .expect("edge1's agent listed again");
+
+    // 4. Timeout: edge2's agent is paused right after the checkpoint (Restore sent to it), so the
+    // restore exceeds its timeout; the rollback resumes the source without it (it is away once
+    // its lease passes). Only then is it continued: whatever it did late (a restore podman
+    // finished while it was paused) must be undone, not left as an orphan.
+    let from = client.now_ms();
+    let (id, t) = submit_until_checkpoint(&api, &request, true).await;
+    tb.pause_agent(EDGE2).expect("pause edge2's agent");
+    let paused = Instant::now();
+    let resumed = wait_for(&api, &id, Duration::from_secs(60), |r| {
+        r.events.iter().any(|e| {
+            e.phase == Phase::Rollback
+                && e.agent == EDGE1
+                && matches!(e.status, PhaseStatus::Finished)
+        })
+    })
+    .await;
+    println!(
+        "TIMEOUT: source resumed {} ms after pausing edge2: {:?}",
+        paused.elapsed().as_millis(),
+        resumed.error
+    );
+    assert!(
+        resumed.events.iter().any(|e| e.phase == Phase::Restore
+            && matches!(&e.status, PhaseStatus::Failed { error }
+                if error.contains("did not answer 'restore' within"))),
+        "the restore did not time out: {resumed:?}"
+    );
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE1.to_string()),
+        "the service runs at the source while edge2's agent is still paused"
+    );
+    tb.continue_agent(EDGE2).expect("continue edge2's agent");
+    let task = wait_finished(&api, &id, t).await;
+    windows.push(("step timeout", from, rolled_back(&tb, &client, &task).await));
+
+    // The client over all of it: one connection, a count without jump or reset, and per fault
+    // the longest time it went without a reply.
+    let timeline = client.finish();
+    assert!(timeline.error.is_none(), "{:?}", timeline.error);
+    let n = timeline.samples.len();
+    let all = timeline.kpis(0.0, timeline.samples[n - 1].reply_ms());
+    assert!(all.same_connection && all.state_continuous, "{all:?}");
+    for (name, from, (to, rollback_ms)) in windows {
+        let k = timeline.kpis(from, to);
+        assert!(k.same_connection && k.state_continuous, "{name}: {k:?}");
+        println!(
+            "FAULT {name:<24} rollback {rollback_ms:>6.0} ms  client-observed downtime {:>6.0} ms",
+            k.client_downtime_ms
+        );
+    }
+    println!(
+        "CLIENT {n} replies, counts 1..={}",
+        timeline.samples[n - 1].count
+    );
+    let inodes: Vec<_> = ["edge1", "edge2", "mobile", "ctrl"]
+        .iter()
+        .map(|h| tb.host(h).unwrap().inodes())
+        .collect();
+    tb.destroy().await.expect("teardown");
+    assert_nothing_left(PREFIX, &inodes, &[], &[]).await;
+}
+
+/// After a fault: the task rolled back, the service runs at the source, the client is served
+/// again, and the destination keeps nothing of the service. Returns when the client was served
+/// again (client ms, the end of the fault's window) and the rollback's duration (first
+/// rollback event → task finished).
+async fn rolled_back(tb: &FourHost, client: &LiveClient, task: &TaskRecord) -> (f64, f64) {
+    assert_eq!(task.status, TaskStatus::RolledBack, "{task:?}");
+    println!("ROLLED BACK: {:?}", task.error);
+    assert_eq!(
+        tb.state().service_location().await.expect("ask podman"),
+        Some(EDGE1.to_string()),
+        "the service runs at the source again"
+    );
+    client
+        .served_again(20, Duration::from_secs(30))
+        .await
+        .expect("the client is served again on its connection");
+    let to = client.now_ms();
+    // The destination's agent may still be removing what it made (a late step's own end).
+    let clean = eventually_async(Duration::from_secs(10), || async {
+        tb.service_traces(EDGE2).await.expect("inspect edge2")
+    })
+    .await;
+    assert_eq!(clean, Vec::<String>::new(), "edge2 keeps traces");
+    let start = task
+        .events
+        .iter()
+        .filter(|e| e.phase == Phase::Rollback)
+        .map(|e| e.at_us)
+        .min()
+        .expect("rollback events");
+    let rollback_ms = (task.finished_us.expect("finished") - start) as f64 / 1e3;
+    (to, rollback_ms)
+}
+
+/// Polls `traces` until it returns nothing or `limit` passes; returns the last answer.
+async fn eventually_async<F, Fut>(limit: Duration, mut traces: F) -> Vec<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        let found = traces().await;
+        if found.is_empty() || Instant::now() > end {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Flip bytes in the middle of the archive through its current inode (the one the source's
+/// blob server holds open), after putting an intact copy under its name.
+fn corrupt_served_copy(archive: &Path) {
+    let bytes = std::fs::read(archive).expect("read the served archive");
+    assert!(bytes.len() > 1024, "archive of {} bytes", bytes.len());
+    let intact: PathBuf = archive.with_extension("intact");
+    std::fs::write(&intact, &bytes).expect("copy the archive");
+    let served = std::fs::OpenOptions::new()
+        .write(true)
+        .open(archive)
+        .expect("open the served archive");
+    let at = bytes.len() as u64 / 2;
+    let flipped: Vec<u8> = bytes[at as usize..at as usize + 16]
+        .iter()
+        .map(|b| !b)
+        .collect();
+    served
+        .write_all_at(&flipped, at)
+        .expect("flip bytes of the served archive");
+    std::fs::rename(&intact, archive).expect("put the intact archive under its name");
+    println!(
+        "CORRUPTED 16 bytes at {at} of the {} bytes served",
+        bytes.len()
+    );
+}
+
+/// Submits `request` and returns once the task shows the source's checkpoint started
+/// (`finished` false: the destination has prepared, the service is being frozen) or finished.
+async fn submit_until_checkpoint(
+    api: &ApiClient,
+    request: &MigrationRequest,
+    finished: bool,
+) -> (String, Instant) {
+    let task = api.submit(request).await.expect("submit");
+    let t = Instant::now();
+    wait_for_event(api, &task.id, Phase::Checkpoint, finished).await;
+    (task.id, t)
+}
+
+/// Polls until the task shows `phase` started (`finished` false) or finished.
+async fn wait_for_event(api: &ApiClient, id: &str, phase: Phase, finished: bool) -> TaskRecord {
+    wait_for(api, id, Duration::from_secs(30), |r| {
+        assert!(!r.status.is_finished(), "finished before {phase:?}: {r:?}");
+        r.events.iter().any(|e| {
+            e.phase == phase
+                && match e.status {
+                    PhaseStatus::Started => !finished,
+                    PhaseStatus::Finished => finished,
+                    PhaseStatus::Failed { .. } => false,
+                }
+        })
+    })
+    .await
+}
+
+/// Polls the task every 5 ms until `done` holds, failing after `limit`.
+async fn wait_for(
+    api: &ApiClient,
+    id: &str,
+    limit: Duration,
+    mut done: impl FnMut(&TaskRecord) -> bool,
+) -> TaskRecord {
+    let t = Instant::now();
+    loop {
+        let now = api.migration(id).await.expect("poll");
+        if done(&now) {
+            return now;
+        }
+        assert!(t.elapsed() < limit, "waited {limit:?} in vain: {now:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until the task has finished (any outcome).
+async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRecord {
+    let limit = Duration::from_secs(120).saturating_sub(since.elapsed());
+    wait_for(api, id, limit, |r| r.status.is_finished()).await
+}
