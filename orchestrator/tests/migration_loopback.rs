@@ -202,6 +202,40 @@ fn test_config() -> DriverConfig {
     }
 }
 
+/// A scripted agent connected to the orchestrator at `endpoint`: its step server and its node.
+async fn start_agent(
+    endpoint: &str,
+    keys: &KeySpace,
+    world: &Arc<World>,
+    id: &str,
+    role: Role,
+    dirty_tracking: bool,
+) -> (AgentNode, StepServer) {
+    let session = ZenohOptions::explicit(vec![], vec![endpoint.to_string()])
+        .open()
+        .await
+        .unwrap();
+    let executor = Arc::new(Scripted {
+        agent: id.into(),
+        world: world.clone(),
+        session: session.clone(),
+        keys: keys.clone(),
+    });
+    let server = StepServer::start(&session, keys, id, executor)
+        .await
+        .unwrap();
+    let node = AgentNode::start(
+        session,
+        keys.clone(),
+        profile(id, role, dirty_tracking),
+        Duration::from_secs(3600),
+        Arc::new(CgroupProbe::default()),
+    )
+    .await
+    .unwrap();
+    (node, server)
+}
+
 /// Three agents (edge1, edge2, drone) and an orchestrator with its HTTP API, over loopback.
 struct Rig {
     world: Arc<World>,
@@ -237,29 +271,7 @@ impl Rig {
             ("edge2", Role::Edge),
             ("drone", Role::Mobile),
         ] {
-            let session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
-                .open()
-                .await
-                .unwrap();
-            let executor = Arc::new(Scripted {
-                agent: id.into(),
-                world: world.clone(),
-                session: session.clone(),
-                keys: keys.clone(),
-            });
-            let server = StepServer::start(&session, &keys, id, executor)
-                .await
-                .unwrap();
-            let node = AgentNode::start(
-                session,
-                keys.clone(),
-                profile(id, role, dirty_tracking),
-                Duration::from_secs(3600),
-                Arc::new(CgroupProbe::default()),
-            )
-            .await
-            .unwrap();
-            agents.push((node, server));
+            agents.push(start_agent(&endpoint, &keys, &world, id, role, dirty_tracking).await);
         }
         let view = registry.view();
         let ready = view
@@ -576,6 +588,35 @@ async fn a_destination_that_dies_mid_restore_never_answers_and_the_source_resume
     assert!(error.contains("edge2 may keep leftovers"), "{error}");
     let calls = rig.world.calls(&task.id);
     assert_eq!(calls.last().unwrap(), "edge1:resume");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rollback_waits_for_a_source_agent_that_restarts() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    // The source's agent dies after it froze the service: nothing answers the checkpoint.
+    rig.world.set(Script {
+        die: Some(("edge1".into(), "checkpoint".into())),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    // Its retries alone (2 attempts, 50 ms apart) would have given up long before this.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = rig.client.migration(&task.id).await.unwrap();
+    assert!(!now.status.is_finished(), "gave up on the source: {now:#?}");
+    rig.world.set(Script::default());
+    let _back = start_agent(
+        &rig.endpoint,
+        &rig.keys,
+        &rig.world,
+        "edge1",
+        Role::Edge,
+        false,
+    )
+    .await;
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::RolledBack, "{done:#?}");
+    let calls = rig.world.calls(&task.id);
+    assert_eq!(calls.last().unwrap(), "edge1:resume", "{calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
