@@ -882,6 +882,30 @@ mod tests {
         assert_ne!(a.id, b.id);
     }
 
+    #[tokio::test]
+    async fn a_missing_package_is_reported_not_built() {
+        const NOPE: ImageSpec = ImageSpec {
+            name: "nope",
+            reference: "localhost/mose/nope:latest",
+            source: ImageSource::Debian {
+                package: "mose-no-such-package",
+                program: "/usr/bin/true",
+            },
+            entry_args: &[],
+            default_args: &[],
+            tcp_ports: &[],
+        };
+        assert_eq!(
+            missing_packages(&[COUNTER, NOPE]).await,
+            ["mose-no-such-package"]
+        );
+        let e = debian_content("mose-no-such-package", "/usr/bin/true")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mose-no-such-package"), "{e}");
+    }
+
     #[test]
     fn missing_binary_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
