@@ -19,6 +19,7 @@ pub mod plot;
 pub mod report;
 mod sweep;
 mod sys;
+pub mod vm;
 
 pub use error::{Result, TestbedError};
 pub use host::{Host, NsInodes};

@@ -1,0 +1,776 @@
+//! The four-VM testbed (issue 9): the paper's four roles as QEMU VMs booted from the guest image
+//! of `testbed/vm/build-image.sh` (Debian 12, kernel 6.1, podman + runc, CRIU, OvS, our binaries).
+//!
+//! ```text
+//!  root namespace: bridge mvm-br (no address)            127.0.0.1:17070 ── orchestrator API
+//!     │ tap mvm-edge1   │ tap mvm-edge2   │ tap mvm-mobile   │ tap mvm-ctrl     (QEMU user net,
+//!  ┌──┴────────────┐ ┌──┴────────────┐ ┌──┴─────────────┐ ┌──┴──────────────┐   restrict=on,
+//!  │ VM1 edge1     │ │ VM2 edge2     │ │ VM3 mobile     │ │ VM4 ctrl        │   per VM: ssh
+//!  │ eth0 10.77.0.11│ │ eth0 .12     │ │ eth0 .13       │ │ eth0 .14        │   127.0.0.1:1722N)
+//!  │ agent, podman │ │ agent, podman │ │ agent, client  │ │ orchestrator    │
+//!  │ OvS br0       │ │ OvS br0       │ │ OvS br0        │ └─────────────────┘
+//!  └─┬─to-mobile───┘ └─┬─to-mobile───┘ └┬to-edge1──to-edge2┬
+//!    └── wire (QEMU UDP socket netdev) ──┘                 │   service overlay 10.88.0.0/24:
+//!                      └── wire ───────────────────────────┘   a star around the mobile VM
+//! ```
+//!
+//! * LAN `10.77.0.0/24` on the bridge `mvm-br` carries the control plane: the agents and the
+//!   orchestrator find each other by **multicast scouting on eth0**; the root namespace has no
+//!   address there and sends nothing to it.
+//! * The service overlay uses point-to-point wires between the OvS bridges, as in the emulated
+//!   testbed (docs/overlay.md: VXLAN with the userspace datapath needs `br-phy` and has an MTU
+//!   trap; a second NIC per VM pair is the VM equivalent of a veth wire).
+//! * Roles, addresses and wires come from the kernel command line (`mose.role=… mose.id=…
+//!   mose.ip=…`), read by `mose-node-setup` in the image.
+//! * Management: one QEMU user-mode NIC per VM (`restrict=on`: the guest reaches nothing),
+//!   forwarding 127.0.0.1:1722N to its ssh (key `target/testbed/vm/id_ed25519`) and, on ctrl,
+//!   127.0.0.1:17070 to the orchestrator's HTTP API.
+//!
+//! QEMU runs under `nice -n 10` (shared 2-core machine), with KVM when a probe boot shows it
+//! works and TCG (`-cpu max`) otherwise. Everything is named `mvm-*` or lives under
+//! `target/testbed/vm/`; [`down`] removes it all, also after a crash.
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::registry::AgentView;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TestbedError};
+
+/// Prefix of every interface and QEMU name the VM testbed makes.
+pub const PREFIX: &str = "mvm-";
+/// The LAN bridge in the root namespace.
+pub const BRIDGE: &str = "mvm-br";
+/// Host port forwarded to the orchestrator's HTTP API on the controller VM.
+pub const API_HOST_PORT: u16 = 17070;
+/// Host ports forwarded to the VMs' ssh: base + index.
+const SSH_PORT_BASE: u16 = 17221;
+/// UDP ports of the overlay wires (QEMU socket netdevs on 127.0.0.1): base + 10·wire + side.
+const WIRE_PORT_BASE: u16 = 17310;
+/// Guest memory, MiB.
+const MEM_MIB: u32 = 1280;
+/// How long the VMs may take to boot and report ready (TCG on a busy 2-core machine).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// After boot, how long until the orchestrator lists the three agents with their profiles.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Zenoh lease inside the VMs (TCG: a 1 s lease would flap under load).
+const LEASE_MS: u32 = 5000;
+
+/// The four VMs: (name = agent id, role, last octet of the LAN address).
+pub const VMS: [(&str, &str, u8); 4] = [
+    ("edge1", "edge", 11),
+    ("edge2", "edge", 12),
+    ("mobile", "mobile", 13),
+    ("ctrl", "controller", 14),
+];
+/// Wires of the service overlay: (edge VM, its port, mobile's port).
+const WIRES: [(&str, &str, &str); 2] = [
+    ("edge1", "to-mobile", "to-edge1"),
+    ("edge2", "to-mobile", "to-edge2"),
+];
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum VmCmd {
+    /// Build the guest image if needed, boot the four VMs (edge1, edge2, mobile, ctrl), wait until
+    /// the orchestrator lists the agents; they keep running until `vm down`.
+    Up {
+        /// Accelerator: auto (KVM if a probe boot works, else TCG), kvm or tcg.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+    },
+    /// The VMs, their boot times, and the agents as the orchestrator lists them.
+    Status,
+    /// Stop the VMs and remove taps, bridge and overlay disks (also after a crash).
+    Down,
+    /// `vm up`, the counter service on edge1 with a live client on mobile, migrations
+    /// edge1 -> edge2 -> edge1 through the orchestrator's API, target/testbed/vm-report.json.
+    Demo {
+        #[arg(long, default_value = "auto")]
+        accel: String,
+        /// Leave the VMs running afterwards (default: `vm down` at the end).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
+    match cmd {
+        VmCmd::Up { accel } => {
+            let lab = VmLab::up(&accel).await?;
+            println!("{}", lab.state.summary());
+            lab.persist();
+            Ok(())
+        }
+        VmCmd::Status => {
+            let st = VmState::load(&state_file())
+                .context("no VM testbed state (run `mose-testbed vm up`)")?;
+            println!("{}", st.summary());
+            println!("agents ({}):", st.api_url);
+            match ApiClient::new(&st.api_url).agents().await {
+                Ok(a) => print!("{}", mose_orchestrator::client::agents_table(&a)),
+                Err(e) => println!("  {e}"),
+            }
+            Ok(())
+        }
+        VmCmd::Down => {
+            let left = down()?;
+            if left.is_empty() {
+                println!("VM testbed down: no QEMU, tap, bridge or overlay left");
+                Ok(())
+            } else {
+                bail!("left behind: {}", left.join(", "))
+            }
+        }
+        VmCmd::Demo { accel, keep } => {
+            let lab = VmLab::up(&accel).await?;
+            println!("{}", lab.state.summary());
+            let r = demo(&lab).await;
+            if keep {
+                lab.persist();
+            } else {
+                drop(lab);
+                let left = down()?;
+                if !left.is_empty() {
+                    eprintln!("vm down left: {}", left.join(", "));
+                }
+            }
+            r
+        }
+    }
+}
+
+/// `target/testbed/vm`: image, overlays, serial logs, state.
+pub fn vm_dir() -> PathBuf {
+    crate::out_dir().join("vm")
+}
+fn state_file() -> PathBuf {
+    vm_dir().join("state.json")
+}
+
+/// What `vm up` left running, for `status`, `demo` and `down`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub accel: String,
+    pub api_url: String,
+    pub vms: Vec<VmInfo>,
+    /// From QEMU start to the orchestrator listing all agents with profiles, ms.
+    pub discovery_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub role: String,
+    pub lan_ip: Ipv4Addr,
+    pub pid: u32,
+    pub ssh_port: u16,
+    pub tap: String,
+    pub overlay: PathBuf,
+    pub serial_log: PathBuf,
+    /// QEMU start → "MOSE-READY" on the serial console (host clock), ms.
+    pub ready_ms: Option<u64>,
+    /// The guest's uptime when its node setup finished, s.
+    pub guest_uptime_s: Option<f64>,
+}
+
+impl VmState {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TestbedError::io(format!("read {}", path.display()), e))?;
+        serde_json::from_str(&text).map_err(|e| TestbedError::Parse {
+            path: path.into(),
+            why: e.to_string(),
+        })
+    }
+    fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("state serialises");
+        std::fs::write(path, text)
+            .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
+    }
+    pub fn summary(&self) -> String {
+        let mut out = format!("VMs (accel {}, API {}):\n", self.accel, self.api_url);
+        for v in &self.vms {
+            out.push_str(&format!(
+                "  {:<7} {:<10} {:<12} pid {:<8} {:<5} ssh 127.0.0.1:{}  ready after {} (guest uptime {})\n",
+                v.name,
+                v.role,
+                v.lan_ip,
+                v.pid,
+                if pid_alive(v.pid) { "up" } else { "GONE" },
+                v.ssh_port,
+                v.ready_ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or("-".into()),
+                v.guest_uptime_s.map(|s| format!("{s:.1} s")).unwrap_or("-".into()),
+            ));
+        }
+        if let Some(d) = self.discovery_ms {
+            out.push_str(&format!(
+                "  all agents listed with profiles {:.1} s after QEMU start\n",
+                d as f64 / 1000.0
+            ));
+        }
+        out
+    }
+    pub fn vm(&self, name: &str) -> Result<&VmInfo> {
+        self.vms
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| TestbedError::Invalid(format!("no VM `{name}`")))
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A running VM testbed. Dropping it stops everything ([`down`]); [`VmLab::persist`] keeps it.
+pub struct VmLab {
+    pub state: VmState,
+    armed: bool,
+}
+
+impl Drop for VmLab {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = down() {
+                tracing::warn!("VM teardown on drop: {e}");
+            }
+        }
+    }
+}
+
+impl VmLab {
+    pub fn persist(mut self) {
+        self.armed = false;
+    }
+
+    pub async fn up(accel: &str) -> anyhow::Result<VmLab> {
+        let dir = vm_dir();
+        if state_file().exists()
+            || crate::sys::link_names()
+                .iter()
+                .any(|l| l.starts_with(PREFIX))
+        {
+            bail!("a VM testbed exists already (state.json or mvm-* links): run `mose-testbed vm down` first");
+        }
+        build_image().await?;
+        let accel = choose_accel(accel, &dir).await?;
+        tracing::info!(%accel, "accelerator");
+        let mut lab = VmLab {
+            state: VmState {
+                accel: accel.clone(),
+                api_url: format!("http://127.0.0.1:{API_HOST_PORT}"),
+                vms: Vec::new(),
+                discovery_ms: None,
+            },
+            armed: true,
+        };
+        // LAN bridge without address (IPv6 off: the root namespace sends nothing onto it),
+        // multicast snooping off (Zenoh scouting must flood).
+        ip(&[
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])
+        .await?;
+        crate::lan::disable_ipv6(BRIDGE);
+        ip(&["link", "set", BRIDGE, "up"]).await?;
+        if std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false)
+        {
+            tracing::warn!("br_netfilter is on: bridged VM traffic passes iptables FORWARD");
+        }
+        let t0 = Instant::now();
+        // Mobile first: nothing depends on the order with UDP wires, but its log comes first.
+        for (i, (name, role, octet)) in VMS.into_iter().enumerate() {
+            let info = start_vm(&dir, &accel, i, name, role, octet).await?;
+            lab.state.vms.push(info);
+            lab.state.save(&state_file())?;
+        }
+        // Wait for every VM's node setup.
+        loop {
+            let mut pending = Vec::new();
+            for v in lab.state.vms.iter_mut() {
+                if v.ready_ms.is_some() {
+                    continue;
+                }
+                if !pid_alive(v.pid) {
+                    bail!(
+                        "QEMU of {} exited; see {} and {}",
+                        v.name,
+                        v.serial_log.display(),
+                        v.serial_log.with_extension("qemu.log").display()
+                    );
+                }
+                if let Some(up) = ready_line(&v.serial_log) {
+                    v.ready_ms = Some(t0.elapsed().as_millis() as u64);
+                    v.guest_uptime_s = Some(up);
+                    tracing::info!(vm = %v.name, secs = t0.elapsed().as_secs_f64(), guest_uptime = up, "ready");
+                } else {
+                    pending.push(v.name.clone());
+                }
+            }
+            lab.state.save(&state_file())?;
+            if pending.is_empty() {
+                break;
+            }
+            if t0.elapsed() > BOOT_TIMEOUT {
+                bail!(
+                    "VMs not ready after {} s: {pending:?} (serial logs in {})",
+                    BOOT_TIMEOUT.as_secs(),
+                    dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        wait_for_agents(&lab.state.api_url).await?;
+        lab.state.discovery_ms = Some(t0.elapsed().as_millis() as u64);
+        lab.state.save(&state_file())?;
+        Ok(lab)
+    }
+}
+
+/// `testbed/vm/build-image.sh` (a no-op when its inputs are unchanged).
+async fn build_image() -> anyhow::Result<()> {
+    let script = crate::workspace_dir().join("testbed/vm/build-image.sh");
+    let status = tokio::process::Command::new(&script)
+        .status()
+        .await
+        .with_context(|| format!("run {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
+/// KVM if asked for or if a probe boot of the guest kernel gets to its init under KVM within
+/// 30 s (this machine's /dev/kvm is a PVM variant that cannot boot stock kernels, SPEC §6);
+/// TCG otherwise. The probe's verdict is cached in `accel.probe`.
+async fn choose_accel(want: &str, dir: &Path) -> anyhow::Result<String> {
+    match want {
+        "kvm" | "tcg" => return Ok(want.into()),
+        "auto" => {}
+        other => bail!("--accel {other}: use auto, kvm or tcg"),
+    }
+    let cache = dir.join("accel.probe");
+    if let Ok(v) = std::fs::read_to_string(&cache) {
+        return Ok(v.trim().to_string());
+    }
+    let verdict = if !Path::new("/dev/kvm").exists() {
+        "tcg"
+    } else {
+        let log = dir.join("accel-probe.log");
+        let _ = std::fs::remove_file(&log);
+        let mut child = tokio::process::Command::new("nice")
+            .args([
+                "-n",
+                "10",
+                "qemu-system-x86_64",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+                "-m",
+                "256",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .arg("-kernel")
+            .arg(dir.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(dir.join("initrd.img"))
+            .args(["-append", "console=ttyS0 panic=-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the KVM probe")?;
+        let t = Instant::now();
+        let mut ok = false;
+        while t.elapsed() < Duration::from_secs(30) {
+            if std::fs::read_to_string(&log)
+                .map(|s| s.contains("Run /init"))
+                .unwrap_or(false)
+            {
+                ok = true;
+                break;
+            }
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let _ = child.kill().await;
+        let _ = std::fs::remove_file(&log);
+        if ok {
+            "kvm"
+        } else {
+            "tcg"
+        }
+    };
+    std::fs::write(&cache, verdict)?;
+    Ok(verdict.into())
+}
+
+async fn ip(args: &[&str]) -> Result<String> {
+    crate::cmd::run("ip", args).await
+}
+
+fn lan_ip(octet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, octet)
+}
+fn lan_mac(octet: u8) -> String {
+    format!("52:54:00:77:00:{octet:02x}")
+}
+/// MAC of a wire NIC: wire w (0, 1), side 0 = edge, 1 = mobile.
+fn wire_mac(w: usize, side: usize) -> String {
+    format!("52:54:00:78:{w:02x}:{side:02x}")
+}
+/// (local, remote) UDP ports of wire w's side.
+fn wire_ports(w: usize, side: usize) -> (u16, u16) {
+    let base = WIRE_PORT_BASE + 10 * w as u16;
+    (base + side as u16, base + 1 - side as u16)
+}
+
+async fn start_vm(
+    dir: &Path,
+    accel: &str,
+    i: usize,
+    name: &str,
+    role: &str,
+    octet: u8,
+) -> anyhow::Result<VmInfo> {
+    let tap = format!("{PREFIX}{name}");
+    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
+    crate::lan::disable_ipv6(&tap);
+    ip(&["link", "set", &tap, "master", BRIDGE]).await?;
+    ip(&["link", "set", &tap, "up"]).await?;
+
+    let overlay = dir.join(format!("{name}.qcow2"));
+    let _ = std::fs::remove_file(&overlay);
+    crate::cmd::run(
+        "qemu-img",
+        ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                dir.join("base.qcow2").display().to_string(),
+                overlay.display().to_string(),
+            ]),
+    )
+    .await?;
+
+    let ssh_port = SSH_PORT_BASE + i as u16;
+    let mut hostfwd = format!("hostfwd=tcp:127.0.0.1:{ssh_port}-10.0.2.15:22");
+    if role == "controller" {
+        hostfwd.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{API_HOST_PORT}-10.0.2.15:7070"
+        ));
+    }
+    let mut cmdline = format!(
+        "console=ttyS0 root=/dev/vda rw net.ifnames=0 mose.role={role} mose.id={name} \
+         mose.ip={}/24 mose.mgmt=10.0.2.15/24 mose.lease={LEASE_MS}",
+        lan_ip(octet)
+    );
+    if role == "controller" {
+        cmdline.push_str(" mose.api=0.0.0.0:7070");
+    }
+    let mut extra: Vec<String> = Vec::new();
+    let mut wires = Vec::new();
+    for (w, (edge, edge_port, mobile_port)) in WIRES.iter().enumerate() {
+        let side = if *edge == name {
+            0
+        } else if role == "mobile" {
+            1
+        } else {
+            continue;
+        };
+        let (local, remote) = wire_ports(w, side);
+        let id = format!("wire{w}");
+        extra.extend([
+            "-netdev".into(),
+            format!("socket,id={id},udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev={id},mac={}", wire_mac(w, side)),
+        ]);
+        wires.push(format!(
+            "{}@{}",
+            if side == 0 { edge_port } else { mobile_port },
+            wire_mac(w, side)
+        ));
+    }
+    if !wires.is_empty() {
+        cmdline.push_str(&format!(" mose.wires={}", wires.join(",")));
+    }
+    if role == "mobile" {
+        cmdline.push_str(" mose.flowports=edge1=to-edge1,edge2=to-edge2");
+    }
+
+    let serial_log = dir.join(format!("{name}.log"));
+    let qemu_log = dir.join(format!("{name}.qemu.log"));
+    let pidfile = dir.join(format!("{name}.pid"));
+    let _ = std::fs::remove_file(&serial_log);
+    let qlog = std::fs::File::create(&qemu_log)?;
+    let mut c = std::process::Command::new("nice");
+    c.args([
+        "-n",
+        "10",
+        "qemu-system-x86_64",
+        "-name",
+        &format!("{PREFIX}{name}"),
+    ]);
+    if accel == "kvm" {
+        c.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        // TCG's translation cache defaults to 1 GiB per VM (RSS ≈ 1.7 GiB each): 256 MiB is plenty.
+        c.args(["-accel", "tcg,tb-size=256", "-cpu", "max"]);
+    }
+    c.args([
+        "-smp",
+        "1",
+        "-m",
+        &MEM_MIB.to_string(),
+        "-nographic",
+        "-monitor",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial_log.display()))
+    .arg("-pidfile")
+    .arg(&pidfile)
+    .arg("-kernel")
+    .arg(dir.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(dir.join("initrd.img"))
+    .arg("-append")
+    .arg(&cmdline)
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=virtio,format=qcow2,cache=unsafe",
+        overlay.display()
+    ))
+    // eth0: the LAN (tap on mvm-br); eth1: management (user net, nothing reachable).
+    .arg("-netdev")
+    .arg(format!("tap,id=lan,ifname={tap},script=no,downscript=no"))
+    .arg("-device")
+    .arg(format!("virtio-net-pci,netdev=lan,mac={}", lan_mac(octet)))
+    .arg("-netdev")
+    .arg(format!(
+        "user,id=mgmt,restrict=on,net=10.0.2.0/24,{hostfwd}"
+    ))
+    .arg("-device")
+    .arg("virtio-net-pci,netdev=mgmt,mac=52:54:00:79:00:01")
+    .args(&extra)
+    .stdin(Stdio::null())
+    .stdout(qlog.try_clone()?)
+    .stderr(qlog)
+    .process_group(0);
+    let child = c
+        .spawn()
+        .with_context(|| format!("start QEMU for {name}"))?;
+    // `nice` execs QEMU: the child's pid is QEMU's.
+    let pid = child.id();
+    std::mem::forget(child);
+    tracing::info!(vm = name, pid, log = %serial_log.display(), "QEMU started");
+    Ok(VmInfo {
+        name: name.into(),
+        role: role.into(),
+        lan_ip: lan_ip(octet),
+        pid,
+        ssh_port,
+        tap,
+        overlay,
+        serial_log,
+        ready_ms: None,
+        guest_uptime_s: None,
+    })
+}
+
+/// The guest uptime in the "MOSE-READY" line of a serial log, once it is there.
+fn ready_line(log: &Path) -> Option<f64> {
+    let mut s = String::new();
+    std::fs::File::open(log).ok()?.read_to_string(&mut s).ok()?;
+    let line = s.lines().find(|l| l.contains("MOSE-READY"))?;
+    line.split("uptime=").nth(1)?.trim().parse().ok()
+}
+
+/// Until `GET /v1/agents` lists edge1, edge2 and mobile, edge agents with their probed podman.
+async fn wait_for_agents(api_url: &str) -> anyhow::Result<Vec<AgentView>> {
+    let api = ApiClient::new(api_url);
+    let t = Instant::now();
+    let mut last;
+    loop {
+        match api.agents().await {
+            Ok(agents) => {
+                let ready = ["edge1", "edge2", "mobile"].iter().all(|id| {
+                    agents.iter().any(|a| {
+                        a.id == *id
+                            && match &a.profile {
+                                Some(p) if p.role == mose_protocol::messages::Role::Edge => {
+                                    p.capabilities.podman_version.is_some()
+                                }
+                                Some(_) => true,
+                                None => false,
+                            }
+                    })
+                });
+                if ready {
+                    tracing::info!(
+                        secs = t.elapsed().as_secs_f64(),
+                        "agents listed with profiles"
+                    );
+                    return Ok(agents);
+                }
+                last = format!(
+                    "listed: {:?}",
+                    agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>()
+                );
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if t.elapsed() > DISCOVERY_TIMEOUT {
+            bail!("the orchestrator did not list edge1, edge2, mobile with profiles within {} s ({last})",
+                DISCOVERY_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Stop every VM and remove what `vm up` made: QEMU (by the pids in state.json and the pid
+/// files), taps and bridge (`mvm-*`), overlay disks, state. Returns what is still there.
+pub fn down() -> Result<Vec<String>> {
+    let dir = vm_dir();
+    let mut pids: Vec<u32> = VmState::load(&state_file())
+        .map(|s| s.vms.iter().map(|v| v.pid).collect())
+        .unwrap_or_default();
+    for (name, _, _) in VMS {
+        if let Ok(p) = std::fs::read_to_string(dir.join(format!("{name}.pid"))) {
+            if let Ok(p) = p.trim().parse() {
+                pids.push(p);
+            }
+        }
+    }
+    pids.sort();
+    pids.dedup();
+    // Only pids that are our QEMUs (a stale pid file may name a recycled pid).
+    let ours: Vec<u32> = pids.into_iter().filter(|p| is_our_qemu(*p)).collect();
+    for p in &ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let t = Instant::now();
+    while ours.iter().any(|p| pid_alive(*p)) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for p in ours.iter().filter(|p| pid_alive(**p)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut links: Vec<String> = crate::sys::link_names()
+        .into_iter()
+        .filter(|l| l.starts_with(PREFIX))
+        .collect();
+    // Taps first, the bridge last.
+    links.sort_by_key(|l| l == BRIDGE);
+    for l in &links {
+        if let Err(e) = crate::cmd::run_sync("ip", &["link", "del", l], crate::cmd::SHORT) {
+            tracing::warn!("{e}");
+        }
+    }
+    for (name, _, _) in VMS {
+        for ext in ["qcow2", "pid"] {
+            let _ = std::fs::remove_file(dir.join(format!("{name}.{ext}")));
+        }
+    }
+    let _ = std::fs::remove_file(state_file());
+    Ok(leftovers())
+}
+
+/// QEMU processes named `mvm-*`, `mvm-*` links, overlay disks: what `down` must leave none of.
+pub fn leftovers() -> Vec<String> {
+    let mut left = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if is_our_qemu(pid) {
+                    left.push(format!("QEMU pid {pid}"));
+                }
+            }
+        }
+    }
+    left.extend(
+        crate::sys::link_names()
+            .into_iter()
+            .filter(|l| l.starts_with(PREFIX))
+            .map(|l| format!("link {l}")),
+    );
+    for (name, _, _) in VMS {
+        let p = vm_dir().join(format!("{name}.qcow2"));
+        if p.exists() {
+            left.push(p.display().to_string());
+        }
+    }
+    left
+}
+
+/// A QEMU whose `-name` is one of ours.
+fn is_our_qemu(pid: u32) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    args.first()
+        .map(|a| a.ends_with(b"qemu-system-x86_64"))
+        .unwrap_or(false)
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"-name" && w[1].starts_with(PREFIX.as_bytes()))
+}
+
+/// Run `script` as root in VM `vm` over its management ssh; returns stdout.
+pub async fn ssh(vm: &VmInfo, script: &str, timeout: Duration) -> Result<String> {
+    let key = vm_dir().join("id_ed25519");
+    let mut c = tokio::process::Command::new("ssh");
+    c.arg("-i").arg(&key).args([
+        "-p",
+        &vm.ssh_port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "BatchMode=yes",
+        "root@127.0.0.1",
+        script,
+    ]);
+    crate::cmd::output(c, timeout).await
+}
+
+async fn demo(_lab: &VmLab) -> anyhow::Result<()> {
+    bail!("vm demo: not implemented yet")
+}
