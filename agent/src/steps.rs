@@ -11,7 +11,7 @@ use std::time::Duration;
 use mose_protocol::messages::{Step, StepFailure, StepOutcome, StepReply, StepRequest};
 use mose_protocol::transport::QueryService;
 use mose_protocol::{decode, encode, KeySpace};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use zenoh::query::Query;
 use zenoh::Session;
 
@@ -69,15 +69,25 @@ async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     };
     let span = tracing::info_span!("step", task = %request.task, op = %op);
     let timeout = Duration::from_millis(request.timeout_ms).min(MAX_STEP_TIMEOUT);
-    let result = async {
-        match tokio::time::timeout(timeout, executor.execute(&request.task, request.step)).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(reason)) => Err(reason),
-            Err(_) => Err(format!("did not finish within {timeout:?}")),
+    let undo = undo_if_late(&request.step);
+    // Its own task: past the timeout the step goes on (cut off halfway it would leave worse
+    // state), and its late outcome can still be acted on.
+    let mut run = tokio::spawn({
+        let (executor, task, step) = (executor.clone(), request.task.clone(), request.step);
+        async move { executor.execute(&task, step).await }.instrument(span.clone())
+    });
+    let result = match tokio::time::timeout(timeout, &mut run).await {
+        Ok(joined) => {
+            joined.unwrap_or_else(|e| Err(format!("the step's task ended abnormally: {e}")))
+        }
+        Err(_) => {
+            if let Some(undo) = undo {
+                let task = request.task.clone();
+                tokio::spawn(undo_late(run, executor, task, undo).instrument(span.clone()));
+            }
+            Err(format!("did not finish within {timeout:?}"))
         }
     }
-    .instrument(span.clone())
-    .await
     .map_err(|reason| {
         span.in_scope(|| warn!(%reason, "step failed"));
         StepFailure {
@@ -99,6 +109,44 @@ async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     };
     if let Err(e) = sent {
         debug!(error = %e, "step reply not delivered");
+    }
+}
+
+/// What undoes `step` should it succeed after its timeout. The caller was answered with a
+/// failure then and rolls back, but its own rollback step may never reach this agent (it was
+/// paused or cut off past the caller's patience): a Restore that podman finished meanwhile would
+/// leave a running copy nobody wants, a Checkpoint a frozen source nobody resumes. Both undos are
+/// what the caller's rollback sends anyway, and idempotent.
+fn undo_if_late(step: &Step) -> Option<Step> {
+    match step {
+        Step::Restore { spec, .. } => Some(Step::Abort {
+            service: spec.name.clone(),
+        }),
+        Step::Checkpoint { service, .. } => Some(Step::Resume {
+            service: service.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Waits for a step whose caller gave up, and runs `undo` if it succeeded after all.
+async fn undo_late<E: StepExecutor>(
+    run: tokio::task::JoinHandle<Result<StepOutcome, String>>,
+    executor: Arc<E>,
+    task: String,
+    undo: Step,
+) {
+    if !matches!(run.await, Ok(Ok(_))) {
+        return;
+    }
+    let op = undo.op();
+    warn!(
+        undo = op,
+        "step succeeded after its timeout, which was reported as a failure: undoing it"
+    );
+    match executor.execute(&task, undo).await {
+        Ok(_) => info!(undo = op, "late step undone"),
+        Err(reason) => warn!(undo = op, %reason, "could not undo the late step"),
     }
 }
 
