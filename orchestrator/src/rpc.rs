@@ -18,6 +18,14 @@ pub enum RpcError {
         op: &'static str,
         timeout: Duration,
     },
+    /// The query ended before its timeout with no reply: no such agent is reachable (never
+    /// was, or it died or was cut off while the step ran).
+    #[error("agent {agent} is gone: no answer to '{op}' after {after:?}")]
+    Gone {
+        agent: String,
+        op: &'static str,
+        after: Duration,
+    },
     #[error("agent {agent} refused '{op}': {reason}")]
     Refused {
         agent: String,
@@ -97,7 +105,17 @@ impl AgentRpc {
             op,
             timeout: deadline,
         };
-        let reply = replies.recv_async().await.map_err(|_| no_answer())?;
+        let reply = replies.recv_async().await.map_err(|_| {
+            if sent.elapsed() >= deadline {
+                no_answer()
+            } else {
+                RpcError::Gone {
+                    agent: agent.to_string(),
+                    op,
+                    after: sent.elapsed(),
+                }
+            }
+        })?;
         let sample = match reply.result() {
             Ok(sample) => sample,
             // Zenoh ends a query that outlived its timeout with an error reply ("Timeout") of

@@ -80,7 +80,7 @@ async fn steps_answer_fail_and_time_out_with_typed_errors() {
     assert!(err.contains("bad step request"), "{err}");
 
     match rpc.call("ghost", "t1", resume("ok"), Duration::from_millis(200)).await {
-        Err(RpcError::NoAnswer { agent, .. }) => assert_eq!(agent, "ghost"),
+        Err(RpcError::Gone { agent, .. }) => assert_eq!(agent, "ghost"),
         other => panic!("expected no answer from an absent agent, got {other:?}"),
     }
 }

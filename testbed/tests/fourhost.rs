@@ -3,8 +3,9 @@
 //! edge1), the live client against the service, one cold COAT migration edge1 → edge2 through
 //! the orchestrator's API while the client runs (same connection, count continuous), a second
 //! migration back cancelled after the checkpoint and another whose destination agent is killed
-//! during the checkpoint (both rolled back: the service runs at the source, same connection,
-//! count continuous), then `mose-testbed down` leaving nothing behind.
+//! during the checkpoint and restarted after the source resumed (both rolled back: the service
+//! runs at the source, same connection, count continuous; the destination keeps nothing), then
+//! `mose-testbed down` leaving nothing behind. More faults: `tests/faults.rs`.
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator`
 //! built in the same profile (`cargo test --workspace` builds them; with `-p mose-testbed` run
@@ -163,14 +164,41 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Killed while the source freezes, so the destination never restores: a destination that
-    // dies *after* restoring keeps an orphan copy until its agent returns (see docs/testbed.md).
+    // Killed while the source freezes, so the destination never restores. The source resumes
+    // without it; the destination's cleanup waits for its agent, restarted like a supervisor
+    // would once the source serves again, which then removes what Prepare made there.
     let (id, t) = submit_until_checkpoint(&api, &back, false).await;
     tb.kill_agent(EDGE1).await.expect("kill edge1's agent");
     println!(
         "KILLED edge1's agent {} ms after submitting",
         t.elapsed().as_millis()
     );
+    loop {
+        let now = api.migration(&id).await.expect("poll");
+        let resumed = now.events.iter().any(|e| {
+            e.phase == Phase::Rollback
+                && e.agent == EDGE2
+                && matches!(e.status, PhaseStatus::Finished)
+        });
+        if resumed {
+            break;
+        }
+        assert!(!now.status.is_finished(), "{now:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never resumed: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("SOURCE RESUMED after {} ms", t.elapsed().as_millis());
+    assert_eq!(
+        state.service_location().await.expect("ask podman"),
+        Some(EDGE2.to_string()),
+        "the service runs at the source again"
+    );
+    tb.restart_agent(EDGE1)
+        .await
+        .expect("restart edge1's agent");
     let task = wait_finished(&api, &id, t).await;
     assert_eq!(task.status, TaskStatus::RolledBack, "{task:?}");
     println!(
@@ -178,10 +206,12 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         t.elapsed().as_millis(),
         task.error
     );
+    let error = task.error.unwrap_or_default();
+    assert!(!error.contains("leftovers"), "{error}");
     assert_eq!(
-        state.service_location().await.expect("ask podman"),
-        Some(EDGE2.to_string()),
-        "the service runs at the source again"
+        tb.service_traces(EDGE1).await.expect("inspect edge1"),
+        Vec::<String>::new(),
+        "the destination keeps nothing once its agent is back"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let timeline = client.finish();
