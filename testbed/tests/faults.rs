@@ -24,12 +24,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::tasks::driver::IMAGE;
 use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
@@ -72,9 +71,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults");
     std::fs::create_dir_all(&out).expect("output directory");
     let toml = out.join("orchestrator.toml");
-    std::fs::File::create(&toml)
-        .and_then(|mut f| f.write_all(ORCHESTRATOR_TOML.as_bytes()))
-        .expect("write the orchestrator's config");
+    std::fs::write(&toml, ORCHESTRATOR_TOML).expect("write the orchestrator's config");
     let cfg = Config {
         prefix: PREFIX.into(),
         binaries,
@@ -133,7 +130,11 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
     let archive = tb
         .host(EDGE1)
         .unwrap()
-        .outside_path(Path::new(AGENT_WORK_DIR).join(&id).join("checkpoint.tar"))
+        .outside_path(
+            Path::new(AGENT_WORK_DIR)
+                .join(&id)
+                .join(format!("{IMAGE}.tar")),
+        )
         .expect("edge1's work dir");
     corrupt_served_copy(&archive);
     tb.continue_agent(EDGE2).expect("continue edge2's agent");
@@ -387,57 +388,4 @@ fn corrupt_served_copy(archive: &Path) {
         "CORRUPTED 16 bytes at {at} of the {} bytes served",
         bytes.len()
     );
-}
-
-/// Submits `request` and returns once the task shows the source's checkpoint started
-/// (`finished` false: the destination has prepared, the service is being frozen) or finished.
-async fn submit_until_checkpoint(
-    api: &ApiClient,
-    request: &MigrationRequest,
-    finished: bool,
-) -> (String, Instant) {
-    let task = api.submit(request).await.expect("submit");
-    let t = Instant::now();
-    wait_for_event(api, &task.id, Phase::Checkpoint, finished).await;
-    (task.id, t)
-}
-
-/// Polls until the task shows `phase` started (`finished` false) or finished.
-async fn wait_for_event(api: &ApiClient, id: &str, phase: Phase, finished: bool) -> TaskRecord {
-    wait_for(api, id, Duration::from_secs(30), |r| {
-        assert!(!r.status.is_finished(), "finished before {phase:?}: {r:?}");
-        r.events.iter().any(|e| {
-            e.phase == phase
-                && match e.status {
-                    PhaseStatus::Started => !finished,
-                    PhaseStatus::Finished => finished,
-                    PhaseStatus::Failed { .. } => false,
-                }
-        })
-    })
-    .await
-}
-
-/// Polls the task every 5 ms until `done` holds, failing after `limit`.
-async fn wait_for(
-    api: &ApiClient,
-    id: &str,
-    limit: Duration,
-    mut done: impl FnMut(&TaskRecord) -> bool,
-) -> TaskRecord {
-    let t = Instant::now();
-    loop {
-        let now = api.migration(id).await.expect("poll");
-        if done(&now) {
-            return now;
-        }
-        assert!(t.elapsed() < limit, "waited {limit:?} in vain: {now:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Polls until the task has finished (any outcome).
-async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRecord {
-    let limit = Duration::from_secs(120).saturating_sub(since.elapsed());
-    wait_for(api, id, limit, |r| r.status.is_finished()).await
 }

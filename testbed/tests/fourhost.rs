@@ -16,8 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::client::ApiClient;
-use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
+use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
@@ -173,23 +172,15 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         "KILLED edge1's agent {} ms after submitting",
         t.elapsed().as_millis()
     );
-    loop {
-        let now = api.migration(&id).await.expect("poll");
-        let resumed = now.events.iter().any(|e| {
+    wait_for(&api, &id, Duration::from_secs(60), |r| {
+        assert!(!r.status.is_finished(), "{r:?}");
+        r.events.iter().any(|e| {
             e.phase == Phase::Rollback
                 && e.agent == EDGE2
                 && matches!(e.status, PhaseStatus::Finished)
-        });
-        if resumed {
-            break;
-        }
-        assert!(!now.status.is_finished(), "{now:?}");
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "never resumed: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        })
+    })
+    .await;
     println!("SOURCE RESUMED after {} ms", t.elapsed().as_millis());
     assert_eq!(
         state.service_location().await.expect("ask podman"),
@@ -249,52 +240,4 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     );
     println!("DOWN in {} ms", t.elapsed().as_millis());
     assert_nothing_left(PREFIX, &inodes, &[], &[]).await;
-}
-
-/// Submits `request` and returns once the task shows the source's checkpoint started
-/// (`finished` false: the service is being frozen) or finished (frozen, its image on its way).
-async fn submit_until_checkpoint(
-    api: &ApiClient,
-    request: &MigrationRequest,
-    finished: bool,
-) -> (String, Instant) {
-    let task = api.submit(request).await.expect("submit");
-    let t = Instant::now();
-    loop {
-        let now = api.migration(&task.id).await.expect("poll");
-        if now.events.iter().any(|e| {
-            e.phase == Phase::Checkpoint
-                && match e.status {
-                    PhaseStatus::Started => !finished,
-                    PhaseStatus::Finished => finished,
-                    PhaseStatus::Failed { .. } => false,
-                }
-        }) {
-            return (task.id, t);
-        }
-        assert!(
-            !now.status.is_finished(),
-            "finished before the checkpoint: {now:?}"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no checkpoint: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Polls until the task has finished (any outcome).
-async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRecord {
-    loop {
-        let now = api.migration(id).await.expect("poll");
-        if now.status.is_finished() {
-            return now;
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(120),
-            "never finished: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

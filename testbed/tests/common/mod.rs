@@ -4,6 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use mose_orchestrator::client::ApiClient;
+use mose_orchestrator::tasks::{MigrationRequest, TaskRecord};
+use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_testbed::{sweep_stale, Host, Lan};
 
 /// These tests create namespaces, bridges and containers: they need root and a host prepared by
@@ -300,4 +303,57 @@ pub async fn podman_ping(sock: &std::path::Path) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+/// Submits `request` and returns once the task shows the source's checkpoint started
+/// (`finished` false: the destination has prepared, the service is being frozen) or finished.
+pub async fn submit_until_checkpoint(
+    api: &ApiClient,
+    request: &MigrationRequest,
+    finished: bool,
+) -> (String, Instant) {
+    let task = api.submit(request).await.expect("submit");
+    let t = Instant::now();
+    wait_for_event(api, &task.id, Phase::Checkpoint, finished).await;
+    (task.id, t)
+}
+
+/// Polls until the task shows `phase` started (`finished` false) or finished.
+pub async fn wait_for_event(api: &ApiClient, id: &str, phase: Phase, finished: bool) -> TaskRecord {
+    wait_for(api, id, Duration::from_secs(30), |r| {
+        assert!(!r.status.is_finished(), "finished before {phase:?}: {r:?}");
+        r.events.iter().any(|e| {
+            e.phase == phase
+                && match e.status {
+                    PhaseStatus::Started => !finished,
+                    PhaseStatus::Finished => finished,
+                    PhaseStatus::Failed { .. } => false,
+                }
+        })
+    })
+    .await
+}
+
+/// Polls the task every 5 ms until `done` holds, failing after `limit`.
+pub async fn wait_for(
+    api: &ApiClient,
+    id: &str,
+    limit: Duration,
+    mut done: impl FnMut(&TaskRecord) -> bool,
+) -> TaskRecord {
+    let t = Instant::now();
+    loop {
+        let now = api.migration(id).await.expect("poll");
+        if done(&now) {
+            return now;
+        }
+        assert!(t.elapsed() < limit, "waited {limit:?} in vain: {now:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until the task has finished (any outcome).
+pub async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRecord {
+    let limit = Duration::from_secs(120).saturating_sub(since.elapsed());
+    wait_for(api, id, limit, |r| r.status.is_finished()).await
 }
