@@ -352,12 +352,13 @@ fn request() -> MigrationRequest {
     }
 }
 
-const HAPPY: [&str; 6] = [
+const HAPPY: [&str; 7] = [
     "edge1:describe",
     "edge2:prepare",
     "edge1:checkpoint",
     "edge2:restore",
     "drone:switch-flow->edge2",
+    "edge2:resend",
     "edge1:release",
 ];
 

@@ -186,6 +186,9 @@ pub enum Step {
     Abort { service: String },
     /// Source: release the service once the destination confirmed.
     Release { service: String },
+    /// Destination, after the flow switch: make the service's TCP clients resend what the
+    /// freeze swallowed now, not when their backed-off retransmission timer fires.
+    Resend { service: String },
 }
 
 impl Step {
@@ -200,6 +203,7 @@ impl Step {
             Step::Resume { .. } => "resume",
             Step::Abort { .. } => "abort",
             Step::Release { .. } => "release",
+            Step::Resend { .. } => "resend",
         }
     }
 }
@@ -421,6 +425,9 @@ mod tests {
                 service: "counter".into(),
             },
             Step::Release {
+                service: "counter".into(),
+            },
+            Step::Resend {
                 service: "counter".into(),
             },
         ]

@@ -31,6 +31,7 @@
 //! removes all of it, also after a crash. [`FourHost`]'s `Drop` tears down what it made when a
 //! step fails half-way.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -815,49 +816,9 @@ impl FourHost {
     /// The counter on edge1 in its service namespace, the mobile flow toward edge1, and the
     /// client's namespace on the mobile host.
     async fn deploy_service(&mut self, counter: &BuiltImage) -> Result<()> {
-        let edge1 = self.host(EDGE1)?;
-        let ovs = edge1
-            .ovs()
-            .ok_or_else(|| TestbedError::State(format!("OvS of {EDGE1} is not running")))?;
-        let placement = Placement {
-            netns: netns_name(SERVICE),
-            host_ifname: host_ifname(SERVICE),
-            ip: SERVICE_IP,
-            prefix_len: OVERLAY_PREFIX_LEN,
-            mac: overlay_mac(SERVICE_IP).0,
-            client_ip: CLIENT_IP,
-            client_mac: overlay_mac(CLIENT_IP).0,
-            ovsdb_socket: ovs.db_socket(),
-            ovs_rundir: ovs.rundir().to_path_buf(),
-            bridge: BRIDGE.into(),
-        };
-        let json = serde_json::to_string(&placement)
-            .map_err(|e| TestbedError::State(format!("encode the placement: {e}")))?;
-        // In edge1's mount namespace: the service namespace must be at edge1's own /run/netns.
-        let mut c = edge1.command(&self.cfg.binaries.testbed);
-        c.args(["place-endpoint", &json]);
-        cmd::output(c, cmd::SHORT).await?;
-
-        let podman = Podman::new(edge1.podman_socket())
-            .map_err(|e| TestbedError::State(format!("podman client for {EDGE1}: {e}")))?;
-        let spec = CreateSpec {
-            name: SERVICE.into(),
-            image: counter.reference.clone(),
-            netns: Netns::Path(Path::new("/run/netns").join(netns_name(SERVICE))),
-            ulimits: edge1.limits().container_ulimits(),
-            ..CreateSpec::default()
-        };
-        let podman_err = |what: &str, e: mose_agent::runtime::RuntimeError| {
-            TestbedError::State(format!("{what} {SERVICE} on {EDGE1}: {e}"))
-        };
-        podman
-            .create(&spec)
-            .await
-            .map_err(|e| podman_err("create", e))?;
-        podman
-            .start(SERVICE)
-            .await
-            .map_err(|e| podman_err("start", e))?;
+        self.place_endpoint(EDGE1).await?;
+        self.start_service(EDGE1, &counter.reference, BTreeMap::new())
+            .await?;
 
         let mobile = overlay_of(self.host(MOBILE)?)?;
         let svc = ServiceAddr {
@@ -881,6 +842,76 @@ impl FourHost {
         let attached = mobile.add_endpoint(&cli).await?;
         self.client_netns = Some(attached.endpoint.netns_path);
         Ok(())
+    }
+
+    /// The service's namespace with its fixed IP/MAC and the client as neighbour on `edge`,
+    /// and the flows toward it on `edge`'s bridge (what COAT's Prepare makes on a destination).
+    pub async fn place_endpoint(&self, edge: &str) -> Result<u32> {
+        let host = self.host(edge)?;
+        let ovs = host
+            .ovs()
+            .ok_or_else(|| TestbedError::State(format!("OvS of {edge} is not running")))?;
+        let placement = Placement {
+            netns: netns_name(SERVICE),
+            host_ifname: host_ifname(SERVICE),
+            ip: SERVICE_IP,
+            prefix_len: OVERLAY_PREFIX_LEN,
+            mac: overlay_mac(SERVICE_IP).0,
+            client_ip: CLIENT_IP,
+            client_mac: overlay_mac(CLIENT_IP).0,
+            ovsdb_socket: ovs.db_socket(),
+            ovs_rundir: ovs.rundir().to_path_buf(),
+            bridge: BRIDGE.into(),
+        };
+        let json = serde_json::to_string(&placement)
+            .map_err(|e| TestbedError::State(format!("encode the placement: {e}")))?;
+        // In the host's mount namespace: the service namespace must be at its own /run/netns.
+        let mut c = host.command(&self.cfg.binaries.testbed);
+        c.args(["place-endpoint", &json]);
+        let out = cmd::output(c, cmd::SHORT).await?;
+        out.trim().parse().map_err(|_| {
+            TestbedError::State(format!(
+                "place-endpoint on {edge} answered `{}`, not an OpenFlow port",
+                out.trim()
+            ))
+        })
+    }
+
+    /// Create and start the service on `edge` in its namespace (made by
+    /// [`FourHost::place_endpoint`]) from `image`, with `env` (e.g. the counter's `STATE_MIB`).
+    pub async fn start_service(
+        &self,
+        edge: &str,
+        image: &str,
+        env: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let host = self.host(edge)?;
+        let podman = Podman::new(host.podman_socket())
+            .map_err(|e| TestbedError::State(format!("podman client for {edge}: {e}")))?;
+        let spec = CreateSpec {
+            name: SERVICE.into(),
+            image: image.into(),
+            env,
+            netns: Netns::Path(Path::new("/run/netns").join(netns_name(SERVICE))),
+            ulimits: host.limits().container_ulimits(),
+            ..CreateSpec::default()
+        };
+        let podman_err = |what: &str, e: mose_agent::runtime::RuntimeError| {
+            TestbedError::State(format!("{what} {SERVICE} on {edge}: {e}"))
+        };
+        podman
+            .create(&spec)
+            .await
+            .map_err(|e| podman_err("create", e))?;
+        podman
+            .start(SERVICE)
+            .await
+            .map_err(|e| podman_err("start", e))
+    }
+
+    /// The overlay handle of `host`'s OvS, driven from the root namespace.
+    pub fn overlay(&self, host: &str) -> Result<HostOverlay> {
+        overlay_of(self.host(host)?)
     }
 
     /// Leave everything running after this process exits (`mose-testbed up`); `down` removes it.

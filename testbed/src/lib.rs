@@ -2,11 +2,14 @@
 //!
 //! * [`host`]: an emulated host = network + mount + UTS namespace with private podman/OvS state.
 //! * [`lan`]: the bridge connecting hosts, with per-host rate/delay shaping.
-//! * [`images`]: reproducible local images of our static workloads (`counter-service`, `memload`).
+//! * [`images`]: reproducible local images of our static workloads (`counter-service`, `memload`)
+//!   and of Debian's `memcached` and `iperf3`.
+//! * [`fourhost`], [`demo`], [`bench`]: the four-host testbed, its demo and its benchmark.
 //! * [`sweep_stale`]: removes everything a crashed run left behind; [`leftovers`] checks for it.
 //!
 //! See `docs/testbed.md` for the model, the addressing and measured timings.
 
+pub mod bench;
 pub mod client;
 mod cmd;
 pub mod demo;

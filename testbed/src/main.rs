@@ -1,5 +1,5 @@
 //! `mose-testbed`: the testbed's command line (SPEC §8): `up`, `status`, `migrate`, `demo`,
-//! `down`. `bench` and `vm` come with their own issues.
+//! `bench`, `down`.
 //!
 //! Binaries: `up` and `demo` run `mose-agent` and `mose-orchestrator` from the same cargo target
 //! and profile directory as this binary, and first run `cargo build -p mose-agent -p
@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mose_protocol::model::Objective;
+use mose_testbed::bench;
 use mose_testbed::demo::{self, Targets};
 use mose_testbed::fourhost::{Binaries, Config, FourHost, Placement, State};
 
@@ -102,6 +103,38 @@ enum Cmd {
         #[command(flatten)]
         targets: TargetArgs,
     },
+    /// Set up this machine, bring the testbed up and measure: N migrations through MOSE against
+    /// the same steps by a plain script (the raw-tool floor), then PAM's predicted downtime
+    /// against the client-observed one over state sizes and link rates. Writes
+    /// target/testbed/bench.json; tears down.
+    Bench {
+        /// MOSE migrations (each followed by one plain-script migration back).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Skip testbed/setup-host.sh (the machine is known to be ready).
+        #[arg(long)]
+        skip_setup: bool,
+        /// Skip the PAM sweep (part 2).
+        #[arg(long)]
+        no_sweep: bool,
+        /// PAM sweep: the service's state sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+        sizes_mib: Vec<u32>,
+        /// PAM sweep: the edges' link rates (each edge's LAN link is shaped to it).
+        #[arg(long, value_delimiter = ',', default_value = "1Gbit,200Mbit,50Mbit",
+              value_parser = parse_rate_bps)]
+        rates: Vec<u64>,
+        /// PAM sweep: how fast the service dirties its state, in MiB/s.
+        #[arg(long, default_value_t = 1.0)]
+        dirty_mib_per_s: f64,
+        /// PAM sweep: round trips edge1 -> edge2 -> edge1 per size and rate.
+        #[arg(long, default_value_t = 2)]
+        repeats: u32,
+        #[command(flatten)]
+        up: UpArgs,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
     /// Remove everything the testbed made (hosts, namespaces, LAN, containers, OvS, agents,
     /// orchestrator), also after a crash.
     Down {
@@ -112,6 +145,11 @@ enum Cmd {
     /// Internal: runs inside an edge host to place the service's endpoint (JSON argument).
     #[command(hide = true)]
     PlaceEndpoint { placement: String },
+    /// The four-VM testbed (QEMU): vm up | status | down | demo.
+    Vm {
+        #[command(subcommand)]
+        cmd: mose_testbed::vm::VmCmd,
+    },
 }
 
 #[tokio::main]
@@ -164,12 +202,48 @@ async fn main() -> anyhow::Result<()> {
             up,
             targets,
         } => run_demo(runs, skip_setup, &up, targets.targets(), &out_dir).await?,
+        Cmd::Bench {
+            runs,
+            skip_setup,
+            no_sweep,
+            sizes_mib,
+            rates,
+            dirty_mib_per_s,
+            repeats,
+            up,
+            targets,
+        } => {
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let sweep = (!no_sweep).then_some(bench::Sweep {
+                sizes_mib,
+                rates_bps: rates,
+                dirty_mib_per_s,
+                repeats,
+            });
+            if let Some(s) = &sweep {
+                if s.migrations() == 0 {
+                    bail!("the PAM sweep is empty: give --sizes-mib, --rates and --repeats ≥ 1, or --no-sweep");
+                }
+                if !s.dirty_mib_per_s.is_finite() || s.dirty_mib_per_s < 0.0 {
+                    bail!("--dirty-mib-per-s must be a finite number ≥ 0");
+                }
+            }
+            let cfg = bench::BenchConfig {
+                runs,
+                targets: targets.targets(),
+                sweep,
+            };
+            run_bench(&cfg, skip_setup, &up, &out_dir).await?
+        }
         Cmd::Down { prefix } => down(&prefix, &out_dir).await?,
         Cmd::PlaceEndpoint { placement } => {
             let p: Placement =
                 serde_json::from_str(&placement).context("placement argument is not valid JSON")?;
             println!("{}", p.apply_here().await?);
         }
+        Cmd::Vm { cmd } => mose_testbed::vm::run(cmd).await?,
     }
     Ok(())
 }
@@ -208,17 +282,14 @@ async fn config(args: &UpArgs, out_dir: &Path) -> anyhow::Result<Config> {
     })
 }
 
-async fn run_demo(
-    runs: u32,
-    skip_setup: bool,
-    up: &UpArgs,
-    targets: Targets,
-    out_dir: &Path,
-) -> anyhow::Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    if !skip_setup {
+/// A link rate like `100Mbit` in bit/s.
+fn parse_rate_bps(text: &str) -> Result<u64, String> {
+    mose_orchestrator::client::parse_bandwidth_bytes_per_s(text).map(|b| b * 8)
+}
+
+/// Run `testbed/setup-host.sh` unless skipped.
+async fn setup_host(skip: bool) -> anyhow::Result<()> {
+    if !skip {
         let script: PathBuf = mose_testbed::workspace_dir().join("testbed/setup-host.sh");
         eprintln!("== host setup: {}", script.display());
         let status = tokio::process::Command::new("bash")
@@ -230,6 +301,11 @@ async fn run_demo(
             bail!("{} failed ({status})", script.display());
         }
     }
+    Ok(())
+}
+
+/// Bring the four hosts up and show their status.
+async fn bring_up(up: &UpArgs, out_dir: &Path) -> anyhow::Result<FourHost> {
     let cfg = config(up, out_dir).await?;
     eprintln!("== bringing up the four hosts (prefix {})", cfg.prefix);
     let t = Instant::now();
@@ -239,6 +315,47 @@ async fn run_demo(
         t.elapsed().as_secs_f64()
     );
     println!("{}", tb.state().status().await);
+    Ok(tb)
+}
+
+async fn run_bench(
+    cfg: &bench::BenchConfig,
+    skip_setup: bool,
+    up: &UpArgs,
+    out_dir: &Path,
+) -> anyhow::Result<()> {
+    setup_host(skip_setup).await?;
+    let tb = bring_up(up, out_dir).await?;
+    let outcome = interruptible(bench::run(&tb, cfg, out_dir, &mut |l| println!("{l}"))).await;
+    eprintln!("== tearing down");
+    let down = tb.destroy().await;
+    let outcome = outcome??;
+    down?;
+    println!("\n{}", outcome.report.kpi_table());
+    println!("\n{}", bench::summary(&outcome));
+    println!(
+        "report: {}\nfloor:  {}",
+        out_dir.join("bench.json").display(),
+        out_dir.join("bench-floor.json").display()
+    );
+    if let Some(why) = &outcome.stopped {
+        bail!("the bench stopped early: {why}");
+    }
+    Ok(())
+}
+
+async fn run_demo(
+    runs: u32,
+    skip_setup: bool,
+    up: &UpArgs,
+    targets: Targets,
+    out_dir: &Path,
+) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    setup_host(skip_setup).await?;
+    let tb = bring_up(up, out_dir).await?;
     let outcome = interruptible(demo::run(&tb, runs, targets, out_dir, &mut |l| {
         println!("{l}")
     }))

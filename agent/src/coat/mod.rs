@@ -10,6 +10,7 @@
 //! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive; stop serving the image |
 //! | abort | destination (rollback) | remove the container, netns, veth, flows and files of the service |
 //! | release | source (commit) | the same removal, after the destination confirmed |
+//! | resend | destination (after the switch) | ICMP nudge so the clients resend at once (see `resend.rs`) |
 //!
 //! Every step is idempotent: repeating it after success (or after a timeout whose effect is
 //! unknown) converges on the same state without harming the service. Steps on one service are
@@ -17,6 +18,7 @@
 
 mod error;
 mod netinfo;
+mod resend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -105,6 +107,8 @@ struct Inner {
     served: Mutex<HashMap<String, Served>>,
     /// Restore statistics by (task, service), so a repeated Restore answers like the first.
     restored: Mutex<HashMap<(String, String), CriuStats>>,
+    /// By service: the receive sequence numbers of its restored TCP sockets (Resend's nudges).
+    client_seqs: Mutex<HashMap<String, Vec<u32>>>,
 }
 
 /// Locks a std mutex whose data stays consistent even if a holder panicked (plain inserts).
@@ -129,6 +133,7 @@ impl CoatExecutor {
             locks: Mutex::default(),
             served: Mutex::default(),
             restored: Mutex::default(),
+            client_seqs: Mutex::default(),
         };
         CoatExecutor {
             inner: Arc::new(inner),
@@ -206,6 +211,7 @@ impl Inner {
             Step::Resume { service } => self.resume(task, &service).await,
             Step::Abort { service } => self.remove_here(task, &service, "abort").await,
             Step::Release { service } => self.remove_here(task, &service, "release").await,
+            Step::Resend { service } => self.resend(&service).await,
         }
     }
 
@@ -605,7 +611,19 @@ impl Inner {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(io("open the fetched checkpoint", &path))?;
+        // Read alongside the restore (both only read the file): nothing added to the downtime.
+        let seqs = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
+        });
         let result = self.podman.restore(&RestoreOptions::default(), file).await;
+        match seqs.await {
+            Ok(Ok(seqs)) => {
+                lock(&self.client_seqs).insert(service.to_string(), seqs);
+            }
+            Ok(Err(why)) => warn!(%why, "TCP connections of the checkpoint unreadable: clients will not be nudged"),
+            Err(e) => warn!(error = %e, "reading the checkpoint's TCP connections failed"),
+        }
         // The archive is not needed any more either way: a retry fetches it again.
         let _ = tokio::fs::remove_file(&path).await;
         let report = result.map_err(runtime(format!(
@@ -620,6 +638,28 @@ impl Inner {
         let stats = restore_stats(report.criu);
         lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
         Ok(StepOutcome::Restored { stats })
+    }
+
+    /// After the flow switch: nudge the restored service's TCP clients to resend what the
+    /// freeze swallowed now (RFC 6069 backoff revert, see `resend.rs`). Best effort by nature:
+    /// a client that needs no nudge ignores it.
+    #[tracing::instrument(name = "coat.resend", skip(self))]
+    async fn resend(&self, service: &str) -> Result<StepOutcome> {
+        check_service(service)?;
+        let seqs = lock(&self.client_seqs)
+            .get(service)
+            .cloned()
+            .unwrap_or_default();
+        if seqs.is_empty() {
+            info!("no TCP connection in the checkpoint: nobody to nudge");
+            return Ok(StepOutcome::Done);
+        }
+        let path = self.overlay.endpoint_path(&netns_name(service));
+        let sent = mose_overlay::netns::in_netns(&path, move || resend::prompt_clients(&seqs))
+            .await
+            .map_err(overlay(format!("nudge the clients of {service}")))?;
+        info!(messages = sent, "clients nudged to resend");
+        Ok(StepOutcome::Done)
     }
 
     /// Abort (destination) and Release (source): remove everything of `service` on this host.
@@ -664,6 +704,7 @@ impl Inner {
         }
         self.remove_task_files(task).await;
         lock(&self.restored).retain(|(_, s), _| s != service);
+        lock(&self.client_seqs).remove(service);
         info!(
             container_removed = removed,
             ?ip,
@@ -753,7 +794,8 @@ impl StepExecutor for CoatExecutor {
             | Step::Checkpoint { service, .. }
             | Step::Resume { service }
             | Step::Abort { service }
-            | Step::Release { service } => service.clone(),
+            | Step::Release { service }
+            | Step::Resend { service } => service.clone(),
             Step::Prepare { spec } | Step::Restore { spec, .. } => spec.name.clone(),
             // Flows belong to the service address, not to a container on this host.
             Step::SwitchFlow { network, .. } => format!("flow {}", network.ip),

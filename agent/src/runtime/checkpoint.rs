@@ -168,7 +168,7 @@ impl Podman {
             let mut resp = self.exchange(op, name, req).await?;
             let podman_time = t0.elapsed();
             let t1 = Instant::now();
-            let mut scan = TarScanner::new(&[STATS_DUMP], MAX_KEPT_MEMBER);
+            let mut scan = TarScanner::new(|n| n == STATS_DUMP, MAX_KEPT_MEMBER);
             let mut kept = Vec::new();
             loop {
                 let chunk = match resp.chunk().await {
@@ -363,7 +363,7 @@ where
     let st = St {
         // Boxed so any reader will do, Unpin or not.
         src: ReaderStream::with_capacity(Box::pin(archive), UPLOAD_CHUNK),
-        scan: TarScanner::new(&[CONFIG_DUMP], MAX_KEPT_MEMBER),
+        scan: TarScanner::new(|n| n == CONFIG_DUMP, MAX_KEPT_MEMBER),
         podman,
         shared,
     };

@@ -158,13 +158,13 @@ pub fn parse_stats_dump(file: &[u8]) -> Result<CriuDumpStats, String> {
     Ok(s)
 }
 
-enum Value<'a> {
+pub(super) enum Value<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
 
 /// The top-level fields of a protobuf message (wire types 0, 1, 2 and 5).
-fn fields(mut msg: &[u8]) -> Result<Vec<(u64, Value<'_>)>, String> {
+pub(super) fn fields(mut msg: &[u8]) -> Result<Vec<(u64, Value<'_>)>, String> {
     let mut out = Vec::new();
     while !msg.is_empty() {
         let key = varint(&mut msg)?;

@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod checkpoint;
 pub mod container;
 pub mod criu_stats;
+pub mod criu_tcp;
 pub mod error;
 pub mod libpod;
 pub mod limits;

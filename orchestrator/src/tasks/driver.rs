@@ -263,6 +263,19 @@ impl Driver {
         }
         self.set(|r| r.progress.switched = true);
         info!("point of no return passed: the destination is the truth now");
+        // The clients' requests swallowed by the freeze wait for their backed-off retransmission
+        // timers unless nudged. Best effort: a failure costs a client that wait, not the task.
+        let resend = Step::Resend {
+            service: service.clone(),
+        };
+        if let Err(e) = self
+            .shared
+            .rpc
+            .call(destination, &self.id, resend, t.switch_flow)
+            .await
+        {
+            warn!(error = %e, "clients not nudged to resend: they wait for their own timers");
+        }
         Ok(())
     }
 
