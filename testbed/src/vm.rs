@@ -97,7 +97,21 @@ pub enum VmCmd {
         /// Leave the VMs running afterwards (default: `vm down` at the end).
         #[arg(long)]
         keep: bool,
+        /// θ_down of both migrations, ms.
+        #[arg(long, default_value_t = 20_000.0)]
+        target_downtime_ms: f64,
+        /// θ_mig of both migrations, ms (loose: pre-copy rounds fit).
+        #[arg(long, default_value_t = 120_000.0)]
+        target_duration_ms: f64,
     },
+    /// Internal, inside the mobile VM: steer the service toward edge1 and make the client's
+    /// namespace on br0.
+    #[command(hide = true)]
+    GuestMobile,
+    /// Internal, inside the mobile VM: the live client; progress to /run/mose-client.progress,
+    /// stops when /run/mose-client.stop exists, then writes its timeline JSON to `out`.
+    #[command(hide = true)]
+    GuestClient { out: PathBuf },
 }
 
 pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
@@ -128,10 +142,17 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
                 bail!("left behind: {}", left.join(", "))
             }
         }
-        VmCmd::Demo { accel, keep } => {
+        VmCmd::GuestMobile => guest_mobile().await,
+        VmCmd::GuestClient { out } => guest_client(&out).await,
+        VmCmd::Demo {
+            accel,
+            keep,
+            target_downtime_ms,
+            target_duration_ms,
+        } => {
             let lab = VmLab::up(&accel).await?;
             println!("{}", lab.state.summary());
-            let r = demo(&lab).await;
+            let r = demo(&lab, target_downtime_ms, target_duration_ms).await;
             if keep {
                 lab.persist();
             } else {
@@ -771,6 +792,280 @@ pub async fn ssh(vm: &VmInfo, script: &str, timeout: Duration) -> Result<String>
     crate::cmd::output(c, timeout).await
 }
 
-async fn demo(_lab: &VmLab) -> anyhow::Result<()> {
-    bail!("vm demo: not implemented yet")
+/// Inside VMs: the OvS of the image (Debian's openvswitch-switch).
+const GUEST_OVSDB: &str = "/run/openvswitch/db.sock";
+const GUEST_OVS_RUNDIR: &str = "/var/run/openvswitch";
+/// The client's namespace inside the mobile VM.
+const GUEST_CLIENT_NETNS: &str = "mvm-cli";
+const CLIENT_PROGRESS: &str = "/run/mose-client.progress";
+const CLIENT_STOP: &str = "/run/mose-client.stop";
+const CLIENT_TIMELINE: &str = "/var/tmp/mose-client-timeline.json";
+
+fn guest_overlay() -> mose_overlay::HostOverlay {
+    mose_overlay::HostOverlay::new(GUEST_OVSDB, GUEST_OVS_RUNDIR, crate::fourhost::BRIDGE)
+}
+
+/// In the mobile VM: the service steered toward edge1's wire, the client namespace on br0.
+async fn guest_mobile() -> anyhow::Result<()> {
+    use crate::fourhost::{overlay_mac, port_toward, CLIENT_IP, OVERLAY_PREFIX_LEN, SERVICE_IP};
+    use mose_overlay::{EndpointSpec, Neighbour, ServiceAddr};
+    let ov = guest_overlay();
+    ov.ensure_bridge().await?;
+    let svc = ServiceAddr {
+        ip: SERVICE_IP,
+        mac: overlay_mac(SERVICE_IP),
+    };
+    ov.steer(svc, ov.ofport(&port_toward("edge1")).await?)
+        .await?;
+    let mut cli = EndpointSpec::new(
+        GUEST_CLIENT_NETNS,
+        "cli",
+        CLIENT_IP,
+        OVERLAY_PREFIX_LEN,
+        overlay_mac(CLIENT_IP),
+    );
+    cli.neighbours.push(Neighbour {
+        ip: SERVICE_IP,
+        mac: overlay_mac(SERVICE_IP),
+    });
+    let attached = ov.add_endpoint(&cli).await?;
+    println!("{}", attached.endpoint.netns_path.display());
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct ClientProgress {
+    replies: u64,
+    now_ms: f64,
+    stopped: bool,
+}
+
+/// In the mobile VM: the live client of the emulated testbed, driven through files.
+async fn guest_client(out: &Path) -> anyhow::Result<()> {
+    use crate::fourhost::{SERVICE_IP, SERVICE_PORT};
+    let _ = std::fs::remove_file(CLIENT_STOP);
+    let netns = mose_overlay::netns::netns_path(
+        Path::new(mose_overlay::netns::NETNS_DIR),
+        GUEST_CLIENT_NETNS,
+    );
+    let to = std::net::SocketAddr::from((SERVICE_IP, SERVICE_PORT));
+    let client = crate::client::LiveClient::start(&netns, to, Duration::from_secs(60)).await?;
+    loop {
+        let p = ClientProgress {
+            replies: client.replies(),
+            now_ms: client.now_ms(),
+            stopped: client.has_stopped(),
+        };
+        std::fs::write(format!("{CLIENT_PROGRESS}.new"), serde_json::to_vec(&p)?)?;
+        std::fs::rename(format!("{CLIENT_PROGRESS}.new"), CLIENT_PROGRESS)?;
+        if Path::new(CLIENT_STOP).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let timeline = client.finish();
+    std::fs::write(out, serde_json::to_vec(&timeline)?)?;
+    Ok(())
+}
+
+async fn client_progress(mobile: &VmInfo) -> anyhow::Result<ClientProgress> {
+    let text = ssh(
+        mobile,
+        &format!("cat {CLIENT_PROGRESS}"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(serde_json::from_str(text.trim())?)
+}
+
+/// Until the client has `n` more replies than `from` (its connection still up).
+async fn served_again(
+    mobile: &VmInfo,
+    from: u64,
+    n: u64,
+    within: Duration,
+) -> anyhow::Result<ClientProgress> {
+    let t = Instant::now();
+    loop {
+        let p = client_progress(mobile).await?;
+        if p.stopped {
+            bail!(
+                "the client stopped (connection lost) after {} replies",
+                p.replies
+            );
+        }
+        if p.replies >= from + n {
+            return Ok(p);
+        }
+        if t.elapsed() > within {
+            bail!(
+                "the client got {} replies, not {} more than {from}, within {} s",
+                p.replies,
+                n,
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The demo on running VMs: counter on edge1 (its service namespace on br0), the mobile flow
+/// toward edge1, the live client on mobile; migrations edge1 -> edge2 (objective resources:
+/// the designer picks cold) and edge2 -> edge1 (objective downtime with a loose θ_mig: the
+/// designer picks iterative pre-copy on hosts with dirty tracking), each through the API;
+/// target/testbed/vm-report.json and vm-client-timeline.json.
+async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> anyhow::Result<()> {
+    use crate::fourhost::{self as fh, overlay_mac, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
+    use crate::report::{MigrationReport, Report};
+    use mose_orchestrator::tasks::TaskStatus;
+    use mose_protocol::model::Objective;
+    let st = &lab.state;
+    let (edge1, mobile) = (st.vm("edge1")?, st.vm("mobile")?);
+    let long = Duration::from_secs(180);
+    let t = Instant::now();
+    // 1. The service endpoint on edge1 and the container in it.
+    let placement = Placement {
+        netns: mose_agent::coat::netns_name(SERVICE),
+        host_ifname: mose_agent::coat::host_ifname(SERVICE),
+        ip: SERVICE_IP,
+        prefix_len: fh::OVERLAY_PREFIX_LEN,
+        mac: overlay_mac(SERVICE_IP).0,
+        client_ip: fh::CLIENT_IP,
+        client_mac: overlay_mac(fh::CLIENT_IP).0,
+        ovsdb_socket: GUEST_OVSDB.into(),
+        ovs_rundir: GUEST_OVS_RUNDIR.into(),
+        bridge: fh::BRIDGE.into(),
+    };
+    let json = serde_json::to_string(&placement)?;
+    ssh(
+        edge1,
+        &format!("/usr/local/bin/mose-testbed place-endpoint '{json}'"),
+        long,
+    )
+    .await?;
+    let image = crate::images::COUNTER.reference;
+    ssh(edge1, &format!(
+        "podman create --name {SERVICE} --network ns:/run/netns/{} {image} >/dev/null && podman start {SERVICE} >/dev/null",
+        placement.netns), long).await?;
+    // 2. The mobile side and the live client.
+    ssh(mobile, "/usr/local/bin/mose-testbed vm guest-mobile", long).await?;
+    ssh(
+        mobile,
+        &format!(
+            "rm -f {CLIENT_PROGRESS} {CLIENT_TIMELINE}; systemd-run --quiet --unit=mose-client \
+         /usr/local/bin/mose-testbed vm guest-client {CLIENT_TIMELINE}"
+        ),
+        long,
+    )
+    .await?;
+    let t_wait = Instant::now();
+    let p0 = loop {
+        if let Ok(p) = client_progress(mobile).await {
+            if p.replies >= 50 {
+                break p;
+            }
+        }
+        if t_wait.elapsed() > Duration::from_secs(120) {
+            let log = ssh(
+                mobile,
+                "journalctl -u mose-client --no-pager | tail -5",
+                long,
+            )
+            .await
+            .unwrap_or_default();
+            bail!("the client on mobile got no steady replies within 120 s: {log}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!(
+        "service on edge1, client on mobile served ({} replies) after {:.1} s",
+        p0.replies,
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. Migrations through the orchestrator's API.
+    let state = fh::State {
+        prefix: PREFIX.into(),
+        api_url: st.api_url.clone(),
+        hosts: Vec::new(),
+        service: SERVICE.into(),
+        service_addr: std::net::SocketAddr::from((SERVICE_IP, SERVICE_PORT)),
+        client_netns: PathBuf::from("/run/netns").join(GUEST_CLIENT_NETNS),
+        log_dir: vm_dir(),
+    };
+    let mut done = Vec::new();
+    let mut failure = None;
+    for (from, to, objective) in [
+        ("edge1", "edge2", Objective::Resources),
+        ("edge2", "edge1", Objective::Downtime),
+    ] {
+        println!("\n== {from} -> {to} (objective {objective:?})");
+        let targets = crate::demo::Targets {
+            downtime_ms: target_downtime_ms,
+            duration_ms: target_duration_ms,
+            objective,
+            bandwidth_bytes_per_s: None,
+        };
+        let before = client_progress(mobile).await?;
+        let task = match crate::demo::migrate(&state, from, to, targets, &mut |l| println!("  {l}"))
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
+        let served = served_again(
+            mobile,
+            client_progress(mobile).await?.replies,
+            20,
+            Duration::from_secs(90),
+        )
+        .await;
+        let after = client_progress(mobile).await?;
+        let status = task.status;
+        done.push((task, before.now_ms, after.now_ms));
+        if let Err(e) = served {
+            failure = Some(e.to_string());
+            break;
+        }
+        if status != TaskStatus::Succeeded {
+            failure = Some(format!("{from} -> {to} ended {status}"));
+            break;
+        }
+    }
+    // 4. Stop the client, fetch its timeline, write the report.
+    ssh(mobile, &format!("touch {CLIENT_STOP}; for i in $(seq 1 60); do [ -s {CLIENT_TIMELINE} ] && break; sleep 1; done; cat {CLIENT_TIMELINE}"), long).await
+        .and_then(|raw| {
+            let out = crate::out_dir().join("vm-client-timeline.json");
+            std::fs::write(&out, &raw).map_err(|e| TestbedError::io(format!("write {}", out.display()), e))?;
+            Ok(())
+        })?;
+    let raw = std::fs::read(crate::out_dir().join("vm-client-timeline.json"))?;
+    let timeline: crate::client::Timeline =
+        serde_json::from_slice(&raw).context("the client's timeline")?;
+    let migrations: Vec<MigrationReport> = done
+        .iter()
+        .map(|(task, t0, t1)| {
+            MigrationReport::from_task(task, "counter-service", timeline.kpis(*t0, *t1))
+        })
+        .collect();
+    // The agents' profile gives CRIU, podman and dirty tracking; the kernel is the guest's
+    // (host_info reads this machine's).
+    let mut host = crate::demo::host_info(&ApiClient::new(&st.api_url)).await?;
+    host.kernel = ssh(edge1, "uname -r", long).await?.trim().to_string();
+    let report = Report {
+        host,
+        raw_floor_ms: None,
+        migrations,
+    };
+    let path = crate::out_dir().join("vm-report.json");
+    report.write(&path)?;
+    println!("\n{}", report.kpi_table());
+    println!("report: {}", path.display());
+    match failure {
+        Some(f) => bail!("the demo stopped: {f}"),
+        None => Ok(()),
+    }
 }

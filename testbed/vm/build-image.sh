@@ -17,6 +17,10 @@
 #   image.stamp         hash of the inputs: a second run with the same inputs does nothing
 #
 # Usage: testbed/vm/build-image.sh [--force]      (root; installs its tools with apt if missing)
+#
+# MOSE_VM_VAGRANT=1 (build-box.sh sets it, with MOSE_VM_OUT=target/testbed/vm-box): the same image
+# plus what a vagrant-libvirt box needs: user `vagrant` with Vagrant's published insecure key
+# (taken from Debian's vagrant package, downloaded from the archive, not installed), sudo.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,6 +33,7 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 DISK_SIZE=4G
 FORCE=0
+VAGRANT=${MOSE_VM_VAGRANT:-0}
 [[ "${1:-}" == "--force" ]] && FORCE=1
 
 log() { printf '[build-image %(%T)T] %s\n' -1 "$*"; }
@@ -77,7 +82,7 @@ mkdir -p "$OUT"
 
 inputs_hash() {
   {
-    echo "$SUITE $MIRROR $DISK_SIZE"
+    echo "$SUITE $MIRROR $DISK_SIZE vagrant=$VAGRANT"
     sha256sum "$HERE/build-image.sh" "$HERE"/guest/* "$REL/mose-agent" "$REL/mose-orchestrator" \
       "$REL/mose-testbed" "${ARCHIVES[@]}" "$OUT/id_ed25519.pub" | awk '{print $1}'
     [[ -d "$CRIU_STAGE" ]] && find "$CRIU_STAGE" -type f -exec sha256sum {} + | awk '{print $1}' | sort
@@ -104,6 +109,7 @@ PKGS=(
   openvswitch-switch openvswitch-common
   openssh-server iperf3 less
 )
+((VAGRANT)) && PKGS+=(sudo)
 log "mmdebstrap $SUITE (${#PKGS[@]} packages + deps)"
 mmdebstrap --variant=apt --mode=root --format=directory \
   --aptopt='APT::Install-Recommends "false"' \
@@ -163,6 +169,21 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 UseDNS no
 EOF
+if ((VAGRANT)); then
+  # Vagrant's insecure public key, from Debian's vagrant package (not installed here).
+  if [[ ! -f "$OUT/vagrant.pub" ]]; then
+    (cd "$WORK" && apt-get -o APT::Sandbox::User=root download vagrant >/dev/null && dpkg-deb -x vagrant_*.deb vg)
+    key=$(find "$WORK/vg" -path '*keys/vagrant.pub' | head -1)
+    [[ -n $key ]] || die "no keys/vagrant.pub in Debian's vagrant package"
+    cp "$key" "$OUT/vagrant.pub"
+  fi
+  chroot "$ROOT" useradd -m -s /bin/bash vagrant
+  install -d -m 0700 -o 1000 -g 1000 "$ROOT/home/vagrant/.ssh"
+  install -m 0600 -o 1000 -g 1000 "$OUT/vagrant.pub" "$ROOT/home/vagrant/.ssh/authorized_keys"
+  echo 'vagrant ALL=(ALL) NOPASSWD: ALL' >"$ROOT/etc/sudoers.d/vagrant"
+  chmod 0440 "$ROOT/etc/sudoers.d/vagrant"
+  sed -i 's/^PasswordAuthentication no/PasswordAuthentication no\nAllowUsers root vagrant/' "$ROOT/etc/ssh/sshd_config.d/mose.conf"
+fi
 # Faster boots under TCG: nothing waits for a network that is configured by mose-node.
 for u in systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
          e2scrub_all.timer fstrim.timer man-db.timer; do
