@@ -18,7 +18,7 @@
 
 mod error;
 mod netinfo;
-mod resend;
+pub mod resend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -85,7 +85,7 @@ fn checksum(data: &[u8]) -> u16 {
 /// In the service's namespace (call on a thread inside it): for every established connection
 /// and every receive sequence number of the checkpoint, the nudges to the client. Returns the
 /// messages sent. Only the pair whose number matches the client's has an effect.
-pub(super) fn prompt_clients(seqs: &[u32]) -> std::io::Result<usize> {
+pub fn prompt_clients(seqs: &[u32]) -> std::io::Result<usize> {
     let connections = established()?;
     if connections.is_empty() || seqs.is_empty() {
         return Ok(0);
