@@ -307,8 +307,14 @@ fn millis(ms: Option<f64>) -> String {
     ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.0} ms"))
 }
 
-/// Parses a duration such as `500ms`, `1s`, `1.5s` or `2m` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
+/// A number followed by one of `units` (`(name, scale)`), as number × scale. `kind` and
+/// `example` make the error messages ("'x' is not a duration like 500ms, 1s or 1.5s").
+fn parse_with_unit(
+    text: &str,
+    kind: &str,
+    example: &str,
+    units: &[(&str, f64)],
+) -> Result<f64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -316,51 +322,48 @@ pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 500ms, 1s or 1.5s"))?;
-    let scale = match unit.trim() {
-        "ms" => 1.0,
-        "s" => 1000.0,
-        "m" | "min" => 60_000.0,
-        "" => return Err(format!("'{text}' needs a unit: ms, s or m")),
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}': use ms, s or m"
-            ))
-        }
-    };
-    Ok(value * scale)
+        .map_err(|_| format!("'{text}' is not a {kind} like {example}"))?;
+    let names = || units.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    match (unit.trim(), units.iter().find(|(n, _)| *n == unit.trim())) {
+        (_, Some((_, scale))) => Ok(value * scale),
+        ("", None) => Err(format!("'{text}' needs a unit: {}", names())),
+        (other, None) => Err(format!(
+            "unknown unit '{other}' in '{text}': use {}",
+            names()
+        )),
+    }
+}
+
+/// Parses a duration such as `500ms`, `1s`, `1.5s` or `2m` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
+    parse_with_unit(
+        text,
+        "duration",
+        "500ms, 1s or 1.5s",
+        &[
+            ("ms", 1.0),
+            ("s", 1000.0),
+            ("m", 60_000.0),
+            ("min", 60_000.0),
+        ],
+    )
 }
 
 /// A link rate like `100Mbit`, `1.5Gbit` or `800kbit` (per second, SI prefixes), as whole
 /// **bytes** per second (what the task API takes).
 pub fn parse_bandwidth_bytes_per_s(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a rate like 100Mbit, 1Gbit or 800kbit"))?;
-    let bits_per_unit = match unit.trim() {
-        "bit" => 1.0,
-        "kbit" => 1e3,
-        "Mbit" => 1e6,
-        "Gbit" => 1e9,
-        "" => {
-            return Err(format!(
-                "'{text}' needs a unit: kbit, Mbit or Gbit (per second)"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}': use kbit, Mbit or Gbit"
-            ))
-        }
-    };
-    let bytes = (value * bits_per_unit / 8.0).floor();
+    let bits = parse_with_unit(
+        text,
+        "rate",
+        "100Mbit, 1Gbit or 800kbit",
+        &[("bit", 1.0), ("kbit", 1e3), ("Mbit", 1e6), ("Gbit", 1e9)],
+    )?;
+    let bytes = (bits / 8.0).floor();
     if bytes < 1.0 {
-        return Err(format!("'{text}' is less than one byte per second"));
+        return Err(format!(
+            "'{}' is less than one byte per second",
+            text.trim()
+        ));
     }
     Ok(bytes as u64)
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{ClientKpis, LiveClient};
-use crate::demo::{host_info, migrate, Targets};
+use crate::demo::{host_info, migrate, start_client, Targets};
 use crate::error::{Result, TestbedError};
 use crate::fourhost::{
     overlay_mac, port_toward, FourHost, EDGE1, EDGE2, MOBILE, SERVICE, SERVICE_IP,
@@ -146,7 +146,7 @@ async fn floor_comparison(
     out_dir: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let client = start_client(tb, progress).await?;
+    let client = start_client(tb.state(), progress).await?;
     let mut windows: Vec<(Option<TaskRecord>, Option<FloorSteps>, f64, f64)> = Vec::new();
     let mut failure = None;
     for run in 1..=cfg.runs {
@@ -246,7 +246,7 @@ async fn pam_sweep(
                     .await?;
             }
             redeploy(tb, mib, sweep.dirty_mib_per_s).await?;
-            let client = start_client(tb, progress).await?;
+            let client = start_client(tb.state(), progress).await?;
             // The agent samples the dirty rate once a second: let it see a few.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let targets = Targets {
@@ -300,23 +300,6 @@ async fn pam_sweep(
         }
     }
     Ok(())
-}
-
-async fn start_client(tb: &FourHost, progress: &mut dyn FnMut(&str)) -> Result<LiveClient> {
-    let state = tb.state();
-    let client = LiveClient::start(
-        &state.client_netns,
-        state.service_addr,
-        Duration::from_secs(20),
-    )
-    .await?;
-    progress(&format!(
-        "client {} -> {}: one TCP connection, a request every 10 ms",
-        client.local_addr(),
-        state.service_addr
-    ));
-    client.served_again(50, Duration::from_secs(10)).await?;
-    Ok(client)
 }
 
 /// Stop the client after a short tail: a window's connection verdict needs replies after it.

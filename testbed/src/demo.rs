@@ -137,6 +137,24 @@ pub fn phase_spans(events: &[PhaseEvent], timeline: &Timeline) -> Vec<PhaseSpan>
         .collect()
 }
 
+/// The live client on the mobile host, once it has had a second of steady state (the
+/// baseline latency before the first migration).
+pub async fn start_client(state: &State, progress: &mut dyn FnMut(&str)) -> Result<LiveClient> {
+    let client = LiveClient::start(
+        &state.client_netns,
+        state.service_addr,
+        Duration::from_secs(20),
+    )
+    .await?;
+    progress(&format!(
+        "client {} -> {}: one TCP connection, a request every 10 ms",
+        client.local_addr(),
+        state.service_addr
+    ));
+    client.served_again(50, Duration::from_secs(10)).await?;
+    Ok(client)
+}
+
 /// What a demo run produced.
 pub struct DemoOutcome {
     pub report: Report,
@@ -169,19 +187,7 @@ pub async fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Result<DemoOutcome> {
     let state = tb.state();
-    let client = LiveClient::start(
-        &state.client_netns,
-        state.service_addr,
-        Duration::from_secs(20),
-    )
-    .await?;
-    progress(&format!(
-        "client {} -> {}: one TCP connection, a request every 10 ms",
-        client.local_addr(),
-        state.service_addr
-    ));
-    // A second of steady state before the first migration: the baseline latency.
-    client.served_again(50, Duration::from_secs(10)).await?;
+    let client = start_client(state, progress).await?;
 
     let mut done: Vec<(TaskRecord, f64, f64)> = Vec::new();
     let mut failure = None;

@@ -318,6 +318,18 @@ async fn bring_up(up: &UpArgs, out_dir: &Path) -> anyhow::Result<FourHost> {
     Ok(tb)
 }
 
+/// Tear the testbed down whatever `outcome` is; then the outcome's error, else teardown's.
+async fn tear_down<T>(
+    tb: FourHost,
+    outcome: anyhow::Result<mose_testbed::Result<T>>,
+) -> anyhow::Result<T> {
+    eprintln!("== tearing down");
+    let down = tb.destroy().await;
+    let outcome = outcome??;
+    down?;
+    Ok(outcome)
+}
+
 async fn run_bench(
     cfg: &bench::BenchConfig,
     skip_setup: bool,
@@ -327,10 +339,7 @@ async fn run_bench(
     setup_host(skip_setup).await?;
     let tb = bring_up(up, out_dir).await?;
     let outcome = interruptible(bench::run(&tb, cfg, out_dir, &mut |l| println!("{l}"))).await;
-    eprintln!("== tearing down");
-    let down = tb.destroy().await;
-    let outcome = outcome??;
-    down?;
+    let outcome = tear_down(tb, outcome).await?;
     println!("\n{}", outcome.report.kpi_table());
     println!("\n{}", bench::summary(&outcome));
     println!(
@@ -360,10 +369,7 @@ async fn run_demo(
         println!("{l}")
     }))
     .await;
-    eprintln!("== tearing down");
-    let down = tb.destroy().await;
-    let outcome = outcome??;
-    down?;
+    let outcome = tear_down(tb, outcome).await?;
     println!("\n{}", outcome.report.kpi_table());
     println!(
         "report: {}\nplot:   {}",

@@ -106,32 +106,37 @@ impl From<PodmanCriuStatistics> for CriuRestoreStats {
     }
 }
 
-/// Decode a `stats-dump` file. Errors say what is wrong; nothing here panics on bad input.
-pub fn parse_stats_dump(file: &[u8]) -> Result<CriuDumpStats, String> {
+/// The first entry of a CRIU image: two little-endian magics (`magics`), a u32 length, the
+/// protobuf message. `what` names the image in errors.
+pub(super) fn first_entry<'a>(
+    file: &'a [u8],
+    magics: [u32; 2],
+    what: &str,
+) -> Result<&'a [u8], String> {
     let word = |at: usize| -> Result<u32, String> {
         file.get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| {
-                format!(
-                    "stats file is {} bytes, too short for its header",
-                    file.len()
-                )
-            })
+            .ok_or_else(|| format!("{what} is {} bytes, too short for its header", file.len()))
     };
-    if word(0)? != IMG_SERVICE_MAGIC || word(4)? != STATS_MAGIC {
+    if [word(0)?, word(4)?] != magics {
         return Err(format!(
-            "not a CRIU stats image (magics {:#x} {:#x})",
+            "not a CRIU {what} (magics {:#x} {:#x})",
             word(0)?,
             word(4)?
         ));
     }
     let len = word(8)? as usize;
-    let payload = file.get(12..12 + len).ok_or_else(|| {
+    file.get(12..12 + len).ok_or_else(|| {
         format!(
-            "stats payload of {len} bytes runs past the {}-byte file",
+            "{what} entry of {len} bytes runs past the {}-byte file",
             file.len()
         )
-    })?;
+    })
+}
+
+/// Decode a `stats-dump` file. Errors say what is wrong; nothing here panics on bad input.
+pub fn parse_stats_dump(file: &[u8]) -> Result<CriuDumpStats, String> {
+    let payload = first_entry(file, [IMG_SERVICE_MAGIC, STATS_MAGIC], "stats image")?;
     // stats_entry { optional dump_stats_entry dump = 1; optional restore_stats_entry restore = 2; }
     let dump = fields(payload)?
         .into_iter()

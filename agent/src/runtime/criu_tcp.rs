@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::archive::TarScanner;
-use super::criu_stats::{fields, Value};
+use super::criu_stats::{fields, first_entry, Value};
 
 /// `IMG_COMMON_MAGIC`: per-process CRIU images start with it.
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -50,25 +50,11 @@ pub fn tcp_receive_seqs(path: &Path) -> Result<Vec<u32>, String> {
 
 /// `inq_seq` (field 2) of a `tcp-stream-*.img` file.
 fn parse_tcp_stream(file: &[u8]) -> Result<u32, String> {
-    let word = |at: usize| -> Result<u32, String> {
-        file.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| format!("{} bytes, too short for the image header", file.len()))
-    };
-    if word(0)? != IMG_COMMON_MAGIC || word(4)? != TCP_STREAM_MAGIC {
-        return Err(format!(
-            "not a CRIU tcp-stream image (magics {:#x} {:#x})",
-            word(0)?,
-            word(4)?
-        ));
-    }
-    let len = word(8)? as usize;
-    let entry = file.get(12..12 + len).ok_or_else(|| {
-        format!(
-            "entry of {len} bytes runs past the {}-byte file",
-            file.len()
-        )
-    })?;
+    let entry = first_entry(
+        file,
+        [IMG_COMMON_MAGIC, TCP_STREAM_MAGIC],
+        "tcp-stream image",
+    )?;
     fields(entry)?
         .into_iter()
         .find_map(|(n, v)| match (n, v) {
