@@ -1069,3 +1069,48 @@ async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> 
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_sides_point_at_each_other() {
+        for w in 0..WIRES.len() {
+            let (a_local, a_remote) = wire_ports(w, 0);
+            let (b_local, b_remote) = wire_ports(w, 1);
+            assert_eq!((a_local, a_remote), (b_remote, b_local));
+            assert_ne!(wire_mac(w, 0), wire_mac(w, 1));
+        }
+        assert_ne!(wire_ports(0, 0).0, wire_ports(1, 0).0);
+    }
+
+    #[test]
+    fn names_fit_interface_names_and_the_prefix() {
+        for (name, _, _) in VMS {
+            let tap = format!("{PREFIX}{name}");
+            assert!(tap.len() <= 15, "{tap}");
+        }
+        assert!(BRIDGE.starts_with(PREFIX));
+    }
+
+    #[test]
+    fn ready_line_gives_the_guest_uptime() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("edge1.log");
+        assert_eq!(ready_line(&log), None, "no log yet");
+        std::fs::write(&log, "[ 1.0] booting\n").unwrap();
+        assert_eq!(ready_line(&log), None);
+        std::fs::write(
+            &log,
+            "[ 1.0] booting\n[ 44.5] mose-node-setup[405]: mose-node: MOSE-READY role=edge id=edge1 uptime=44.52\r\n",
+        )
+        .unwrap();
+        assert_eq!(ready_line(&log), Some(44.52));
+    }
+
+    #[test]
+    fn this_process_is_not_taken_for_a_vm() {
+        assert!(!is_our_qemu(std::process::id()));
+    }
+}
