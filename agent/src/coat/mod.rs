@@ -386,17 +386,11 @@ impl Inner {
         self.podman.remove(service).await.map_err(runtime(format!(
             "remove the checkpointed {service} before restoring it"
         )))?;
-        let file = tokio::fs::File::open(&archive)
-            .await
-            .map_err(io("open the local checkpoint", &archive))?;
-        let report = self
-            .podman
-            .restore(&RestoreOptions::default(), file)
-            .await
-            .map_err(runtime(format!(
-                "restore {service} from its own checkpoint {}",
-                archive.display()
-            )))?;
+        let what = format!(
+            "restore {service} from its own checkpoint {}",
+            archive.display()
+        );
+        let report = self.restore_archive(service, &archive, what).await?;
         info!(
             ms = report.elapsed.as_millis() as u64,
             "resumed from the local checkpoint"
@@ -608,27 +602,16 @@ impl Inner {
         };
         let manifest = self.in_phase(task, Phase::Transfer, fetch).await?;
         let fetch_ms = t0.elapsed().as_millis() as u64;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(io("open the fetched checkpoint", &path))?;
-        // Read alongside the restore (both only read the file): nothing added to the downtime.
-        let seqs = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
-        });
-        let result = self.podman.restore(&RestoreOptions::default(), file).await;
-        match seqs.await {
-            Ok(Ok(seqs)) => {
-                lock(&self.client_seqs).insert(service.to_string(), seqs);
-            }
-            Ok(Err(why)) => warn!(%why, "TCP connections of the checkpoint unreadable: clients will not be nudged"),
-            Err(e) => warn!(error = %e, "reading the checkpoint's TCP connections failed"),
-        }
+        let result = self
+            .restore_archive(
+                service,
+                &path,
+                format!("restore {service} from the checkpoint of task {task}"),
+            )
+            .await;
         // The archive is not needed any more either way: a retry fetches it again.
         let _ = tokio::fs::remove_file(&path).await;
-        let report = result.map_err(runtime(format!(
-            "restore {service} from the checkpoint of task {task}"
-        )))?;
+        let report = result?;
         info!(
             bytes = manifest.size,
             fetch_ms,
@@ -638,6 +621,37 @@ impl Inner {
         let stats = restore_stats(report.criu);
         lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
         Ok(StepOutcome::Restored { stats })
+    }
+
+    /// Restore `service` from the podman checkpoint archive at `path` (`what` names the
+    /// attempt in errors), and remember the receive sequence numbers of its TCP connections for
+    /// a later Resend. They are read alongside the restore (both only read the file), so nothing
+    /// is added to the downtime.
+    async fn restore_archive(
+        &self,
+        service: &str,
+        path: &Path,
+        what: String,
+    ) -> Result<crate::runtime::RestoreReport> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(io("open the checkpoint", path))?;
+        let seqs = tokio::task::spawn_blocking({
+            let path = path.to_path_buf();
+            move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
+        });
+        let result = self.podman.restore(&RestoreOptions::default(), file).await;
+        match seqs.await {
+            Ok(Ok(seqs)) => {
+                lock(&self.client_seqs).insert(service.to_string(), seqs);
+            }
+            Ok(Err(why)) => warn!(
+                %why,
+                "TCP connections of the checkpoint unreadable: clients will not be nudged"
+            ),
+            Err(e) => warn!(error = %e, "reading the checkpoint's TCP connections failed"),
+        }
+        result.map_err(runtime(what))
     }
 
     /// After the flow switch: nudge the restored service's TCP clients to resend what the

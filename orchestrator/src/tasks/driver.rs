@@ -263,20 +263,21 @@ impl Driver {
         }
         self.set(|r| r.progress.switched = true);
         info!("point of no return passed: the destination is the truth now");
-        // The clients' requests swallowed by the freeze wait for their backed-off retransmission
-        // timers unless nudged. Best effort: a failure costs a client that wait, not the task.
-        let resend = Step::Resend {
-            service: service.clone(),
-        };
-        if let Err(e) = self
-            .shared
-            .rpc
-            .call(destination, &self.id, resend, t.switch_flow)
-            .await
-        {
-            warn!(error = %e, "clients not nudged to resend: they wait for their own timers");
-        }
+        self.nudge_clients(destination, service, t.switch_flow)
+            .await;
         Ok(())
+    }
+
+    /// Asks `agent`, where `service` was just restored and the flow points, to nudge its TCP
+    /// clients: requests the freeze swallowed otherwise wait for the clients' backed-off
+    /// retransmission timers. Best effort: a failure costs a client that wait, not the task.
+    async fn nudge_clients(&self, agent: &str, service: &str, timeout: Duration) {
+        let resend = Step::Resend {
+            service: service.to_string(),
+        };
+        if let Err(e) = self.shared.rpc.call(agent, &self.id, resend, timeout).await {
+            warn!(agent, error = %e, "clients not nudged to resend: they wait for their own timers");
+        }
     }
 
     /// Runs one forward step, recording its phase events; a cancel drops the call at once
@@ -364,12 +365,14 @@ impl Driver {
         let resume = Step::Resume {
             service: service.clone(),
         };
-        if let Err(e) = self
+        let resumed = self
             .retry(source, resume, Phase::Rollback, t, Absent::Wait)
-            .await
-        {
+            .await;
+        let resumed_ok = resumed.is_ok();
+        if let Err(e) = resumed {
             unsafe_failures.push(e);
         }
+        let mut flow_back = true;
         if let (true, Some(mobile)) = (r.progress.switch_attempted, &r.request.mobile) {
             let back = Step::SwitchFlow {
                 network: r.spec.network.clone(),
@@ -379,8 +382,13 @@ impl Driver {
                 .retry(mobile, back, Phase::Rollback, t, Absent::Wait)
                 .await
             {
+                flow_back = false;
                 unsafe_failures.push(e);
             }
+        }
+        if resumed_ok && flow_back {
+            // A source restored from its own checkpoint has the same swallowed requests.
+            self.nudge_clients(source, service, t).await;
         }
         if aborted.is_err() {
             // The source serves again, so now there is time to wait for a destination that
