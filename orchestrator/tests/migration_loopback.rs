@@ -118,7 +118,15 @@ impl StepExecutor for Scripted {
         let op = step.op().to_string();
         let detail = match &step {
             Step::SwitchFlow { to_agent, .. } => format!("{op}->{to_agent}"),
-            Step::Checkpoint { pre_dump: true, .. } => format!("{op}(pre-dump)"),
+            Step::Checkpoint {
+                pre_dump: true,
+                image,
+                ..
+            } => format!("{op}(pre-dump {image})"),
+            Step::Restore {
+                previous: Some(previous),
+                ..
+            } => format!("{op}(previous {previous})"),
             _ => op.clone(),
         };
         self.world
@@ -454,13 +462,17 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     let calls = rig.world.calls(&task.id);
     let rounds = task.plan.rounds as usize;
     assert_eq!(calls[..2], HAPPY[..2]);
-    assert!(
-        calls[2..2 + rounds]
-            .iter()
-            .all(|c| c == "edge1:checkpoint(pre-dump)"),
-        "{calls:?}"
+    let pre_dumps: Vec<String> = (0..rounds)
+        .map(|i| format!("edge1:checkpoint(pre-dump pre-{i})"))
+        .collect();
+    assert_eq!(calls[2..2 + rounds], pre_dumps, "{calls:?}");
+    // The final checkpoint, then a restore on top of the last pre-dump (the one podman keeps).
+    assert_eq!(calls[2 + rounds], HAPPY[2]);
+    assert_eq!(
+        calls[3 + rounds],
+        format!("edge2:restore(previous pre-{})", rounds - 1)
     );
-    assert_eq!(calls[2 + rounds..], HAPPY[2..]);
+    assert_eq!(calls[4 + rounds..], HAPPY[4..]);
     assert!(done.measurements.phases_ms.contains_key("pre_copy"));
 }
 

@@ -127,7 +127,8 @@ async fn a_restore_that_succeeds_after_its_timeout_is_aborted_by_the_agent() {
             client_mac: None,
         },
     };
-    let restore = Step::Restore { spec, from_agent: "edge1".into(), image: "c".into() };
+    let restore =
+        Step::Restore { spec, from_agent: "edge1".into(), image: "c".into(), previous: None };
     // The first get after a remote queryable is declared may find nothing: retry briefly.
     let start = Instant::now();
     let failure = loop {

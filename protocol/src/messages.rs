@@ -169,11 +169,14 @@ pub enum Step {
         leave_running: bool,
         pre_dump: bool,
     },
-    /// Destination: fetch `image` from `from_agent` and restore the service.
+    /// Destination: fetch `image` from `from_agent` and restore the service. After pre-copy,
+    /// `previous` names the pre-dump image `image` was dumped against: both are fetched and
+    /// restored together.
     Restore {
         spec: ServiceSpec,
         from_agent: String,
         image: String,
+        previous: Option<String>,
     },
     /// Mobile: steer the client's flow for `network` towards `to_agent`.
     SwitchFlow {
@@ -413,6 +416,7 @@ mod tests {
                 spec: spec(),
                 from_agent: "edge1".into(),
                 image: "ckpt".into(),
+                previous: Some("pre-0".into()),
             },
             Step::SwitchFlow {
                 network: network(),

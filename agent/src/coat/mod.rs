@@ -4,10 +4,10 @@
 //! |---|---|---|
 //! | describe | source | inspect the container; read IP/MAC/client from its netns; anon memory from its cgroup |
 //! | prepare | destination | image present?; netns with the same IP/MAC + client neighbour; steer the service to it on the local bridge |
-//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}` |
-//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns |
+//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}`; a pre-dump is `--pre-checkpoint` (container keeps running), the final dump after one `--with-previous` |
+//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns; after pre-copy fetch the pre-dump too and add `--import-previous` |
 //! | switch-flow | mobile | steer the service's IP/ARP/MAC on the local bridge to the port toward `to_agent` |
-//! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive; stop serving the image |
+//! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive(s); stop serving the images |
 //! | abort | destination (rollback) | remove the container, netns, veth, flows and files of the service |
 //! | release | source (commit) | the same removal, after the destination confirmed |
 //! | resend | destination (after the switch) | ICMP nudge so the clients resend at once (see `resend.rs`) |
@@ -39,7 +39,8 @@ use zenoh::Session;
 
 use crate::profiling::{anon_bytes_of_cgroup, memory_cgroup_dir};
 use crate::runtime::{
-    CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, Podman, RestoreOptions,
+    CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, DumpKind, Podman,
+    RestoreOptions,
 };
 use crate::steps::StepExecutor;
 
@@ -76,12 +77,27 @@ impl CoatSettings {
     }
 }
 
-/// A checkpoint image this host serves until the task's Release or Resume.
+/// The checkpoint images of one task this host serves until the task's Release or Resume:
+/// its pre-dumps and its final checkpoint, which the destination fetches together.
 struct Served {
     task: String,
-    image: String,
-    outcome: StepOutcome,
-    _server: BlobServer,
+    /// By image: the outcome a repeated step answers with, and the image's server.
+    images: HashMap<String, (StepOutcome, BlobServer)>,
+    /// The last pre-dump: podman keeps one pre-checkpoint, the parent of the final dump.
+    last_pre: Option<String>,
+    /// The final checkpoint and the pre-dump it was dumped against, if any.
+    last_final: Option<(String, Option<String>)>,
+}
+
+impl Served {
+    fn new(task: &str) -> Self {
+        Served {
+            task: task.to_string(),
+            images: HashMap::new(),
+            last_pre: None,
+            last_final: None,
+        }
+    }
 }
 
 /// Carries out COAT steps with podman (runtime driver), the OvS overlay and Zenoh blobs.
@@ -103,7 +119,7 @@ struct Inner {
     settings: CoatSettings,
     /// One lock per service (and per flow), so concurrent steps on one service serialize.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Images being served, by service.
+    /// Images being served, by service (one task at a time).
     served: Mutex<HashMap<String, Served>>,
     /// Restore statistics by (task, service), so a repeated Restore answers like the first.
     restored: Mutex<HashMap<(String, String), CriuStats>>,
@@ -206,7 +222,11 @@ impl Inner {
                 spec,
                 from_agent,
                 image,
-            } => self.restore(task, &spec, &from_agent, &image).await,
+                previous,
+            } => {
+                self.restore(task, &spec, &from_agent, &image, previous.as_deref())
+                    .await
+            }
             Step::SwitchFlow { network, to_agent } => self.switch_flow(&network, &to_agent).await,
             Step::Resume { service } => self.resume(task, &service).await,
             Step::Abort { service } => self.remove_here(task, &service, "abort").await,
@@ -267,25 +287,34 @@ impl Inner {
         leave_running: bool,
         pre_dump: bool,
     ) -> Result<StepOutcome> {
-        if pre_dump {
-            return Err(CoatError::Invalid(format!(
-                "pre-dump of {service} refused: this agent has no pre-checkpoint step (the runtime \
-                 driver offers none, and pre-copy needs soft-dirty tracking); plan a cold migration"
-            )));
-        }
         check_service(service)?;
         check_id("task", task)?;
         check_id("image", image)?;
-        if let Some(s) = lock(&self.served).get(service) {
-            if s.task == task && s.image == image {
-                info!("already checkpointed and served for this task");
-                return Ok(s.outcome.clone());
+        // The pre-dump this task made last, if any: the final dump is made against it.
+        let previous = match lock(&self.served).get(service) {
+            Some(s) if s.task == task => {
+                if let Some((outcome, _)) = s.images.get(image) {
+                    info!("already checkpointed and served for this task");
+                    return Ok(outcome.clone());
+                }
+                s.last_pre.clone()
             }
-        }
+            _ => None,
+        };
         let path = self.image_path(task, image);
         let info = self.inspect(service).await?;
-        let outcome = if info.state.running {
-            self.dump_to(service, &path, leave_running).await?
+        let outcome = if pre_dump {
+            if !info.state.running {
+                return Err(CoatError::State(format!(
+                    "service {service} is {}: a pre-dump needs it running",
+                    info.state.status
+                )));
+            }
+            let opts = dump_options(true, leave_running, false);
+            self.dump_to(service, &path, &opts).await?
+        } else if info.state.running {
+            let opts = dump_options(false, leave_running, previous.is_some());
+            self.dump_to(service, &path, &opts).await?
         } else if info.state.checkpointed && path.is_file() {
             // A repeat after the agent lost its memory (restart): the archive is complete, since
             // it only gets its final name once podman finished writing it.
@@ -307,16 +336,20 @@ impl Inner {
         let server = BlobServer::serve_file(&self.session, &key, &path, self.settings.chunk_size)
             .await
             .map_err(blob(format!("serve the checkpoint of {service} as {key}")))?;
-        // A checkpoint of another task replaces the old one's server (it is stale by now).
-        lock(&self.served).insert(
-            service.to_string(),
-            Served {
-                task: task.to_string(),
-                image: image.to_string(),
-                outcome: outcome.clone(),
-                _server: server,
-            },
-        );
+        let mut served = lock(&self.served);
+        let s = served
+            .entry(service.to_string())
+            .or_insert_with(|| Served::new(task));
+        // A checkpoint of another task replaces the old one's servers (stale by now).
+        if s.task != task {
+            *s = Served::new(task);
+        }
+        s.images
+            .insert(image.to_string(), (outcome.clone(), server));
+        match pre_dump {
+            true => s.last_pre = Some(image.to_string()),
+            false => s.last_final = Some((image.to_string(), previous)),
+        }
         Ok(outcome)
     }
 
@@ -325,7 +358,7 @@ impl Inner {
         &self,
         service: &str,
         path: &Path,
-        leave_running: bool,
+        opts: &CheckpointOptions,
     ) -> Result<StepOutcome> {
         let dir = path.parent().unwrap_or(Path::new("/"));
         tokio::fs::create_dir_all(dir)
@@ -335,15 +368,17 @@ impl Inner {
         let mut file = tokio::fs::File::create(&partial)
             .await
             .map_err(io("create the checkpoint archive", &partial))?;
-        let opts = CheckpointOptions {
-            leave_running,
-            ..CheckpointOptions::default()
-        };
-        let report = match self.podman.checkpoint(service, &opts, &mut file).await {
+        let report = match self.podman.checkpoint(service, opts, &mut file).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&partial).await;
-                return Err(runtime(format!("checkpoint {service}"))(e));
+                let what = match opts.kind {
+                    DumpKind::Pre => {
+                        format!("pre-dump {service} (pre-copy needs kernel soft-dirty tracking)")
+                    }
+                    DumpKind::Full | DumpKind::WithPrevious => format!("checkpoint {service}"),
+                };
+                return Err(runtime(what)(e));
             }
         };
         file.sync_all()
@@ -369,10 +404,12 @@ impl Inner {
         check_service(service)?;
         check_id("task", task)?;
         // The source is the truth again: nobody may restore this image any more.
-        let served_image = lock(&self.served).remove(service).map(|s| s.image);
+        let served_final = lock(&self.served)
+            .remove(service)
+            .and_then(|s| s.last_final);
         match self.podman.inspect(service).await {
             Ok(info) if info.state.running => {
-                info!("still running (never frozen, or left running): nothing to resume");
+                info!("still running (never frozen, left running, or only pre-dumped): nothing to resume");
                 self.remove_task_files(task).await;
                 return Ok(StepOutcome::Done);
             }
@@ -380,7 +417,7 @@ impl Inner {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(runtime(format!("inspect {service} before resuming it"))(e)),
         }
-        let archive = self.own_checkpoint(task, service, served_image.as_deref())?;
+        let (archive, previous) = self.own_checkpoint(task, service, served_final)?;
         // The stopped, checkpointed container holds the name and ID the archive restores;
         // the archive stays on disk until the restore succeeded, so a retry can start over.
         self.podman.remove(service).await.map_err(runtime(format!(
@@ -390,7 +427,9 @@ impl Inner {
             "restore {service} from its own checkpoint {}",
             archive.display()
         );
-        let report = self.restore_archive(service, &archive, what).await?;
+        let report = self
+            .restore_archive(service, &archive, previous.as_deref(), what)
+            .await?;
         info!(
             ms = report.elapsed.as_millis() as u64,
             "resumed from the local checkpoint"
@@ -399,32 +438,40 @@ impl Inner {
         Ok(StepOutcome::Done)
     }
 
-    /// The archive a checkpoint of `task` left for `service` on this host.
-    fn own_checkpoint(&self, task: &str, service: &str, image: Option<&str>) -> Result<PathBuf> {
-        if let Some(image) = image {
-            return Ok(self.image_path(task, image));
+    /// The final archive a checkpoint of `task` left for `service` on this host, and the
+    /// pre-dump archive it was dumped against (after pre-copy).
+    fn own_checkpoint(
+        &self,
+        task: &str,
+        service: &str,
+        served_final: Option<(String, Option<String>)>,
+    ) -> Result<(PathBuf, Option<PathBuf>)> {
+        if let Some((image, previous)) = served_final {
+            let previous = previous.map(|p| self.image_path(task, &p));
+            return Ok((self.image_path(task, &image), previous));
         }
-        // The agent restarted since the checkpoint: the task's directory holds one archive.
+        // The agent restarted since the checkpoint: read the task's directory. Archives get
+        // their name only when complete, and the final dump comes after every pre-dump.
         let dir = self.settings.work_dir.join(task);
-        let archives: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut archives: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
                     .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+                    .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
                     .collect()
             })
             .unwrap_or_default();
+        archives.sort();
         match archives.as_slice() {
-            [one] => Ok(one.clone()),
             [] => Err(CoatError::State(format!(
                 "service {service} is not running and task {task} left no checkpoint in {}: cannot resume it",
                 dir.display()
             ))),
-            _ => Err(CoatError::State(format!(
-                "task {task} left {} archives in {}: cannot tell which one resumes {service}",
-                archives.len(),
-                dir.display()
-            ))),
+            [(_, one)] => Ok((one.clone(), None)),
+            // After pre-copy: the newest is the final dump, made against the last pre-dump
+            // (podman keeps one pre-checkpoint, so earlier rounds are no parents).
+            [.., (_, parent), (_, last)] => Ok((last.clone(), Some(parent.clone()))),
         }
     }
 
@@ -543,11 +590,15 @@ impl Inner {
         spec: &ServiceSpec,
         from_agent: &str,
         image: &str,
+        previous: Option<&str>,
     ) -> Result<StepOutcome> {
         let service = spec.name.as_str();
         check_service(service)?;
         check_id("task", task)?;
         check_id("image", image)?;
+        if let Some(previous) = previous {
+            check_id("image", previous)?;
+        }
         let cached = lock(&self.restored)
             .get(&(task.to_string(), service.to_string()))
             .cloned();
@@ -585,35 +636,38 @@ impl Inner {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(io("create the task's work directory", dir))?;
-        let key = self.keys.image(task, image);
+        let previous_path = previous.map(|p| self.image_path(task, p));
         let t0 = Instant::now();
+        // Both archives at once: the pre-dump's transfer still falls inside the downtime (the
+        // protocol asks for it only in the Restore step).
         let fetch = async {
-            fetch_to_file(
-                &self.session,
-                &key,
-                &path,
-                &self.settings.fetch,
-                &mut |_| {},
-            )
-            .await
-            .map_err(blob(format!(
-                "fetch the checkpoint {key} from agent {from_agent}"
-            )))
+            let pre = async {
+                match previous.zip(previous_path.as_deref()) {
+                    Some((image, path)) => self.fetch_image(task, image, path, from_agent).await,
+                    None => Ok(0),
+                }
+            };
+            let (bytes, pre_bytes) =
+                tokio::try_join!(self.fetch_image(task, image, &path, from_agent), pre)?;
+            Ok(bytes + pre_bytes)
         };
-        let manifest = self.in_phase(task, Phase::Transfer, fetch).await?;
+        let bytes = self.in_phase(task, Phase::Transfer, fetch).await?;
         let fetch_ms = t0.elapsed().as_millis() as u64;
         let result = self
             .restore_archive(
                 service,
                 &path,
+                previous_path.as_deref(),
                 format!("restore {service} from the checkpoint of task {task}"),
             )
             .await;
-        // The archive is not needed any more either way: a retry fetches it again.
-        let _ = tokio::fs::remove_file(&path).await;
+        // The archives are not needed any more either way: a retry fetches them again.
+        for p in std::iter::once(&path).chain(&previous_path) {
+            let _ = tokio::fs::remove_file(p).await;
+        }
         let report = result?;
         info!(
-            bytes = manifest.size,
+            bytes,
             fetch_ms,
             restore_ms = report.elapsed.as_millis() as u64,
             "restored"
@@ -623,16 +677,36 @@ impl Inner {
         Ok(StepOutcome::Restored { stats })
     }
 
-    /// Restore `service` from the podman checkpoint archive at `path` (`what` names the
-    /// attempt in errors), and remember the receive sequence numbers of its TCP connections for
-    /// a later Resend. They are read alongside the restore (both only read the file), so nothing
-    /// is added to the downtime.
+    /// Fetch `image` of `task` from `from_agent` into `path`; returns its size.
+    async fn fetch_image(
+        &self,
+        task: &str,
+        image: &str,
+        path: &Path,
+        from_agent: &str,
+    ) -> Result<u64> {
+        let key = self.keys.image(task, image);
+        let manifest = fetch_to_file(&self.session, &key, path, &self.settings.fetch, &mut |_| {})
+            .await
+            .map_err(blob(format!(
+                "fetch the checkpoint {key} from agent {from_agent}"
+            )))?;
+        Ok(manifest.size)
+    }
+
+    /// Restore `service` from the podman checkpoint archive at `path`, on top of the pre-dump
+    /// archive `previous` after pre-copy (`what` names the attempt in errors), and remember
+    /// the receive sequence numbers of its TCP connections for a later Resend. They are read
+    /// from `path` (the final dump holds the sockets; a pre-dump has memory only) alongside the
+    /// restore (both only read the file), so nothing is added to the downtime.
     async fn restore_archive(
         &self,
         service: &str,
         path: &Path,
+        previous: Option<&Path>,
         what: String,
     ) -> Result<crate::runtime::RestoreReport> {
+        // Opened in both cases: a missing archive fails here, before podman is involved.
         let file = tokio::fs::File::open(path)
             .await
             .map_err(io("open the checkpoint", path))?;
@@ -640,7 +714,16 @@ impl Inner {
             let path = path.to_path_buf();
             move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
         });
-        let result = self.podman.restore(&RestoreOptions::default(), file).await;
+        let opts = RestoreOptions::default();
+        let result = match previous {
+            None => self.podman.restore(&opts, file).await,
+            // The API uploads one archive only: both go to the CLI by path.
+            Some(previous) => {
+                self.podman
+                    .restore_with_previous(&opts, previous, path)
+                    .await
+            }
+        };
         match seqs.await {
             Ok(Ok(seqs)) => {
                 lock(&self.client_seqs).insert(service.to_string(), seqs);
@@ -901,6 +984,33 @@ fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
     anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
 }
 
+/// The runtime's options for a COAT dump. The final dump is made against the task's pre-dump
+/// when there is one. A pre-dump is exactly the `--pre-checkpoint --export` measured in the VM
+/// guests: it dumps memory only (no sockets, no locks, so those options do not apply), leaves
+/// the container running by nature (`leave_running` would only add runc's `--leave-running` to
+/// its `--pre-dump`), and no statistics (the driver keeps the final dump's only).
+fn dump_options(pre_dump: bool, leave_running: bool, with_previous: bool) -> CheckpointOptions {
+    let full = CheckpointOptions {
+        leave_running,
+        kind: match with_previous {
+            true => DumpKind::WithPrevious,
+            false => DumpKind::Full,
+        },
+        ..CheckpointOptions::default()
+    };
+    match pre_dump {
+        true => CheckpointOptions {
+            tcp_established: false,
+            leave_running: false,
+            file_locks: false,
+            print_stats: false,
+            kind: DumpKind::Pre,
+            ..full
+        },
+        false => full,
+    }
+}
+
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
     s.as_ref().map(CriuStats::from).unwrap_or_default()
 }
@@ -933,6 +1043,33 @@ mod tests {
             assert!(check_id("task", bad).is_err(), "{bad:?}");
         }
         assert!(check_id("task", "t-1.a_b").is_ok());
+    }
+
+    #[test]
+    fn dumps_map_onto_runtime_options() {
+        // Cold: what the checkpoint step always sent.
+        assert_eq!(
+            dump_options(false, false, false),
+            CheckpointOptions::default()
+        );
+        let left = dump_options(false, true, false);
+        assert!(left.leave_running && left.kind == DumpKind::Full);
+        let pre = dump_options(true, true, false);
+        assert_eq!(
+            (
+                pre.kind,
+                pre.leave_running,
+                pre.print_stats,
+                pre.tcp_established,
+                pre.file_locks
+            ),
+            (DumpKind::Pre, false, false, false, false)
+        );
+        let last = dump_options(false, false, true);
+        assert_eq!(
+            (last.kind, last.print_stats),
+            (DumpKind::WithPrevious, true)
+        );
     }
 
     #[test]

@@ -4,12 +4,22 @@
 //! the (chunked) response body. We copy it chunk by chunk into the caller's writer: a file, a
 //! Zenoh transfer, or a pipe into another host's restore. Nothing holds the whole archive.
 //!
+//! Pre-copy (SPEC §4): [`DumpKind::Pre`] (`preCheckpoint`) dumps the memory and leaves the
+//! container running; [`DumpKind::WithPrevious`] (`withPrevious`) is the final dump holding only
+//! what changed since. Both are query parameters of libpod's checkpoint endpoint (podman 4.3
+//! has them), so they go through the same streamed export. Their restore cannot: libpod's
+//! restore endpoint takes one uploaded archive and has no `importPrevious`, so
+//! [`Podman::restore_with_previous`] runs the podman CLI (the agent shares podman's host and
+//! mount namespace, so the CLI sees the same storage as the API service).
+//!
 //! Restore: the caller's reader is streamed as the request body (podman saves it under
 //! `/var/tmp`, then imports). On the way we check the archive is a complete tar and learn the
 //! container's ID from `config.dump`; an incomplete archive aborts the upload, so podman never
 //! sees it, and a container podman created before failing is removed again (measured on 4.3.1:
 //! an archive cut at a member boundary leaves a `Created` container behind).
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +56,8 @@ pub struct CheckpointOptions {
     pub print_stats: bool,
     /// Deadline for the whole checkpoint, dump and archive transfer included.
     pub timeout: Duration,
+    /// A complete dump, a pre-dump, or the final dump on top of a pre-dump.
+    pub kind: DumpKind,
 }
 
 impl Default for CheckpointOptions {
@@ -56,7 +68,45 @@ impl Default for CheckpointOptions {
             file_locks: true,
             print_stats: true,
             timeout: Duration::from_secs(300),
+            kind: DumpKind::Full,
         }
+    }
+}
+
+/// Which dump a checkpoint makes (pre-copy needs kernel soft-dirty tracking for the last two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DumpKind {
+    /// Everything: the archive restores on its own (cold migration).
+    #[default]
+    Full,
+    /// `--pre-checkpoint`: memory only, the container keeps running. podman 4.3 keeps one
+    /// pre-checkpoint per container: a second one replaces the first (and dumps all memory
+    /// again), it does not build on it.
+    Pre,
+    /// `--with-previous`: the final dump, only the pages dirtied since the pre-checkpoint; its
+    /// archive restores only together with the pre-checkpoint's
+    /// ([`Podman::restore_with_previous`]).
+    WithPrevious,
+}
+
+impl CheckpointOptions {
+    /// libpod's query parameters. A [`DumpKind::Full`] dump sends exactly the parameters it
+    /// always did, so podman versions without pre-checkpoint support see no unknown ones.
+    fn query(&self) -> Vec<(&'static str, &'static str)> {
+        let flag = |b: bool| if b { "true" } else { "false" };
+        let mut q = vec![
+            ("export", "true"),
+            ("tcpEstablished", flag(self.tcp_established)),
+            ("leaveRunning", flag(self.leave_running)),
+            ("fileLocks", flag(self.file_locks)),
+            ("printStats", flag(self.print_stats)),
+        ];
+        match self.kind {
+            DumpKind::Full => {}
+            DumpKind::Pre => q.push(("preCheckpoint", "true")),
+            DumpKind::WithPrevious => q.push(("withPrevious", "true")),
+        }
+        q
     }
 }
 
@@ -152,17 +202,10 @@ impl Podman {
     {
         let op = Op::Checkpoint;
         check_name(op, name)?;
-        let flag = |b: bool| if b { "true" } else { "false" };
         let req = self
             .http
             .post(self.url(&format!("/containers/{name}/checkpoint")))
-            .query(&[
-                ("export", "true"),
-                ("tcpEstablished", flag(opts.tcp_established)),
-                ("leaveRunning", flag(opts.leave_running)),
-                ("fileLocks", flag(opts.file_locks)),
-                ("printStats", flag(opts.print_stats)),
-            ]);
+            .query(&opts.query());
         self.within(op, name, opts.timeout, async {
             let t0 = Instant::now();
             let mut resp = self.exchange(op, name, req).await?;
@@ -317,6 +360,154 @@ impl Podman {
             }
         }
     }
+}
+
+impl Podman {
+    /// Restore from a pre-checkpoint archive `previous` plus the final `--with-previous`
+    /// archive `archive`, both on this host's disk: `podman --runtime <the API service's OCI
+    /// runtime> container restore --import-previous <previous> --import <archive>`.
+    ///
+    /// The CLI, because libpod's restore endpoint uploads one archive and has no
+    /// `importPrevious` (podman 4.3 and later). The runtime is the API service's, because
+    /// the CLI's default may differ (Debian's crun cannot restore, SPEC §6). A container podman
+    /// created before failing is left to the caller, like any stale one (COAT's restore
+    /// removes it before its next attempt, Abort removes it).
+    #[tracing::instrument(skip(self, opts), fields(socket = %self.socket().display()))]
+    pub async fn restore_with_previous(
+        &self,
+        opts: &RestoreOptions,
+        previous: &Path,
+        archive: &Path,
+    ) -> Result<RestoreReport> {
+        let op = Op::Restore;
+        let target = archive.display().to_string();
+        let runtime = self.info().await?.host.oci_runtime.name;
+        let args = restore_with_previous_args(opts, &runtime, previous, archive);
+        let command = format!("{PODMAN_CLI} {}", shown(&args));
+        let archive_bytes = std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let out = self
+            .within(op, &target, opts.timeout, async {
+                tokio::process::Command::new(PODMAN_CLI)
+                    .args(&args)
+                    .stdin(std::process::Stdio::null())
+                    // A deadline that drops the future must not leave podman running on.
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|source| RuntimeError::CliSpawn {
+                        op,
+                        target: target.clone(),
+                        program: PODMAN_CLI.into(),
+                        source,
+                    })
+            })
+            .await?;
+        let elapsed = t0.elapsed();
+        if !out.status.success() {
+            return Err(RuntimeError::CliFailed {
+                op,
+                target,
+                command,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let r = cli_restore_report(op, &target, opts.print_stats, &out.stdout)?;
+        let report = RestoreReport {
+            id: r.id,
+            name: None,
+            archive_bytes,
+            elapsed,
+            runtime_duration: r.runtime_restore_duration.map(Duration::from_micros),
+            criu: r.criu_statistics.map(CriuRestoreStats::from),
+        };
+        tracing::info!(
+            container = %report.id,
+            bytes = archive_bytes,
+            ms = elapsed.as_millis() as u64,
+            restore_us = report.criu.map(|c| c.restore_time_us),
+            "checkpoint restored on top of its pre-checkpoint"
+        );
+        Ok(report)
+    }
+}
+
+/// The podman CLI, found on `PATH` like the agent's other host tools.
+const PODMAN_CLI: &str = "podman";
+
+/// The arguments of [`Podman::restore_with_previous`]: the same options the API restore sends.
+fn restore_with_previous_args(
+    opts: &RestoreOptions,
+    runtime: &str,
+    previous: &Path,
+    archive: &Path,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if !runtime.is_empty() {
+        args.extend(["--runtime".into(), runtime.into()]);
+    }
+    args.extend(["container".into(), "restore".into()]);
+    for (on, flag) in [
+        (opts.tcp_established, "--tcp-established"),
+        (opts.file_locks, "--file-locks"),
+        (opts.print_stats, "--print-stats"),
+    ] {
+        if on {
+            args.push(flag.into());
+        }
+    }
+    args.extend([
+        "--import-previous".into(),
+        previous.into(),
+        "--import".into(),
+        archive.into(),
+    ]);
+    args
+}
+
+fn shown(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The CLI's answer: with `--print-stats` a JSON document
+/// (`{"podman_restore_duration", "container_statistics": [RestoreReport]}`), else the ID.
+fn cli_restore_report(
+    op: Op,
+    target: &str,
+    print_stats: bool,
+    stdout: &[u8],
+) -> Result<PodmanRestoreReport> {
+    #[derive(Deserialize)]
+    struct Statistics {
+        container_statistics: Vec<PodmanRestoreReport>,
+    }
+    if print_stats {
+        let s: Statistics = decode(op, target, stdout)?;
+        return s
+            .container_statistics
+            .into_iter()
+            .next()
+            .ok_or_else(|| RuntimeError::Protocol {
+                op,
+                target: target.into(),
+                why: "podman's restore statistics name no container".into(),
+            });
+    }
+    let id = String::from_utf8_lossy(stdout).trim().to_string();
+    check_name(op, &id).map_err(|_| RuntimeError::Protocol {
+        op,
+        target: target.into(),
+        why: format!("podman restore printed `{id}` instead of a container ID"),
+    })?;
+    Ok(PodmanRestoreReport {
+        id,
+        runtime_restore_duration: None,
+        criu_statistics: None,
+    })
 }
 
 /// What the upload stream learned, shared with [`Podman::restore`].
@@ -475,5 +666,104 @@ fn incomplete(op: Op, target: &str, bytes: u64, reason: String) -> RuntimeError 
         target: target.into(),
         bytes,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_dump_sends_what_it_always_did_and_pre_copy_adds_one_parameter() {
+        let full = CheckpointOptions::default();
+        assert_eq!(
+            full.query(),
+            [
+                ("export", "true"),
+                ("tcpEstablished", "true"),
+                ("leaveRunning", "false"),
+                ("fileLocks", "true"),
+                ("printStats", "true"),
+            ]
+        );
+        for (kind, extra) in [
+            (DumpKind::Pre, ("preCheckpoint", "true")),
+            (DumpKind::WithPrevious, ("withPrevious", "true")),
+        ] {
+            let q = CheckpointOptions {
+                kind,
+                ..full.clone()
+            }
+            .query();
+            assert_eq!(q[..5], full.query()[..]);
+            assert_eq!(q[5..], [extra]);
+        }
+    }
+
+    #[test]
+    fn restore_with_previous_runs_the_cli_with_the_api_runtime() {
+        let args = restore_with_previous_args(
+            &RestoreOptions::default(),
+            "runc",
+            Path::new("/w/t/pre-0.tar"),
+            Path::new("/w/t/ckpt.tar"),
+        );
+        assert_eq!(
+            shown(&args),
+            "--runtime runc container restore --tcp-established --file-locks --print-stats \
+             --import-previous /w/t/pre-0.tar --import /w/t/ckpt.tar"
+        );
+        let bare = RestoreOptions {
+            tcp_established: false,
+            file_locks: false,
+            print_stats: false,
+            ..RestoreOptions::default()
+        };
+        let args = restore_with_previous_args(&bare, "", Path::new("p"), Path::new("f"));
+        assert_eq!(
+            shown(&args),
+            "container restore --import-previous p --import f"
+        );
+    }
+
+    #[test]
+    fn the_cli_answer_is_read_with_and_without_statistics() {
+        // Recorded: podman 4.3.1 `container restore --print-stats --import-previous --import`.
+        let json = br#"{
+    "podman_restore_duration": 324287,
+    "container_statistics": [
+        {
+            "Id": "509d879845186ae7435201c1ae18b6c1e85f89a4b8af6f49a79e657801d56426",
+            "RawInput": "",
+            "runtime_restore_duration": 227863,
+            "criu_statistics": {
+                "forking_time": 2,
+                "restore_time": 132691,
+                "pages_restored": 23
+            }
+        }
+    ]
+}"#;
+        let r = cli_restore_report(Op::Restore, "f", true, json).unwrap();
+        assert_eq!(
+            (r.id.get(..12), r.runtime_restore_duration),
+            (Some("509d87984518"), Some(227_863))
+        );
+        assert!(r.criu_statistics.is_some());
+        let r = cli_restore_report(Op::Restore, "f", false, b"509d87984518\n").unwrap();
+        assert_eq!(r.id, "509d87984518");
+        for (stats, bad) in [
+            (true, &b"abc123\n"[..]),
+            (true, br#"{"container_statistics": []}"#),
+            (false, b"Error: x y"),
+        ] {
+            assert!(
+                matches!(
+                    cli_restore_report(Op::Restore, "f", stats, bad),
+                    Err(RuntimeError::Protocol { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

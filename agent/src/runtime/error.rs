@@ -108,6 +108,24 @@ pub enum RuntimeError {
     /// Podman answered something we cannot read (an API change, or not podman at all).
     #[error("{op} {target}: unexpected answer from podman: {why}")]
     Protocol { op: Op, target: String, why: String },
+    /// The podman CLI (used where the API has no equivalent) could not be started.
+    #[error("{op} {target}: cannot run `{program}`: {source}")]
+    CliSpawn {
+        op: Op,
+        target: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The podman CLI ran and failed; `stderr` is podman's own explanation.
+    #[error("{op} {target}: `{command}` failed ({status}): {stderr}")]
+    CliFailed {
+        op: Op,
+        target: String,
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     /// A request we refuse to send (e.g. an empty container name).
     #[error("{op}: invalid request: {why}")]
     Invalid { op: Op, why: String },
@@ -125,6 +143,8 @@ impl RuntimeError {
             | RuntimeError::ArchiveIo { op, .. }
             | RuntimeError::Transport { op, .. }
             | RuntimeError::Protocol { op, .. }
+            | RuntimeError::CliSpawn { op, .. }
+            | RuntimeError::CliFailed { op, .. }
             | RuntimeError::Invalid { op, .. } => *op,
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! * [`libpod`]: [`Podman`], the client (create, start, inspect, stats, stop, remove, images).
 //! * [`checkpoint`]: checkpoint with export and restore with import, the archive streamed
-//!   through a writer/reader and never held in memory.
+//!   through a writer/reader and never held in memory; pre-checkpoint and the final dump with
+//!   previous (pre-copy), whose restore runs the podman CLI (the API has no import-previous).
 //! * [`criu_stats`]: CRIU's dump/restore statistics as typed values.
 //! * [`capabilities`]: the host capability probe published in the agent profile.
 //! * [`limits`]: the ulimits containers need on hosts without `CAP_SYS_RESOURCE`.
@@ -23,7 +24,9 @@ pub mod libpod;
 pub mod limits;
 
 pub use capabilities::{probe, ProbeOptions, ProbeReport};
-pub use checkpoint::{CheckpointOptions, CheckpointReport, RestoreOptions, RestoreReport};
+pub use checkpoint::{
+    CheckpointOptions, CheckpointReport, DumpKind, RestoreOptions, RestoreReport,
+};
 pub use container::{ContainerInfo, ContainerStats, ContainerSummary, CreateSpec, HostInfo, Netns};
 pub use criu_stats::{CriuDumpStats, CriuRestoreStats};
 pub use error::{Op, Result, RuntimeError};

@@ -200,15 +200,26 @@ impl Driver {
         )
         .await?;
 
+        // podman keeps one pre-checkpoint per container: each round replaces the previous
+        // one, and the final dump (and so the restore) builds on the last.
+        let mut previous = None;
         for round in 0..r.plan.rounds {
+            let image = format!("pre-{round}");
             let pre_dump = Step::Checkpoint {
                 service: service.clone(),
-                image: format!("pre-{round}"),
+                image: image.clone(),
                 leave_running: true,
                 pre_dump: true,
             };
-            self.step(source, pre_dump, Phase::PreCopy, t.checkpoint)
-                .await?;
+            match self
+                .step(source, pre_dump, Phase::PreCopy, t.checkpoint)
+                .await?
+            {
+                StepOutcome::Checkpointed { image_bytes, .. } => {
+                    previous = Some((image, image_bytes))
+                }
+                other => return Err(unexpected(source, "pre-dump", &other)),
+            }
         }
 
         let checkpoint = Step::Checkpoint {
@@ -231,12 +242,16 @@ impl Driver {
             other => return Err(unexpected(source, "checkpoint", &other)),
         };
 
+        // The destination fetches the last pre-dump too (inside the restore step).
+        let previous_bytes = previous.as_ref().map_or(0, |(_, bytes)| *bytes);
         let restore = Step::Restore {
             spec: r.spec.clone(),
             from_agent: source.clone(),
             image: IMAGE.into(),
+            previous: previous.map(|(image, _)| image),
         };
-        let timeout = t.restore + transfer_allowance(image_bytes, r.plan.bandwidth_bps);
+        let timeout =
+            t.restore + transfer_allowance(image_bytes + previous_bytes, r.plan.bandwidth_bps);
         match self
             .step(destination, restore, Phase::Restore, timeout)
             .await?
