@@ -821,26 +821,9 @@ impl FourHost {
             .await?;
 
         let mobile = overlay_of(self.host(MOBILE)?)?;
-        let svc = ServiceAddr {
-            ip: SERVICE_IP,
-            mac: overlay_mac(SERVICE_IP),
-        };
-        mobile
-            .steer(svc, mobile.ofport(&port_toward(EDGE1)).await?)
-            .await?;
-        let mut cli = EndpointSpec::new(
-            format!("{}{CLIENT_NETNS_SUFFIX}", self.cfg.prefix),
-            CLIENT_NETNS_SUFFIX,
-            CLIENT_IP,
-            OVERLAY_PREFIX_LEN,
-            overlay_mac(CLIENT_IP),
-        );
-        cli.neighbours.push(Neighbour {
-            ip: SERVICE_IP,
-            mac: overlay_mac(SERVICE_IP),
-        });
-        let attached = mobile.add_endpoint(&cli).await?;
-        self.client_netns = Some(attached.endpoint.netns_path);
+        let netns = format!("{}{CLIENT_NETNS_SUFFIX}", self.cfg.prefix);
+        let path = attach_client(&mobile, EDGE1, &netns, CLIENT_NETNS_SUFFIX).await?;
+        self.client_netns = Some(path);
         Ok(())
     }
 
@@ -1008,6 +991,36 @@ fn profiled(agent: &AgentView) -> bool {
         Some(_) => true,
         None => false,
     }
+}
+
+/// On the mobile host's bridge `mobile`: the service steered toward `edge`'s wire and the
+/// client's namespace `netns` (10.88.0.2, the service pre-loaded as its neighbour) attached
+/// through the port `ifname`. Returns the namespace's path. Shared with the VM testbed.
+pub async fn attach_client(
+    mobile: &HostOverlay,
+    edge: &str,
+    netns: &str,
+    ifname: &str,
+) -> Result<PathBuf> {
+    let svc = ServiceAddr {
+        ip: SERVICE_IP,
+        mac: overlay_mac(SERVICE_IP),
+    };
+    mobile
+        .steer(svc, mobile.ofport(&port_toward(edge)).await?)
+        .await?;
+    let mut cli = EndpointSpec::new(
+        netns,
+        ifname,
+        CLIENT_IP,
+        OVERLAY_PREFIX_LEN,
+        overlay_mac(CLIENT_IP),
+    );
+    cli.neighbours.push(Neighbour {
+        ip: SERVICE_IP,
+        mac: overlay_mac(SERVICE_IP),
+    });
+    Ok(mobile.add_endpoint(&cli).await?.endpoint.netns_path)
 }
 
 /// The overlay handle of a host's OvS, driven from the root namespace.

@@ -42,6 +42,25 @@ pub fn workspace_dir() -> std::path::PathBuf {
         .unwrap_or_default()
 }
 
+/// Run one of the workspace's scripts (`testbed/setup-host.sh`, `testbed/vm/build-image.sh`)
+/// with `bash`, its output on our terminal; an error names the script and its exit status.
+pub async fn run_script(relative: &str) -> Result<()> {
+    let script = workspace_dir().join(relative);
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .await
+        .map_err(|e| TestbedError::io(format!("run {}", script.display()), e))?;
+    if !status.success() {
+        return Err(TestbedError::Command {
+            command: script.display().to_string(),
+            status: status.to_string(),
+            stderr: "see its output above".into(),
+        });
+    }
+    Ok(())
+}
+
 /// `target/testbed`: images, `state.json`, logs, the report and the plot.
 pub fn out_dir() -> std::path::PathBuf {
     workspace_dir().join("target/testbed")

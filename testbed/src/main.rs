@@ -5,7 +5,7 @@
 //! and profile directory as this binary, and first run `cargo build -p mose-agent -p
 //! mose-orchestrator` with that profile (a no-op when they are up to date), because `cargo run
 //! -p mose-testbed` builds only this package. `--no-build` skips that and uses what is there.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -290,16 +290,8 @@ fn parse_rate_bps(text: &str) -> Result<u64, String> {
 /// Run `testbed/setup-host.sh` unless skipped.
 async fn setup_host(skip: bool) -> anyhow::Result<()> {
     if !skip {
-        let script: PathBuf = mose_testbed::workspace_dir().join("testbed/setup-host.sh");
-        eprintln!("== host setup: {}", script.display());
-        let status = tokio::process::Command::new("bash")
-            .arg(&script)
-            .status()
-            .await
-            .with_context(|| format!("run {}", script.display()))?;
-        if !status.success() {
-            bail!("{} failed ({status})", script.display());
-        }
+        eprintln!("== host setup: testbed/setup-host.sh");
+        mose_testbed::run_script("testbed/setup-host.sh").await?;
     }
     Ok(())
 }

@@ -280,7 +280,8 @@ impl VmLab {
         {
             bail!("a VM testbed exists already (state.json or mvm-* links): run `mose-testbed vm down` first");
         }
-        build_image().await?;
+        // A no-op when its inputs are unchanged.
+        crate::run_script("testbed/vm/build-image.sh").await?;
         let accel = choose_accel(accel, &dir).await?;
         tracing::info!(%accel, "accelerator");
         let mut lab = VmLab {
@@ -360,19 +361,6 @@ impl VmLab {
         lab.state.save(&state_file())?;
         Ok(lab)
     }
-}
-
-/// `testbed/vm/build-image.sh` (a no-op when its inputs are unchanged).
-async fn build_image() -> anyhow::Result<()> {
-    let script = crate::workspace_dir().join("testbed/vm/build-image.sh");
-    let status = tokio::process::Command::new(&script)
-        .status()
-        .await
-        .with_context(|| format!("run {}", script.display()))?;
-    if !status.success() {
-        bail!("{} failed ({status})", script.display());
-    }
-    Ok(())
 }
 
 /// KVM if asked for or if a probe boot of the guest kernel gets to its init under KVM within
@@ -807,29 +795,10 @@ fn guest_overlay() -> mose_overlay::HostOverlay {
 
 /// In the mobile VM: the service steered toward edge1's wire, the client namespace on br0.
 async fn guest_mobile() -> anyhow::Result<()> {
-    use crate::fourhost::{overlay_mac, port_toward, CLIENT_IP, OVERLAY_PREFIX_LEN, SERVICE_IP};
-    use mose_overlay::{EndpointSpec, Neighbour, ServiceAddr};
     let ov = guest_overlay();
     ov.ensure_bridge().await?;
-    let svc = ServiceAddr {
-        ip: SERVICE_IP,
-        mac: overlay_mac(SERVICE_IP),
-    };
-    ov.steer(svc, ov.ofport(&port_toward("edge1")).await?)
-        .await?;
-    let mut cli = EndpointSpec::new(
-        GUEST_CLIENT_NETNS,
-        "cli",
-        CLIENT_IP,
-        OVERLAY_PREFIX_LEN,
-        overlay_mac(CLIENT_IP),
-    );
-    cli.neighbours.push(Neighbour {
-        ip: SERVICE_IP,
-        mac: overlay_mac(SERVICE_IP),
-    });
-    let attached = ov.add_endpoint(&cli).await?;
-    println!("{}", attached.endpoint.netns_path.display());
+    let path = crate::fourhost::attach_client(&ov, "edge1", GUEST_CLIENT_NETNS, "cli").await?;
+    println!("{}", path.display());
     Ok(())
 }
 
