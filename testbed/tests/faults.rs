@@ -33,7 +33,7 @@ use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
-use mose_testbed::fourhost::{Binaries, Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2, MOBILE};
+use mose_testbed::fourhost::{Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2, MOBILE};
 
 use common::*;
 
@@ -61,11 +61,7 @@ agent_wait_ms = 4000
 async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_clean() {
     require_root();
     sweep_before(PREFIX).await;
-    // target/<profile>/deps/<this test> → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let binaries = Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
-        .expect("agent and orchestrator binaries");
+    let binaries = test_binaries();
     // Kept after the run (logs of every agent and the orchestrator); /work and /tmp are shared
     // with the hosts, so ctrl's orchestrator reads its config file at this path.
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults");

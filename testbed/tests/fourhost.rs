@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
@@ -21,7 +20,7 @@ use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::client::LiveClient;
 use mose_testbed::demo::{migrate, Targets};
-use mose_testbed::fourhost::{Binaries, Config, FourHost, State, EDGE1, EDGE2, MOBILE};
+use mose_testbed::fourhost::{Config, FourHost, State, EDGE1, EDGE2, MOBILE};
 
 use common::*;
 
@@ -31,11 +30,7 @@ const PREFIX: &str = "mtb-4h-";
 async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     require_root();
     sweep_before(PREFIX).await;
-    // target/<profile>/deps/<this test> → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let binaries = Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
-        .expect("agent and orchestrator binaries");
+    let binaries = test_binaries();
     let out = tempfile::tempdir().unwrap();
     let cfg = Config {
         prefix: PREFIX.into(),

@@ -357,3 +357,13 @@ pub async fn wait_finished(api: &ApiClient, id: &str, since: Instant) -> TaskRec
     let limit = Duration::from_secs(120).saturating_sub(since.elapsed());
     wait_for(api, id, limit, |r| r.status.is_finished()).await
 }
+
+/// `mose-agent` and `mose-orchestrator` of the profile this test was built in, with this
+/// crate's `mose-testbed` as the placement helper.
+pub fn test_binaries() -> mose_testbed::fourhost::Binaries {
+    // target/<profile>/deps/<this test> → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    mose_testbed::fourhost::Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
+        .expect("agent and orchestrator binaries (cargo build -p mose-agent -p mose-orchestrator)")
+}
