@@ -343,6 +343,23 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The testbed's service (its fixed overlay address and MAC, the client as neighbour) on the
+    /// OvS whose database socket and run directory are given.
+    pub fn of_service(ovsdb_socket: PathBuf, ovs_rundir: PathBuf) -> Self {
+        Placement {
+            netns: netns_name(SERVICE),
+            host_ifname: host_ifname(SERVICE),
+            ip: SERVICE_IP,
+            prefix_len: OVERLAY_PREFIX_LEN,
+            mac: overlay_mac(SERVICE_IP).0,
+            client_ip: CLIENT_IP,
+            client_mac: overlay_mac(CLIENT_IP).0,
+            ovsdb_socket,
+            ovs_rundir,
+            bridge: BRIDGE.into(),
+        }
+    }
+
     /// Run inside the host (its network **and mount** namespace, so the service's namespace is
     /// made at the host's own `/run/netns/<netns>`, the path podman and the agents use there):
     /// the endpoint with its fixed IP/MAC on the bridge, and the flows for it on the local
@@ -834,18 +851,7 @@ impl FourHost {
         let ovs = host
             .ovs()
             .ok_or_else(|| TestbedError::State(format!("OvS of {edge} is not running")))?;
-        let placement = Placement {
-            netns: netns_name(SERVICE),
-            host_ifname: host_ifname(SERVICE),
-            ip: SERVICE_IP,
-            prefix_len: OVERLAY_PREFIX_LEN,
-            mac: overlay_mac(SERVICE_IP).0,
-            client_ip: CLIENT_IP,
-            client_mac: overlay_mac(CLIENT_IP).0,
-            ovsdb_socket: ovs.db_socket(),
-            ovs_rundir: ovs.rundir().to_path_buf(),
-            bridge: BRIDGE.into(),
-        };
+        let placement = Placement::of_service(ovs.db_socket(), ovs.rundir().to_path_buf());
         let json = serde_json::to_string(&placement)
             .map_err(|e| TestbedError::State(format!("encode the placement: {e}")))?;
         // In the host's mount namespace: the service namespace must be at its own /run/netns.
@@ -1037,18 +1043,7 @@ mod tests {
 
     #[test]
     fn placement_survives_its_trip_through_the_command_line() {
-        let p = Placement {
-            netns: netns_name(SERVICE),
-            host_ifname: host_ifname(SERVICE),
-            ip: SERVICE_IP,
-            prefix_len: OVERLAY_PREFIX_LEN,
-            mac: overlay_mac(SERVICE_IP).0,
-            client_ip: CLIENT_IP,
-            client_mac: overlay_mac(CLIENT_IP).0,
-            ovsdb_socket: "/x/db.sock".into(),
-            ovs_rundir: "/x".into(),
-            bridge: BRIDGE.into(),
-        };
+        let p = Placement::of_service("/x/db.sock".into(), "/x".into());
         let back: Placement = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
         assert_eq!(p.netns, "mose-counter");

@@ -884,7 +884,7 @@ async fn served_again(
 /// designer picks iterative pre-copy on hosts with dirty tracking), each through the API;
 /// target/testbed/vm-report.json and vm-client-timeline.json.
 async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> anyhow::Result<()> {
-    use crate::fourhost::{self as fh, overlay_mac, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
+    use crate::fourhost::{self as fh, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
     use crate::report::{MigrationReport, Report};
     use mose_orchestrator::tasks::TaskStatus;
     use mose_protocol::model::Objective;
@@ -893,18 +893,7 @@ async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> 
     let long = Duration::from_secs(180);
     let t = Instant::now();
     // 1. The service endpoint on edge1 and the container in it.
-    let placement = Placement {
-        netns: mose_agent::coat::netns_name(SERVICE),
-        host_ifname: mose_agent::coat::host_ifname(SERVICE),
-        ip: SERVICE_IP,
-        prefix_len: fh::OVERLAY_PREFIX_LEN,
-        mac: overlay_mac(SERVICE_IP).0,
-        client_ip: fh::CLIENT_IP,
-        client_mac: overlay_mac(fh::CLIENT_IP).0,
-        ovsdb_socket: GUEST_OVSDB.into(),
-        ovs_rundir: GUEST_OVS_RUNDIR.into(),
-        bridge: fh::BRIDGE.into(),
-    };
+    let placement = Placement::of_service(GUEST_OVSDB.into(), GUEST_OVS_RUNDIR.into());
     let json = serde_json::to_string(&placement)?;
     ssh(
         edge1,

@@ -91,17 +91,9 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         "edge2 is clean before any fault"
     );
 
-    let client = LiveClient::start(
-        &state.client_netns,
-        state.service_addr,
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("client connects");
-    client
-        .served_again(50, Duration::from_secs(10))
+    let client = mose_testbed::demo::start_client(&state, &mut |l| println!("{l}"))
         .await
-        .expect("client served");
+        .expect("client connects and is served");
     let request = MigrationRequest {
         service: state.service.clone(),
         source: EDGE1.into(),

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
-use mose_testbed::client::LiveClient;
 use mose_testbed::demo::{migrate, Targets};
 use mose_testbed::fourhost::{Config, FourHost, State, EDGE1, EDGE2, MOBILE};
 
@@ -93,13 +92,9 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     println!("METRICS {svc:?}");
 
     // The live client from the mobile host, through the mobile bridge's steering to edge1.
-    let client = LiveClient::start(
-        &state.client_netns,
-        state.service_addr,
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("client connects");
+    let client = mose_testbed::demo::start_client(&state, &mut |l| println!("{l}"))
+        .await
+        .expect("client connects and is served");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = Instant::now();
     let task = migrate(

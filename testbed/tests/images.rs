@@ -184,14 +184,7 @@ async fn debian_images_are_reproducible_and_serve() {
     }
     let (memcached, iperf3) = (find(&first, &MEMCACHED), find(&first, &IPERF3));
 
-    sweep_before(PREFIX_DEB).await;
-    let lan = Lan::create(PREFIX_DEB).await.expect("LAN");
-    let a = Host::create("a", &lan, lan.host_addr(0).unwrap())
-        .await
-        .expect("host a");
-    let c = Host::create("c", &lan, lan.host_addr(1).unwrap())
-        .await
-        .expect("client host c");
+    let (lan, [a, c]) = lan_with_hosts(PREFIX_DEB, ["a", "c"]).await;
     for img in [memcached, iperf3] {
         let t = Instant::now();
         a.load_image(img).await.expect("load");
@@ -330,17 +323,7 @@ async fn memcached_keeps_its_values_across_checkpoint_restore() {
         return;
     };
     let img = find(&built, &MEMCACHED);
-    sweep_before(PREFIX_MIG).await;
-    let lan = Lan::create(PREFIX_MIG).await.expect("LAN");
-    let a = Host::create("a", &lan, lan.host_addr(0).unwrap())
-        .await
-        .expect("host a");
-    let b = Host::create("b", &lan, lan.host_addr(1).unwrap())
-        .await
-        .expect("host b");
-    let m = Host::create("m", &lan, lan.host_addr(2).unwrap())
-        .await
-        .expect("client host m");
+    let (lan, [a, b, m]) = lan_with_hosts(PREFIX_MIG, ["a", "b", "m"]).await;
     a.load_image(img).await.expect("load on a");
     b.load_image(img).await.expect("load on b (same ID)");
 

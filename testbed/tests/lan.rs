@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mose_testbed::{Host, Lan, LinkShape};
+use mose_testbed::LinkShape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
@@ -20,14 +20,7 @@ const DELAY: Duration = Duration::from_millis(10);
 #[tokio::test(flavor = "multi_thread")]
 async fn shaped_link_has_the_configured_rate_and_delay() {
     require_root();
-    sweep_before(PREFIX).await;
-    let lan = Lan::create(PREFIX).await.expect("LAN");
-    let a = Host::create("a", &lan, lan.host_addr(0).unwrap())
-        .await
-        .expect("host a");
-    let b = Host::create("b", &lan, lan.host_addr(1).unwrap())
-        .await
-        .expect("host b");
+    let (lan, [a, b]) = lan_with_hosts(PREFIX, ["a", "b"]).await;
     // Delay needs netem; kernels without it (this machine's) must say so clearly and leave the
     // link unshaped, and then the rate alone is checked.
     let delay = match lan

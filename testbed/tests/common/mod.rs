@@ -367,3 +367,19 @@ pub fn test_binaries() -> mose_testbed::fourhost::Binaries {
     mose_testbed::fourhost::Binaries::in_dir(profile_dir, env!("CARGO_BIN_EXE_mose-testbed").into())
         .expect("agent and orchestrator binaries (cargo build -p mose-agent -p mose-orchestrator)")
 }
+
+/// A fresh LAN `prefix` (after sweeping an earlier crashed run's) with one host per name, at
+/// the LAN's first addresses. Bind as `let (lan, [a, b]) = …`: the hosts drop before the LAN.
+pub async fn lan_with_hosts<const N: usize>(prefix: &str, names: [&str; N]) -> (Lan, [Host; N]) {
+    sweep_before(prefix).await;
+    let lan = Lan::create(prefix).await.expect("LAN");
+    let mut hosts = Vec::with_capacity(N);
+    for (i, name) in names.into_iter().enumerate() {
+        let addr = lan.host_addr(i as u8).unwrap();
+        hosts.push(Host::create(name, &lan, addr).await.expect(name));
+    }
+    match hosts.try_into() {
+        Ok(hosts) => (lan, hosts),
+        Err(_) => unreachable!("one host per name"),
+    }
+}
