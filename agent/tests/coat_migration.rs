@@ -511,7 +511,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         spec: spec.clone(),
         from_agent: "a".into(),
         image: "ckpt".into(),
-        previous: None,
+        previous: Vec::new(),
     };
     let err = step(&session, &keys, "b", "t-fail", restore.clone())
         .await
@@ -756,7 +756,7 @@ async fn migrate(
         spec: spec.clone(),
         from_agent: from.into(),
         image: "ckpt".into(),
-        previous: None,
+        previous: Vec::new(),
     };
     let (r, t) = ok(session, keys, to, task, restore.clone()).await;
     steps.push(("restore", t));

@@ -123,10 +123,10 @@ impl StepExecutor for Scripted {
                 image,
                 ..
             } => format!("{op}(pre-dump {image})"),
-            Step::Restore {
-                previous: Some(previous),
-                ..
-            } => format!("{op}(previous {previous})"),
+            Step::Restore { previous, .. } if !previous.is_empty() => {
+                format!("{op}(previous {})", previous.join(","))
+            }
+            Step::Fetch { image, .. } => format!("{op}({image})"),
             _ => op.clone(),
         };
         self.world
@@ -453,7 +453,8 @@ async fn happy_path_runs_coat_in_order_and_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     // Hosts with dirty tracking and the downtime objective: the designer picks pre-copy, and
-    // the driver runs its rounds as pre-dumps while the service keeps running.
+    // the driver runs its rounds as pre-dumps while the service keeps running, each fetched
+    // by the destination before the next.
     let rig = Rig::start_with(Store::in_memory().unwrap(), test_config(), true).await;
     let task = rig.submit().await;
     assert!(task.plan.rounds >= 1, "{:#?}", task.plan);
@@ -462,17 +463,24 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     let calls = rig.world.calls(&task.id);
     let rounds = task.plan.rounds as usize;
     assert_eq!(calls[..2], HAPPY[..2]);
-    let pre_dumps: Vec<String> = (0..rounds)
-        .map(|i| format!("edge1:checkpoint(pre-dump pre-{i})"))
+    let pre_copy: Vec<String> = (0..rounds)
+        .flat_map(|i| {
+            [
+                format!("edge1:checkpoint(pre-dump pre-{i})"),
+                format!("edge2:fetch(pre-{i})"),
+            ]
+        })
         .collect();
-    assert_eq!(calls[2..2 + rounds], pre_dumps, "{calls:?}");
-    // The final checkpoint, then a restore on top of the last pre-dump (the one podman keeps).
-    assert_eq!(calls[2 + rounds], HAPPY[2]);
+    let n = 2 * rounds;
+    assert_eq!(calls[2..2 + n], pre_copy, "{calls:?}");
+    // The final checkpoint, then a restore on top of every round (each builds on the last).
+    assert_eq!(calls[2 + n], HAPPY[2]);
+    let all: Vec<String> = (0..rounds).map(|i| format!("pre-{i}")).collect();
     assert_eq!(
-        calls[3 + rounds],
-        format!("edge2:restore(previous pre-{})", rounds - 1)
+        calls[3 + n],
+        format!("edge2:restore(previous {})", all.join(","))
     );
-    assert_eq!(calls[4 + rounds..], HAPPY[4..]);
+    assert_eq!(calls[4 + n..], HAPPY[4..]);
     assert!(done.measurements.phases_ms.contains_key("pre_copy"));
 }
 

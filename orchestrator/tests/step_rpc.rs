@@ -128,7 +128,7 @@ async fn a_restore_that_succeeds_after_its_timeout_is_aborted_by_the_agent() {
         },
     };
     let restore =
-        Step::Restore { spec, from_agent: "edge1".into(), image: "c".into(), previous: None };
+        Step::Restore { spec, from_agent: "edge1".into(), image: "c".into(), previous: Vec::new() };
     // The first get after a remote queryable is declared may find nothing: retry briefly.
     let start = Instant::now();
     let failure = loop {

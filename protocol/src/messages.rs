@@ -170,14 +170,18 @@ pub enum Step {
         pre_dump: bool,
     },
     /// Destination: fetch `image` from `from_agent` and restore the service. After pre-copy,
-    /// `previous` names the pre-dump image `image` was dumped against: both are fetched and
-    /// restored together.
+    /// `previous` names the pre-dump rounds `image` was dumped against, oldest first: each
+    /// builds on the one before, so all are needed (those a [`Step::Fetch`] brought already
+    /// are not fetched again).
     Restore {
         spec: ServiceSpec,
         from_agent: String,
         image: String,
-        previous: Option<String>,
+        previous: Vec<String>,
     },
+    /// Destination, during pre-copy: fetch the pre-dump round `image` from `from_agent` now,
+    /// while the service still runs at the source, so the restore only waits for the final dump.
+    Fetch { from_agent: String, image: String },
     /// Mobile: steer the client's flow for `network` towards `to_agent`.
     SwitchFlow {
         network: ServiceNetwork,
@@ -207,6 +211,7 @@ impl Step {
             Step::Abort { .. } => "abort",
             Step::Release { .. } => "release",
             Step::Resend { .. } => "resend",
+            Step::Fetch { .. } => "fetch",
         }
     }
 }
@@ -416,7 +421,11 @@ mod tests {
                 spec: spec(),
                 from_agent: "edge1".into(),
                 image: "ckpt".into(),
-                previous: Some("pre-0".into()),
+                previous: vec!["pre-0".into(), "pre-1".into()],
+            },
+            Step::Fetch {
+                from_agent: "edge1".into(),
+                image: "pre-1".into(),
             },
             Step::SwitchFlow {
                 network: network(),

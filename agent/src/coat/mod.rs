@@ -4,8 +4,9 @@
 //! |---|---|---|
 //! | describe | source | inspect the container; read IP/MAC/client from its netns; anon memory from its cgroup |
 //! | prepare | destination | image present?; netns with the same IP/MAC + client neighbour; steer the service to it on the local bridge |
-//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}`; a pre-dump is `--pre-checkpoint` (container keeps running), the final dump after one `--with-previous` |
-//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns; after pre-copy fetch the pre-dump too and add `--import-previous` |
+//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}`; a pre-dump is one pre-copy round (`runc checkpoint --pre-dump` chained to the round before, container keeps running), the final dump after rounds `--with-previous` |
+//! | fetch | destination (pre-copy) | fetch a pre-dump round now, while the service still runs at the source |
+//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns; after pre-copy with the rounds joined as `--import-previous` |
 //! | switch-flow | mobile | steer the service's IP/ARP/MAC on the local bridge to the port toward `to_agent` |
 //! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive(s); stop serving the images |
 //! | abort | destination (rollback) | remove the container, netns, veth, flows and files of the service |
@@ -47,6 +48,10 @@ use crate::steps::StepExecutor;
 pub use error::CoatError;
 use error::{blob, io, overlay, runtime, Result};
 
+/// The joined pre-copy rounds, in the task's work directory during a restore (not `.tar`:
+/// only the task's own archives are, which a resume after a restart lists).
+const JOINED_ROUNDS: &str = "rounds.joined";
+
 /// The interface a service has inside its namespace.
 pub const SERVICE_IFNAME: &str = "eth0";
 
@@ -78,15 +83,16 @@ impl CoatSettings {
 }
 
 /// The checkpoint images of one task this host serves until the task's Release or Resume:
-/// its pre-dumps and its final checkpoint, which the destination fetches together.
+/// its pre-copy rounds and its final checkpoint.
 struct Served {
     task: String,
     /// By image: the outcome a repeated step answers with, and the image's server.
     images: HashMap<String, (StepOutcome, BlobServer)>,
-    /// The last pre-dump: podman keeps one pre-checkpoint, the parent of the final dump.
-    last_pre: Option<String>,
-    /// The final checkpoint and the pre-dump it was dumped against, if any.
-    last_final: Option<(String, Option<String>)>,
+    /// The pre-copy rounds so far, oldest first: each the parent of the next, the last the
+    /// parent of the final dump.
+    rounds: Vec<String>,
+    /// The final checkpoint and the rounds it was dumped against.
+    last_final: Option<(String, Vec<String>)>,
 }
 
 impl Served {
@@ -94,7 +100,7 @@ impl Served {
         Served {
             task: task.to_string(),
             images: HashMap::new(),
-            last_pre: None,
+            rounds: Vec::new(),
             last_final: None,
         }
     }
@@ -224,9 +230,10 @@ impl Inner {
                 image,
                 previous,
             } => {
-                self.restore(task, &spec, &from_agent, &image, previous.as_deref())
+                self.restore(task, &spec, &from_agent, &image, &previous)
                     .await
             }
+            Step::Fetch { from_agent, image } => self.prefetch(task, &from_agent, &image).await,
             Step::SwitchFlow { network, to_agent } => self.switch_flow(&network, &to_agent).await,
             Step::Resume { service } => self.resume(task, &service).await,
             Step::Abort { service } => self.remove_here(task, &service, "abort").await,
@@ -290,16 +297,16 @@ impl Inner {
         check_service(service)?;
         check_id("task", task)?;
         check_id("image", image)?;
-        // The pre-dump this task made last, if any: the final dump is made against it.
-        let previous = match lock(&self.served).get(service) {
+        // The rounds this task made so far: a round builds on the last, the final dump on all.
+        let rounds = match lock(&self.served).get(service) {
             Some(s) if s.task == task => {
                 if let Some((outcome, _)) = s.images.get(image) {
                     info!("already checkpointed and served for this task");
                     return Ok(outcome.clone());
                 }
-                s.last_pre.clone()
+                s.rounds.clone()
             }
-            _ => None,
+            _ => Vec::new(),
         };
         let path = self.image_path(task, image);
         let info = self.inspect(service).await?;
@@ -310,10 +317,17 @@ impl Inner {
                     info.state.status
                 )));
             }
-            let opts = dump_options(true, leave_running, false);
-            self.dump_to(service, &path, &opts).await?
+            self.pre_dump_to(service, image, rounds.last().map(String::as_str), &path)
+                .await?
         } else if info.state.running {
-            let opts = dump_options(false, leave_running, previous.is_some());
+            let opts = CheckpointOptions {
+                leave_running,
+                kind: match rounds.is_empty() {
+                    true => DumpKind::Full,
+                    false => DumpKind::WithPrevious,
+                },
+                ..CheckpointOptions::default()
+            };
             self.dump_to(service, &path, &opts).await?
         } else if info.state.checkpointed && path.is_file() {
             // A repeat after the agent lost its memory (restart): the archive is complete, since
@@ -347,10 +361,54 @@ impl Inner {
         s.images
             .insert(image.to_string(), (outcome.clone(), server));
         match pre_dump {
-            true => s.last_pre = Some(image.to_string()),
-            false => s.last_final = Some((image.to_string(), previous)),
+            true => s.rounds.push(image.to_string()),
+            false => s.last_final = Some((image.to_string(), rounds)),
         }
         Ok(outcome)
+    }
+
+    /// One pre-copy round: `runc` pre-dumps the running service on top of round `parent`, and
+    /// the round's images are archived into `path` (written as `path.partial`, renamed when
+    /// complete) for the destination to fetch.
+    async fn pre_dump_to(
+        &self,
+        service: &str,
+        round: &str,
+        parent: Option<&str>,
+        path: &Path,
+    ) -> Result<StepOutcome> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create the task's work directory", dir))?;
+        let report = self
+            .podman
+            .pre_dump(service, round, parent, CheckpointOptions::default().timeout)
+            .await
+            .map_err(runtime(format!(
+                "pre-dump {service} (pre-copy needs kernel soft-dirty tracking)"
+            )))?;
+        let partial = path.with_extension("tar.partial");
+        let bytes = tokio::task::spawn_blocking({
+            let (images, partial, round) = (report.dir.clone(), partial.clone(), round.to_string());
+            move || crate::runtime::precopy::write_round_archive(&images, &round, &partial)
+        })
+        .await
+        .map_err(|e| CoatError::State(format!("archiving pre-copy round {round} stopped: {e}")))?
+        .map_err(io("archive the pre-copy round", &partial))?;
+        tokio::fs::rename(&partial, path)
+            .await
+            .map_err(io("name the finished round archive", path))?;
+        info!(
+            bytes,
+            runc_ms = report.elapsed.as_millis() as u64,
+            pages = report.criu.map(|c| c.pages_written),
+            "pre-copy round archived"
+        );
+        Ok(StepOutcome::Checkpointed {
+            image_bytes: bytes,
+            stats: dump_stats(report.criu),
+        })
     }
 
     /// Checkpoint into `path`, written as `path.partial` and renamed when complete.
@@ -372,13 +430,7 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&partial).await;
-                let what = match opts.kind {
-                    DumpKind::Pre => {
-                        format!("pre-dump {service} (pre-copy needs kernel soft-dirty tracking)")
-                    }
-                    DumpKind::Full | DumpKind::WithPrevious => format!("checkpoint {service}"),
-                };
-                return Err(runtime(what)(e));
+                return Err(runtime(format!("checkpoint {service}"))(e));
             }
         };
         file.sync_all()
@@ -410,6 +462,7 @@ impl Inner {
         match self.podman.inspect(service).await {
             Ok(info) if info.state.running => {
                 info!("still running (never frozen, left running, or only pre-dumped): nothing to resume");
+                self.drop_pre_dumps(service).await;
                 self.remove_task_files(task).await;
                 return Ok(StepOutcome::Done);
             }
@@ -428,7 +481,7 @@ impl Inner {
             archive.display()
         );
         let report = self
-            .restore_archive(service, &archive, previous.as_deref(), what)
+            .restore_archive(task, service, &archive, &previous, what)
             .await?;
         info!(
             ms = report.elapsed.as_millis() as u64,
@@ -439,16 +492,22 @@ impl Inner {
     }
 
     /// The final archive a checkpoint of `task` left for `service` on this host, and the
-    /// pre-dump archive it was dumped against (after pre-copy).
+    /// pre-copy rounds it was dumped against (oldest first, with their archives).
     fn own_checkpoint(
         &self,
         task: &str,
         service: &str,
-        served_final: Option<(String, Option<String>)>,
-    ) -> Result<(PathBuf, Option<PathBuf>)> {
-        if let Some((image, previous)) = served_final {
-            let previous = previous.map(|p| self.image_path(task, &p));
-            return Ok((self.image_path(task, &image), previous));
+        served_final: Option<(String, Vec<String>)>,
+    ) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+        if let Some((image, rounds)) = served_final {
+            let rounds = rounds
+                .into_iter()
+                .map(|r| {
+                    let path = self.image_path(task, &r);
+                    (r, path)
+                })
+                .collect();
+            return Ok((self.image_path(task, &image), rounds));
         }
         // The agent restarted since the checkpoint: read the task's directory. Archives get
         // their name only when complete, and the final dump comes after every pre-dump.
@@ -468,10 +527,17 @@ impl Inner {
                 "service {service} is not running and task {task} left no checkpoint in {}: cannot resume it",
                 dir.display()
             ))),
-            [(_, one)] => Ok((one.clone(), None)),
-            // After pre-copy: the newest is the final dump, made against the last pre-dump
-            // (podman keeps one pre-checkpoint, so earlier rounds are no parents).
-            [.., (_, parent), (_, last)] => Ok((last.clone(), Some(parent.clone()))),
+            // After pre-copy: the newest is the final dump, made against every round before it.
+            [rounds @ .., (_, last)] => {
+                let rounds = rounds
+                    .iter()
+                    .map(|(_, p)| {
+                        let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                        (name.into_owned(), p.clone())
+                    })
+                    .collect();
+                Ok((last.clone(), rounds))
+            }
         }
     }
 
@@ -590,14 +656,14 @@ impl Inner {
         spec: &ServiceSpec,
         from_agent: &str,
         image: &str,
-        previous: Option<&str>,
+        previous: &[String],
     ) -> Result<StepOutcome> {
         let service = spec.name.as_str();
         check_service(service)?;
         check_id("task", task)?;
         check_id("image", image)?;
-        if let Some(previous) = previous {
-            check_id("image", previous)?;
+        for round in previous {
+            check_id("image", round)?;
         }
         let cached = lock(&self.restored)
             .get(&(task.to_string(), service.to_string()))
@@ -636,33 +702,36 @@ impl Inner {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(io("create the task's work directory", dir))?;
-        let previous_path = previous.map(|p| self.image_path(task, p));
+        let rounds: Vec<(String, PathBuf)> = previous
+            .iter()
+            .map(|r| (r.clone(), self.image_path(task, r)))
+            .collect();
         let t0 = Instant::now();
-        // Both archives at once: the pre-dump's transfer still falls inside the downtime (the
-        // protocol asks for it only in the Restore step).
+        // The rounds a Fetch brought during pre-copy are complete on disk (a fetch names its
+        // file only after the digest matched); any other is fetched now, with the final dump.
         let fetch = async {
-            let pre = async {
-                match previous.zip(previous_path.as_deref()) {
-                    Some((image, path)) => self.fetch_image(task, image, path, from_agent).await,
-                    None => Ok(0),
-                }
-            };
-            let (bytes, pre_bytes) =
-                tokio::try_join!(self.fetch_image(task, image, &path, from_agent), pre)?;
-            Ok(bytes + pre_bytes)
+            let missing = rounds.iter().filter(|(_, p)| !p.is_file()).map(|(r, p)| async move {
+                self.fetch_image(task, r, p, from_agent).await
+            });
+            let (bytes, round_bytes) = tokio::try_join!(
+                self.fetch_image(task, image, &path, from_agent),
+                futures::future::try_join_all(missing)
+            )?;
+            Ok(bytes + round_bytes.iter().sum::<u64>())
         };
         let bytes = self.in_phase(task, Phase::Transfer, fetch).await?;
         let fetch_ms = t0.elapsed().as_millis() as u64;
         let result = self
             .restore_archive(
+                task,
                 service,
                 &path,
-                previous_path.as_deref(),
+                &rounds,
                 format!("restore {service} from the checkpoint of task {task}"),
             )
             .await;
         // The archives are not needed any more either way: a retry fetches them again.
-        for p in std::iter::once(&path).chain(&previous_path) {
+        for p in std::iter::once(&path).chain(rounds.iter().map(|(_, p)| p)) {
             let _ = tokio::fs::remove_file(p).await;
         }
         let report = result?;
@@ -675,6 +744,27 @@ impl Inner {
         let stats = restore_stats(report.criu);
         lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
         Ok(StepOutcome::Restored { stats })
+    }
+
+    /// Pre-copy: fetch round `image` of `task` now, while the service still runs at the
+    /// source; the Restore then finds it on disk. A round already here is not fetched again.
+    #[tracing::instrument(name = "coat.fetch", skip(self))]
+    async fn prefetch(&self, task: &str, from_agent: &str, image: &str) -> Result<StepOutcome> {
+        check_id("task", task)?;
+        check_id("image", image)?;
+        let path = self.image_path(task, image);
+        if path.is_file() {
+            info!("already fetched");
+            return Ok(StepOutcome::Done);
+        }
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io("create the task's work directory", dir))?;
+        let t0 = Instant::now();
+        let bytes = self.fetch_image(task, image, &path, from_agent).await?;
+        info!(bytes, ms = t0.elapsed().as_millis() as u64, "pre-copy round fetched");
+        Ok(StepOutcome::Done)
     }
 
     /// Fetch `image` of `task` from `from_agent` into `path`; returns its size.
@@ -694,16 +784,18 @@ impl Inner {
         Ok(manifest.size)
     }
 
-    /// Restore `service` from the podman checkpoint archive at `path`, on top of the pre-dump
-    /// archive `previous` after pre-copy (`what` names the attempt in errors), and remember
-    /// the receive sequence numbers of its TCP connections for a later Resend. They are read
-    /// from `path` (the final dump holds the sockets; a pre-dump has memory only) alongside the
-    /// restore (both only read the file), so nothing is added to the downtime.
+    /// Restore `service` from the podman checkpoint archive at `path`, on top of the pre-copy
+    /// `rounds` (name and archive, oldest first) the final dump was made against (`what` names
+    /// the attempt in errors), and remember the receive sequence numbers of its TCP
+    /// connections for a later Resend. They are read from `path` (the final dump holds the
+    /// sockets; a round has memory only) alongside the restore (both only read the file), so
+    /// nothing is added to the downtime.
     async fn restore_archive(
         &self,
+        task: &str,
         service: &str,
         path: &Path,
-        previous: Option<&Path>,
+        rounds: &[(String, PathBuf)],
         what: String,
     ) -> Result<crate::runtime::RestoreReport> {
         // Opened in both cases: a missing archive fails here, before podman is involved.
@@ -715,13 +807,29 @@ impl Inner {
             move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
         });
         let opts = RestoreOptions::default();
-        let result = match previous {
-            None => self.podman.restore(&opts, file).await,
-            // The API uploads one archive only: both go to the CLI by path.
-            Some(previous) => {
-                self.podman
-                    .restore_with_previous(&opts, previous, path)
-                    .await
+        let result = match rounds.is_empty() {
+            true => self.podman.restore(&opts, file).await,
+            // The API uploads one archive only: the final dump and the joined rounds go to the
+            // CLI by path.
+            false => {
+                let joined = self.settings.work_dir.join(task).join(JOINED_ROUNDS);
+                tokio::task::spawn_blocking({
+                    let (rounds, joined) = (rounds.to_vec(), joined.clone());
+                    move || crate::runtime::precopy::join_rounds(&rounds, &joined)
+                })
+                .await
+                .map_err(|e| CoatError::State(format!("joining the pre-copy rounds stopped: {e}")))?
+                .map_err(io("join the pre-copy rounds", &joined))?;
+                let restored = self
+                    .podman
+                    .restore_with_previous(&opts, &joined, path)
+                    .await;
+                let _ = tokio::fs::remove_file(&joined).await;
+                if restored.is_ok() {
+                    // podman unpacked the chain into the new bundle and leaves it there.
+                    self.drop_pre_dumps(service).await;
+                }
+                restored
             }
         };
         match seqs.await {
@@ -873,6 +981,14 @@ impl Inner {
             .join(format!("{image}.tar"))
     }
 
+    /// Best effort: a leftover pre-copy chain costs disk in the container's bundle, not
+    /// correctness (a new chain replaces it).
+    async fn drop_pre_dumps(&self, service: &str) {
+        if let Err(e) = self.podman.drop_pre_dumps(service).await {
+            warn!(error = %e, "cannot remove the pre-copy chain");
+        }
+    }
+
     /// Best effort: a leftover archive costs disk, not correctness.
     async fn remove_task_files(&self, task: &str) {
         let dir = self.settings.work_dir.join(task);
@@ -894,6 +1010,8 @@ impl StepExecutor for CoatExecutor {
             | Step::Release { service }
             | Step::Resend { service } => service.clone(),
             Step::Prepare { spec } | Step::Restore { spec, .. } => spec.name.clone(),
+            // A round's file, not the service: the fetch runs alongside the next round.
+            Step::Fetch { image, .. } => format!("fetch {task} {image}"),
             // Flows belong to the service address, not to a container on this host.
             Step::SwitchFlow { network, .. } => format!("flow {}", network.ip),
         };
@@ -984,33 +1102,6 @@ fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
     anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
 }
 
-/// The runtime's options for a COAT dump. The final dump is made against the task's pre-dump
-/// when there is one. A pre-dump is exactly the `--pre-checkpoint --export` measured in the VM
-/// guests: it dumps memory only (no sockets, no locks, so those options do not apply), leaves
-/// the container running by nature (`leave_running` would only add runc's `--leave-running` to
-/// its `--pre-dump`), and no statistics (the driver keeps the final dump's only).
-fn dump_options(pre_dump: bool, leave_running: bool, with_previous: bool) -> CheckpointOptions {
-    let full = CheckpointOptions {
-        leave_running,
-        kind: match with_previous {
-            true => DumpKind::WithPrevious,
-            false => DumpKind::Full,
-        },
-        ..CheckpointOptions::default()
-    };
-    match pre_dump {
-        true => CheckpointOptions {
-            tcp_established: false,
-            leave_running: false,
-            file_locks: false,
-            print_stats: false,
-            kind: DumpKind::Pre,
-            ..full
-        },
-        false => full,
-    }
-}
-
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
     s.as_ref().map(CriuStats::from).unwrap_or_default()
 }
@@ -1043,33 +1134,6 @@ mod tests {
             assert!(check_id("task", bad).is_err(), "{bad:?}");
         }
         assert!(check_id("task", "t-1.a_b").is_ok());
-    }
-
-    #[test]
-    fn dumps_map_onto_runtime_options() {
-        // Cold: what the checkpoint step always sent.
-        assert_eq!(
-            dump_options(false, false, false),
-            CheckpointOptions::default()
-        );
-        let left = dump_options(false, true, false);
-        assert!(left.leave_running && left.kind == DumpKind::Full);
-        let pre = dump_options(true, true, false);
-        assert_eq!(
-            (
-                pre.kind,
-                pre.leave_running,
-                pre.print_stats,
-                pre.tcp_established,
-                pre.file_locks
-            ),
-            (DumpKind::Pre, false, false, false, false)
-        );
-        let last = dump_options(false, false, true);
-        assert_eq!(
-            (last.kind, last.print_stats),
-            (DumpKind::WithPrevious, true)
-        );
     }
 
     #[test]

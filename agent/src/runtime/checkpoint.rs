@@ -4,11 +4,11 @@
 //! the (chunked) response body. We copy it chunk by chunk into the caller's writer: a file, a
 //! Zenoh transfer, or a pipe into another host's restore. Nothing holds the whole archive.
 //!
-//! Pre-copy (SPEC §4): [`DumpKind::Pre`] (`preCheckpoint`) dumps the memory and leaves the
-//! container running; [`DumpKind::WithPrevious`] (`withPrevious`) is the final dump holding only
-//! what changed since. Both are query parameters of libpod's checkpoint endpoint (podman 4.3
-//! has them), so they go through the same streamed export. Their restore cannot: libpod's
-//! restore endpoint takes one uploaded archive and has no `importPrevious`, so
+//! Pre-copy (SPEC §4): the rounds are chained CRIU pre-dumps made through runc
+//! ([`super::precopy`]); [`DumpKind::WithPrevious`] (`withPrevious`) is the final dump holding
+//! only what changed since the last round, a query parameter of libpod's checkpoint endpoint
+//! (podman 4.3 has it), so it goes through the same streamed export. Its restore cannot:
+//! libpod's restore endpoint takes one uploaded archive and has no `importPrevious`, so
 //! [`Podman::restore_with_previous`] runs the podman CLI (the agent shares podman's host and
 //! mount namespace, so the CLI sees the same storage as the API service).
 //!
@@ -73,25 +73,21 @@ impl Default for CheckpointOptions {
     }
 }
 
-/// Which dump a checkpoint makes (pre-copy needs kernel soft-dirty tracking for the last two).
+/// Which dump a checkpoint makes (the second needs kernel soft-dirty tracking).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DumpKind {
     /// Everything: the archive restores on its own (cold migration).
     #[default]
     Full,
-    /// `--pre-checkpoint`: memory only, the container keeps running. podman 4.3 keeps one
-    /// pre-checkpoint per container: a second one replaces the first (and dumps all memory
-    /// again), it does not build on it.
-    Pre,
-    /// `--with-previous`: the final dump, only the pages dirtied since the pre-checkpoint; its
-    /// archive restores only together with the pre-checkpoint's
+    /// `--with-previous`: the final dump, only the pages dirtied since the last pre-copy round
+    /// (podman's `pre-checkpoint`); its archive restores only together with the rounds'
     /// ([`Podman::restore_with_previous`]).
     WithPrevious,
 }
 
 impl CheckpointOptions {
     /// libpod's query parameters. A [`DumpKind::Full`] dump sends exactly the parameters it
-    /// always did, so podman versions without pre-checkpoint support see no unknown ones.
+    /// always did, so podman versions without pre-copy support see no unknown ones.
     fn query(&self) -> Vec<(&'static str, &'static str)> {
         let flag = |b: bool| if b { "true" } else { "false" };
         let mut q = vec![
@@ -103,7 +99,6 @@ impl CheckpointOptions {
         ];
         match self.kind {
             DumpKind::Full => {}
-            DumpKind::Pre => q.push(("preCheckpoint", "true")),
             DumpKind::WithPrevious => q.push(("withPrevious", "true")),
         }
         q
@@ -383,37 +378,13 @@ impl Podman {
         let target = archive.display().to_string();
         let runtime = self.info().await?.host.oci_runtime.name;
         let args = restore_with_previous_args(opts, &runtime, previous, archive);
-        let command = format!("{PODMAN_CLI} {}", shown(&args));
         let archive_bytes = std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0);
         let t0 = Instant::now();
-        let out = self
-            .within(op, &target, opts.timeout, async {
-                tokio::process::Command::new(PODMAN_CLI)
-                    .args(&args)
-                    .stdin(std::process::Stdio::null())
-                    // A deadline that drops the future must not leave podman running on.
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .map_err(|source| RuntimeError::CliSpawn {
-                        op,
-                        target: target.clone(),
-                        program: PODMAN_CLI.into(),
-                        source,
-                    })
-            })
+        let stdout = self
+            .run_cli(op, &target, PODMAN_CLI, &args, opts.timeout)
             .await?;
         let elapsed = t0.elapsed();
-        if !out.status.success() {
-            return Err(RuntimeError::CliFailed {
-                op,
-                target,
-                command,
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        let r = cli_restore_report(op, &target, opts.print_stats, &out.stdout)?;
+        let r = cli_restore_report(op, &target, opts.print_stats, &stdout)?;
         let report = RestoreReport {
             id: r.id,
             name: None,
@@ -430,6 +401,48 @@ impl Podman {
             "checkpoint restored on top of its pre-checkpoint"
         );
         Ok(report)
+    }
+}
+
+impl Podman {
+    /// Runs `program` (podman's CLI, or the OCI runtime podman drives) for what the API
+    /// cannot do, within `timeout`; returns its stdout. A non-zero exit is
+    /// [`RuntimeError::CliFailed`] with the program's own explanation (stderr).
+    pub(crate) async fn run_cli(
+        &self,
+        op: Op,
+        target: &str,
+        program: &str,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let out = self
+            .within(op, target, timeout, async {
+                tokio::process::Command::new(program)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    // A deadline that drops the future must not leave the program running on.
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|source| RuntimeError::CliSpawn {
+                        op,
+                        target: target.into(),
+                        program: program.into(),
+                        source,
+                    })
+            })
+            .await?;
+        if !out.status.success() {
+            return Err(RuntimeError::CliFailed {
+                op,
+                target: target.into(),
+                command: format!("{program} {}", shown(args)),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
     }
 }
 
@@ -687,7 +700,6 @@ mod tests {
             ]
         );
         for (kind, extra) in [
-            (DumpKind::Pre, ("preCheckpoint", "true")),
             (DumpKind::WithPrevious, ("withPrevious", "true")),
         ] {
             let q = CheckpointOptions {

@@ -113,6 +113,10 @@ pub struct ContainerInfo {
     pub image_name: String,
     #[serde(rename = "OCIRuntime")]
     pub oci_runtime: String,
+    /// The container's bundle directory (podman's `userdata`): where the runtime keeps its
+    /// checkpoint and pre-checkpoint images.
+    #[serde(rename = "StaticDir")]
+    pub static_dir: String,
     #[serde(rename = "State")]
     pub state: ContainerState,
     #[serde(rename = "HostConfig")]
@@ -221,6 +225,8 @@ pub struct HostSection {
 #[serde(default)]
 pub struct OciRuntime {
     pub name: String,
+    /// The runtime's binary (e.g. `/usr/bin/runc`).
+    pub path: String,
     pub version: String,
 }
 

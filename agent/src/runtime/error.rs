@@ -21,6 +21,7 @@ pub enum Op {
     ImageLoad,
     ImageExists,
     Checkpoint,
+    PreDump,
     Restore,
 }
 
@@ -40,6 +41,7 @@ impl fmt::Display for Op {
             Op::ImageLoad => "image load",
             Op::ImageExists => "image exists",
             Op::Checkpoint => "checkpoint",
+            Op::PreDump => "pre-dump",
             Op::Restore => "restore",
         })
     }
@@ -108,6 +110,15 @@ pub enum RuntimeError {
     /// Podman answered something we cannot read (an API change, or not podman at all).
     #[error("{op} {target}: unexpected answer from podman: {why}")]
     Protocol { op: Op, target: String, why: String },
+    /// A file or directory of ours next to podman's (the pre-copy chain in a bundle).
+    #[error("{op} {target}: {what}: {source}")]
+    LocalIo {
+        op: Op,
+        target: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The podman CLI (used where the API has no equivalent) could not be started.
     #[error("{op} {target}: cannot run `{program}`: {source}")]
     CliSpawn {
@@ -143,6 +154,7 @@ impl RuntimeError {
             | RuntimeError::ArchiveIo { op, .. }
             | RuntimeError::Transport { op, .. }
             | RuntimeError::Protocol { op, .. }
+            | RuntimeError::LocalIo { op, .. }
             | RuntimeError::CliSpawn { op, .. }
             | RuntimeError::CliFailed { op, .. }
             | RuntimeError::Invalid { op, .. } => *op,

@@ -3,8 +3,10 @@
 //!
 //! * [`libpod`]: [`Podman`], the client (create, start, inspect, stats, stop, remove, images).
 //! * [`checkpoint`]: checkpoint with export and restore with import, the archive streamed
-//!   through a writer/reader and never held in memory; pre-checkpoint and the final dump with
-//!   previous (pre-copy), whose restore runs the podman CLI (the API has no import-previous).
+//!   through a writer/reader and never held in memory; the final dump with previous
+//!   (pre-copy), whose restore runs the podman CLI (the API has no import-previous).
+//! * [`precopy`]: iterative pre-copy rounds, chained CRIU pre-dumps through runc, and their
+//!   archives.
 //! * [`criu_stats`]: CRIU's dump/restore statistics as typed values.
 //! * [`capabilities`]: the host capability probe published in the agent profile.
 //! * [`limits`]: the ulimits containers need on hosts without `CAP_SYS_RESOURCE`.
@@ -22,6 +24,7 @@ pub mod criu_tcp;
 pub mod error;
 pub mod libpod;
 pub mod limits;
+pub mod precopy;
 
 pub use capabilities::{probe, ProbeOptions, ProbeReport};
 pub use checkpoint::{
@@ -32,3 +35,4 @@ pub use criu_stats::{CriuDumpStats, CriuRestoreStats};
 pub use error::{Op, Result, RuntimeError};
 pub use libpod::Podman;
 pub use limits::{HostLimits, Ulimit};
+pub use precopy::PreDumpReport;

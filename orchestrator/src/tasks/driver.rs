@@ -200,9 +200,10 @@ impl Driver {
         )
         .await?;
 
-        // podman keeps one pre-checkpoint per container: each round replaces the previous
-        // one, and the final dump (and so the restore) builds on the last.
-        let mut previous = None;
+        // Pre-copy: each round dumps what was dirtied since the round before (the first:
+        // everything) while the service runs, and the destination fetches it before the next
+        // round starts, as the model's Tᵢ = dump + Vᵢ/L has it. The final dump builds on all.
+        let mut rounds = Vec::new();
         for round in 0..r.plan.rounds {
             let image = format!("pre-{round}");
             let pre_dump = Step::Checkpoint {
@@ -211,15 +212,21 @@ impl Driver {
                 leave_running: true,
                 pre_dump: true,
             };
-            match self
+            let bytes = match self
                 .step(source, pre_dump, Phase::PreCopy, t.checkpoint)
                 .await?
             {
-                StepOutcome::Checkpointed { image_bytes, .. } => {
-                    previous = Some((image, image_bytes))
-                }
+                StepOutcome::Checkpointed { image_bytes, .. } => image_bytes,
                 other => return Err(unexpected(source, "pre-dump", &other)),
-            }
+            };
+            let fetch = Step::Fetch {
+                from_agent: source.clone(),
+                image: image.clone(),
+            };
+            let timeout = t.prepare + transfer_allowance(bytes, r.plan.bandwidth_bps);
+            self.step(destination, fetch, Phase::PreCopy, timeout)
+                .await?;
+            rounds.push(image);
         }
 
         let checkpoint = Step::Checkpoint {
@@ -242,16 +249,14 @@ impl Driver {
             other => return Err(unexpected(source, "checkpoint", &other)),
         };
 
-        // The destination fetches the last pre-dump too (inside the restore step).
-        let previous_bytes = previous.as_ref().map_or(0, |(_, bytes)| *bytes);
+        // The rounds are on the destination already: only the final dump travels now.
         let restore = Step::Restore {
             spec: r.spec.clone(),
             from_agent: source.clone(),
             image: IMAGE.into(),
-            previous: previous.map(|(image, _)| image),
+            previous: rounds,
         };
-        let timeout =
-            t.restore + transfer_allowance(image_bytes + previous_bytes, r.plan.bandwidth_bps);
+        let timeout = t.restore + transfer_allowance(image_bytes, r.plan.bandwidth_bps);
         match self
             .step(destination, restore, Phase::Restore, timeout)
             .await?
