@@ -53,7 +53,11 @@ pub struct MigrationReport {
     pub phases_ms: Phases,
     pub total_ms: f64,
     pub predicted: Option<Predicted>,
+    /// The final dump's archive.
     pub image_bytes: u64,
+    /// Pre-copy only (absent for cold): each round's archive, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_copy_bytes: Vec<u64>,
 }
 
 /// Per-phase durations (first start to last end over all agents' events); `null` when the
@@ -61,6 +65,9 @@ pub struct MigrationReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phases {
     pub prepare: Option<f64>,
+    /// Pre-copy only (absent for cold): the rounds, dumps and their fetches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_copy: Option<f64>,
     pub checkpoint: Option<f64>,
     pub transfer: Option<f64>,
     pub netns: Option<f64>,
@@ -98,6 +105,7 @@ impl MigrationReport {
             state_continuous: client.state_continuous,
             phases_ms: Phases {
                 prepare: phase("prepare"),
+                pre_copy: phase("pre_copy"),
                 checkpoint: phase("checkpoint"),
                 transfer: phase("transfer"),
                 netns: phase("netns"),
@@ -112,6 +120,7 @@ impl MigrationReport {
                 total_ms: task.plan.predicted_total_s * 1e3,
             }),
             image_bytes: m.image_bytes.unwrap_or(0),
+            pre_copy_bytes: m.pre_copy_bytes.clone(),
         }
     }
 }
@@ -160,7 +169,7 @@ impl Report {
                     )
                 },
             ));
-            let rows: Vec<(String, String, String)> = vec![
+            let mut rows: Vec<(String, String, String)> = vec![
                 (
                     "client-observed downtime".into(),
                     ms(pred(|p| p.downtime_ms)),
@@ -172,6 +181,7 @@ impl Report {
                     ms(Some(m.total_ms).filter(|v| v.is_finite())),
                 ),
                 ("  prepare".into(), "-".into(), ms(m.phases_ms.prepare)),
+                ("  pre-copy".into(), "-".into(), ms(m.phases_ms.pre_copy)),
                 (
                     "  checkpoint".into(),
                     "-".into(),
@@ -192,12 +202,23 @@ impl Report {
                     format!("{} B", m.image_bytes),
                 ),
             ];
+            if m.phases_ms.pre_copy.is_none() {
+                rows.retain(|(k, _, _)| k != "  pre-copy");
+            }
             out.push_str(&format!(
                 "  {:<26}{:>12}{:>12}\n",
                 "KPI", "PREDICTED", "MEASURED"
             ));
             for (k, p, v) in rows {
                 out.push_str(&format!("  {k:<26}{p:>12}{v:>12}\n"));
+            }
+            if !m.pre_copy_bytes.is_empty() {
+                let rounds: Vec<String> = m.pre_copy_bytes.iter().map(|b| format!("{b} B")).collect();
+                out.push_str(&format!(
+                    "  pre-copy rounds ({}): {}\n",
+                    rounds.len(),
+                    rounds.join(", ")
+                ));
             }
             out.push_str(&format!(
                 "  same TCP connection: {}\n  state continuous: {}\n",
@@ -239,6 +260,7 @@ mod tests {
                 state_continuous: true,
                 phases_ms: Phases {
                     prepare: Some(100.0),
+                    pre_copy: None,
                     checkpoint: Some(398.0),
                     transfer: None,
                     netns: None,
@@ -252,6 +274,7 @@ mod tests {
                     total_ms: 1200.0,
                 }),
                 image_bytes: 190_000,
+                pre_copy_bytes: Vec::new(),
             }],
         }
     }
@@ -319,8 +342,13 @@ mod tests {
         let t = r.kpi_table();
         assert!(t.contains("same TCP connection: yes") && t.contains("state continuous: yes"));
         assert!(t.contains("562 ms") && t.contains("900 ms"), "{t}");
+        assert!(!t.contains("pre-copy"), "cold shows no pre-copy rows: {t}");
         r.migrations[0].state_continuous = false;
         assert!(r.kpi_table().contains("state continuous: NO"));
+        r.migrations[0].phases_ms.pre_copy = Some(4200.0);
+        r.migrations[0].pre_copy_bytes = vec![16_900_000, 2_100_000];
+        let t = r.kpi_table();
+        assert!(t.contains("4200 ms") && t.contains("pre-copy rounds (2): 16900000 B, 2100000 B"), "{t}");
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub enum VmCmd {
         /// θ_mig of both migrations, ms (loose: pre-copy rounds fit).
         #[arg(long, default_value_t = 120_000.0)]
         target_duration_ms: f64,
+        /// Memory state the counter holds (incompressible), MiB: what the rounds move.
+        #[arg(long, default_value_t = 16)]
+        state_mib: u32,
+        /// How fast the counter dirties its state, MiB/s: what each round leaves for the next.
+        #[arg(long, default_value_t = 0.5)]
+        dirty_mib_per_s: f64,
     },
     /// Internal, inside the mobile VM: steer the service toward edge1 and make the client's
     /// namespace on br0.
@@ -149,10 +155,19 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
             keep,
             target_downtime_ms,
             target_duration_ms,
+            state_mib,
+            dirty_mib_per_s,
         } => {
+            if !(dirty_mib_per_s.is_finite() && dirty_mib_per_s >= 0.0) {
+                bail!("--dirty-mib-per-s must be a finite number ≥ 0, not {dirty_mib_per_s}");
+            }
             let lab = VmLab::up(&accel).await?;
             println!("{}", lab.state.summary());
-            let r = demo(&lab, target_downtime_ms, target_duration_ms).await;
+            let workload = DemoWorkload {
+                state_mib,
+                dirty_mib_per_s,
+            };
+            let r = demo(&lab, target_downtime_ms, target_duration_ms, workload).await;
             if keep {
                 lab.persist();
             } else {
@@ -878,12 +893,34 @@ async fn served_again(
     }
 }
 
+/// The counter's memory in the demo: state it holds and how fast it dirties it.
+#[derive(Debug, Clone, Copy)]
+struct DemoWorkload {
+    state_mib: u32,
+    dirty_mib_per_s: f64,
+}
+
 /// The demo on running VMs: counter on edge1 (its service namespace on br0), the mobile flow
 /// toward edge1, the live client on mobile; migrations edge1 -> edge2 (objective resources:
 /// the designer picks cold) and edge2 -> edge1 (objective downtime with a loose θ_mig: the
 /// designer picks iterative pre-copy on hosts with dirty tracking), each through the API;
-/// target/testbed/vm-report.json and vm-client-timeline.json.
-async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> anyhow::Result<()> {
+/// target/testbed/vm-report.json and vm-client-timeline.json. The second migration is planned
+/// with the bandwidth the first one's transfer achieved between the same two VMs (the agents
+/// estimate no links; the paper's default would be a guess).
+/// Bytes per second a finished migration's image transfer achieved (final image over the
+/// destination's transfer phase); `None` without both.
+fn achieved_bandwidth(task: &mose_orchestrator::tasks::TaskRecord) -> Option<u64> {
+    let bytes = task.measurements.image_bytes? as f64;
+    let ms = *task.measurements.phases_ms.get("transfer")?;
+    (ms > 0.0 && bytes > 0.0).then(|| (bytes * 1e3 / ms) as u64)
+}
+
+async fn demo(
+    lab: &VmLab,
+    target_downtime_ms: f64,
+    target_duration_ms: f64,
+    workload: DemoWorkload,
+) -> anyhow::Result<()> {
     use crate::fourhost::{self as fh, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
     use crate::report::{MigrationReport, Report};
     use mose_orchestrator::tasks::TaskStatus;
@@ -903,8 +940,8 @@ async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> 
     .await?;
     let image = crate::images::COUNTER.reference;
     ssh(edge1, &format!(
-        "podman create --name {SERVICE} --network ns:/run/netns/{} {image} >/dev/null && podman start {SERVICE} >/dev/null",
-        placement.netns), long).await?;
+        "podman create --name {SERVICE} --network ns:/run/netns/{} {image} --state-mib {} --dirty-mib-per-sec {} >/dev/null && podman start {SERVICE} >/dev/null",
+        placement.netns, workload.state_mib, workload.dirty_mib_per_s), long).await?;
     // 2. The mobile side and the live client.
     ssh(mobile, "/usr/local/bin/mose-testbed vm guest-mobile", long).await?;
     ssh(
@@ -951,18 +988,25 @@ async fn demo(lab: &VmLab, target_downtime_ms: f64, target_duration_ms: f64) -> 
         client_netns: PathBuf::from("/run/netns").join(GUEST_CLIENT_NETNS),
         log_dir: vm_dir(),
     };
-    let mut done = Vec::new();
+    let mut done: Vec<(mose_orchestrator::tasks::TaskRecord, f64, f64)> = Vec::new();
     let mut failure = None;
     for (from, to, objective) in [
         ("edge1", "edge2", Objective::Resources),
         ("edge2", "edge1", Objective::Downtime),
     ] {
         println!("\n== {from} -> {to} (objective {objective:?})");
+        let measured = done.last().and_then(|(task, _, _)| achieved_bandwidth(task));
+        if let Some(l) = measured {
+            println!(
+                "  planned with L = {:.2} MB/s: what the previous migration's transfer achieved",
+                l as f64 / 1e6
+            );
+        }
         let targets = crate::demo::Targets {
             downtime_ms: target_downtime_ms,
             duration_ms: target_duration_ms,
             objective,
-            bandwidth_bytes_per_s: None,
+            bandwidth_bytes_per_s: measured,
         };
         let before = client_progress(mobile).await?;
         let task = match crate::demo::migrate(&state, from, to, targets, &mut |l| println!("  {l}"))

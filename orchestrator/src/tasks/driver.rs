@@ -219,6 +219,7 @@ impl Driver {
                 StepOutcome::Checkpointed { image_bytes, .. } => image_bytes,
                 other => return Err(unexpected(source, "pre-dump", &other)),
             };
+            self.set(|r| r.measurements.pre_copy_bytes.push(bytes));
             let fetch = Step::Fetch {
                 from_agent: source.clone(),
                 image: image.clone(),

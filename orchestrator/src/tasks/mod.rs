@@ -154,6 +154,10 @@ pub struct Measurements {
     /// Task accepted → source released.
     pub total_ms: Option<f64>,
     pub image_bytes: Option<u64>,
+    /// Archive size of each pre-copy round, oldest first (empty for cold): after the first,
+    /// only what was dirtied since the round before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_copy_bytes: Vec<u64>,
     pub checkpoint_stats: Option<CriuStats>,
     pub restore_stats: Option<CriuStats>,
 }
