@@ -136,21 +136,36 @@ async fn calibrate(config: &AgentConfig, args: CalibrateArgs) -> anyhow::Result<
     let previous = calibration::load(&path)?
         .map(|c| c.params)
         .unwrap_or_else(PamParams::paper_defaults);
+    // Pre-dump laws need kernel dirty tracking: ask the capability probe the agent publishes.
+    let probe_options = ProbeOptions {
+        ovsdb_socket: None,
+        ..ProbeOptions::default()
+    };
+    let probed = runtime::probe(&podman, &probe_options).await;
+    let pre_dumps = probed.capabilities.dirty_tracking;
+    if !pre_dumps {
+        eprintln!("no dirty tracking on this host: pre-dump laws are not measured");
+        for note in probed.notes.iter().filter(|n| n.contains("dirty")) {
+            eprintln!("  {note}");
+        }
+    }
     let plan = CalibrationPlan {
         sizes_mib: args.sizes_mib,
         rates_mib_per_s: args.rates_mib_per_s,
         repeats: args.repeats,
         min_r_squared: args.min_r_squared,
+        pre_dumps,
         ..CalibrationPlan::new(args.image, config.work_dir.join("calibration"))
     };
     let samples = calibration::measure(&podman, &plan, &mut |p| {
         if p.done < p.total {
             eprintln!(
-                "[{}/{}] M = {} MiB, R = {} MiB/s: checkpoint + restore",
+                "[{}/{}] M = {} MiB, R = {} MiB/s: {}checkpoint + restore",
                 p.done + 1,
                 p.total,
                 p.state_mib,
-                p.rate_mib_per_s
+                p.rate_mib_per_s,
+                if pre_dumps { "2 pre-dumps + " } else { "" }
             );
         }
     })

@@ -14,7 +14,8 @@
 //! 1. a failed restore on B (CRIU cannot bind the service's port), then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
 //!    running on A with the client still served and nothing of it on B;
 //! 2. the migrations A→B→A keep the same connection and the count continues without a jump;
-//! 3. bad requests (unknown flow target, pre-dump, missing service, bad name) fail with the reason.
+//! 3. bad requests (unknown flow target, pre-dump, fetch of an image nobody serves, missing
+//!    service, bad name) fail with the reason.
 //!
 //! Run: `sudo -E cargo test -p mose-agent --test coat_migration -- --nocapture`
 
@@ -622,6 +623,22 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
                 service: SERVICE.into(),
             },
             "no container counter",
+        ),
+        (
+            "b",
+            Step::Fetch {
+                from_agent: "a".into(),
+                image: "never-dumped".into(),
+            },
+            "no manifest for blob",
+        ),
+        (
+            "b",
+            Step::Fetch {
+                from_agent: "a".into(),
+                image: "../x".into(),
+            },
+            "invalid image id",
         ),
         (
             "a",

@@ -7,9 +7,18 @@
 //! time β; Podman's wall time over CRIU's gives α_c and α_r; archive size over state gives τ₁.
 //! M on the x axis is what CRIU wrote (pages written × page size), not what we asked for.
 //!
-//! Pre-dump laws (φ_p, γ_p, δ, Λ, η) need kernel dirty tracking (absent on the development
-//! kernel) and are not measured yet: they keep their previous values and the report says so. A fit whose R² is under the threshold is
-//! refused: a bad model would make every plan wrong while looking precise.
+//! Pre-dump laws need kernel dirty tracking. Where the host capability probe found it
+//! ([`CalibrationPlan::pre_dumps`]), each sample first runs two chained pre-dump rounds on the
+//! running workload (`cal-0`, then `cal-1` with `cal-0` as parent; [`Podman::pre_dump`]) before
+//! its full checkpoint — which, without `withPrevious`, ignores the chain, so the dump numbers
+//! above are unchanged. Round `cal-0` gives the pre-dump frozen time φ_p + γ_p·M (at the lowest
+//! dirty rate) and the pre-dump memory time δ + Λ·M (CRIU's memwrite time, memdump where
+//! memwrite is absent; every rate), M being what that round wrote; round `cal-1`, written as a
+//! round archive, gives τ₂ = archive bytes / (its pages written × page size), the median over
+//! the samples whose second round wrote a page. η is informational and kept from before. Where
+//! pre-dumps are not measured (no dirty tracking, as on the development kernel) all pre-dump
+//! laws keep their previous values and the report says so. A fit whose R² is under the
+//! threshold is refused: a bad model would make every plan wrong while looking precise.
 
 pub mod fit;
 
@@ -20,8 +29,10 @@ use mose_protocol::model::PamParams;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::runtime::precopy::write_round_archive;
 use crate::runtime::{
-    CheckpointOptions, CreateSpec, HostLimits, Netns, Podman, RestoreOptions, RuntimeError,
+    CheckpointOptions, CreateSpec, CriuDumpStats, HostLimits, Netns, Podman, RestoreOptions,
+    RuntimeError,
 };
 use fit::{fit_line, median, FitError, LinearFit};
 
@@ -41,7 +52,13 @@ pub struct CalibrationPlan {
     pub repeats: u32,
     /// Smallest acceptable R² of the fitted laws.
     pub min_r_squared: f64,
+    /// Also measure the pre-dump laws (two chained pre-dump rounds per sample). Needs kernel
+    /// dirty tracking: set it from the host capability probe (`Capabilities::dirty_tracking`).
+    pub pre_dumps: bool,
 }
+
+/// Deadline of one calibration pre-dump round.
+const PRE_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl CalibrationPlan {
     pub fn new(image: impl Into<String>, scratch: impl Into<PathBuf>) -> Self {
@@ -52,12 +69,13 @@ impl CalibrationPlan {
             scratch: scratch.into(),
             repeats: 3,
             min_r_squared: 0.8,
+            pre_dumps: false,
         }
     }
 }
 
 /// One checkpoint + restore of the workload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub requested_mib: u32,
     pub dirty_rate_bytes_per_s: f64,
@@ -71,6 +89,52 @@ pub struct Sample {
     pub criu_restore_s: f64,
     /// Podman's restore request, upload and import included.
     pub podman_restore_s: f64,
+    /// First pre-dump round (no parent): pages written by CRIU × page size. `None` where
+    /// pre-dumps were not measured (so are the other pre-dump fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_dump_state_bytes: Option<u64>,
+    /// First pre-dump round: CRIU frozen time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_dump_frozen_s: Option<f64>,
+    /// First pre-dump round: CRIU memory write time (memdump time where memwrite is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_dump_memory_s: Option<f64>,
+    /// Second pre-dump round (parent: the first): pages written × page size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_round_state_bytes: Option<u64>,
+    /// Second pre-dump round: size of its round archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_round_archive_bytes: Option<u64>,
+}
+
+/// The pre-dump values of one sample, when it has all of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PreDumpValues {
+    state_bytes: u64,
+    frozen_s: f64,
+    memory_s: f64,
+    second_state_bytes: u64,
+    second_archive_bytes: u64,
+}
+
+impl Sample {
+    fn pre_dump(&self) -> Option<PreDumpValues> {
+        Some(PreDumpValues {
+            state_bytes: self.pre_dump_state_bytes?,
+            frozen_s: self.pre_dump_frozen_s?,
+            memory_s: self.pre_dump_memory_s?,
+            second_state_bytes: self.second_round_state_bytes?,
+            second_archive_bytes: self.second_round_archive_bytes?,
+        })
+    }
+
+    fn set_pre_dump(&mut self, v: Option<PreDumpValues>) {
+        self.pre_dump_state_bytes = v.map(|v| v.state_bytes);
+        self.pre_dump_frozen_s = v.map(|v| v.frozen_s);
+        self.pre_dump_memory_s = v.map(|v| v.memory_s);
+        self.second_round_state_bytes = v.map(|v| v.second_state_bytes);
+        self.second_round_archive_bytes = v.map(|v| v.second_archive_bytes);
+    }
 }
 
 /// Progress while calibrating.
@@ -231,6 +295,12 @@ async fn sample_once(
 
     std::fs::create_dir_all(&plan.scratch)
         .map_err(|e| bad(format!("scratch dir {}: {e}", plan.scratch.display())))?;
+    // Before the full checkpoint: without `withPrevious` it ignores the chain (which is
+    // removed again anyway), so the dump measured below is the same as without pre-dumps.
+    let pre_dump = match plan.pre_dumps {
+        true => Some(measure_pre_dumps(podman, plan, name, mib, rate).await?),
+        false => None,
+    };
     let archive = plan.scratch.join(format!("{name}.tar"));
     let mut file = tokio::fs::File::create(&archive)
         .await
@@ -263,7 +333,7 @@ async fn sample_once(
     let restore = rs
         .criu
         .ok_or_else(|| bad("podman returned no CRIU restore statistics".into()))?;
-    Ok(Sample {
+    let mut sample = Sample {
         requested_mib: mib,
         dirty_rate_bytes_per_s: rate * (1u64 << 20) as f64,
         state_bytes: dump.pages_written * crate::runtime::capabilities::page_size() as u64,
@@ -273,6 +343,63 @@ async fn sample_once(
         podman_checkpoint_s: ck.podman_time.as_secs_f64(),
         criu_restore_s: restore.restore_time_us as f64 / 1e6,
         podman_restore_s: rs.elapsed.as_secs_f64(),
+        ..Sample::default()
+    };
+    sample.set_pre_dump(pre_dump);
+    Ok(sample)
+}
+
+/// Two chained pre-dump rounds on the running workload `name`: `cal-0` starts a new chain,
+/// `cal-1` holds what was dirtied since and is written as a round archive to measure its size.
+/// The archive and the chain are removed afterwards.
+async fn measure_pre_dumps(
+    podman: &Podman,
+    plan: &CalibrationPlan,
+    name: &str,
+    mib: u32,
+    rate: f64,
+) -> Result<PreDumpValues, CalibrationError> {
+    let rt = |error| CalibrationError::Runtime { mib, rate, error };
+    let bad = |reason: String| CalibrationError::Sample { mib, rate, reason };
+    let page = u64::from(crate::runtime::capabilities::page_size());
+    let first = podman
+        .pre_dump(name, "cal-0", None, PRE_DUMP_TIMEOUT)
+        .await
+        .map_err(rt)?;
+    let second = podman
+        .pre_dump(name, "cal-1", Some("cal-0"), PRE_DUMP_TIMEOUT)
+        .await
+        .map_err(rt)?;
+    let stats = |criu: Option<CriuDumpStats>, which: &str| {
+        criu.ok_or_else(|| {
+            bad(format!(
+                "the {which} pre-dump round left no CRIU statistics"
+            ))
+        })
+    };
+    let (s0, s1) = (stats(first.criu, "first")?, stats(second.criu, "second")?);
+    let archive = plan.scratch.join(format!("{name}.cal-1.tar"));
+    let (dir, out) = (second.dir.clone(), archive.clone());
+    let written =
+        tokio::task::spawn_blocking(move || write_round_archive(&dir, "cal-1", &out)).await;
+    let _ = std::fs::remove_file(&archive);
+    let second_archive_bytes = match written {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(bad(format!("{}: {e}", archive.display()))),
+        Err(e) => return Err(bad(format!("writing {}: {e}", archive.display()))),
+    };
+    podman.drop_pre_dumps(name).await.map_err(rt)?;
+    // CRIU leaves a statistic it did not take at 0.
+    let memory_us = match s0.memwrite_time_us {
+        0 => s0.memdump_time_us,
+        us => us,
+    };
+    Ok(PreDumpValues {
+        state_bytes: s0.pages_written * page,
+        frozen_s: s0.frozen_time_us as f64 / 1e6,
+        memory_s: memory_us as f64 / 1e6,
+        second_state_bytes: s1.pages_written * page,
+        second_archive_bytes,
     })
 }
 
@@ -293,7 +420,21 @@ fn collapse(samples: &[Sample]) -> Vec<Sample> {
             let med = |f: fn(&Sample) -> f64| {
                 median(&runs.iter().map(|s| f(s)).collect::<Vec<_>>()).unwrap_or(f64::NAN)
             };
-            Sample {
+            // Pre-dump values only where every run has them.
+            let pre: Option<Vec<PreDumpValues>> = runs.iter().map(|s| s.pre_dump()).collect();
+            let pre = pre.map(|pre| {
+                let med = |f: fn(&PreDumpValues) -> f64| {
+                    median(&pre.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+                };
+                PreDumpValues {
+                    state_bytes: med(|p| p.state_bytes as f64) as u64,
+                    frozen_s: med(|p| p.frozen_s),
+                    memory_s: med(|p| p.memory_s),
+                    second_state_bytes: med(|p| p.second_state_bytes as f64) as u64,
+                    second_archive_bytes: med(|p| p.second_archive_bytes as f64) as u64,
+                }
+            });
+            let mut sample = Sample {
                 requested_mib: mib,
                 dirty_rate_bytes_per_s: rate,
                 state_bytes: med(|s| s.state_bytes as f64) as u64,
@@ -303,7 +444,10 @@ fn collapse(samples: &[Sample]) -> Vec<Sample> {
                 podman_checkpoint_s: med(|s| s.podman_checkpoint_s),
                 criu_restore_s: med(|s| s.criu_restore_s),
                 podman_restore_s: med(|s| s.podman_restore_s),
-            }
+                ..Sample::default()
+            };
+            sample.set_pre_dump(pre);
+            sample
         })
         .collect()
 }
@@ -415,9 +559,59 @@ pub fn fit(
     )?;
     params.rho = 1.0; // archives are exported uncompressed
     params.page_size_bytes = crate::runtime::capabilities::page_size() as u64;
-    notes.push(
-        "pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) are not measured yet: kept from before".into(),
-    );
+    let measured = samples.iter().filter(|s| s.pre_dump().is_some()).count();
+    let pre: Option<Vec<(f64, PreDumpValues)>> = samples
+        .iter()
+        .map(|s| s.pre_dump().map(|p| (s.dirty_rate_bytes_per_s, p)))
+        .collect();
+    match pre {
+        Some(pre) => {
+            let frozen = accept(
+                "pre-dump frozen time at R_min",
+                fit_line(
+                    "pre-dump frozen time",
+                    &pre.iter()
+                        .filter(|(rate, _)| *rate == min_rate)
+                        .map(|(_, p)| (p.state_bytes as f64, p.frozen_s))
+                        .collect::<Vec<_>>(),
+                )?,
+            )?;
+            // The first round writes all memory whatever the rate: every sample is a point.
+            let memory = accept(
+                "pre-dump memory time",
+                fit_line(
+                    "pre-dump memory time",
+                    &pre.iter()
+                        .map(|(_, p)| (p.state_bytes as f64, p.memory_s))
+                        .collect::<Vec<_>>(),
+                )?,
+            )?;
+            params.phi_p_s = frozen.intercept.max(0.0);
+            params.gamma_p_s_per_byte = frozen.slope.max(0.0);
+            params.delta_s = memory.intercept.max(0.0);
+            params.lambda_s_per_byte = memory.slope.max(0.0);
+            let incremental: Vec<f64> = pre
+                .iter()
+                .filter(|(_, p)| p.second_state_bytes > 0)
+                .map(|(_, p)| p.second_archive_bytes as f64 / p.second_state_bytes as f64)
+                .collect();
+            match median(&incremental) {
+                Some(tau2) => params.tau2 = tau2,
+                None => {
+                    notes.push("no second pre-dump round wrote a page: τ₂ kept from before".into())
+                }
+            }
+            notes.push("η is informational (not in the prediction): kept from before".into());
+        }
+        None if measured > 0 => notes.push(format!(
+            "pre-dumps measured at only {measured} of {} sizes and rates: pre-dump laws \
+             (φ_p, γ_p, δ, Λ, η, τ₂) kept from before",
+            samples.len()
+        )),
+        None => notes.push(
+            "pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) are not measured yet: kept from before".into(),
+        ),
+    }
     Ok(Calibration {
         params,
         fits,
@@ -489,10 +683,143 @@ mod tests {
                     podman_checkpoint_s: 3.0 * (0.004 + frozen),
                     criu_restore_s: restore,
                     podman_restore_s: 2.0 * restore,
+                    ..Sample::default()
                 });
             }
         }
         out
+    }
+
+    /// `samples` with pre-dumps from known laws: first-round frozen = 0.01 + 5e-10·M at R_min
+    /// (+1e-17·R·M above it, which the φ_p fit must not see), memory time = 0.03 + 4e-9·M ± noise,
+    /// second round R·0.5 s of dirtied bytes in an archive τ₂ = 1.25 times as large (none at
+    /// R = 0, with an archive of metadata only, which τ₂ must not see).
+    fn with_pre_dumps(mut samples: Vec<Sample>, noise: f64) -> Vec<Sample> {
+        let mut flip = 1.0;
+        for s in &mut samples {
+            flip = -flip;
+            let m = s.state_bytes + 8 * 4096; // a few more pages than the dump: not the same x
+            let r = s.dirty_rate_bytes_per_s;
+            let second = (r * 0.5) as u64 / 4096 * 4096;
+            s.pre_dump_state_bytes = Some(m);
+            s.pre_dump_frozen_s = Some(0.01 + (5e-10 + 1e-17 * r) * m as f64);
+            s.pre_dump_memory_s = Some(0.03 + 4e-9 * m as f64 + flip * noise);
+            s.second_round_state_bytes = Some(second);
+            s.second_round_archive_bytes = Some(if second == 0 { 20_000 } else { second / 4 * 5 });
+        }
+        samples
+    }
+
+    #[test]
+    fn known_pre_dump_laws_are_recovered() {
+        let previous = PamParams::paper_defaults();
+        let c = fit(&with_pre_dumps(synthetic(0.0), 0.0), &previous, 0.8).unwrap();
+        let p = &c.params;
+        assert!((p.phi_p_s - 0.01).abs() < 1e-9, "{}", p.phi_p_s);
+        assert!(
+            (p.gamma_p_s_per_byte - 5e-10).abs() < 1e-16,
+            "{}",
+            p.gamma_p_s_per_byte
+        );
+        assert!((p.delta_s - 0.03).abs() < 1e-9, "{}", p.delta_s);
+        assert!((p.lambda_s_per_byte - 4e-9).abs() < 1e-15);
+        assert!((p.tau2 - 1.25).abs() < 1e-12, "{}", p.tau2);
+        assert_eq!(p.eta, previous.eta, "η is kept");
+        // The dump laws are the same as without pre-dumps.
+        let without = fit(&synthetic(0.0), &previous, 0.8).unwrap().params;
+        let mut same = p.clone();
+        (same.phi_p_s, same.gamma_p_s_per_byte) = (without.phi_p_s, without.gamma_p_s_per_byte);
+        (same.delta_s, same.lambda_s_per_byte) = (without.delta_s, without.lambda_s_per_byte);
+        same.tau2 = without.tau2;
+        assert_eq!(same, without);
+        let laws: Vec<&str> = c.fits.iter().map(|f| f.law.as_str()).collect();
+        assert!(laws.contains(&"pre-dump frozen time at R_min"), "{laws:?}");
+        assert!(laws.contains(&"pre-dump memory time"), "{laws:?}");
+        assert!(c.fits.iter().all(|f| f.r_squared > 0.999));
+        assert!(
+            !c.notes.iter().any(|n| n.contains("not measured")),
+            "{:?}",
+            c.notes
+        );
+        assert!(c.notes.iter().any(|n| n.contains("η")), "{:?}", c.notes);
+        // Repeated runs reduce to medians here too.
+        let mut runs = with_pre_dumps(synthetic(0.0), 0.0);
+        let mut disturbed = with_pre_dumps(synthetic(0.0), 0.0);
+        for s in &mut disturbed {
+            s.pre_dump_memory_s = s.pre_dump_memory_s.map(|t| t + 5.0);
+        }
+        runs.extend(with_pre_dumps(synthetic(0.0), 0.0));
+        runs.extend(disturbed);
+        let c = fit(&runs, &previous, 0.8).unwrap();
+        assert!(
+            (c.params.delta_s - 0.03).abs() < 1e-9,
+            "{}",
+            c.params.delta_s
+        );
+    }
+
+    #[test]
+    fn without_pre_dump_values_the_pre_dump_laws_are_kept() {
+        let mut previous = PamParams::paper_defaults();
+        (previous.phi_p_s, previous.gamma_p_s_per_byte) = (0.123, 4.5e-9);
+        (previous.delta_s, previous.lambda_s_per_byte, previous.tau2) = (0.678, 9.1e-9, 1.3);
+        let kept = |p: &PamParams| {
+            (
+                p.phi_p_s,
+                p.gamma_p_s_per_byte,
+                p.delta_s,
+                p.lambda_s_per_byte,
+                p.tau2,
+                p.eta.clone(),
+            )
+        };
+        let c = fit(&synthetic(0.0), &previous, 0.8).unwrap();
+        assert_eq!(kept(&c.params), kept(&previous));
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.contains("pre-dump laws (φ_p, γ_p, δ, Λ, η, τ₂) are not measured yet")));
+        assert_eq!(c.fits.len(), 3, "no pre-dump fit");
+        // Some samples without them (one size and rate, or one run of it): kept as well.
+        for lacking in [&[1][..], &[1, 9]] {
+            let mut runs = with_pre_dumps(synthetic(0.0), 0.0);
+            runs.extend(with_pre_dumps(synthetic(0.0), 0.0));
+            for &i in lacking {
+                runs[i].set_pre_dump(None);
+            }
+            let c = fit(&runs, &previous, 0.8).unwrap();
+            assert_eq!(kept(&c.params), kept(&previous));
+            assert!(
+                c.notes.iter().any(|n| n.contains("only 7 of 8")),
+                "{:?}",
+                c.notes
+            );
+        }
+        // A stored sample from before pre-dumps loads, and one without them stores as before.
+        let json = r#"{"requested_mib":1,"dirty_rate_bytes_per_s":0.0,"state_bytes":4096,
+            "archive_bytes":5000,"freezing_s":0.1,"frozen_s":0.2,"podman_checkpoint_s":0.5,
+            "criu_restore_s":0.3,"podman_restore_s":0.6}"#;
+        let old: Sample = serde_json::from_str(json).unwrap();
+        assert_eq!(old.pre_dump(), None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("pre_dump"));
+        let new = &with_pre_dumps(synthetic(0.0), 0.0)[0];
+        let back: Sample = serde_json::from_str(&serde_json::to_string(new).unwrap()).unwrap();
+        assert_eq!(&back, new);
+    }
+
+    #[test]
+    fn a_bad_pre_dump_fit_is_refused() {
+        let err = fit(
+            &with_pre_dumps(synthetic(0.0), 0.2),
+            &PamParams::paper_defaults(),
+            0.8,
+        )
+        .unwrap_err();
+        match &err {
+            CalibrationError::BadFit { law, .. } => assert_eq!(law, "pre-dump memory time"),
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("R²"));
     }
 
     #[test]
