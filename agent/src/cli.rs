@@ -76,7 +76,8 @@ pub struct CalibrateArgs {
     /// Runs per size and rate (their medians are fitted)
     #[arg(long, default_value_t = 3)]
     pub repeats: u32,
-    /// Smallest acceptable R² of a fitted law
+    /// Smallest acceptable R² of a fitted law (a law under it is still accepted when its
+    /// points lie within 15 % of the line: nearly flat, predicted well)
     #[arg(long, default_value_t = 0.8)]
     pub min_r_squared: f64,
 }

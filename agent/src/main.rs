@@ -172,13 +172,17 @@ async fn calibrate(config: &AgentConfig, args: CalibrateArgs) -> anyhow::Result<
     .await?;
     let result = calibration::fit(&samples, &previous, plan.min_r_squared)?;
     println!(
-        "{:<28} {:>12} {:>14} {:>6}",
-        "law", "intercept s", "slope s/B", "R²"
+        "{:<28} {:>12} {:>14} {:>6} {:>8}",
+        "law", "intercept s", "slope s/B", "R²", "rms err"
     );
     for f in &result.fits {
         println!(
-            "{:<28} {:>12.4e} {:>14.4e} {:>6.3}",
-            f.law, f.intercept, f.slope, f.r_squared
+            "{:<28} {:>12.4e} {:>14.4e} {:>6.3} {:>7.1}%",
+            f.law,
+            f.intercept,
+            f.slope,
+            f.r_squared,
+            f.relative_error * 100.0
         );
         println!("{:<28} residuals {:?}", "", f.residuals);
     }
