@@ -10,6 +10,9 @@
 //! `smaps_rollup` = pages read *or* written, an upper bound). On the development kernel writing 4
 //! to `clear_refs` succeeds yet bit 55 never appears, so the method is chosen by a real test
 //! ([`crate::runtime::capabilities`]), and every number says which method produced it.
+//! While a pre-copy chain holds a container's soft-dirty bits ([`crate::runtime::precopy`]),
+//! clearing them would make CRIU's next round miss pages: that container is measured with
+//! accessed bits until the hold ends (the first sample after a switch only sets the baseline).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -66,13 +69,16 @@ pub trait ContainerProbe: Send + Sync {
 /// previous sample.
 pub struct CgroupProbe {
     method: DirtyMethod,
+    /// Where pre-copy chains hold containers' soft-dirty bits.
+    holds: PathBuf,
     tracked: Mutex<BTreeMap<String, Tracked>>,
 }
 
 struct Tracked {
     dir: PathBuf,
-    /// When the container's dirty/accessed bits were last cleared; `None` before the first sample.
-    cleared: Option<Instant>,
+    /// When the container's dirty/accessed bits were last cleared, and with which method;
+    /// `None` before the first sample.
+    cleared: Option<(Instant, DirtyMethod)>,
 }
 
 impl Default for CgroupProbe {
@@ -92,7 +98,28 @@ impl CgroupProbe {
     pub fn new(method: DirtyMethod) -> Self {
         Self {
             method,
+            holds: PathBuf::from(crate::runtime::precopy::SOFT_DIRTY_HOLDS),
             tracked: Mutex::default(),
+        }
+    }
+
+    /// The same probe, with soft-dirty holds looked up in `dir` (tests).
+    pub fn with_holds(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            holds: dir.into(),
+            ..self
+        }
+    }
+
+    /// The method for `name` now: soft-dirty bits held by a pre-copy chain are not ours.
+    fn method_for(&self, name: &str) -> DirtyMethod {
+        match self.method {
+            DirtyMethod::SoftDirty
+                if crate::runtime::precopy::soft_dirty_held(&self.holds, name) =>
+            {
+                DirtyMethod::AccessedBit
+            }
+            m => m,
         }
     }
 
@@ -144,18 +171,23 @@ impl ContainerProbe for CgroupProbe {
                     continue;
                 }
             };
-            let dirty_rate_bps = match dirty_rate_since(self.method, &t.dir, t.cleared) {
+            let method = self.method_for(name);
+            // Bits cleared with another method are no baseline for this one.
+            let since = t
+                .cleared
+                .and_then(|(at, m)| (m == method).then_some(at));
+            let dirty_rate_bps = match dirty_rate_since(method, &t.dir, since) {
                 Ok(rate) => rate,
                 Err(e) => {
                     warn!(container = %name, error = %e, "cannot measure the dirty rate");
                     None
                 }
             };
-            t.cleared = Some(Instant::now());
+            t.cleared = Some((Instant::now(), method));
             out.push(ContainerMetrics {
                 name: name.clone(),
                 state_bytes,
-                dirty_method: dirty_rate_bps.map(|_| self.method),
+                dirty_method: dirty_rate_bps.map(|_| method),
                 dirty_rate_bps,
             });
         }
@@ -384,7 +416,7 @@ mod tests {
     fn sync_keeps_baselines_and_drops_gone_containers() {
         let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
         probe.track("a", PathBuf::from("/a"));
-        probe.lock().get_mut("a").unwrap().cleared = Some(Instant::now());
+        probe.lock().get_mut("a").unwrap().cleared = Some((Instant::now(), DirtyMethod::AccessedBit));
         probe.track("b", PathBuf::from("/b"));
         probe.sync(vec![
             ("a".into(), PathBuf::from("/a")),
@@ -441,6 +473,34 @@ mod tests {
             "{touched} B counted again"
         );
         drop(block);
+    }
+
+    /// A pre-copy chain's hold on a container switches it to accessed bits (soft-dirty bits
+    /// left to CRIU) and back when released; each switch starts from a new baseline.
+    #[test]
+    fn a_held_container_is_measured_with_accessed_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.stat"), "anon 4096\n").unwrap();
+        std::fs::write(
+            dir.path().join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        let holds = tempfile::tempdir().unwrap();
+        let probe = CgroupProbe::new(DirtyMethod::SoftDirty).with_holds(holds.path());
+        probe.track("me", dir.path().to_path_buf());
+        let sample = |probe: &CgroupProbe| {
+            let c = probe.containers().remove(0);
+            (c.dirty_method, c.dirty_rate_bps.is_some())
+        };
+        sample(&probe);
+        assert_eq!(sample(&probe), (Some(DirtyMethod::SoftDirty), true));
+        std::fs::write(holds.path().join("me"), "/bundle").unwrap();
+        assert_eq!(sample(&probe), (None, false), "new method, new baseline");
+        assert_eq!(sample(&probe), (Some(DirtyMethod::AccessedBit), true));
+        std::fs::remove_file(holds.path().join("me")).unwrap();
+        assert_eq!(sample(&probe), (None, false));
+        assert_eq!(sample(&probe), (Some(DirtyMethod::SoftDirty), true));
     }
 
     #[test]

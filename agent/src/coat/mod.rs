@@ -891,6 +891,8 @@ impl Inner {
             .remove_port(&host_if)
             .await
             .map_err(overlay(format!("{why}: detach {service} from the bridge")))?;
+        // A pre-copy chain's hold on the soft-dirty bits ends with the container.
+        self.drop_pre_dumps(service).await;
         let removed = self
             .podman
             .remove(service)

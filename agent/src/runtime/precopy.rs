@@ -9,6 +9,15 @@
 //! dump too holds only what changed since (measured in the Debian 12 guest: 16 MiB of state,
 //! 1 MiB/s dirtied: rounds of 16.5 MB, then 2.1 MB, 2.1 MB).
 //!
+//! CRIU owns the container's soft-dirty bits from the first round to the final dump: whoever
+//! else clears them (`clear_refs` 4, as the agent's dirty-rate profiler does) makes the next
+//! round miss the pages written before the clear, and the restore brings back stale memory
+//! (seen in the VM guests: the counter restored with an old count). So a chain holds the bits:
+//! a file `<SOFT_DIRTY_HOLDS>/<container>` from the first round until [`Podman::drop_pre_dumps`],
+//! and the profiler measures a held container with accessed bits instead
+//! ([`soft_dirty_held`]). A file, not process memory, because `mose-agent calibrate` pre-dumps
+//! in another process than the agent that profiles.
+//!
 //! Transfer: each round is a tar of its own (members `mose-precopy/<r>/…`, the `parent` link
 //! kept as a link), sent while the service runs. Before the restore the rounds are joined
 //! into one pre-checkpoint archive plus the `pre-checkpoint` link ([`join_rounds`]);
@@ -23,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::criu_stats::{parse_stats_dump, CriuDumpStats};
 use super::error::{Op, Result, RuntimeError};
-use super::libpod::Podman;
+use super::libpod::{check_name, Podman};
 
 /// The chain's directory inside a container's bundle.
 pub const CHAIN_DIR: &str = "mose-precopy";
@@ -32,6 +41,14 @@ pub const CHAIN_DIR: &str = "mose-precopy";
 const PRE_CHECKPOINT: &str = "pre-checkpoint";
 /// CRIU's statistics file, written into the round's work directory.
 const STATS_DUMP: &str = "stats-dump";
+/// One file per container (by the name pre-dumps were asked for) whose soft-dirty bits a
+/// pre-copy chain holds.
+pub const SOFT_DIRTY_HOLDS: &str = "/run/mose/soft-dirty-holds";
+
+/// Whether a pre-copy chain holds `container`'s soft-dirty bits (holds kept in `dir`).
+pub fn soft_dirty_held(dir: &Path, container: &str) -> bool {
+    dir.join(container).exists()
+}
 
 /// What one pre-copy round produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +73,8 @@ impl Podman {
         timeout: Duration,
     ) -> Result<PreDumpReport> {
         let op = Op::PreDump;
+        // The container's name also names its soft-dirty hold file.
+        check_name(op, container)?;
         for name in std::iter::once(round).chain(parent) {
             check_round(op, name)?;
         }
@@ -82,6 +101,11 @@ impl Podman {
             // A chain left by an earlier, abandoned migration must not become a parent.
             remove_chain(&bundle).map_err(io_err("remove the old chain in", &bundle))?;
         }
+        let holds = Path::new(SOFT_DIRTY_HOLDS);
+        std::fs::create_dir_all(holds).map_err(io_err("create", holds))?;
+        let hold = holds.join(container);
+        std::fs::write(&hold, info.static_dir.as_bytes())
+            .map_err(io_err("hold the soft-dirty bits with", &hold))?;
         std::fs::create_dir_all(&chain).map_err(io_err("create", &chain))?;
         let runtime = self.info().await?.host.oci_runtime;
         let program = match runtime.path.is_empty() {
@@ -105,9 +129,23 @@ impl Podman {
         Ok(PreDumpReport { dir, elapsed, criu })
     }
 
-    /// Removes the pre-copy chain from `container`'s bundle (after a restore, or when a
-    /// migration was abandoned). A container that is gone has nothing to remove.
+    /// Removes the pre-copy chain from `container`'s bundle and releases its soft-dirty bits
+    /// (after a restore, or when a migration was abandoned). A container that is gone has no
+    /// chain left, but its hold is released all the same.
     pub async fn drop_pre_dumps(&self, container: &str) -> Result<()> {
+        check_name(Op::PreDump, container)?;
+        let hold = Path::new(SOFT_DIRTY_HOLDS).join(container);
+        match std::fs::remove_file(&hold) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(RuntimeError::LocalIo {
+                    op: Op::PreDump,
+                    target: container.to_string(),
+                    what: format!("release the soft-dirty hold {}", hold.display()),
+                    source: e,
+                })
+            }
+            _ => {}
+        }
         let info = match self.inspect(container).await {
             Ok(info) => info,
             Err(e) if e.is_not_found() => return Ok(()),
@@ -145,15 +183,15 @@ fn pre_dump_args(dir: &Path, parent: Option<&str>, id: &str) -> Vec<OsString> {
     args
 }
 
-/// Round names become directory names and the target of CRIU's `parent` link.
-/// Key-chunk characters, and no leading dot (`.`, `..`, hidden names).
+/// Round names become directory names and the target of CRIU's `parent` link: the rule of
+/// container names (no separators, no leading dot).
 fn check_round(op: Op, name: &str) -> Result<()> {
-    let why = match mose_protocol::keys::validate_id("pre-copy round", name) {
-        Err(e) => e.to_string(),
-        Ok(()) if name.starts_with('.') => format!("pre-copy round {name:?} starts with '.'"),
-        Ok(()) => return Ok(()),
-    };
-    Err(RuntimeError::Invalid { op, why })
+    check_name(op, name).map_err(|_| RuntimeError::Invalid {
+        op,
+        why: format!(
+            "invalid pre-copy round name {name:?}: [A-Za-z0-9_.-], starting alphanumeric"
+        ),
+    })
 }
 
 fn remove_chain(bundle: &Path) -> io::Result<()> {
