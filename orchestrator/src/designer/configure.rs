@@ -7,8 +7,8 @@ use mose_protocol::model::{Objective, PamParams, Plan, Strategy};
 use super::pam::{cold_law, predict, ColdLaw, ModelInput, Prediction};
 use super::{finite_result, non_negative, positive, validate_params, DesignError};
 
-/// The most pre-copy rounds a plan may use. Each round is a full Podman checkpoint; past a
-/// handful the dirty volume has converged and more rounds only add migration time.
+/// The most pre-copy rounds a plan may use. Each round is a runtime pre-dump with its own fixed
+/// cost; past a handful the dirty volume has converged and more rounds only add migration time.
 pub const MAX_PRECOPY_ROUNDS: u32 = 16;
 
 /// Everything the designer needs to know about one migration task.
