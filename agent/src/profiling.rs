@@ -438,10 +438,8 @@ mod tests {
         assert_eq!(writable_ranges(maps), [(0x55e0, 0x55f0)]);
     }
 
-    /// The accessed-bit method over a real process (this one): memory written between two
-    /// samples shows up as a rate, and nothing is reported before a baseline exists.
-    #[test]
-    fn accessed_bit_rate_sees_memory_written_between_samples() {
+    /// A fake cgroup directory holding this test process.
+    fn cgroup_of_this_process() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.stat"), "anon 4096\n").unwrap();
         std::fs::write(
@@ -449,6 +447,14 @@ mod tests {
             format!("{}\n", std::process::id()),
         )
         .unwrap();
+        dir
+    }
+
+    /// The accessed-bit method over a real process (this one): memory written between two
+    /// samples shows up as a rate, and nothing is reported before a baseline exists.
+    #[test]
+    fn accessed_bit_rate_sees_memory_written_between_samples() {
+        let dir = cgroup_of_this_process();
         let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
         probe.track("me", dir.path().to_path_buf());
         let first = probe.containers();
@@ -479,13 +485,7 @@ mod tests {
     /// left to CRIU) and back when released; each switch starts from a new baseline.
     #[test]
     fn a_held_container_is_measured_with_accessed_bits() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("memory.stat"), "anon 4096\n").unwrap();
-        std::fs::write(
-            dir.path().join("cgroup.procs"),
-            format!("{}\n", std::process::id()),
-        )
-        .unwrap();
+        let dir = cgroup_of_this_process();
         let holds = tempfile::tempdir().unwrap();
         let probe = CgroupProbe::new(DirtyMethod::SoftDirty).with_holds(holds.path());
         probe.track("me", dir.path().to_path_buf());

@@ -377,10 +377,7 @@ impl Inner {
         parent: Option<&str>,
         path: &Path,
     ) -> Result<StepOutcome> {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create the task's work directory", dir))?;
+        create_task_dir(&path).await?;
         let report = self
             .podman
             .pre_dump(service, round, parent, CheckpointOptions::default().timeout)
@@ -418,10 +415,7 @@ impl Inner {
         path: &Path,
         opts: &CheckpointOptions,
     ) -> Result<StepOutcome> {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create the task's work directory", dir))?;
+        create_task_dir(&path).await?;
         let partial = path.with_extension("tar.partial");
         let mut file = tokio::fs::File::create(&partial)
             .await
@@ -698,10 +692,7 @@ impl Inner {
         }
 
         let path = self.image_path(task, image);
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create the task's work directory", dir))?;
+        create_task_dir(&path).await?;
         let rounds: Vec<(String, PathBuf)> = previous
             .iter()
             .map(|r| (r.clone(), self.image_path(task, r)))
@@ -757,10 +748,7 @@ impl Inner {
             info!("already fetched");
             return Ok(StepOutcome::Done);
         }
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io("create the task's work directory", dir))?;
+        create_task_dir(&path).await?;
         let t0 = Instant::now();
         let bytes = self.fetch_image(task, image, &path, from_agent).await?;
         info!(bytes, ms = t0.elapsed().as_millis() as u64, "pre-copy round fetched");
@@ -1088,6 +1076,14 @@ fn check_id(what: &str, id: &str) -> Result<()> {
             "invalid {what} id {id:?}: 1-128 characters of [A-Za-z0-9_.-], starting alphanumeric"
         ))),
     }
+}
+
+/// The task's work directory, where `path` (one of its archives) goes.
+async fn create_task_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(io("create the task's work directory", dir))
 }
 
 /// Anonymous memory of the container whose init is `pid` (the state a checkpoint carries).
