@@ -101,13 +101,14 @@ pub enum VmCmd {
         #[arg(long, default_value_t = 20_000.0)]
         target_downtime_ms: f64,
         /// θ_mig of both migrations, ms (loose: pre-copy rounds fit).
-        #[arg(long, default_value_t = 120_000.0)]
+        #[arg(long, default_value_t = 300_000.0)]
         target_duration_ms: f64,
-        /// Memory state the counter holds (incompressible), MiB: what the rounds move.
-        #[arg(long, default_value_t = 16)]
+        /// Memory state the counter holds (incompressible), MiB: what the rounds move. Large
+        /// enough that, with the guests' calibrated (TCG) costs, more than one round pays.
+        #[arg(long, default_value_t = 128)]
         state_mib: u32,
         /// How fast the counter dirties its state, MiB/s: what each round leaves for the next.
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.25)]
         dirty_mib_per_s: f64,
         /// Skip calibrating the edge VMs first (`mose-agent calibrate`, ≈2-4 min under TCG):
         /// PAM then plans with the paper's default parameters and says so.
@@ -1058,6 +1059,11 @@ async fn demo(
         ("edge2", "edge1", Objective::Downtime),
     ] {
         println!("\n== {from} -> {to} (objective {objective:?})");
+        if !done.is_empty() {
+            // The new host's profiler needs a baseline sample and a measured one before its
+            // dirty rate of the service means anything.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         let measured = done.last().and_then(|(task, _, _)| achieved_bandwidth(task));
         if let Some(l) = measured {
             println!(
