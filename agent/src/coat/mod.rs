@@ -725,6 +725,10 @@ impl Inner {
         for p in std::iter::once(&path).chain(rounds.iter().map(|(_, p)| p)) {
             let _ = tokio::fs::remove_file(p).await;
         }
+        // And the task's directory with them, once empty (it is nothing but their place).
+        if let Some(dir) = path.parent() {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
         let report = result?;
         info!(
             bytes,
