@@ -92,6 +92,7 @@ pub enum VmCmd {
     /// `vm up`, the counter service on edge1 with a live client on mobile, migrations
     /// edge1 -> edge2 -> edge1 through the orchestrator's API, target/testbed/vm-report.json.
     Demo {
+        /// Accelerator: auto (KVM if a probe boot works, else TCG), kvm or tcg.
         #[arg(long, default_value = "auto")]
         accel: String,
         /// Leave the VMs running afterwards (default: `vm down` at the end).
