@@ -7,7 +7,12 @@ use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{Migrations, Store};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set).
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     mose_protocol::cli::init_logging();
     let config = Cli::parse().settle()?;
     std::fs::create_dir_all(&config.state_dir).with_context(|| {

@@ -153,7 +153,12 @@ enum Cmd {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set).
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

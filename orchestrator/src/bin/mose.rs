@@ -97,7 +97,12 @@ enum Command {
 const POLL: Duration = Duration::from_millis(200);
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set).
+    mose_protocol::cli::exit_with(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client = ApiClient::new(&cli.api);
     match cli.command {
