@@ -503,36 +503,14 @@ impl Inner {
                 .collect();
             return Ok((self.image_path(task, &image), rounds));
         }
-        // The agent restarted since the checkpoint: read the task's directory. Archives get
-        // their name only when complete, and the final dump comes after every pre-dump.
+        // The agent restarted since the checkpoint: read the task's directory.
         let dir = self.settings.work_dir.join(task);
-        let mut archives: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-                    .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        archives.sort();
-        match archives.as_slice() {
-            [] => Err(CoatError::State(format!(
+        task_archives(&dir).ok_or_else(|| {
+            CoatError::State(format!(
                 "service {service} is not running and task {task} left no checkpoint in {}: cannot resume it",
                 dir.display()
-            ))),
-            // After pre-copy: the newest is the final dump, made against every round before it.
-            [rounds @ .., (_, last)] => {
-                let rounds = rounds
-                    .iter()
-                    .map(|(_, p)| {
-                        let name = p.file_stem().unwrap_or_default().to_string_lossy();
-                        (name.into_owned(), p.clone())
-                    })
-                    .collect();
-                Ok((last.clone(), rounds))
-            }
-        }
+            ))
+        })
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1082,6 +1060,32 @@ fn check_id(what: &str, id: &str) -> Result<()> {
     }
 }
 
+/// The archives a task's checkpoints left in `dir`: the final dump and the pre-copy rounds it
+/// was made against (name and path, oldest first); `None` when there is none. Archives get
+/// their name only when complete, and the final dump comes after every round, so the newest is
+/// the final one.
+fn task_archives(dir: &Path) -> Option<(PathBuf, Vec<(String, PathBuf)>)> {
+    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+                .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    archives.sort();
+    let ((_, last), rounds) = archives.split_last()?;
+    let rounds = rounds
+        .iter()
+        .map(|(_, p)| {
+            let name = p.file_stem().unwrap_or_default().to_string_lossy();
+            (name.into_owned(), p.clone())
+        })
+        .collect();
+    Some((last.clone(), rounds))
+}
+
 /// The task's work directory, where `path` (one of its archives) goes.
 async fn create_task_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -1136,6 +1140,31 @@ mod tests {
             assert!(check_id("task", bad).is_err(), "{bad:?}");
         }
         assert!(check_id("task", "t-1.a_b").is_ok());
+    }
+
+    /// After an agent restart, resume finds the final dump and its rounds by age; partial
+    /// archives and the joined rounds are not taken for either.
+    #[test]
+    fn a_restarted_agent_finds_the_final_dump_and_its_rounds() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(task_archives(t.path()), None);
+        assert_eq!(task_archives(&t.path().join("missing")), None);
+        let at = |secs| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        for (name, secs) in [
+            ("pre-1.tar", 20),
+            ("pre-0.tar", 10),
+            ("ckpt.tar", 30),
+            ("ckpt.tar.partial", 40),
+            (JOINED_ROUNDS, 50),
+        ] {
+            let f = std::fs::File::create(t.path().join(name)).unwrap();
+            f.set_modified(at(secs)).unwrap();
+        }
+        let (last, rounds) = task_archives(t.path()).unwrap();
+        assert_eq!(last, t.path().join("ckpt.tar"));
+        let names: Vec<&str> = rounds.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["pre-0", "pre-1"]);
+        assert_eq!(rounds[1].1, t.path().join("pre-1.tar"));
     }
 
     #[test]
