@@ -93,52 +93,24 @@ pub struct Sample {
     pub criu_restore_s: f64,
     /// Podman's restore request, upload and import included.
     pub podman_restore_s: f64,
-    /// First pre-dump round (no parent): pages written by CRIU × page size. `None` where
-    /// pre-dumps were not measured (so are the other pre-dump fields).
+    /// The two pre-dump rounds; `None` where pre-dumps were not measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre_dump_state_bytes: Option<u64>,
-    /// First pre-dump round: CRIU frozen time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre_dump_frozen_s: Option<f64>,
-    /// First pre-dump round: CRIU memory write time (memdump time where memwrite is absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre_dump_memory_s: Option<f64>,
-    /// Second pre-dump round (parent: the first): pages written × page size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub second_round_state_bytes: Option<u64>,
-    /// Second pre-dump round: size of its round archive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub second_round_archive_bytes: Option<u64>,
+    pub pre_dump: Option<PreDumpValues>,
 }
 
-/// The pre-dump values of one sample, when it has all of them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct PreDumpValues {
-    state_bytes: u64,
-    frozen_s: f64,
-    memory_s: f64,
-    second_state_bytes: u64,
-    second_archive_bytes: u64,
-}
-
-impl Sample {
-    fn pre_dump(&self) -> Option<PreDumpValues> {
-        Some(PreDumpValues {
-            state_bytes: self.pre_dump_state_bytes?,
-            frozen_s: self.pre_dump_frozen_s?,
-            memory_s: self.pre_dump_memory_s?,
-            second_state_bytes: self.second_round_state_bytes?,
-            second_archive_bytes: self.second_round_archive_bytes?,
-        })
-    }
-
-    fn set_pre_dump(&mut self, v: Option<PreDumpValues>) {
-        self.pre_dump_state_bytes = v.map(|v| v.state_bytes);
-        self.pre_dump_frozen_s = v.map(|v| v.frozen_s);
-        self.pre_dump_memory_s = v.map(|v| v.memory_s);
-        self.second_round_state_bytes = v.map(|v| v.second_state_bytes);
-        self.second_round_archive_bytes = v.map(|v| v.second_archive_bytes);
-    }
+/// What a sample's two chained pre-dump rounds measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreDumpValues {
+    /// First round (no parent): pages written by CRIU × page size.
+    pub state_bytes: u64,
+    /// First round: CRIU frozen time.
+    pub frozen_s: f64,
+    /// First round: CRIU memory write time (memdump time where memwrite is absent).
+    pub memory_s: f64,
+    /// Second round (parent: the first): pages written × page size.
+    pub second_state_bytes: u64,
+    /// Second round: size of its round archive.
+    pub second_archive_bytes: u64,
 }
 
 /// Progress while calibrating.
@@ -355,7 +327,7 @@ async fn sample_once(
         podman_restore_s: rs.elapsed.as_secs_f64(),
         ..Sample::default()
     };
-    sample.set_pre_dump(pre_dump);
+    sample.pre_dump = pre_dump;
     Ok(sample)
 }
 
@@ -431,7 +403,7 @@ fn collapse(samples: &[Sample]) -> Vec<Sample> {
                 median(&runs.iter().map(|s| f(s)).collect::<Vec<_>>()).unwrap_or(f64::NAN)
             };
             // Pre-dump values only where every run has them.
-            let pre: Option<Vec<PreDumpValues>> = runs.iter().map(|s| s.pre_dump()).collect();
+            let pre: Option<Vec<PreDumpValues>> = runs.iter().map(|s| s.pre_dump).collect();
             let pre = pre.map(|pre| {
                 let med = |f: fn(&PreDumpValues) -> f64| {
                     median(&pre.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
@@ -456,7 +428,7 @@ fn collapse(samples: &[Sample]) -> Vec<Sample> {
                 podman_restore_s: med(|s| s.podman_restore_s),
                 ..Sample::default()
             };
-            sample.set_pre_dump(pre);
+            sample.pre_dump = pre;
             sample
         })
         .collect()
@@ -573,10 +545,10 @@ pub fn fit(
     )?;
     params.rho = 1.0; // archives are exported uncompressed
     params.page_size_bytes = crate::runtime::capabilities::page_size() as u64;
-    let measured = samples.iter().filter(|s| s.pre_dump().is_some()).count();
+    let measured = samples.iter().filter(|s| s.pre_dump.is_some()).count();
     let pre: Option<Vec<(f64, PreDumpValues)>> = samples
         .iter()
-        .map(|s| s.pre_dump().map(|p| (s.dirty_rate_bytes_per_s, p)))
+        .map(|s| s.pre_dump.map(|p| (s.dirty_rate_bytes_per_s, p)))
         .collect();
     match pre {
         Some(pre) => {
@@ -717,11 +689,13 @@ mod tests {
             let m = s.state_bytes + 8 * 4096; // a few more pages than the dump: not the same x
             let r = s.dirty_rate_bytes_per_s;
             let second = (r * 0.5) as u64 / 4096 * 4096;
-            s.pre_dump_state_bytes = Some(m);
-            s.pre_dump_frozen_s = Some(0.01 + (5e-10 + 1e-17 * r) * m as f64);
-            s.pre_dump_memory_s = Some(0.03 + 4e-9 * m as f64 + flip * noise);
-            s.second_round_state_bytes = Some(second);
-            s.second_round_archive_bytes = Some(if second == 0 { 20_000 } else { second / 4 * 5 });
+            s.pre_dump = Some(PreDumpValues {
+                state_bytes: m,
+                frozen_s: 0.01 + (5e-10 + 1e-17 * r) * m as f64,
+                memory_s: 0.03 + 4e-9 * m as f64 + flip * noise,
+                second_state_bytes: second,
+                second_archive_bytes: if second == 0 { 20_000 } else { second / 4 * 5 },
+            });
         }
         samples
     }
@@ -762,7 +736,9 @@ mod tests {
         let mut runs = with_pre_dumps(synthetic(0.0), 0.0);
         let mut disturbed = with_pre_dumps(synthetic(0.0), 0.0);
         for s in &mut disturbed {
-            s.pre_dump_memory_s = s.pre_dump_memory_s.map(|t| t + 5.0);
+            if let Some(p) = &mut s.pre_dump {
+                p.memory_s += 5.0;
+            }
         }
         runs.extend(with_pre_dumps(synthetic(0.0), 0.0));
         runs.extend(disturbed);
@@ -801,7 +777,7 @@ mod tests {
             let mut runs = with_pre_dumps(synthetic(0.0), 0.0);
             runs.extend(with_pre_dumps(synthetic(0.0), 0.0));
             for &i in lacking {
-                runs[i].set_pre_dump(None);
+                runs[i].pre_dump = None;
             }
             let c = fit(&runs, &previous, 0.8).unwrap();
             assert_eq!(kept(&c.params), kept(&previous));
@@ -816,7 +792,7 @@ mod tests {
             "archive_bytes":5000,"freezing_s":0.1,"frozen_s":0.2,"podman_checkpoint_s":0.5,
             "criu_restore_s":0.3,"podman_restore_s":0.6}"#;
         let old: Sample = serde_json::from_str(json).unwrap();
-        assert_eq!(old.pre_dump(), None);
+        assert_eq!(old.pre_dump, None);
         assert!(!serde_json::to_string(&old).unwrap().contains("pre_dump"));
         let new = &with_pre_dumps(synthetic(0.0), 0.0)[0];
         let back: Sample = serde_json::from_str(&serde_json::to_string(new).unwrap()).unwrap();

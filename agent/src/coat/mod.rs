@@ -475,7 +475,7 @@ impl Inner {
             archive.display()
         );
         let report = self
-            .restore_archive(task, service, &archive, &previous, what)
+            .restore_archive(service, &archive, &previous, what)
             .await?;
         info!(
             ms = report.elapsed.as_millis() as u64,
@@ -692,7 +692,6 @@ impl Inner {
         let fetch_ms = t0.elapsed().as_millis() as u64;
         let result = self
             .restore_archive(
-                task,
                 service,
                 &path,
                 &rounds,
@@ -762,7 +761,6 @@ impl Inner {
     /// nothing is added to the downtime.
     async fn restore_archive(
         &self,
-        task: &str,
         service: &str,
         path: &Path,
         rounds: &[(String, PathBuf)],
@@ -782,7 +780,8 @@ impl Inner {
             // The API uploads one archive only: the final dump and the joined rounds go to the
             // CLI by path.
             false => {
-                let joined = self.settings.work_dir.join(task).join(JOINED_ROUNDS);
+                // Next to the final archive, in the task's directory.
+                let joined = path.with_file_name(JOINED_ROUNDS);
                 tokio::task::spawn_blocking({
                     let (rounds, joined) = (rounds.to_vec(), joined.clone());
                     move || crate::runtime::precopy::join_rounds(&rounds, &joined)
