@@ -1,0 +1,85 @@
+//! Rates with their unit in the type: the protocol, the API and the designer count bytes per
+//! second, link shaping (tc) counts bits per second, and the only way between them is an
+//! explicit conversion.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A rate in bytes per second (transfer bandwidth, dirty rate).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct BytesPerSec(pub u64);
+
+/// A rate in bits per second (link rates as `tc` and operators write them).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct BitsPerSec(pub u64);
+
+impl BytesPerSec {
+    /// The same rate in bits per second (saturating: no real link overflows u64 bits/s).
+    pub fn to_bits(self) -> BitsPerSec {
+        BitsPerSec(self.0.saturating_mul(8))
+    }
+
+    /// The rate as a float, for the model's arithmetic.
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64
+    }
+}
+
+impl BitsPerSec {
+    /// The same rate in bytes per second, rounded down to whole bytes.
+    pub fn to_bytes(self) -> BytesPerSec {
+        BytesPerSec(self.0 / 8)
+    }
+}
+
+impl fmt::Display for BytesPerSec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} B/s ({})", self.0, self.to_bits())
+    }
+}
+
+impl fmt::Display for BitsPerSec {
+    /// Operators think in Mbit/s: shown with the largest unit that keeps a whole number part.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        match self.0 {
+            r if r >= 1_000_000_000 => write!(f, "{:.1} Gbit/s", b / 1e9),
+            r if r >= 1_000_000 => write!(f, "{:.1} Mbit/s", b / 1e6),
+            r if r >= 1_000 => write!(f, "{:.1} kbit/s", b / 1e3),
+            r => write!(f, "{r} bit/s"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_are_explicit_and_exact_on_whole_bytes() {
+        assert_eq!(BytesPerSec(125_000_000).to_bits(), BitsPerSec(1_000_000_000));
+        assert_eq!(BitsPerSec(1_000_000_000).to_bytes(), BytesPerSec(125_000_000));
+        assert_eq!(BitsPerSec(15).to_bytes(), BytesPerSec(1));
+        assert_eq!(BytesPerSec(u64::MAX).to_bits(), BitsPerSec(u64::MAX));
+    }
+
+    #[test]
+    fn rates_read_like_an_operator_writes_them() {
+        assert_eq!(BitsPerSec(50_000_000).to_string(), "50.0 Mbit/s");
+        assert_eq!(BitsPerSec(1_000_000_000).to_string(), "1.0 Gbit/s");
+        assert_eq!(BitsPerSec(999).to_string(), "999 bit/s");
+        assert_eq!(BytesPerSec(125_000).to_string(), "125000 B/s (1.0 Mbit/s)");
+    }
+
+    #[test]
+    fn json_carries_the_bare_number() {
+        assert_eq!(serde_json::to_string(&BytesPerSec(7)).unwrap(), "7");
+    }
+}
