@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# testbed/setup-host.sh - MOSE-RS host setup (SPEC §6, §8).
+# testbed/setup-host.sh - MOSE-RS host setup: a fixed command (docs/operations.md, "Fixed names");
+# why each dependency and check is needed: docs/operations.md, "Host facts the code relies on".
 #
 # Installs, configures and VERIFIES every system dependency of MOSE-RS on a Debian 12
 # (bookworm) host, as root:

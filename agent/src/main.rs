@@ -4,14 +4,14 @@ use anyhow::Context;
 use clap::Parser;
 use mose_agent::calibration::{self, CalibrationPlan};
 use mose_agent::cli::{CalibrateArgs, Cli, Command};
-use mose_agent::coat::{CoatExecutor, CoatSettings};
+use mose_agent::coat::{CoatExecutor, CoatSettings, PodmanHost};
 use mose_agent::config::AgentConfig;
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::{memory_cgroup_of, CgroupProbe};
 use mose_agent::runtime::{self, Podman, ProbeOptions};
 use mose_agent::steps::StepServer;
 use mose_overlay::HostOverlay;
-use mose_protocol::messages::{now_us, AgentProfile, Capabilities};
+use mose_protocol::messages::{now_us, AgentProfile};
 use mose_protocol::model::PamParams;
 
 #[tokio::main]
@@ -49,8 +49,7 @@ async fn run() -> anyhow::Result<()> {
         ..CoatSettings::new(&config.id, &config.work_dir)
     };
     let executor = CoatExecutor::new(
-        podman.clone(),
-        overlay,
+        PodmanHost::new(podman.clone(), overlay),
         session.clone(),
         config.keys.clone(),
         settings,
@@ -63,7 +62,8 @@ async fn run() -> anyhow::Result<()> {
         hostname: sysinfo::System::host_name().unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         started_us: now_us(),
-        capabilities: Capabilities::default(),
+        // Not probed yet: "unknown", which the orchestrator must not read as "cannot".
+        capabilities: None,
         pam,
     };
     let containers = Arc::new(CgroupProbe::default());
@@ -86,7 +86,7 @@ async fn run() -> anyhow::Result<()> {
         ..ProbeOptions::default()
     };
     let report = runtime::probe(&podman, &probe_options).await;
-    node.update_profile(|p| p.capabilities = report.capabilities)
+    node.update_profile(|p| p.capabilities = Some(report.capabilities))
         .await?;
     mose_protocol::cli::shutdown_signal().await?;
     tracing::info!("shutting down");

@@ -1,4 +1,4 @@
-//! Profiling: what the agent publishes as metrics (SPEC §3, `agents/{id}/metrics`).
+//! Profiling: what the agent publishes as metrics (`agents/{id}/metrics`, docs/protocol.md).
 //!
 //! Host load comes from sysinfo. Per-container state size M comes from the container's cgroup
 //! (`memory.stat`), through the [`ContainerProbe`] seam: the runtime driver registers the
@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use mose_protocol::messages::{ContainerMetrics, DirtyMethod, HostMetrics};
+use mose_protocol::units::BytesPerSec;
 use sysinfo::{MemoryRefreshKind, System};
 use tracing::warn;
 
@@ -173,10 +174,8 @@ impl ContainerProbe for CgroupProbe {
             };
             let method = self.method_for(name);
             // Bits cleared with another method are no baseline for this one.
-            let since = t
-                .cleared
-                .and_then(|(at, m)| (m == method).then_some(at));
-            let dirty_rate_bps = match dirty_rate_since(method, &t.dir, since) {
+            let since = t.cleared.and_then(|(at, m)| (m == method).then_some(at));
+            let dirty_rate_bytes_per_s = match dirty_rate_since(method, &t.dir, since) {
                 Ok(rate) => rate,
                 Err(e) => {
                     warn!(container = %name, error = %e, "cannot measure the dirty rate");
@@ -187,8 +186,8 @@ impl ContainerProbe for CgroupProbe {
             out.push(ContainerMetrics {
                 name: name.clone(),
                 state_bytes,
-                dirty_method: dirty_rate_bps.map(|_| method),
-                dirty_rate_bps,
+                dirty_method: dirty_rate_bytes_per_s.map(|_| method),
+                dirty_rate_bytes_per_s,
             });
         }
         out
@@ -201,7 +200,7 @@ fn dirty_rate_since(
     method: DirtyMethod,
     cgroup: &Path,
     cleared: Option<Instant>,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<BytesPerSec>> {
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))?;
     let pids: Vec<u32> = procs
         .lines()
@@ -228,7 +227,7 @@ fn dirty_rate_since(
     }
     Ok(cleared.map(|at| {
         let secs = at.elapsed().as_secs_f64().max(1e-3);
-        (bytes as f64 / secs) as u64
+        BytesPerSec((bytes as f64 / secs) as u64)
     }))
 }
 
@@ -416,7 +415,8 @@ mod tests {
     fn sync_keeps_baselines_and_drops_gone_containers() {
         let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
         probe.track("a", PathBuf::from("/a"));
-        probe.lock().get_mut("a").unwrap().cleared = Some((Instant::now(), DirtyMethod::AccessedBit));
+        probe.lock().get_mut("a").unwrap().cleared =
+            Some((Instant::now(), DirtyMethod::AccessedBit));
         probe.track("b", PathBuf::from("/b"));
         probe.sync(vec![
             ("a".into(), PathBuf::from("/a")),
@@ -458,21 +458,24 @@ mod tests {
         let probe = CgroupProbe::new(DirtyMethod::AccessedBit);
         probe.track("me", dir.path().to_path_buf());
         let first = probe.containers();
-        assert_eq!(first[0].dirty_rate_bps, None, "no baseline yet");
+        assert_eq!(first[0].dirty_rate_bytes_per_s, None, "no baseline yet");
         let mut block = vec![0u8; 32 << 20];
         for page in block.chunks_mut(4096) {
             page[0] = 1;
         }
         std::hint::black_box(&block);
         let second = probe.containers();
-        let rate = second[0].dirty_rate_bps.expect("a rate after the baseline");
+        let rate = second[0]
+            .dirty_rate_bytes_per_s
+            .expect("a rate after the baseline")
+            .0;
         assert_eq!(second[0].dirty_method, Some(DirtyMethod::AccessedBit));
         // 32 MiB touched in well under a second.
         assert!(rate > 32 << 20, "rate {rate} B/s");
         // The bits were cleared: the untouched block does not count again.
         let quiet = std::time::Instant::now();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let third = probe.containers()[0].dirty_rate_bps.unwrap();
+        let third = probe.containers()[0].dirty_rate_bytes_per_s.unwrap().0;
         let touched = third as f64 * quiet.elapsed().as_secs_f64();
         assert!(
             touched < f64::from(16u32 << 20),
@@ -491,7 +494,7 @@ mod tests {
         probe.track("me", dir.path().to_path_buf());
         let sample = |probe: &CgroupProbe| {
             let c = probe.containers().remove(0);
-            (c.dirty_method, c.dirty_rate_bps.is_some())
+            (c.dirty_method, c.dirty_rate_bytes_per_s.is_some())
         };
         sample(&probe);
         assert_eq!(sample(&probe), (Some(DirtyMethod::SoftDirty), true));

@@ -1,14 +1,20 @@
-//! The agent's migration-step queryables (`agents/{id}/rpc/{op}`, SPEC §3).
+//! The agent's migration-step queryables (`agents/{id}/rpc/{op}`; docs/protocol.md, "Migration
+//! steps").
 //!
 //! The server decodes each [`StepRequest`], checks that the key's op matches the step, runs it
-//! through a [`StepExecutor`] within the request's timeout and always answers: a [`StepReply`]
-//! for anything that decoded, an error reply naming the problem for anything that did not.
+//! through a [`StepExecutor`] within the request's timeout ([`run_step`]) and always answers: a
+//! [`StepReply`] for anything that decoded, an error reply naming the problem for anything that
+//! did not (a request of another protocol version: "unsupported protocol version N, this node
+//! speaks M").
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mose_protocol::messages::{Step, StepFailure, StepOutcome, StepReply, StepRequest};
+use mose_protocol::keys::rpc_op;
+use mose_protocol::steps::{
+    FailureKind, Op, Step, StepFailure, StepOutcome, StepReply, StepRequest,
+};
 use mose_protocol::transport::QueryService;
 use mose_protocol::{decode, encode, KeySpace};
 use tracing::{debug, info, warn, Instrument};
@@ -23,11 +29,19 @@ pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Carries out migration steps on this host. Implementations make every step idempotent: the
 /// orchestrator retries after timeouts and rolls back by asking again.
 pub trait StepExecutor: Send + Sync + 'static {
+    /// Runs `step` of `task` to its end (the deadline is [`run_step`]'s).
     fn execute(
         &self,
         task: &str,
         step: Step,
-    ) -> impl Future<Output = Result<StepOutcome, String>> + Send;
+    ) -> impl Future<Output = Result<StepOutcome, StepFailure>> + Send;
+
+    /// The step that undoes `step` should it succeed after its deadline: the caller was told it
+    /// timed out and rolls back, but its own rollback step may never reach this agent (paused,
+    /// or cut off past the caller's patience). `None`: nothing to undo.
+    fn undo_of(&self, _step: &Step) -> Option<Step> {
+        None
+    }
 }
 
 /// Serves the step queryables while it lives.
@@ -54,10 +68,75 @@ impl StepServer {
     }
 }
 
+/// Runs `step` of `task` through `executor`, answering within `timeout` (capped at
+/// [`MAX_STEP_TIMEOUT`]) with a [`FailureKind::Timeout`] failure when it does not finish. The
+/// step goes on in its own task past the deadline (cut off halfway it would leave worse
+/// state); should it then succeed, the executor's [`StepExecutor::undo_of`] is run.
+pub async fn run_step<E: StepExecutor>(
+    executor: &Arc<E>,
+    task: &str,
+    step: Step,
+    timeout: Duration,
+) -> Result<StepOutcome, StepFailure> {
+    let op = step.op();
+    let timeout = timeout.min(MAX_STEP_TIMEOUT);
+    let undo = executor.undo_of(&step);
+    let span = tracing::Span::current();
+    let mut run = tokio::spawn({
+        let (executor, task) = (executor.clone(), task.to_string());
+        async move { executor.execute(&task, step).await }.instrument(span.clone())
+    });
+    match tokio::time::timeout(timeout, &mut run).await {
+        Ok(joined) => joined.unwrap_or_else(|e| Err(abnormal_end(op, e))),
+        Err(_) => {
+            if let Some(undo) = undo {
+                let late = undo_late(run, executor.clone(), task.to_string(), undo);
+                tokio::spawn(late.instrument(span));
+            }
+            Err(StepFailure {
+                op,
+                kind: FailureKind::Timeout,
+                reason: format!(
+                    "did not finish within {timeout:?}; it goes on, its effect unknown"
+                ),
+            })
+        }
+    }
+}
+
+fn abnormal_end(op: Op, e: tokio::task::JoinError) -> StepFailure {
+    StepFailure {
+        op,
+        kind: FailureKind::Internal,
+        reason: format!("the step's task ended abnormally: {e}"),
+    }
+}
+
+/// Waits for a step whose caller gave up, and runs `undo` if it succeeded after all.
+async fn undo_late<E: StepExecutor>(
+    run: tokio::task::JoinHandle<Result<StepOutcome, StepFailure>>,
+    executor: Arc<E>,
+    task: String,
+    undo: Step,
+) {
+    if !matches!(run.await, Ok(Ok(_))) {
+        return;
+    }
+    let op = undo.op();
+    warn!(
+        undo = %op,
+        "step succeeded after its timeout, which was reported as a failure: undoing it"
+    );
+    match executor.execute(&task, undo).await {
+        Ok(_) => info!(undo = %op, "late step undone"),
+        Err(failure) => warn!(undo = %op, %failure, "could not undo the late step"),
+    }
+}
+
 async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     let key = query.key_expr().clone();
-    let op = mose_protocol::keys::rpc_op(key.as_str()).to_string();
-    let request = match parse(&query, &op) {
+    let chunk = rpc_op(key.as_str()).to_string();
+    let request = match parse(&query, &chunk) {
         Ok(r) => r,
         Err(reason) => {
             warn!(key = %key, %reason, "refusing step request");
@@ -67,34 +146,24 @@ async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
             return;
         }
     };
-    let span = tracing::info_span!("step", task = %request.task, op = %op);
-    let timeout = Duration::from_millis(request.timeout_ms).min(MAX_STEP_TIMEOUT);
-    let undo = undo_if_late(&request.step);
-    // Its own task: past the timeout the step goes on (cut off halfway it would leave worse
-    // state), and its late outcome can still be acted on.
-    let mut run = tokio::spawn({
-        let (executor, task, step) = (executor.clone(), request.task.clone(), request.step);
-        async move { executor.execute(&task, step).await }.instrument(span.clone())
-    });
-    let result = match tokio::time::timeout(timeout, &mut run).await {
-        Ok(joined) => {
-            joined.unwrap_or_else(|e| Err(format!("the step's task ended abnormally: {e}")))
+    let op = request.step.op();
+    let span = tracing::info_span!("step", task = %request.task, %op);
+    let result = match Op::from_key_chunk(&chunk) == Some(op) {
+        true => {
+            let timeout = Duration::from_millis(request.timeout_ms);
+            run_step(&executor, &request.task, request.step, timeout)
+                .instrument(span.clone())
+                .await
         }
-        Err(_) => {
-            if let Some(undo) = undo {
-                let task = request.task.clone();
-                tokio::spawn(undo_late(run, executor, task, undo).instrument(span.clone()));
-            }
-            Err(format!("did not finish within {timeout:?}"))
-        }
+        false => Err(StepFailure {
+            op,
+            kind: FailureKind::InvalidRequest,
+            reason: format!("step '{op}' sent to the '{chunk}' queryable"),
+        }),
+    };
+    if let Err(failure) = &result {
+        span.in_scope(|| warn!(kind = %failure.kind, reason = %failure.reason, "step failed"));
     }
-    .map_err(|reason| {
-        span.in_scope(|| warn!(%reason, "step failed"));
-        StepFailure {
-            op: op.clone(),
-            reason,
-        }
-    });
     let reply = StepReply {
         task: request.task,
         result,
@@ -112,55 +181,12 @@ async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
     }
 }
 
-/// What undoes `step` should it succeed after its timeout. The caller was answered with a
-/// failure then and rolls back, but its own rollback step may never reach this agent (it was
-/// paused or cut off past the caller's patience): a Restore that podman finished meanwhile would
-/// leave a running copy nobody wants, a Checkpoint a frozen source nobody resumes. Both undos are
-/// what the caller's rollback sends anyway, and idempotent.
-fn undo_if_late(step: &Step) -> Option<Step> {
-    match step {
-        Step::Restore { spec, .. } => Some(Step::Abort {
-            service: spec.name.clone(),
-        }),
-        Step::Checkpoint { service, .. } => Some(Step::Resume {
-            service: service.clone(),
-        }),
-        _ => None,
-    }
-}
-
-/// Waits for a step whose caller gave up, and runs `undo` if it succeeded after all.
-async fn undo_late<E: StepExecutor>(
-    run: tokio::task::JoinHandle<Result<StepOutcome, String>>,
-    executor: Arc<E>,
-    task: String,
-    undo: Step,
-) {
-    if !matches!(run.await, Ok(Ok(_))) {
-        return;
-    }
-    let op = undo.op();
-    warn!(
-        undo = op,
-        "step succeeded after its timeout, which was reported as a failure: undoing it"
-    );
-    match executor.execute(&task, undo).await {
-        Ok(_) => info!(undo = op, "late step undone"),
-        Err(reason) => warn!(undo = op, %reason, "could not undo the late step"),
-    }
-}
-
-fn parse(query: &Query, op: &str) -> Result<StepRequest, String> {
+/// The request of a query; why not, as the error reply's text (the request did not decode, so
+/// there is no task to address a [`StepReply`] to).
+fn parse(query: &Query, chunk: &str) -> Result<StepRequest, String> {
     let payload = query
         .payload()
-        .ok_or_else(|| format!("step '{op}' needs a StepRequest payload"))?;
-    let request: StepRequest =
-        decode(&payload.to_bytes()).map_err(|e| format!("bad step request for '{op}': {e}"))?;
-    if request.step.op() != op {
-        return Err(format!(
-            "step '{}' sent to the '{op}' queryable",
-            request.step.op()
-        ));
-    }
-    Ok(request)
+        .ok_or_else(|| format!("step '{chunk}' needs a StepRequest payload"))?;
+    // The codec's error says it all, e.g. "unsupported protocol version 2, this node speaks 3".
+    decode(&payload.to_bytes()).map_err(|e| format!("bad step request for '{chunk}': {e}"))
 }

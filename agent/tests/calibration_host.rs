@@ -10,9 +10,7 @@ use runtime_common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calibration_fits_the_model_on_an_emulated_host() {
-    if prerequisites().is_none() {
-        return;
-    }
+    mose_testkit::root_test!(RUNTIME_TOOLS);
     let memload = image("memload").await;
     let (_lan, hosts) = hosts("mtb-calib-", 1, &memload).await;
     let (_host, podman) = &hosts[0];

@@ -14,10 +14,11 @@
 //! 1. a failed restore on B (CRIU cannot bind the service's port), then Abort(B) + SwitchFlow(M→A) + Resume(A), leaves the service
 //!    running on A with the client still served and nothing of it on B;
 //! 2. the migrations A→B→A keep the same connection and the count continues without a jump;
-//! 3. bad requests (unknown flow target, pre-dump, fetch of an image nobody serves, missing
-//!    service, bad name) fail with the reason.
+//! 3. bad requests (unknown flow target, a pre-dump round out of order, a checkpoint on rounds
+//!    that were never dumped, fetch of an image nobody serves, missing service, bad name) fail
+//!    with the reason.
 //!
-//! Run: `sudo -E cargo test -p mose-agent --test coat_migration -- --nocapture`
+//! Run: `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-agent --test coat_migration -- --nocapture`
 
 mod runtime_common;
 
@@ -31,13 +32,15 @@ use std::time::{Duration, Instant};
 use mose_agent::runtime::{CreateSpec, HostLimits, Netns, Podman};
 use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
 use mose_overlay::{connect_wire, HostOverlay};
-use mose_protocol::messages::{
-    ServiceNetwork, ServiceSpec, Step, StepOutcome, StepReply, StepRequest,
+use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
+use mose_protocol::steps::{
+    Abort, Checkpoint, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release, Restore,
+    Resume, Step, StepKind, StepOutcome, StepReply, StepRequest, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{decode, encode, KeySpace};
 use mose_testbed::{Host, Lan};
-use runtime_common::{image, prerequisites};
+use runtime_common::image;
 use tokio::process::Child;
 use zenoh::query::ConsolidationMode;
 use zenoh::Session;
@@ -50,6 +53,18 @@ const PORT: u16 = 7000;
 /// The test's own address on the testbed LAN (hosts start at .10).
 const TEST_LAN_IP: &str = "10.99.0.1/24";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Podman, runc and CRIU on each host, a private OvS on each, ethtool for the wires.
+const COAT_TOOLS: &[&str] = &[
+    "podman",
+    "runc",
+    "criu",
+    "ovsdb-server",
+    "ovs-vswitchd",
+    "ovs-vsctl",
+    "ovs-ofctl",
+    "ip",
+    "nsenter",
+];
 
 fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
@@ -136,8 +151,9 @@ fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&
     c.spawn().expect("spawn mose-agent")
 }
 
-/// One step on one agent, as the orchestrator's `AgentRpc::call` sends it.
-async fn step(
+/// One step on one agent, as the orchestrator's `AgentRpc::call` sends it; a failure as its
+/// reason.
+async fn step_any(
     session: &Session,
     keys: &KeySpace,
     agent: &str,
@@ -151,7 +167,7 @@ async fn step(
         timeout_ms: STEP_TIMEOUT.as_millis() as u64,
     };
     let replies = session
-        .get(keys.agent_rpc(agent, op))
+        .get(keys.agent_rpc(agent, op.as_str()))
         .payload(encode(&request).unwrap())
         .consolidation(ConsolidationMode::None)
         .timeout(STEP_TIMEOUT + Duration::from_secs(2))
@@ -172,15 +188,27 @@ async fn step(
     reply.result.map_err(|f| f.reason)
 }
 
-/// A step that must succeed; returns its outcome and how long it took end to end.
-async fn ok(
+/// [`step_any`] answering with the step's own outcome type.
+async fn step<S: StepKind>(
     session: &Session,
     keys: &KeySpace,
     agent: &str,
     task: &str,
-    s: Step,
-) -> (StepOutcome, Duration) {
-    let op = s.op();
+    s: S,
+) -> Result<S::Outcome, String> {
+    let outcome = step_any(session, keys, agent, task, s.into()).await?;
+    S::Outcome::try_from(outcome).map_err(|o| format!("{} answered {o:?}", S::OP))
+}
+
+/// A step that must succeed; returns its outcome and how long it took end to end.
+async fn ok<S: StepKind>(
+    session: &Session,
+    keys: &KeySpace,
+    agent: &str,
+    task: &str,
+    s: S,
+) -> (S::Outcome, Duration) {
+    let op = S::OP;
     let t = Instant::now();
     let out = step(session, keys, agent, task, s)
         .await
@@ -192,7 +220,7 @@ async fn ok(
 async fn wait_ready(session: &Session, keys: &KeySpace, agent: &str) {
     let t = Instant::now();
     loop {
-        let probe = Step::Describe {
+        let probe = Describe {
             service: "no-such-service".into(),
         };
         match step(session, keys, agent, "ready", probe).await {
@@ -319,9 +347,7 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
-    if prerequisites().is_none() {
-        return;
-    }
+    mose_testkit::root_test!(COAT_TOOLS);
     let counter = image("counter").await;
     let r = mose_testbed::sweep_stale(PREFIX).await.expect("sweep");
     assert!(r.is_clean(), "stale state: {:?}", r.problems);
@@ -410,7 +436,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         &keys,
         "a",
         "place",
-        Step::Prepare { spec: spec.clone() },
+        Prepare { spec: spec.clone() },
     )
     .await;
     let pa = Podman::new(a.podman_socket()).unwrap();
@@ -425,9 +451,9 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     .await
     .expect("create the service on A");
     pa.start(SERVICE).await.expect("start the service on A");
-    let to_a = Step::SwitchFlow {
+    let to_a = SwitchFlow {
         network: network.clone(),
-        to_agent: "a".into(),
+        to: "a".into(),
     };
     ok(&session, &keys, "m", "place", to_a.clone()).await;
 
@@ -454,18 +480,15 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         &keys,
         "a",
         "t-fail",
-        Step::Describe {
+        Describe {
             service: SERVICE.into(),
         },
     )
     .await;
-    let StepOutcome::Described {
+    let Described {
         spec: got,
         state_bytes,
-    } = described
-    else {
-        panic!("{described:?}")
-    };
+    } = described;
     assert_eq!(
         got, spec,
         "describe reports what the service was placed with"
@@ -480,14 +503,12 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         &keys,
         "b",
         "t-fail",
-        Step::Prepare { spec: spec.clone() },
+        Prepare { spec: spec.clone() },
     )
     .await;
-    let ckpt = Step::Checkpoint {
+    let ckpt = Checkpoint {
         service: SERVICE.into(),
-        image: "ckpt".into(),
-        leave_running: false,
-        pre_dump: false,
+        rounds: 0,
     };
     ok(&session, &keys, "a", "t-fail", ckpt.clone()).await;
     // Break B's restore at the CRIU level: something else listens on the service's port in the
@@ -508,11 +529,10 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     .await
     .unwrap();
     assert_eq!(ready.trim(), "squatting");
-    let restore = Step::Restore {
+    let restore = Restore {
         spec: spec.clone(),
-        from_agent: "a".into(),
-        image: "ckpt".into(),
-        previous: Vec::new(),
+        from: "a".into(),
+        rounds: 0,
     };
     let err = step(&session, &keys, "b", "t-fail", restore.clone())
         .await
@@ -525,7 +545,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
             &keys,
             "b",
             "t-fail",
-            Step::Abort {
+            Abort {
                 service: SERVICE.into(),
             },
         )
@@ -537,7 +557,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         &keys,
         "a",
         "t-fail",
-        Step::Resume {
+        Resume {
             service: SERVICE.into(),
         },
     )
@@ -547,7 +567,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         &keys,
         "a",
         "t-fail",
-        Step::Resume {
+        Resume {
             service: SERVICE.into(),
         },
     )
@@ -598,62 +618,88 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     }
 
     // --- Bad requests fail with the reason, and change nothing.
-    let refusals = [
+    let refusals: [(&str, Step, &str); 5] = [
         (
             "m",
-            Step::SwitchFlow {
+            SwitchFlow {
                 network: network.clone(),
-                to_agent: "c".into(),
-            },
+                to: "c".into(),
+            }
+            .into(),
             "no OvS port toward agent c",
         ),
         (
             "a",
-            Step::Checkpoint {
+            PreDump {
                 service: SERVICE.into(),
-                image: "x".into(),
-                leave_running: true,
-                pre_dump: true,
-            },
-            "pre-dump",
-        ),
-        (
-            "b",
-            Step::Describe {
-                service: SERVICE.into(),
-            },
-            "no container counter",
-        ),
-        (
-            "b",
-            Step::Fetch {
-                from_agent: "a".into(),
-                image: "never-dumped".into(),
-            },
-            "no manifest for blob",
-        ),
-        (
-            "b",
-            Step::Fetch {
-                from_agent: "a".into(),
-                image: "../x".into(),
-            },
-            "invalid image id",
+                round: 3,
+            }
+            .into(),
+            "does not follow",
         ),
         (
             "a",
-            Step::Describe {
+            Checkpoint {
+                service: SERVICE.into(),
+                rounds: 2,
+            }
+            .into(),
+            "holds 0 round(s)",
+        ),
+        (
+            "b",
+            Describe {
+                service: SERVICE.into(),
+            }
+            .into(),
+            "no container counter",
+        ),
+        (
+            "a",
+            Describe {
                 service: "../etc".into(),
-            },
+            }
+            .into(),
             "invalid service name",
         ),
     ];
     for (agent, s, why) in refusals {
-        let err = step(&session, &keys, agent, "t-bad", s)
+        let err = step_any(&session, &keys, agent, "t-bad", s)
             .await
             .expect_err("must fail");
         assert!(err.contains(why), "{agent}: {err}");
     }
+    // A fetch names no service: it needs its task's prepare, then fails on the missing image.
+    let fetch = Fetch {
+        from: "a".into(),
+        image: ImageId::Round(0),
+    };
+    let err = step(&session, &keys, "b", "t-bad", fetch.clone())
+        .await
+        .expect_err("a fetch before its prepare must fail");
+    assert!(err.contains("needs its prepare first"), "{err}");
+    ok(
+        &session,
+        &keys,
+        "b",
+        "t-bad",
+        Prepare { spec: spec.clone() },
+    )
+    .await;
+    let err = step(&session, &keys, "b", "t-bad", fetch)
+        .await
+        .expect_err("a fetch of an image nobody serves must fail");
+    assert!(err.contains("no manifest for blob"), "{err}");
+    ok(
+        &session,
+        &keys,
+        "b",
+        "t-bad",
+        Abort {
+            service: SERVICE.into(),
+        },
+    )
+    .await;
     client.served_again(5, Duration::from_secs(5)).await;
 
     let (samples, error, local) = client.finish();
@@ -733,67 +779,33 @@ async fn migrate(
     let service = || SERVICE.to_string();
     let t0 = Instant::now();
     let mut steps = Vec::new();
-    let (d, t) = ok(
-        session,
-        keys,
-        from,
-        task,
-        Step::Describe { service: service() },
-    )
-    .await;
+    let (d, t) = ok(session, keys, from, task, Describe { service: service() }).await;
     steps.push(("describe", t));
-    let StepOutcome::Described { spec, .. } = d else {
-        panic!("{d:?}")
-    };
-    let (_, t) = ok(
-        session,
-        keys,
-        to,
-        task,
-        Step::Prepare { spec: spec.clone() },
-    )
-    .await;
+    let spec = d.spec;
+    let (_, t) = ok(session, keys, to, task, Prepare { spec: spec.clone() }).await;
     steps.push(("prepare", t));
-    let ckpt = Step::Checkpoint {
+    let ckpt = Checkpoint {
         service: service(),
-        image: "ckpt".into(),
-        leave_running: false,
-        pre_dump: false,
+        rounds: 0,
     };
     let (c, t) = ok(session, keys, from, task, ckpt).await;
     steps.push(("checkpoint", t));
-    let StepOutcome::Checkpointed {
-        image_bytes,
-        stats: dump,
-    } = c
-    else {
-        panic!("{c:?}")
-    };
-    let restore = Step::Restore {
+    let (image_bytes, dump) = (c.image_bytes, c.stats);
+    let restore = Restore {
         spec: spec.clone(),
-        from_agent: from.into(),
-        image: "ckpt".into(),
-        previous: Vec::new(),
+        from: from.into(),
+        rounds: 0,
     };
     let (r, t) = ok(session, keys, to, task, restore.clone()).await;
     steps.push(("restore", t));
-    let StepOutcome::Restored { stats: rst } = r.clone() else {
-        panic!("{r:?}")
-    };
-    let switch = Step::SwitchFlow {
+    let rst = r.stats.clone();
+    let switch = SwitchFlow {
         network: spec.network.clone(),
-        to_agent: to.into(),
+        to: to.into(),
     };
     let (_, t) = ok(session, keys, "m", task, switch).await;
     steps.push(("switch-flow", t));
-    let (_, t) = ok(
-        session,
-        keys,
-        from,
-        task,
-        Step::Release { service: service() },
-    )
-    .await;
+    let (_, t) = ok(session, keys, from, task, Release { service: service() }).await;
     steps.push(("release", t));
     let total = t0.elapsed();
     assert_eq!(
@@ -801,14 +813,7 @@ async fn migrate(
         r,
         "restore is idempotent"
     );
-    ok(
-        session,
-        keys,
-        from,
-        task,
-        Step::Release { service: service() },
-    )
-    .await;
+    ok(session, keys, from, task, Release { service: service() }).await;
     client.served_again(50, Duration::from_secs(20)).await;
     Migration {
         from: from.into(),
@@ -823,13 +828,7 @@ async fn migrate(
 }
 
 fn run_cmd(program: &str, args: &[&str]) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = mose_command::Cmd::new(program).args(args).output_blocking() {
+        panic!("{e}");
+    }
 }

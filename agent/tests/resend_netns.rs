@@ -191,14 +191,7 @@ async fn swallowed_request(pair: &Pair, nudge: bool) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nudged_client_resends_before_its_backed_off_timer() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n");
-    if !matches!(root, Ok(true)) || !sh(&["iptables", "--version"]) {
-        eprintln!("SKIPPED: needs root and iptables");
-        return;
-    }
+    mose_testkit::root_test!(&["ip", "iptables"]);
     let pair = Pair::create().expect("create the namespace pair");
     let plain = swallowed_request(&pair, false).await;
     let nudged = swallowed_request(&pair, true).await;

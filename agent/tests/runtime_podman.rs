@@ -53,9 +53,7 @@ fn cut_before_pages(archive: &[u8]) -> Vec<u8> {
 /// Checkpoint → restore between two emulated hosts through the API, plus the fault cases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_migrates_between_hosts_with_the_archive_streamed() {
-    if prerequisites().is_none() {
-        return;
-    }
+    mose_testkit::root_test!(RUNTIME_TOOLS);
     let img = image("counter").await;
     let (lan, mut hs) = hosts("mtb-rtm", 2, &img).await;
     let (b_host, b) = hs.pop().unwrap();
@@ -265,12 +263,11 @@ async fn counter_migrates_between_hosts_with_the_archive_streamed() {
 }
 
 /// The capability probe on this machine, against a private API service in the root namespace
-/// (started as SPEC §6 says: `podman --runtime runc system service --time=0 unix://...`).
+/// (started as every host must start it, docs/runtime.md#quirks:
+/// `podman --runtime runc system service --time=0 unix://...`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reports_what_this_host_can_do() {
-    if prerequisites().is_none() {
-        return;
-    }
+    mose_testkit::root_test!(RUNTIME_TOOLS);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("podman.sock");
     let mut service = tokio::process::Command::new("podman")

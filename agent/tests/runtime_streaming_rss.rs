@@ -13,9 +13,7 @@ const MIB: u64 = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_restore_of_100_mib_stream() {
-    if prerequisites().is_none() {
-        return;
-    }
+    mose_testkit::root_test!(RUNTIME_TOOLS);
     let img = image("memload").await;
     let (lan, mut hs) = hosts("mtb-rts", 1, &img).await;
     let (host, podman) = hs.pop().unwrap();

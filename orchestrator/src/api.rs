@@ -1,4 +1,4 @@
-//! The orchestrator's HTTP API (SPEC §8; documented in docs/protocol.md).
+//! The orchestrator's HTTP API, whose paths are fixed (documented in docs/protocol.md#http-api).
 //!
 //! JSON in and out; every error is `{"error": "..."}` with a 4xx/5xx status that says whose
 //! fault it is.
@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use mose_api::ErrorBody;
 use serde::Serialize;
 
 use crate::registry::{AgentView, AgentsView};
@@ -48,17 +49,12 @@ impl From<TaskError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
             Json(ErrorBody {
-                error: &self.message,
+                error: self.message,
             }),
         )
             .into_response()

@@ -1,5 +1,6 @@
 //! Command line and config file of the `mose-orchestrator` daemon.
 
+use mose_protocol::units::BytesPerSec;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use thiserror::Error;
 
 use crate::tasks::DriverConfig;
 
-/// Default address of the HTTP API (SPEC §8).
+/// Default address of the HTTP API (docs/protocol.md#http-api).
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
 
 /// Default directory of the task database.
@@ -53,7 +54,7 @@ pub struct ConfigFile {
     pub http: Option<SocketAddr>,
     pub prefix: Option<String>,
     pub state_dir: Option<PathBuf>,
-    pub default_bandwidth_bps: Option<u64>,
+    pub default_bandwidth_bytes_per_s: Option<u64>,
     /// Step timeouts and retries (`[steps]`); what is absent keeps its default.
     pub steps: StepsFile,
     pub zenoh: ZenohOptions,
@@ -138,7 +139,7 @@ impl OrchestratorConfig {
 pub enum ConfigError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
-    #[error("default_bandwidth_bps must be at least 1 byte per second")]
+    #[error("default_bandwidth_bytes_per_s must be at least 1 byte per second")]
     ZeroBandwidth,
     #[error("[steps] {0} must be at least 1")]
     ZeroStepSetting(&'static str),
@@ -168,12 +169,12 @@ impl Cli {
         };
         let prefix = self.prefix.or(file.prefix);
         let mut driver = DriverConfig::default();
-        if let Some(bandwidth) = self.default_bandwidth.or(file.default_bandwidth_bps) {
+        if let Some(bandwidth) = self.default_bandwidth.or(file.default_bandwidth_bytes_per_s) {
             // The designer needs at least one byte per second to plan with.
             if bandwidth == 0 {
                 return Err(ConfigError::ZeroBandwidth);
             }
-            driver.default_bandwidth_bps = bandwidth;
+            driver.default_bandwidth_bytes_per_s = BytesPerSec(bandwidth);
         }
         file.steps.apply(&mut driver)?;
         Ok(OrchestratorConfig {
@@ -220,11 +221,11 @@ mod tests {
             .settle()
             .unwrap();
         assert_eq!(cfg2.state_dir, Path::new("/tmp/x"));
-        assert_eq!(cfg2.driver.default_bandwidth_bps, 125_000_000);
+        assert_eq!(cfg2.driver.default_bandwidth_bytes_per_s, BytesPerSec(125_000_000));
         let cfg3 = Cli::parse_from(["mose-orchestrator", "--default-bandwidth", "12500000"])
             .settle()
             .unwrap();
-        assert_eq!(cfg3.driver.default_bandwidth_bps, 12_500_000);
+        assert_eq!(cfg3.driver.default_bandwidth_bytes_per_s, BytesPerSec(12_500_000));
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);

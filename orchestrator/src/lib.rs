@@ -8,11 +8,13 @@
 //!   SQLite task store and reconciliation after a restart, the Zenoh task queryables.
 //! * [`api`]: the HTTP API (axum), with its [`openapi`] document and [`prometheus`] metrics.
 //! * [`cli`]: command line of the `mose-orchestrator` daemon.
-//! * [`client`]: the HTTP client and table rendering behind the `mose` CLI.
+//!
+//! The documents of the HTTP API ([`tasks::TaskRecord`], [`registry::AgentView`] …) are defined
+//! in the light crate `mose-api`, with the client and the tables of the `mose` CLI (crate
+//! `mose-cli`), so neither links Zenoh.
 
 pub mod api;
 pub mod cli;
-pub mod client;
 pub mod designer;
 pub mod openapi;
 pub mod prometheus;

@@ -3,11 +3,12 @@
 //! Rust types, so a renamed variant changes the document with it.
 
 use mose_protocol::messages::Phase;
+use mose_protocol::steps::{FailureKind, Op};
 use mose_protocol::model::{Objective, Strategy};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::tasks::{phase_name, TaskStatus};
+use crate::tasks::TaskStatus;
 
 /// The names serde gives `values` (unit variants serialise as strings).
 fn names<T: Serialize>(values: &[T]) -> Vec<Value> {
@@ -40,20 +41,12 @@ pub fn document() -> Value {
     });
     let agent_id =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
-    let phases: Vec<Value> = [
-        Phase::Prepare,
-        Phase::PreCopy,
-        Phase::Checkpoint,
-        Phase::Transfer,
-        Phase::Netns,
-        Phase::Restore,
-        Phase::FlowSwitch,
-        Phase::Cleanup,
-        Phase::Rollback,
-    ]
-    .into_iter()
-    .map(|p| json!(phase_name(p)))
-    .collect();
+    let phases: Vec<Value> = Phase::ALL.iter().map(|p| json!(p.as_str())).collect();
+    let ops: Vec<Value> = Op::ALL.iter().map(|op| json!(op.as_str())).collect();
+    let kinds: Vec<Value> = FailureKind::ALL
+        .iter()
+        .map(|k| json!(k.as_str()))
+        .collect();
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -177,7 +170,7 @@ pub fn document() -> Value {
                     "strategy": {"type": "string", "enum": names(&[Strategy::Cold, Strategy::Precopy,
                         Strategy::IterativePrecopy, Strategy::Ms2m, Strategy::HotStandby])},
                     "objective": {"type": "string", "enum": names(&[Objective::Downtime, Objective::Resources])},
-                    "bandwidth_bps": {"type": "integer", "description": "bytes per second"},
+                    "bandwidth_bytes_per_s": {"type": "integer", "description": "bytes per second"},
                     "rounds": {"type": "integer"},
                     "predicted_downtime_s": {"type": "number"},
                     "predicted_total_s": {"type": "number"},
@@ -204,6 +197,11 @@ pub fn document() -> Value {
                     "events": {"type": "array", "items": {"type": "object", "properties": {
                         "task": {"type": "string"}, "agent": {"type": "string"},
                         "phase": {"type": "string"}, "status": {},
+                        "at_us": {"type": "integer"}}}},
+                    "faults": {"type": "array", "description": "every step failure, oldest first",
+                        "items": {"type": "object", "properties": {
+                        "agent": {"type": "string"}, "op": {"type": "string", "enum": ops},
+                        "kind": {"type": "string", "enum": kinds}, "reason": {"type": "string"},
                         "at_us": {"type": "integer"}}}},
                     "error": {"type": "string", "nullable": true},
                     "measurements": {"type": "object", "properties": {

@@ -1,4 +1,5 @@
-//! Agent discovery and the live view of the agents (SPEC §3).
+//! Agent discovery and the live view of the agents (docs/architecture.md, "Discovery and the
+//! live view").
 //!
 //! Presence is the liveliness token `agents/{id}`: a join is seen within milliseconds, a clean
 //! exit at once, a host that vanishes after the agents' lease. On a join the profile is fetched
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use mose_protocol::messages::{now_us, AgentProfile, MetricsSample};
 use mose_protocol::{decode, KeySpace};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,19 +20,8 @@ use zenoh::query::ConsolidationMode;
 use zenoh::sample::{Sample, SampleKind};
 use zenoh::Session;
 
-/// What the orchestrator knows about one agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentView {
-    pub id: String,
-    /// When the orchestrator saw the agent's token appear (Unix µs).
-    pub joined_us: u64,
-    /// `None` until the profile has been fetched.
-    pub profile: Option<AgentProfile>,
-    /// The latest metrics sample, if any arrived.
-    pub metrics: Option<MetricsSample>,
-    /// When that sample arrived here (Unix µs), to judge its age without trusting peer clocks.
-    pub metrics_received_us: Option<u64>,
-}
+/// What the orchestrator knows about one agent: the HTTP API's document (crate `mose-api`).
+pub use mose_api::AgentView;
 
 /// A cheap, cloneable read handle on the live view.
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use mose_protocol::messages::{Step, StepFailure, StepOutcome, StepReply, StepRequest};
+use mose_protocol::steps::{FailureKind, Op, StepFailure, StepKind, StepReply, StepRequest};
 use mose_protocol::{decode, encode, CodecError, KeySpace};
 use thiserror::Error;
 use zenoh::query::ConsolidationMode;
@@ -15,7 +15,7 @@ pub enum RpcError {
     #[error("agent {agent} did not answer '{op}' within {timeout:?}")]
     NoAnswer {
         agent: String,
-        op: &'static str,
+        op: Op,
         timeout: Duration,
     },
     /// The query ended before its timeout with no reply: no such agent is reachable (never
@@ -23,36 +23,90 @@ pub enum RpcError {
     #[error("agent {agent} is gone: no answer to '{op}' after {after:?}")]
     Gone {
         agent: String,
-        op: &'static str,
+        op: Op,
         after: Duration,
     },
+    /// The agent could not take the request at all (another protocol version, a request it
+    /// cannot decode): it did not run the step.
     #[error("agent {agent} refused '{op}': {reason}")]
     Refused {
         agent: String,
-        op: &'static str,
+        op: Op,
         reason: String,
     },
-    #[error("agent {agent} failed '{}': {}", .failure.op, .failure.reason)]
+    #[error("agent {agent}: {failure}")]
     Failed { agent: String, failure: StepFailure },
     #[error("agent {agent} answered '{op}' with an undecodable reply: {source}")]
     Decode {
         agent: String,
-        op: &'static str,
+        op: Op,
         source: CodecError,
     },
-    #[error("agent {agent} answered '{op}' for task {got}, not {expected}")]
-    WrongTask {
+    /// The reply belongs to another task or another step: the agent's state is unknown.
+    #[error("agent {agent} answered '{op}' with {got}")]
+    Mismatch {
         agent: String,
-        op: &'static str,
-        expected: String,
+        op: Op,
         got: String,
     },
     #[error("cannot send '{op}' to agent {agent}: {reason}")]
     Send {
         agent: String,
-        op: &'static str,
+        op: Op,
         reason: String,
     },
+}
+
+impl RpcError {
+    /// What kind of failure this is, as the agent said or as the call ended.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            RpcError::Failed { failure, .. } => failure.kind,
+            RpcError::NoAnswer { .. } => FailureKind::Timeout,
+            RpcError::Gone { .. } | RpcError::Send { .. } => FailureKind::Network,
+            RpcError::Refused { .. } => FailureKind::InvalidRequest,
+            RpcError::Decode { .. } | RpcError::Mismatch { .. } => FailureKind::Internal,
+        }
+    }
+
+    /// The step the call was for.
+    pub fn op(&self) -> Op {
+        match self {
+            RpcError::Failed { failure, .. } => failure.op,
+            RpcError::NoAnswer { op, .. }
+            | RpcError::Gone { op, .. }
+            | RpcError::Refused { op, .. }
+            | RpcError::Decode { op, .. }
+            | RpcError::Mismatch { op, .. }
+            | RpcError::Send { op, .. } => *op,
+        }
+    }
+
+    /// The agent the call went to.
+    pub fn agent(&self) -> &str {
+        match self {
+            RpcError::Failed { agent, .. }
+            | RpcError::NoAnswer { agent, .. }
+            | RpcError::Gone { agent, .. }
+            | RpcError::Refused { agent, .. }
+            | RpcError::Decode { agent, .. }
+            | RpcError::Mismatch { agent, .. }
+            | RpcError::Send { agent, .. } => agent,
+        }
+    }
+
+    /// Whether the agent is known to have run the step to a failure (or not run it at all),
+    /// as opposed to an effect nobody knows: a timeout, a lost reply.
+    pub fn effect_known(&self) -> bool {
+        match self {
+            RpcError::Failed { failure, .. } => failure.kind != FailureKind::Timeout,
+            RpcError::Refused { .. } | RpcError::Send { .. } => true,
+            RpcError::NoAnswer { .. }
+            | RpcError::Gone { .. }
+            | RpcError::Decode { .. }
+            | RpcError::Mismatch { .. } => false,
+        }
+    }
 }
 
 /// The orchestrator's handle for calling agents.
@@ -70,19 +124,20 @@ impl AgentRpc {
         Self { session, keys }
     }
 
-    /// Runs `step` of `task` on `agent`, allowing it `timeout`.
-    pub async fn call(
+    /// Runs `step` of `task` on `agent`, allowing it `timeout`; answers with the step's own
+    /// outcome type.
+    pub async fn call<S: StepKind>(
         &self,
         agent: &str,
         task: &str,
-        step: Step,
+        step: S,
         timeout: Duration,
-    ) -> Result<StepOutcome, RpcError> {
-        let op = step.op();
+    ) -> Result<S::Outcome, RpcError> {
+        let op = S::OP;
         let request = StepRequest {
             task: task.to_string(),
-            step,
-            timeout_ms: timeout.as_millis() as u64,
+            step: step.into(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         let send_err = |reason: String| RpcError::Send {
             agent: agent.to_string(),
@@ -94,7 +149,7 @@ impl AgentRpc {
         let sent = Instant::now();
         let replies = self
             .session
-            .get(self.keys.agent_rpc(agent, op))
+            .get(self.keys.agent_rpc(agent, op.as_str()))
             .payload(payload)
             .consolidation(ConsolidationMode::None)
             .timeout(deadline)
@@ -139,17 +194,18 @@ impl AgentRpc {
                 op,
                 source,
             })?;
+        let mismatch = |got: String| RpcError::Mismatch {
+            agent: agent.to_string(),
+            op,
+            got,
+        };
         if reply.task != task {
-            return Err(RpcError::WrongTask {
-                agent: agent.to_string(),
-                op,
-                expected: task.to_string(),
-                got: reply.task,
-            });
+            return Err(mismatch(format!("a reply for task {}, not {task}", reply.task)));
         }
-        reply.result.map_err(|failure| RpcError::Failed {
+        let outcome = reply.result.map_err(|failure| RpcError::Failed {
             agent: agent.to_string(),
             failure,
-        })
+        })?;
+        S::Outcome::try_from(outcome).map_err(|other| mismatch(format!("the outcome {other:?}")))
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_orchestrator::api::{self, ApiState};
-use mose_orchestrator::client::{ApiClient, ClientError};
+use mose_api::{ApiClient, ClientError};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role};
@@ -29,7 +29,7 @@ fn profile(id: &str, role: Role) -> AgentProfile {
         hostname: "test-host".into(),
         agent_version: "test".into(),
         started_us: now_us(),
-        capabilities: Capabilities::default(),
+        capabilities: Some(Capabilities::default()),
         pam: None,
     }
 }
@@ -99,12 +99,16 @@ async fn agent_joins_reports_and_leaves() {
     );
 
     // A profile change is pushed, not polled.
-    node.update_profile(|p| p.capabilities.criu_version = Some("4.2".into()))
+    node.update_profile(|p| {
+        if let Some(c) = p.capabilities.as_mut() {
+            c.criu_version = Some("4.2".into());
+        }
+    })
         .await
         .unwrap();
     assert!(
         view.wait_until(Duration::from_secs(5), |m| {
-            m["edge1"].profile.as_ref().unwrap().capabilities.criu_version.as_deref() == Some("4.2")
+            m["edge1"].profile.as_ref().unwrap().capabilities.as_ref().and_then(|c| c.criu_version.as_deref()) == Some("4.2")
         })
         .await
     );

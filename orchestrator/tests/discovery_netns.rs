@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
-use mose_orchestrator::client::ApiClient;
-use mose_orchestrator::registry::AgentView;
+use mose_api::{AgentView, ApiClient};
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities, Role};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::KeySpace;
@@ -35,7 +34,7 @@ fn agent_child() {
             hostname: id.clone(),
             agent_version: "test".into(),
             started_us: now_us(),
-            capabilities: Capabilities::default(),
+            capabilities: Some(Capabilities::default()),
             pam: None,
         };
         let _node = AgentNode::start(
@@ -76,6 +75,7 @@ fn ids(agents: &[AgentView]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn discovery_across_namespaces() {
+    mose_testkit::root_test!(&["ip"]);
     let mut net = TestNet::new("disc", 71).unwrap();
     for n in 1..=3 {
         net.add_host(n).unwrap();

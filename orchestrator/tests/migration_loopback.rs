@@ -15,7 +15,7 @@ use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::steps::{StepExecutor, StepServer};
 use mose_orchestrator::api::{self, ApiState};
-use mose_orchestrator::client::{ApiClient, ClientError};
+use mose_api::{ApiClient, ClientError};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{
@@ -23,8 +23,13 @@ use mose_orchestrator::tasks::{
 };
 use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, CriuStats, Phase, PhaseEvent, PhaseStatus, Role,
-    ServiceNetwork, ServiceSpec, Step, StepOutcome, Task,
+    ServiceNetwork, ServiceSpec, Task,
 };
+use mose_protocol::steps::{
+    Described, Done, Dumped, FailureKind, Fetched, ImageId, Resent, Restored, Step, StepFailure,
+    StepOutcome,
+};
+use mose_protocol::units::BytesPerSec;
 use mose_protocol::model::Objective;
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{decode, encode, KeySpace};
@@ -114,20 +119,15 @@ impl Scripted {
 }
 
 impl StepExecutor for Scripted {
-    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, String> {
-        let op = step.op().to_string();
+    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, StepFailure> {
+        let op = step.op();
         let detail = match &step {
-            Step::SwitchFlow { to_agent, .. } => format!("{op}->{to_agent}"),
-            Step::Checkpoint {
-                pre_dump: true,
-                image,
-                ..
-            } => format!("{op}(pre-dump {image})"),
-            Step::Restore { previous, .. } if !previous.is_empty() => {
-                format!("{op}(previous {})", previous.join(","))
-            }
-            Step::Fetch { image, .. } => format!("{op}({image})"),
-            _ => op.clone(),
+            Step::SwitchFlow(s) => format!("{op}->{}", s.to),
+            Step::PreDump(s) => format!("{op}({})", s.round),
+            Step::Restore(s) if s.rounds > 0 => format!("{op}(rounds {})", s.rounds),
+            Step::Checkpoint(s) if s.rounds > 0 => format!("{op}(rounds {})", s.rounds),
+            Step::Fetch(s) => format!("{op}({})", s.image.key_chunk()),
+            _ => op.to_string(),
         };
         self.world
             .calls
@@ -136,8 +136,9 @@ impl StepExecutor for Scripted {
             .push((task.into(), self.agent.clone(), detail.clone()));
         let script = self.world.script.lock().unwrap().clone();
         let me = Some((self.agent.clone(), detail));
+        let failure = |kind, reason: String| StepFailure { op, kind, reason };
         if me.as_ref().is_some_and(|me| script.fail.contains(me)) {
-            return Err(format!("scripted failure of {op}"));
+            return Err(failure(FailureKind::Runtime, format!("scripted failure of {op}")));
         }
         if script.hang == me {
             std::future::pending::<()>().await;
@@ -146,32 +147,53 @@ impl StepExecutor for Scripted {
             let _ = self.session.close().await;
             std::future::pending::<()>().await;
         }
-        match step {
-            Step::Describe { service } if service == "counter" => Ok(StepOutcome::Described {
+        let dumped = |image| Dumped {
+            image,
+            image_bytes: 1 << 20,
+            stats: CriuStats {
+                frozen_time_us: Some(1000),
+                ..Default::default()
+            },
+        };
+        Ok(match step {
+            Step::Describe(d) if d.service == "counter" => Described {
                 spec: spec(),
                 state_bytes: 10 << 20,
-            }),
-            Step::Describe { service } => Err(format!("no container named '{service}' here")),
-            Step::Checkpoint { .. } => Ok(StepOutcome::Checkpointed {
+            }
+            .into(),
+            Step::Describe(d) => {
+                return Err(failure(
+                    FailureKind::WrongState,
+                    format!("no container named '{}' here", d.service),
+                ))
+            }
+            Step::PreDump(p) => dumped(ImageId::Round(p.round)).into(),
+            Step::Checkpoint(_) => dumped(ImageId::Final).into(),
+            Step::Fetch(f) => Fetched {
+                image: f.image,
                 image_bytes: 1 << 20,
-                stats: CriuStats {
-                    frozen_time_us: Some(1000),
-                    ..Default::default()
-                },
-            }),
-            Step::Restore { .. } => {
+            }
+            .into(),
+            Step::Restore(_) => {
                 // A destination reports its own sub-phases on the task's event key.
                 self.agent_event(task, Phase::Transfer, PhaseStatus::Started)
                     .await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 self.agent_event(task, Phase::Transfer, PhaseStatus::Finished)
                     .await;
-                Ok(StepOutcome::Restored {
+                Restored {
+                    fetched_bytes: 1 << 20,
                     stats: CriuStats::default(),
-                })
+                }
+                .into()
             }
-            _ => Ok(StepOutcome::Done),
-        }
+            Step::Resend(_) => Resent { nudges: 1 }.into(),
+            Step::Prepare(_)
+            | Step::SwitchFlow(_)
+            | Step::Resume(_)
+            | Step::Abort(_)
+            | Step::Release(_) => Done.into(),
+        })
     }
 }
 
@@ -182,10 +204,10 @@ fn profile(id: &str, role: Role, dirty_tracking: bool) -> AgentProfile {
         hostname: id.into(),
         agent_version: "test".into(),
         started_us: now_us(),
-        capabilities: Capabilities {
+        capabilities: Some(Capabilities {
             dirty_tracking,
             ..Capabilities::default()
-        },
+        }),
         pam: None,
     }
 }
@@ -204,7 +226,7 @@ fn test_config() -> DriverConfig {
         },
         retry_attempts: 2,
         retry_backoff: Duration::from_millis(50),
-        default_bandwidth_bps: 125_000_000,
+        default_bandwidth_bytes_per_s: BytesPerSec(125_000_000),
         reconcile_wait: Duration::from_secs(5),
         agent_wait: Duration::from_secs(5),
     }
@@ -404,16 +426,16 @@ async fn happy_path_runs_coat_in_order_and_reports() {
     assert_eq!(published.plan, done.plan);
 
     // Phases from the orchestrator and from the destination agent, with measurements.
-    let phases: Vec<&str> = [
-        "prepare",
-        "checkpoint",
-        "transfer",
-        "restore",
-        "flow_switch",
-        "cleanup",
+    let phases: Vec<Phase> = [
+        Phase::Prepare,
+        Phase::Checkpoint,
+        Phase::Transfer,
+        Phase::Restore,
+        Phase::FlowSwitch,
+        Phase::Cleanup,
     ]
     .into_iter()
-    .filter(|p| !done.measurements.phases_ms.contains_key(*p))
+    .filter(|p| !done.measurements.phases_ms.contains_key(p))
     .collect();
     assert!(
         phases.is_empty(),
@@ -464,24 +486,16 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     let rounds = task.plan.rounds as usize;
     assert_eq!(calls[..2], HAPPY[..2]);
     let pre_copy: Vec<String> = (0..rounds)
-        .flat_map(|i| {
-            [
-                format!("edge1:checkpoint(pre-dump pre-{i})"),
-                format!("edge2:fetch(pre-{i})"),
-            ]
-        })
+        .flat_map(|i| [format!("edge1:pre-dump({i})"), format!("edge2:fetch(round-{i})")])
         .collect();
     let n = 2 * rounds;
     assert_eq!(calls[2..2 + n], pre_copy, "{calls:?}");
-    // The final checkpoint, then a restore on top of every round (each builds on the last).
-    assert_eq!(calls[2 + n], HAPPY[2]);
-    let all: Vec<String> = (0..rounds).map(|i| format!("pre-{i}")).collect();
-    assert_eq!(
-        calls[3 + n],
-        format!("edge2:restore(previous {})", all.join(","))
-    );
+    // The final checkpoint on top of every round, then a restore of all of them (each
+    // builds on the last).
+    assert_eq!(calls[2 + n], format!("edge1:checkpoint(rounds {rounds})"));
+    assert_eq!(calls[3 + n], format!("edge2:restore(rounds {rounds})"));
     assert_eq!(calls[4 + n..], HAPPY[4..]);
-    assert!(done.measurements.phases_ms.contains_key("pre_copy"));
+    assert!(done.measurements.phases_ms.contains_key(&Phase::PreCopy));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -748,8 +762,9 @@ async fn bad_submissions_get_clear_4xx() {
         change(&mut r);
         r
     };
-    // Unknown service: the source's own reason comes back.
-    refused(422, "no container named 'ghost'")(
+    // Unknown service: the source's own reason comes back, as a conflict with the source's
+    // state (its kind is wrong_state).
+    refused(409, "no container named 'ghost'")(
         rig.client
             .submit(&with(|r| r.service = "ghost".into()))
             .await,

@@ -1,41 +1,93 @@
 //! The step RPC between orchestrator and agent, over loopback: outcomes, failures, timeouts,
-//! refused garbage and an agent that is not there. The executor here is a test double for the
-//! protocol layer only; the real executor is tested on emulated hosts.
+//! refused garbage, another protocol version, a step on the wrong queryable, and an agent that
+//! is not there. The executors here are test doubles for the protocol layer only; the real
+//! executor is tested against a fake host (agent unit tests) and on emulated hosts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mose_agent::steps::{StepExecutor, StepServer};
 use mose_orchestrator::rpc::{AgentRpc, RpcError};
-use mose_protocol::messages::{Step, StepOutcome};
+use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec};
+use mose_protocol::steps::{
+    Abort, Done, FailureKind, Op, Release, Restore, Restored, Resume, Step, StepFailure,
+    StepOutcome, StepRequest,
+};
 use mose_protocol::transport::ZenohOptions;
-use mose_protocol::KeySpace;
+use mose_protocol::{encode, KeySpace};
+use zenoh::query::Reply;
+use zenoh::Session;
 
 struct Scripted;
 
 impl StepExecutor for Scripted {
-    async fn execute(&self, _task: &str, step: Step) -> Result<StepOutcome, String> {
+    async fn execute(&self, _task: &str, step: Step) -> Result<StepOutcome, StepFailure> {
         match step {
-            Step::Resume { service } if service == "ok" => Ok(StepOutcome::Done),
-            Step::Resume { service } if service == "slow" => {
+            Step::Resume(r) if r.service == "ok" => Ok(Done.into()),
+            Step::Resume(r) if r.service == "slow" => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                Ok(StepOutcome::Done)
+                Ok(Done.into())
             }
-            other => Err(format!("cannot {}", other.op())),
+            other => Err(StepFailure {
+                op: other.op(),
+                kind: FailureKind::WrongState,
+                reason: format!("cannot {}", other.op()),
+            }),
         }
     }
 }
 
+/// An agent session and an orchestrator session connected over loopback.
+async fn sessions() -> (Session, Session) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let agent = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let orch = ZenohOptions::explicit(vec![], vec![endpoint])
+        .open()
+        .await
+        .unwrap();
+    (agent, orch)
+}
+
+fn resume(s: &str) -> Resume {
+    Resume { service: s.into() }
+}
+
+/// The first reply to raw `payload` on agent `agent`'s queryable `op`.
+async fn raw(orch: &Session, keys: &KeySpace, agent: &str, op: &str, payload: Vec<u8>) -> Reply {
+    let replies = orch
+        .get(keys.agent_rpc(agent, op))
+        .payload(payload)
+        .await
+        .unwrap();
+    replies.recv_async().await.unwrap()
+}
+
+fn error_text(reply: &Reply) -> String {
+    reply
+        .result()
+        .unwrap_err()
+        .payload()
+        .try_to_string()
+        .unwrap()
+        .into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn steps_answer_fail_and_time_out_with_typed_errors() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let (agent, orch) = sessions().await;
     let keys = KeySpace::default();
-    let agent = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let orch = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
-    let _server = StepServer::start(&agent, &keys, "edge1", Arc::new(Scripted)).await.unwrap();
+    let _server = StepServer::start(&agent, &keys, "edge1", Arc::new(Scripted))
+        .await
+        .unwrap();
     let rpc = AgentRpc::new(orch.clone(), keys.clone());
-    let resume = |s: &str| Step::Resume { service: s.into() };
     let t = Duration::from_secs(5);
 
     // The first get after a remote queryable is declared may find nothing: retry briefly.
@@ -43,7 +95,7 @@ async fn steps_answer_fail_and_time_out_with_typed_errors() {
     loop {
         match rpc.call("edge1", "t1", resume("ok"), t).await {
             Ok(outcome) => {
-                assert_eq!(outcome, StepOutcome::Done);
+                assert_eq!(outcome, Done);
                 break;
             }
             Err(e) if start.elapsed() < Duration::from_secs(5) => {
@@ -54,72 +106,163 @@ async fn steps_answer_fail_and_time_out_with_typed_errors() {
         }
     }
 
-    match rpc.call("edge1", "t1", Step::Release { service: "x".into() }, t).await {
+    match rpc
+        .call(
+            "edge1",
+            "t1",
+            Release {
+                service: "x".into(),
+            },
+            t,
+        )
+        .await
+    {
         Err(RpcError::Failed { failure, .. }) => {
-            assert_eq!(failure.op, "release");
+            assert_eq!(
+                (failure.op, failure.kind),
+                (Op::Release, FailureKind::WrongState)
+            );
             assert!(failure.reason.contains("cannot release"));
         }
         other => panic!("expected a step failure, got {other:?}"),
     }
 
     let start = Instant::now();
-    match rpc.call("edge1", "t1", resume("slow"), Duration::from_millis(300)).await {
-        Err(RpcError::Failed { failure, .. }) => assert!(failure.reason.contains("within")),
+    match rpc
+        .call("edge1", "t1", resume("slow"), Duration::from_millis(300))
+        .await
+    {
+        Err(RpcError::Failed { failure, .. }) => {
+            assert_eq!(failure.kind, FailureKind::Timeout, "{failure}");
+            assert!(failure.reason.contains("within"), "{failure}");
+        }
         other => panic!("expected a timeout failure, got {other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "the agent enforces the step timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the agent enforces the step timeout"
+    );
 
-    // Garbage and mismatched ops are refused with a reason, not dropped.
-    let replies = orch
-        .get(keys.agent_rpc("edge1", "resume"))
-        .payload(vec![1u8, 2, 3])
-        .await
-        .unwrap();
-    let reply = replies.recv_async().await.unwrap();
-    let err = reply.result().unwrap_err().payload().try_to_string().unwrap().into_owned();
+    // Garbage is refused with a reason, not dropped.
+    let err = error_text(&raw(&orch, &keys, "edge1", "resume", vec![1u8, 2, 3]).await);
     assert!(err.contains("bad step request"), "{err}");
 
-    match rpc.call("ghost", "t1", resume("ok"), Duration::from_millis(200)).await {
+    // A step sent to another op's queryable is an invalid request, answered as a step failure.
+    let request = StepRequest {
+        task: "t1".into(),
+        step: resume("ok").into(),
+        timeout_ms: 5000,
+    };
+    let reply = raw(&orch, &keys, "edge1", "release", encode(&request).unwrap()).await;
+    let reply: mose_protocol::steps::StepReply =
+        mose_protocol::decode(&reply.result().unwrap().payload().to_bytes()).unwrap();
+    let failure = reply.result.unwrap_err();
+    assert_eq!(
+        (failure.op, failure.kind),
+        (Op::Resume, FailureKind::InvalidRequest)
+    );
+    assert!(
+        failure.reason.contains("sent to the 'release' queryable"),
+        "{failure}"
+    );
+
+    match rpc
+        .call("ghost", "t1", resume("ok"), Duration::from_millis(200))
+        .await
+    {
         Err(RpcError::Gone { agent, .. }) => assert_eq!(agent, "ghost"),
         other => panic!("expected no answer from an absent agent, got {other:?}"),
     }
 }
 
-/// Records the steps it runs; a Restore takes 500 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_of_another_protocol_version_is_refused_naming_both_versions() {
+    let (agent, orch) = sessions().await;
+    let keys = KeySpace::default();
+    let _server = StepServer::start(&agent, &keys, "edge1", Arc::new(Scripted))
+        .await
+        .unwrap();
+    let request = StepRequest {
+        task: "t1".into(),
+        step: resume("ok").into(),
+        timeout_ms: 5000,
+    };
+    let mut old = encode(&request).unwrap();
+    // The envelope's version field (u16 LE after the magic), as a version-2 node writes it.
+    old[2..4].copy_from_slice(&2u16.to_le_bytes());
+    // The first get after a remote queryable is declared may find nothing: retry briefly.
+    let start = Instant::now();
+    let reply = loop {
+        let replies = orch
+            .get(keys.agent_rpc("edge1", "resume"))
+            .payload(old.clone())
+            .timeout(Duration::from_secs(2))
+            .await
+            .unwrap();
+        match replies.recv_async().await {
+            Ok(reply) => break reply,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no answer: {e}"),
+        }
+    };
+    let err = error_text(&reply);
+    assert!(
+        err.contains("unsupported protocol version 2, this node speaks 3"),
+        "{err}"
+    );
+}
+
+/// Records the steps it runs; a Restore takes 500 ms. Undoes a late Restore with an Abort, as
+/// the COAT executor does.
 #[derive(Default)]
 struct Recording {
-    ran: std::sync::Mutex<Vec<String>>,
+    ran: std::sync::Mutex<Vec<Op>>,
 }
 
 impl StepExecutor for Recording {
-    async fn execute(&self, _task: &str, step: Step) -> Result<StepOutcome, String> {
-        if let Step::Restore { .. } = step {
+    async fn execute(&self, _task: &str, step: Step) -> Result<StepOutcome, StepFailure> {
+        if let Step::Restore(_) = step {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        self.ran.lock().unwrap().push(step.op().to_string());
+        self.ran.lock().unwrap().push(step.op());
         Ok(match step {
-            Step::Restore { .. } => StepOutcome::Restored {
-                stats: Default::default(),
-            },
-            _ => StepOutcome::Done,
+            Step::Restore(_) => Restored {
+                fetched_bytes: 1,
+                stats: CriuStats::default(),
+            }
+            .into(),
+            _ => Done.into(),
         })
+    }
+
+    fn undo_of(&self, step: &Step) -> Option<Step> {
+        match step {
+            Step::Restore(r) => Some(
+                Abort {
+                    service: r.spec.name.clone(),
+                }
+                .into(),
+            ),
+            _ => None,
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restore_that_succeeds_after_its_timeout_is_aborted_by_the_agent() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
+async fn a_restore_that_succeeds_after_its_timeout_is_undone_by_the_agent() {
+    let (agent, orch) = sessions().await;
     let keys = KeySpace::default();
-    let agent = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let orch = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
     let executor = Arc::new(Recording::default());
-    let _server = StepServer::start(&agent, &keys, "edge2", executor.clone()).await.unwrap();
+    let _server = StepServer::start(&agent, &keys, "edge2", executor.clone())
+        .await
+        .unwrap();
     let rpc = AgentRpc::new(orch.clone(), keys.clone());
-    let spec = mose_protocol::messages::ServiceSpec {
+    let spec = ServiceSpec {
         name: "counter".into(),
         image: "i".into(),
-        network: mose_protocol::messages::ServiceNetwork {
+        network: ServiceNetwork {
             ip: std::net::Ipv4Addr::new(10, 0, 0, 1),
             prefix_len: 24,
             mac: [2, 0, 0, 0, 0, 1],
@@ -127,12 +270,18 @@ async fn a_restore_that_succeeds_after_its_timeout_is_aborted_by_the_agent() {
             client_mac: None,
         },
     };
-    let restore =
-        Step::Restore { spec, from_agent: "edge1".into(), image: "c".into(), previous: Vec::new() };
+    let restore = Restore {
+        spec,
+        from: "edge1".into(),
+        rounds: 0,
+    };
     // The first get after a remote queryable is declared may find nothing: retry briefly.
     let start = Instant::now();
     let failure = loop {
-        match rpc.call("edge2", "t1", restore.clone(), Duration::from_millis(200)).await {
+        match rpc
+            .call("edge2", "t1", restore.clone(), Duration::from_millis(200))
+            .await
+        {
             Err(RpcError::Failed { failure, .. }) => break failure,
             Err(e) if start.elapsed() < Duration::from_secs(5) => {
                 eprintln!("retrying: {e}");
@@ -141,12 +290,17 @@ async fn a_restore_that_succeeds_after_its_timeout_is_aborted_by_the_agent() {
             other => panic!("expected a timeout failure, got {other:?}"),
         }
     };
-    assert!(failure.reason.contains("within"), "{failure:?}");
-    // The caller was told it failed: the restore that finishes anyway is aborted right after.
+    assert_eq!(failure.kind, FailureKind::Timeout, "{failure:?}");
+    // The caller was told it failed: the restore that finishes anyway is undone right after.
     let t = Instant::now();
     while executor.ran.lock().unwrap().len() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", executor.ran.lock().unwrap());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            executor.ran.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(*executor.ran.lock().unwrap(), ["restore", "abort"]);
+    let ran = executor.ran.lock().unwrap().clone();
+    assert_eq!(ran, [Op::Restore, Op::Abort]);
 }

@@ -5,23 +5,16 @@ use std::path::PathBuf;
 /// Errors of the overlay crate.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    /// A local I/O operation failed (file, socket, process spawn).
+    /// A local I/O operation failed (file, socket).
     #[error("{what}: {source}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    /// An external command ran but reported failure.
-    #[error("command `{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-    /// Something did not happen within its deadline.
-    #[error("timed out after {after_ms} ms: {what}")]
-    Timeout { what: String, after_ms: u64 },
+    /// An external tool (ovs-*, tc, nsenter) could not run, failed or missed its deadline.
+    #[error(transparent)]
+    Command(#[from] mose_command::CommandError),
     /// A netlink request was refused by the kernel.
     #[error("netlink: {what}: {reason}")]
     Netlink { what: String, reason: String },

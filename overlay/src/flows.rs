@@ -16,7 +16,8 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::cmd;
+use mose_command::{argv, Cmd};
+
 use crate::error::{OverlayError, Result};
 use crate::netns::MacAddr;
 
@@ -124,9 +125,11 @@ impl OfctlBackend {
     }
 
     async fn ofctl(&self, args: &[String], input: Option<&[u8]>) -> Result<String> {
-        let mut argv = cmd::argv(["ovs-ofctl", "-O", "OpenFlow13"]);
-        argv.extend_from_slice(args);
-        cmd::run_with_input(&argv, &[], input, cmd::DEFAULT_TIMEOUT).await
+        let mut c = Cmd::new("ovs-ofctl").args(["-O", "OpenFlow13"]).args(args);
+        if let Some(data) = input {
+            c = c.input(data);
+        }
+        Ok(c.stdout().await?)
     }
 
     /// Make the datapath follow the new tables now. The OpenFlow reply only says the *tables*
@@ -146,12 +149,11 @@ impl OfctlBackend {
             "ovs-vswitchd".into()
         };
         let rundir = self.rundir.to_string_lossy().into_owned();
-        cmd::run(
-            &cmd::argv(["ovs-appctl", "-t", target.as_str(), "revalidator/purge"]),
-            &[("OVS_RUNDIR", rundir.as_str())],
-            cmd::DEFAULT_TIMEOUT,
-        )
-        .await?;
+        Cmd::new("ovs-appctl")
+            .args(["-t", target.as_str(), "revalidator/purge"])
+            .env("OVS_RUNDIR", rundir.as_str())
+            .output()
+            .await?;
         Ok(())
     }
 }
@@ -187,7 +189,7 @@ impl FlowBackend for OfctlBackend {
         let target = self.target(bridge)?;
         let input = ofctl_bundle(cookie, flows);
         self.ofctl(
-            &cmd::argv(["--bundle", "add-flows", &target, "-"]),
+            &argv(["--bundle", "add-flows", &target, "-"]),
             Some(input.as_bytes()),
         )
         .await?;
@@ -197,7 +199,7 @@ impl FlowBackend for OfctlBackend {
     async fn remove(&self, bridge: &str, cookie: u64) -> Result<()> {
         let target = self.target(bridge)?;
         self.ofctl(
-            &cmd::argv(["del-flows", &target, &format!("cookie={cookie:#x}/-1")]),
+            &argv(["del-flows", &target, &format!("cookie={cookie:#x}/-1")]),
             None,
         )
         .await?;
@@ -208,7 +210,7 @@ impl FlowBackend for OfctlBackend {
         let target = self.target(bridge)?;
         let out = self
             .ofctl(
-                &cmd::argv([
+                &argv([
                     "--no-stats",
                     "dump-flows",
                     &target,

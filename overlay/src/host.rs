@@ -17,7 +17,7 @@
 //! let ep = dst.add_endpoint(&spec).await?;
 //! dst.steer(svc, ep.ofport).await?;
 //! // Source: allocate PAM's L towards the destination for the transfer, release it afterwards.
-//! shaping::shape(None, &Shape { dev: "eth0".into(), rate_bps: 100_000_000, dst: Some(Ipv4Addr::new(10, 99, 0, 11)) }).await?;
+//! shaping::shape(None, &Shape { dev: "eth0".into(), rate_bits_per_s: 100_000_000, dst: Some(Ipv4Addr::new(10, 99, 0, 11)) }).await?;
 //! // ... checkpoint, transfer, restore into ep.endpoint.netns_path ...
 //! shaping::unshape(None, "eth0").await?;
 //! // COAT 5 (mobile host, after the restore): one atomic bundle moves IP and ARP.

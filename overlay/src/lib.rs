@@ -10,7 +10,6 @@
 //!
 //! See `docs/overlay.md` for the design and the measurements behind it.
 
-mod cmd;
 pub mod error;
 pub mod flows;
 pub mod host;

@@ -18,7 +18,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::cmd;
+use mose_command::{argv, Cmd};
+
 use crate::error::{OverlayError, Result};
 
 /// Where Debian's openvswitch-common puts the schema.
@@ -118,17 +119,12 @@ impl OvsInstance {
         remove_mgmt_sockets(&dir);
 
         let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        cmd::run(
-            &cmd::argv([
-                "ovsdb-tool".to_string(),
-                "create".into(),
-                p("conf.db"),
-                schema.to_string_lossy().into(),
-            ]),
-            &[],
-            cmd::DEFAULT_TIMEOUT,
-        )
-        .await?;
+        Cmd::new("ovsdb-tool")
+            .arg("create")
+            .arg(p("conf.db"))
+            .arg(schema)
+            .output()
+            .await?;
 
         let dir_s = dir.to_string_lossy().into_owned();
         // OVS_RUNDIR etc. make every default path of the tools point into our dir, so nothing falls
@@ -141,7 +137,7 @@ impl OvsInstance {
         ];
 
         let mut db_cmd = this.prefix.clone();
-        db_cmd.extend(cmd::argv([
+        db_cmd.extend(argv([
             "ovsdb-server".to_string(),
             p("conf.db"),
             format!("--remote=punix:{}", sock.display()),
@@ -154,26 +150,25 @@ impl OvsInstance {
             "--no-chdir".into(),
             "--detach".into(),
         ]));
-        if let Err(e) = cmd::run(&db_cmd, &env, cmd::DEFAULT_TIMEOUT).await {
+        let started = match Cmd::from_argv(&db_cmd) {
+            Ok(c) => c.envs(env.iter().copied()).output().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             this.stopped = true;
-            return Err(e);
+            return Err(e.into());
         }
 
         // The root row must exist before ovs-vswitchd starts, or it idles waiting for one.
-        cmd::run(
-            &cmd::argv([
-                "ovs-vsctl".to_string(),
-                format!("--db=unix:{}", sock.display()),
-                "--no-wait".into(),
-                "init".into(),
-            ]),
-            &env,
-            cmd::DEFAULT_TIMEOUT,
-        )
-        .await?;
+        Cmd::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", sock.display()))
+            .args(["--no-wait", "init"])
+            .envs(env.iter().copied())
+            .output()
+            .await?;
 
         let mut sw_cmd = this.prefix.clone();
-        sw_cmd.extend(cmd::argv([
+        sw_cmd.extend(argv([
             "ovs-vswitchd".to_string(),
             format!("unix:{}", sock.display()),
             format!("--pidfile={}", p("ovs-vswitchd.pid")),
@@ -184,7 +179,11 @@ impl OvsInstance {
             "--no-chdir".into(),
             "--detach".into(),
         ]));
-        cmd::run(&sw_cmd, &env, Duration::from_secs(30)).await?;
+        Cmd::from_argv(&sw_cmd)?
+            .envs(env.iter().copied())
+            .deadline(Duration::from_secs(30))
+            .output()
+            .await?;
         tracing::info!(dir = %dir.display(), prefix = ?this.prefix, "private OvS started");
         Ok(this)
     }

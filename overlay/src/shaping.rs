@@ -16,7 +16,8 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::cmd;
+use mose_command::{argv, Cmd, CommandError};
+
 use crate::error::{OverlayError, Result};
 use crate::netns::validate_ifname;
 
@@ -26,7 +27,7 @@ pub struct Shape {
     /// The egress device (in the namespace given to [`shape`]).
     pub dev: String,
     /// Rate in bit/s.
-    pub rate_bps: u64,
+    pub rate_bits_per_s: u64,
     /// Only traffic to this address is limited; None = all egress of `dev`.
     pub dst: Option<Ipv4Addr>,
 }
@@ -34,18 +35,18 @@ pub struct Shape {
 /// Token bucket depth: 10 ms worth of tokens, at least 10 full-size frames. Smaller buckets
 /// cannot reach the rate with the kernel's timer granularity; larger ones make the first
 /// burst overshoot.
-fn burst_bytes(rate_bps: u64) -> u64 {
-    (rate_bps / 8 / 100).max(10 * 1514)
+fn burst_bytes(rate_bits_per_s: u64) -> u64 {
+    (rate_bits_per_s / 8 / 100).max(10 * 1514)
 }
 
 /// The `tc` argument lists (without `tc`) that install `s`.
 pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
-    let rate = format!("{}bit", s.rate_bps);
-    let burst = burst_bytes(s.rate_bps).to_string();
+    let rate = format!("{}bit", s.rate_bits_per_s);
+    let burst = burst_bytes(s.rate_bits_per_s).to_string();
     let tbf = |parent: &[&str]| {
-        let mut v = cmd::argv(["qdisc", "add", "dev", s.dev.as_str()]);
-        v.extend(cmd::argv(parent.iter().copied()));
-        v.extend(cmd::argv([
+        let mut v = argv(["qdisc", "add", "dev", s.dev.as_str()]);
+        v.extend(argv(parent.iter().copied()));
+        v.extend(argv([
             "tbf",
             "rate",
             rate.as_str(),
@@ -59,7 +60,7 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
     match s.dst {
         None => vec![tbf(&["root", "handle", "40:"])],
         Some(dst) => vec![
-            cmd::argv([
+            argv([
                 "qdisc",
                 "add",
                 "dev",
@@ -69,7 +70,7 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
                 "1:",
                 "htb",
             ]),
-            cmd::argv([
+            argv([
                 "class",
                 "add",
                 "dev",
@@ -87,7 +88,7 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
                 burst.as_str(),
             ]),
             tbf(&["parent", "1:4", "handle", "40:"]),
-            cmd::argv([
+            argv([
                 "filter".to_string(),
                 "add".into(),
                 "dev".into(),
@@ -112,30 +113,26 @@ pub fn tc_commands(s: &Shape) -> Vec<Vec<String>> {
 
 fn validate(s: &Shape) -> Result<()> {
     validate_ifname(&s.dev)?;
-    if !(8_000..=100_000_000_000).contains(&s.rate_bps) {
+    if !(8_000..=100_000_000_000).contains(&s.rate_bits_per_s) {
         return Err(OverlayError::Invalid(format!(
             "rate {} bit/s out of range (8 kbit/s ..= 100 Gbit/s)",
-            s.rate_bps
+            s.rate_bits_per_s
         )));
     }
     Ok(())
 }
 
 async fn tc(ns: Option<&Path>, args: Vec<String>) -> Result<String> {
-    let mut argv = Vec::new();
-    if let Some(p) = ns {
-        argv.extend(cmd::argv([
-            "nsenter".to_string(),
-            format!("--net={}", p.display()),
-            "--".into(),
-        ]));
-    }
-    argv.push("tc".into());
-    argv.extend(args);
-    cmd::run(&argv, &[], cmd::DEFAULT_TIMEOUT).await
+    let c = match ns {
+        Some(p) => Cmd::new("nsenter")
+            .arg(format!("--net={}", p.display()))
+            .args(["--", "tc"]),
+        None => Cmd::new("tc"),
+    };
+    Ok(c.args(args).stdout().await?)
 }
 
-/// Limit `s.dev` in namespace `ns` (None: ours) to `s.rate_bps`. Replaces any root qdisc the
+/// Limit `s.dev` in namespace `ns` (None: ours) to `s.rate_bits_per_s`. Replaces any root qdisc the
 /// device had (a retried step, or a new rate for the next migration).
 pub async fn shape(ns: Option<&Path>, s: &Shape) -> Result<()> {
     validate(s)?;
@@ -147,17 +144,17 @@ pub async fn shape(ns: Option<&Path>, s: &Shape) -> Result<()> {
             return Err(e);
         }
     }
-    tracing::info!(dev = %s.dev, rate_bps = s.rate_bps, dst = ?s.dst, "shaped");
+    tracing::info!(dev = %s.dev, rate_bits_per_s = s.rate_bits_per_s, dst = ?s.dst, "shaped");
     Ok(())
 }
 
 /// Remove any root qdisc (and with it our filter) from `dev`; nothing to remove is fine.
 pub async fn unshape(ns: Option<&Path>, dev: &str) -> Result<()> {
     validate_ifname(dev)?;
-    match tc(ns, cmd::argv(["qdisc", "del", "dev", dev, "root"])).await {
+    match tc(ns, argv(["qdisc", "del", "dev", dev, "root"])).await {
         Ok(_) => Ok(()),
         // Deleting the default qdisc: "Cannot delete qdisc with handle of zero" / "No such file".
-        Err(OverlayError::Command { stderr, .. })
+        Err(OverlayError::Command(CommandError::Failed { stderr, .. }))
             if stderr.contains("handle of zero")
                 || stderr.contains("No such file")
                 || stderr.contains("Invalid handle") =>
@@ -176,12 +173,12 @@ mod tests {
     fn commands_for_whole_device_and_one_destination() {
         let s = Shape {
             dev: "eth0".into(),
-            rate_bps: 40_000_000,
+            rate_bits_per_s: 40_000_000,
             dst: None,
         };
         assert_eq!(
             tc_commands(&s),
-            vec![cmd::argv([
+            vec![argv([
                 "qdisc",
                 "add",
                 "dev",
@@ -219,7 +216,7 @@ mod tests {
     async fn bad_input_is_rejected_before_running_tc() {
         let s = Shape {
             dev: "eth0".into(),
-            rate_bps: 10,
+            rate_bits_per_s: 10,
             dst: None,
         };
         assert!(matches!(
@@ -228,7 +225,7 @@ mod tests {
         ));
         let s = Shape {
             dev: "bad dev".into(),
-            rate_bps: 1_000_000,
+            rate_bits_per_s: 1_000_000,
             dst: None,
         };
         assert!(matches!(

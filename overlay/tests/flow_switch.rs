@@ -6,14 +6,14 @@
 //!   client netns --cli-- [hm br0] --to-a == to-m-- [ha br0] --svc-- service netns on A
 //!                                 --to-b == to-m-- [hb br0] --svc-- service netns on B
 //! ```
-//! Run: `sudo -E cargo test -p mose-overlay --test flow_switch -- --nocapture`
+//! Run: `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-overlay --test flow_switch -- --nocapture`
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use common::{ask, connect_from, mac_for, root_with_ovs, tag_server, Lab};
+use common::{ask, connect_from, mac_for, tag_server, Lab};
 use mose_overlay::netns::{self, EndpointSpec, Neighbour};
 use mose_overlay::{connect_wire, ServiceAddr};
 use tokio::io::BufReader;
@@ -24,9 +24,7 @@ const PORT: u16 = 7000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_moves_and_client_flow_switches_fast() {
-    if !root_with_ovs("service_moves_and_client_flow_switches_fast") {
-        return;
-    }
+    mose_testkit::root_test!(common::OVS_TOOLS);
     let mut lab = Lab::new("mov-sw-");
     let (_hm_ns, hm) = lab.host("hm").await;
     let (_ha_ns, ha) = lab.host("ha").await;

@@ -1,18 +1,17 @@
 //! Our OVSDB client against a real ovsdb-server + ovs-vswitchd (private, in a namespace made
-//! here). Run: `sudo -E cargo test -p mose-overlay --test ovsdb_server -- --nocapture`
+//! here). Run:
+//! `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-overlay --test ovsdb_server -- --nocapture`
 
 mod common;
 
 use std::time::Duration;
 
-use common::{root_with_ovs, Lab};
+use common::Lab;
 use mose_overlay::ovsdb::{BridgeOptions, PortKind, PortSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_and_port_ensure_are_idempotent() {
-    if !root_with_ovs("bridge_and_port_ensure_are_idempotent") {
-        return;
-    }
+    mose_testkit::root_test!(common::OVS_TOOLS);
     let mut lab = Lab::new("mov-db-");
     let (_ns, host) = lab.host("h").await;
     let mut db = host.ovsdb().await.unwrap();

@@ -1,5 +1,6 @@
 //! A shaped migration path measures within 10 % of the configured rate (our own TCP sender, so
-//! the test needs no iperf3). Run: `sudo -E cargo test -p mose-overlay --test shaping -- --nocapture`
+//! the test needs no iperf3). Run:
+//! `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-overlay --test shaping -- --nocapture`
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{mac_for, root_with_ovs, Lab};
+use common::{mac_for, Lab};
 use mose_overlay::netns::{self, EndpointSpec, NETNS_DIR};
 use mose_overlay::shaping::{self, Shape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,9 +80,7 @@ async fn measure(x: &Path, y: &Path, port: u16) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shaped_link_meets_configured_rate() {
-    if !root_with_ovs("shaped_link_meets_configured_rate") {
-        return;
-    }
+    mose_testkit::root_test!(common::OVS_TOOLS);
     let mut lab = Lab::new("mov-sh-");
     let x = lab.plain("x").await;
     let y = netns::create_endpoint(
@@ -110,7 +109,7 @@ async fn shaped_link_meets_configured_rate() {
         );
         let shape = Shape {
             dev: "to-y".into(),
-            rate_bps: rate,
+            rate_bits_per_s: rate,
             dst: Some(Y_IP),
         };
         shaping::shape(Some(&x), &shape).await.unwrap();
@@ -131,7 +130,7 @@ async fn shaped_link_meets_configured_rate() {
     // Traffic to other destinations is not classified, so it keeps the full rate.
     let other = Shape {
         dev: "to-y".into(),
-        rate_bps: 20_000_000,
+        rate_bits_per_s: 20_000_000,
         dst: Some(Ipv4Addr::new(10, 78, 0, 3)),
     };
     shaping::shape(Some(&x), &other).await.unwrap();

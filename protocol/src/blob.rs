@@ -27,7 +27,8 @@ use zenoh::Session;
 use crate::codec::{self, CodecError, Message, MessageKind};
 use crate::transport::QueryService;
 
-/// Default chunk size: 1 MiB (measured sweet spot for Zenoh replies, SPEC §3).
+/// Default chunk size: 1 MiB (the measured sweet spot for Zenoh replies: docs/protocol.md,
+/// "Zenoh pitfalls").
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Largest chunk a fetcher accepts from a manifest, so a hostile manifest cannot make it allocate
 /// without bound.

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const MAGIC: [u8; 2] = *b"MO";
 const HEADER_LEN: usize = 5;
@@ -53,7 +53,7 @@ pub enum CodecError {
     Truncated { got: usize },
     #[error("not a MOSE message: bad magic {found:02x?}")]
     BadMagic { found: [u8; 2] },
-    #[error("unsupported protocol version {got} (this build speaks {PROTOCOL_VERSION})")]
+    #[error("unsupported protocol version {got}, this node speaks {PROTOCOL_VERSION}")]
     UnsupportedVersion { got: u16 },
     #[error("expected a {expected} message, got kind byte {got}")]
     WrongKind { expected: &'static str, got: u8 },

@@ -1,4 +1,4 @@
-//! The key-expression scheme of SPEC §3.
+//! The key-expression scheme (docs/protocol.md#key-expressions).
 //!
 //! Every key lives under one prefix (default `mose`) so several MOSE domains can share a LAN.
 //! Identifiers (agent ids, task ids, image names, rpc ops) are single key chunks: they must not
@@ -128,8 +128,8 @@ impl KeySpace {
     }
 
     /// A checkpoint image (blob) of a task, served by the source agent.
-    pub fn image(&self, task: &str, name: &str) -> String {
-        format!("{}/images/{task}/{name}", self.prefix)
+    pub fn image(&self, task: &str, image: crate::steps::ImageId) -> String {
+        format!("{}/images/{task}/{}", self.prefix, image.key_chunk())
     }
 
     /// An orchestrator call (submit/inspect/cancel a task).
@@ -177,7 +177,7 @@ mod tests {
         );
         assert_eq!(k.task("t1"), "mose/tasks/t1");
         assert_eq!(k.task_events("t1"), "mose/tasks/t1/events");
-        assert_eq!(k.image("t1", "ckpt"), "mose/images/t1/ckpt");
+        assert_eq!(k.image("t1", crate::steps::ImageId::Final), "mose/images/t1/final");
         assert_eq!(k.orchestrator_rpc("submit"), "mose/orchestrator/rpc/submit");
     }
 

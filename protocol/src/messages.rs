@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, MessageKind};
 use crate::model::{PamParams, Plan};
+use crate::units::BytesPerSec;
 
 /// What an agent runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,7 +70,9 @@ pub struct AgentProfile {
     pub hostname: String,
     pub agent_version: String,
     pub started_us: u64,
-    pub capabilities: Capabilities,
+    /// What the host can do; `None` until the agent's capability probe has run (it takes
+    /// seconds of real CRIU dumps, and "not probed yet" must not read as "cannot").
+    pub capabilities: Option<Capabilities>,
     /// Calibrated model parameters of this host, once calibration has run.
     pub pam: Option<PamParams>,
 }
@@ -101,7 +104,7 @@ pub struct ContainerMetrics {
     /// M: anonymous memory of the container's processes.
     pub state_bytes: u64,
     /// R: estimated bytes dirtied per second, if measured.
-    pub dirty_rate_bps: Option<u64>,
+    pub dirty_rate_bytes_per_s: Option<BytesPerSec>,
     pub dirty_method: Option<DirtyMethod>,
 }
 
@@ -109,7 +112,7 @@ pub struct ContainerMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkEstimate {
     pub peer: String,
-    pub bandwidth_bps: u64,
+    pub bandwidth_bytes_per_s: BytesPerSec,
 }
 
 /// Periodic sample published by every agent.
@@ -155,75 +158,6 @@ pub struct Task {
     pub created_us: u64,
 }
 
-/// A migration step an agent is asked to carry out (`agents/{id}/rpc/{op}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Step {
-    /// Source: report the service's spec and current state size.
-    Describe { service: String },
-    /// Destination: make everything ready before the freeze (image, netns, neighbour, flows).
-    Prepare { spec: ServiceSpec },
-    /// Source: checkpoint with established TCP and serve the image under `image`.
-    Checkpoint {
-        service: String,
-        image: String,
-        leave_running: bool,
-        pre_dump: bool,
-    },
-    /// Destination: fetch `image` from `from_agent` and restore the service. After pre-copy,
-    /// `previous` names the pre-dump rounds `image` was dumped against, oldest first: each
-    /// builds on the one before, so all are needed (those a [`Step::Fetch`] brought already
-    /// are not fetched again).
-    Restore {
-        spec: ServiceSpec,
-        from_agent: String,
-        image: String,
-        previous: Vec<String>,
-    },
-    /// Destination, during pre-copy: fetch the pre-dump round `image` from `from_agent` now,
-    /// while the service still runs at the source, so the restore only waits for the final dump.
-    Fetch { from_agent: String, image: String },
-    /// Mobile: steer the client's flow for `network` towards `to_agent`.
-    SwitchFlow {
-        network: ServiceNetwork,
-        to_agent: String,
-    },
-    /// Source: bring the service back to running (rollback).
-    Resume { service: String },
-    /// Destination: remove whatever a prepare/restore left (rollback).
-    Abort { service: String },
-    /// Source: release the service once the destination confirmed.
-    Release { service: String },
-    /// Destination, after the flow switch: make the service's TCP clients resend what the
-    /// freeze swallowed now, not when their backed-off retransmission timer fires.
-    Resend { service: String },
-}
-
-impl Step {
-    /// The rpc operation name, which is also the last chunk of the queryable's key.
-    pub fn op(&self) -> &'static str {
-        match self {
-            Step::Describe { .. } => "describe",
-            Step::Prepare { .. } => "prepare",
-            Step::Checkpoint { .. } => "checkpoint",
-            Step::Restore { .. } => "restore",
-            Step::SwitchFlow { .. } => "switch-flow",
-            Step::Resume { .. } => "resume",
-            Step::Abort { .. } => "abort",
-            Step::Release { .. } => "release",
-            Step::Resend { .. } => "resend",
-            Step::Fetch { .. } => "fetch",
-        }
-    }
-}
-
-/// A step request, with the time the caller will wait.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepRequest {
-    pub task: String,
-    pub step: Step,
-    pub timeout_ms: u64,
-}
-
 /// CRIU statistics of a dump or restore, in microseconds and pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CriuStats {
@@ -235,42 +169,64 @@ pub struct CriuStats {
     pub restore_time_us: Option<u64>,
 }
 
-/// What a successful step produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum StepOutcome {
-    Done,
-    Described { spec: ServiceSpec, state_bytes: u64 },
-    Checkpointed { image_bytes: u64, stats: CriuStats },
-    Restored { stats: CriuStats },
-}
-
-/// Why a step failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepFailure {
-    pub op: String,
-    pub reason: String,
-}
-
-/// The answer to a [`StepRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepReply {
-    pub task: String,
-    pub result: Result<StepOutcome, StepFailure>,
-}
-
 /// A migration phase, as in MOSE's downtime breakdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Destination readiness before the freeze (its namespace is [`Phase::Netns`]).
     Prepare,
+    /// Pre-copy rounds and their fetches, the service running.
     PreCopy,
+    /// The final dump.
     Checkpoint,
+    /// Moving the final image (inside the restore step).
     Transfer,
+    /// The destination's service namespace (inside the prepare step).
     Netns,
+    /// The restore, including its transfer.
     Restore,
+    /// Steering the client's flow.
     FlowSwitch,
+    /// Releasing the source.
     Cleanup,
+    /// Undoing a migration that did not pass its point of no return.
     Rollback,
+}
+
+impl Phase {
+    /// Every phase, in the order of a migration.
+    pub const ALL: &'static [Phase] = &[
+        Phase::Prepare,
+        Phase::PreCopy,
+        Phase::Checkpoint,
+        Phase::Transfer,
+        Phase::Netns,
+        Phase::Restore,
+        Phase::FlowSwitch,
+        Phase::Cleanup,
+        Phase::Rollback,
+    ];
+
+    /// The phase's name in reports, events and the API (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::PreCopy => "pre_copy",
+            Phase::Checkpoint => "checkpoint",
+            Phase::Transfer => "transfer",
+            Phase::Netns => "netns",
+            Phase::Restore => "restore",
+            Phase::FlowSwitch => "flow_switch",
+            Phase::Cleanup => "cleanup",
+            Phase::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a phase went.
@@ -295,14 +251,7 @@ pub struct PhaseEvent {
 macro_rules! impl_message {
     ($($ty:ident),*) => { $(impl Message for $ty { const KIND: MessageKind = MessageKind::$ty; })* };
 }
-impl_message!(
-    AgentProfile,
-    MetricsSample,
-    Task,
-    StepRequest,
-    StepReply,
-    PhaseEvent
-);
+impl_message!(AgentProfile, MetricsSample, Task, PhaseEvent);
 
 /// Microseconds since the Unix epoch, for `*_us` fields.
 pub fn now_us() -> u64 {
@@ -319,24 +268,6 @@ mod tests {
     use crate::model::{Objective, Strategy};
     use proptest::prelude::*;
 
-    fn network() -> ServiceNetwork {
-        ServiceNetwork {
-            ip: Ipv4Addr::new(10, 77, 0, 10),
-            prefix_len: 24,
-            mac: [0x02, 0, 0, 0, 0, 0x0a],
-            client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
-            client_mac: Some([0x02, 0, 0, 0, 0, 0x02]),
-        }
-    }
-
-    fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "counter".into(),
-            image: "localhost/mose/counter:latest".into(),
-            network: network(),
-        }
-    }
-
     fn profile() -> AgentProfile {
         AgentProfile {
             id: "edge1".into(),
@@ -344,7 +275,7 @@ mod tests {
             hostname: "edge1".into(),
             agent_version: "0.1.0".into(),
             started_us: 1,
-            capabilities: Capabilities {
+            capabilities: Some(Capabilities {
                 podman_version: Some("4.3.1".into()),
                 runtime: Some("runc".into()),
                 criu_version: Some("4.2.1".into()),
@@ -354,7 +285,7 @@ mod tests {
                 page_size: 4096,
                 cgroup_version: 2,
                 ovs: true,
-            },
+            }),
             pam: None,
         }
     }
@@ -374,12 +305,12 @@ mod tests {
             containers: vec![ContainerMetrics {
                 name: "counter".into(),
                 state_bytes: 10 << 20,
-                dirty_rate_bps: Some(1 << 20),
+                dirty_rate_bytes_per_s: Some(BytesPerSec(1 << 20)),
                 dirty_method: Some(DirtyMethod::AccessedBit),
             }],
             links: vec![LinkEstimate {
                 peer: "edge2".into(),
-                bandwidth_bps: 125_000_000,
+                bandwidth_bytes_per_s: BytesPerSec(125_000_000),
             }],
         }
     }
@@ -394,7 +325,7 @@ mod tests {
             plan: Plan {
                 strategy: Strategy::Cold,
                 objective: Objective::Resources,
-                bandwidth_bps: 12_500_000,
+                bandwidth_bytes_per_s: BytesPerSec(12_500_000),
                 rounds: 0,
                 predicted_downtime_s: 0.8,
                 predicted_total_s: 0.8,
@@ -403,82 +334,6 @@ mod tests {
             },
             created_us: 5,
         }
-    }
-
-    fn all_steps() -> Vec<Step> {
-        vec![
-            Step::Describe {
-                service: "counter".into(),
-            },
-            Step::Prepare { spec: spec() },
-            Step::Checkpoint {
-                service: "counter".into(),
-                image: "ckpt".into(),
-                leave_running: false,
-                pre_dump: false,
-            },
-            Step::Restore {
-                spec: spec(),
-                from_agent: "edge1".into(),
-                image: "ckpt".into(),
-                previous: vec!["pre-0".into(), "pre-1".into()],
-            },
-            Step::Fetch {
-                from_agent: "edge1".into(),
-                image: "pre-1".into(),
-            },
-            Step::SwitchFlow {
-                network: network(),
-                to_agent: "edge2".into(),
-            },
-            Step::Resume {
-                service: "counter".into(),
-            },
-            Step::Abort {
-                service: "counter".into(),
-            },
-            Step::Release {
-                service: "counter".into(),
-            },
-            Step::Resend {
-                service: "counter".into(),
-            },
-        ]
-    }
-
-    fn all_replies() -> Vec<StepReply> {
-        let outcomes = vec![
-            Ok(StepOutcome::Done),
-            Ok(StepOutcome::Described {
-                spec: spec(),
-                state_bytes: 42,
-            }),
-            Ok(StepOutcome::Checkpointed {
-                image_bytes: 1 << 20,
-                stats: CriuStats {
-                    frozen_time_us: Some(400_000),
-                    pages_written: Some(256),
-                    ..Default::default()
-                },
-            }),
-            Ok(StepOutcome::Restored {
-                stats: CriuStats {
-                    restore_time_us: Some(300_000),
-                    ..Default::default()
-                },
-            }),
-            Err(StepFailure {
-                op: "restore".into(),
-                reason: "image digest mismatch".into(),
-            }),
-        ];
-        outcomes
-            .into_iter()
-            .map(|result| StepReply {
-                task: "t1".into(),
-                result,
-            })
-            .collect()
     }
 
     fn all_events() -> Vec<PhaseEvent> {
@@ -511,31 +366,20 @@ mod tests {
         roundtrip(&profile());
         roundtrip(&metrics());
         roundtrip(&task());
-        for step in all_steps() {
-            roundtrip(&StepRequest {
-                task: "t1".into(),
-                step,
-                timeout_ms: 5000,
-            });
-        }
-        for reply in all_replies() {
-            roundtrip(&reply);
-        }
         for event in all_events() {
             roundtrip(&event);
         }
     }
 
     #[test]
-    fn step_ops_are_valid_key_chunks_and_distinct() {
-        let ops: Vec<_> = all_steps().iter().map(Step::op).collect();
-        for op in &ops {
-            crate::keys::validate_id("op", op).unwrap();
+    fn phase_names_are_their_serde_names_and_all_is_complete() {
+        for &phase in Phase::ALL {
+            assert_eq!(crate::test_support::from_name::<Phase>(phase.as_str()), Ok(phase));
         }
-        let mut dedup = ops.clone();
-        dedup.sort();
-        dedup.dedup();
-        assert_eq!(dedup.len(), ops.len());
+        let mut names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 9);
     }
 
     #[test]
@@ -559,6 +403,15 @@ mod tests {
             decode::<Task>(&v),
             Err(CodecError::UnsupportedVersion { got }) if got == PROTOCOL_VERSION + 1
         ));
+        let old = {
+            let mut o = bytes.clone();
+            o[2..4].copy_from_slice(&2u16.to_le_bytes());
+            o
+        };
+        assert_eq!(
+            decode::<Task>(&old).unwrap_err().to_string(),
+            format!("unsupported protocol version 2, this node speaks {PROTOCOL_VERSION}")
+        );
 
         assert!(matches!(
             decode::<AgentProfile>(&bytes),
@@ -592,8 +445,8 @@ mod tests {
         let _ = decode::<AgentProfile>(bytes);
         let _ = decode::<MetricsSample>(bytes);
         let _ = decode::<Task>(bytes);
-        let _ = decode::<StepRequest>(bytes);
-        let _ = decode::<StepReply>(bytes);
+        let _ = decode::<crate::steps::StepRequest>(bytes);
+        let _ = decode::<crate::steps::StepReply>(bytes);
         let _ = decode::<PhaseEvent>(bytes);
         let _ = decode::<crate::blob::BlobManifest>(bytes);
     }

@@ -1,17 +1,19 @@
 //! PAM data types that travel on the wire: the per-host calibrated model parameters
 //! ([`PamParams`]) and the migration designer's output ([`Plan`]).
 //!
-//! Notation follows SPEC §5 and `docs/pam.md`; every field carries its unit in its name
-//! (`_s` seconds, `_bytes` bytes, `_s_per_byte` seconds per byte). Rates use the protocol's
-//! `_bps` convention: **bytes** per second, like `ContainerMetrics::dirty_rate_bps`.
+//! Notation follows `docs/pam.md` ("Notation"); every field carries its unit in its name
+//! (`_s` seconds, `_bytes` bytes, `_s_per_byte` seconds per byte); rates are typed
+//! ([`BytesPerSec`]) and named `_bytes_per_s`.
 //! postcard encodes enum variants by index, so new variants go at the end.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// How a service is moved (SPEC §4). Serialised as `cold`, `precopy`, `iterative_precopy`,
-/// `ms2m`, `hot_standby`, the names the report format uses.
+use crate::units::BytesPerSec;
+
+/// How a service is moved (docs/architecture.md#migration-strategies). Serialised as `cold`,
+/// `precopy`, `iterative_precopy`, `ms2m`, `hot_standby`, the names the report format uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
@@ -79,8 +81,9 @@ impl RateLaw {
     }
 }
 
-/// Calibrated PAM parameters of one host (SPEC §5). Checkpoint-side fields (β … Λ, α_c, ρ, τ)
-/// describe a host as a migration source, restore-side fields (ψ, ω, α_r) as a destination.
+/// Calibrated PAM parameters of one host (docs/pam.md#calibration). Checkpoint-side fields
+/// (β … Λ, α_c, ρ, τ) describe a host as a migration source, restore-side fields (ψ, ω, α_r) as
+/// a destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PamParams {
     /// β: CRIU freezing time (seizing the process tree) (s).
@@ -131,9 +134,10 @@ impl PamParams {
     /// Sanity values from the PAM paper, not calibrated.
     ///
     /// Orders of magnitude read off the paper's figures (CRIU layer, 4-vCPU VMs, 4 KiB pages)
-    /// and scaled with the Podman timings of SPEC §4, so a 10 MB service predicts about 0.9 s of
-    /// cold downtime at 1 Gbit/s (MOSE measured 0.76 s). Use them for tests and as a last resort
-    /// before a host has been calibrated; never as constants.
+    /// and scaled with the Podman timings measured for COAT (docs/coat.md#why-this-order), so a
+    /// 10 MB service predicts about 0.9 s of cold downtime at 1 Gbit/s (MOSE measured 0.76 s).
+    /// Use them for tests and as a last resort before a host has been calibrated; never as
+    /// constants.
     pub fn paper_defaults() -> Self {
         PamParams {
             beta_s: 0.005,
@@ -174,8 +178,8 @@ impl PamParams {
 pub struct Plan {
     pub strategy: Strategy,
     pub objective: Objective,
-    /// Bandwidth to allocate source → destination, in **bytes** per second.
-    pub bandwidth_bps: u64,
+    /// Bandwidth to allocate source → destination.
+    pub bandwidth_bytes_per_s: BytesPerSec,
     /// Pre-copy rounds run while the service keeps running, before the final dump:
     /// 0 for cold, 1 for pre-copy, ≥ 2 for iterative pre-copy.
     pub rounds: u32,
@@ -192,20 +196,13 @@ pub struct Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::de::value::{Error as ValueError, StrDeserializer};
-    use serde::de::IntoDeserializer;
-
-    /// Deserialises a unit variant from its serde name, as a JSON string would.
-    fn from_name<T: Deserialize<'static>>(name: &'static str) -> Result<T, ValueError> {
-        let de: StrDeserializer<'static, ValueError> = name.into_deserializer();
-        T::deserialize(de)
-    }
+    use crate::test_support::from_name;
 
     fn plan() -> Plan {
         Plan {
             strategy: Strategy::IterativePrecopy,
             objective: Objective::Downtime,
-            bandwidth_bps: 125_000_000,
+            bandwidth_bytes_per_s: BytesPerSec(125_000_000),
             rounds: 3,
             predicted_downtime_s: 1.02274432,
             predicted_total_s: 3.59941504,

@@ -385,6 +385,27 @@ pub struct StepFailure {
     pub reason: String,
 }
 
+/// A step failure as the orchestrator records it in a task: where, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// The agent the step was sent to.
+    pub agent: String,
+    /// The step.
+    pub op: Op,
+    /// What kind of failure (the agent's, or how the call ended: timeout, network).
+    pub kind: FailureKind,
+    /// What happened, for a person.
+    pub reason: String,
+    /// When the orchestrator recorded it (Unix µs).
+    pub at_us: u64,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {} ({}): {}", self.op, self.agent, self.kind, self.reason)
+    }
+}
+
 /// A step request, with the time the caller will wait.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRequest {

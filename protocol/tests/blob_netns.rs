@@ -104,6 +104,7 @@ async fn setup(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn image_of_64_mib_crosses_namespaces_intact() {
+    mose_testkit::root_test!(&["ip"]);
     let (_net, _child, session) = setup("blobok", 72, "serve").await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image");
@@ -138,6 +139,7 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_chunk_fails_the_fetch_and_leaves_no_file() {
+    mose_testkit::root_test!(&["ip"]);
     let (_net, _child, session) = setup("blobbad", 73, "corrupt").await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image");

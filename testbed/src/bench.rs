@@ -1,4 +1,5 @@
-//! `mose-testbed bench` (SPEC §8): measured claims, each against a baseline of the same run.
+//! `mose-testbed bench` (docs/testbed.md#benchmark): measured claims, each against a baseline
+//! of the same run.
 //!
 //! 1. **MOSE vs the raw-tool floor.** With a live client on the mobile host, the counter
 //!    migrates edge1 → edge2 through the orchestrator (COAT over Zenoh), then back edge2 →
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mose_agent::coat::{host_ifname, netns_name};
-use mose_orchestrator::tasks::{TaskRecord, TaskStatus};
+use mose_api::{TaskRecord, TaskStatus};
 use mose_overlay::ServiceAddr;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -35,6 +36,7 @@ use crate::fourhost::{
 };
 use crate::images::COUNTER;
 use crate::lan::LinkShape;
+use mose_protocol::units::BitsPerSec;
 use crate::report::{MigrationReport, Report};
 
 /// The workload name in the report.
@@ -62,8 +64,8 @@ pub struct BenchConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sweep {
     pub sizes_mib: Vec<u32>,
-    /// Link rates in bit/s; each edge's LAN link is shaped to it and the task API is told.
-    pub rates_bps: Vec<u64>,
+    /// Link rates; each edge's LAN link is shaped to it and the task API is told.
+    pub rates: Vec<BitsPerSec>,
     pub dirty_mib_per_s: f64,
     pub repeats: u32,
 }
@@ -71,7 +73,7 @@ pub struct Sweep {
 impl Sweep {
     /// Migrations the sweep runs (two per round trip).
     pub fn migrations(&self) -> usize {
-        self.sizes_mib.len() * self.rates_bps.len() * self.repeats as usize * 2
+        self.sizes_mib.len() * self.rates.len() * self.repeats as usize * 2
     }
 }
 
@@ -232,13 +234,13 @@ async fn pam_sweep(
 ) -> Result<()> {
     let mut point = 0;
     for &mib in &sweep.sizes_mib {
-        for &rate in &sweep.rates_bps {
+        for &rate in &sweep.rates {
             point += 1;
             progress(&format!(
                 "\n== PAM point {point}/{}: state {mib} MiB dirtied at {} MiB/s, links at {}",
-                sweep.sizes_mib.len() * sweep.rates_bps.len(),
+                sweep.sizes_mib.len() * sweep.rates.len(),
                 sweep.dirty_mib_per_s,
-                rate_text(rate)
+                rate
             ));
             for edge in [EDGE1, EDGE2] {
                 tb.lan()?
@@ -250,7 +252,7 @@ async fn pam_sweep(
             // The agent samples the dirty rate once a second: let it see a few.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let targets = Targets {
-                bandwidth_bytes_per_s: Some(rate / 8),
+                bandwidth_bytes_per_s: Some(rate.to_bytes()),
                 ..targets
             };
             let mut windows = Vec::new();
@@ -285,7 +287,7 @@ async fn pam_sweep(
             write_json(
                 &out_dir.join(format!(
                     "bench-client-timeline-{mib}mib-{}.json",
-                    rate_text(rate)
+                    rate
                 )),
                 &timeline,
             )?;
@@ -487,15 +489,6 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(path, json).map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
 }
 
-fn rate_text(bps: u64) -> String {
-    if bps.is_multiple_of(1_000_000_000) {
-        format!("{}Gbit", bps / 1_000_000_000)
-    } else if bps.is_multiple_of(1_000_000) {
-        format!("{}Mbit", bps / 1_000_000)
-    } else {
-        format!("{}kbit", bps / 1000)
-    }
-}
 
 /// Median of the finite values (`None` when there are none).
 pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -628,13 +621,10 @@ mod tests {
     }
 
     #[test]
-    fn rates_read_like_tc() {
-        assert_eq!(rate_text(1_000_000_000), "1Gbit");
-        assert_eq!(rate_text(50_000_000), "50Mbit");
-        assert_eq!(rate_text(800_000), "800kbit");
+    fn sweep_counts_two_migrations_per_round_trip() {
         let s = Sweep {
             sizes_mib: vec![1, 10, 50],
-            rates_bps: vec![1_000_000_000, 200_000_000],
+            rates: vec![BitsPerSec(1_000_000_000), BitsPerSec(200_000_000)],
             dirty_mib_per_s: 1.0,
             repeats: 2,
         };

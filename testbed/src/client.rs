@@ -1,6 +1,6 @@
-//! The live client of the counter service (SPEC §7): one TCP connection from the mobile host, a
-//! request every 10 ms, every reply timestamped **on the client**. The timeline it records is
-//! what the client-observed KPIs are computed from:
+//! The live client of the counter service (docs/testbed.md#kpis): one TCP connection from the
+//! mobile host, a request every 10 ms, every reply timestamped **on the client**. The timeline
+//! it records is what the client-observed KPIs are computed from:
 //!
 //! * `client_downtime_ms`: the longest time the client went without a reply in a migration's
 //!   window, reply to reply (with a request every 10 ms a healthy service shows ≈ 10.5 ms). One
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TestbedError};
 
-/// How often the client asks (SPEC §7).
+/// How often the client asks (docs/testbed.md#kpis).
 pub const REQUEST_INTERVAL: Duration = Duration::from_millis(10);
 /// A reply slower than this ends the client with an error (the connection is taken as dead):
 /// longer than any stall a migration may cause, including TCP retransmission back-off.

@@ -1,6 +1,6 @@
-//! The demo (SPEC §8): with the four hosts up, a live client on the mobile host, the counter
-//! migrates edge1 → edge2 → edge1 (`runs` round trips) through the orchestrator's HTTP API; then
-//! the KPI table, `report.json` and `latency.png`.
+//! The demo (docs/operations.md#fixed-names): with the four hosts up, a live client on the
+//! mobile host, the counter migrates edge1 → edge2 → edge1 (`runs` round trips) through the
+//! orchestrator's HTTP API; then the KPI table, `report.json` and `latency.png`.
 //!
 //! Nothing is simulated: a migration is `POST /v1/migrations` to the real orchestrator, which
 //! drives the real agents; the KPIs come from the orchestrator's task record and the client's
@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::client::{event_line, ApiClient, ClientError};
-use mose_orchestrator::tasks::{phase_name, MigrationRequest, TaskRecord, TaskStatus};
+use mose_api::format::event_line;
+use mose_api::{ApiClient, ClientError, MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{PhaseEvent, PhaseStatus};
 use mose_protocol::model::Objective;
+use mose_protocol::units::BytesPerSec;
 
 use crate::client::{LiveClient, Timeline};
 use crate::error::{Result, TestbedError};
@@ -36,7 +37,7 @@ pub struct Targets {
     pub duration_ms: f64,
     pub objective: Objective,
     /// Bandwidth edge → edge the caller states (bytes/s), e.g. the LAN's shaped rate.
-    pub bandwidth_bytes_per_s: Option<u64>,
+    pub bandwidth_bytes_per_s: Option<BytesPerSec>,
 }
 
 /// Submit a migration of the testbed's service and wait until the orchestrator has finished
@@ -74,7 +75,7 @@ pub async fn migrate(
         }
         Err(e) => return Err(e.into()),
     };
-    progress(mose_orchestrator::client::plan_summary(&task).trim_end());
+    progress(mose_api::format::plan_summary(&task).trim_end());
     let t = Instant::now();
     let mut shown = 0;
     loop {
@@ -100,10 +101,9 @@ pub async fn migrate(
 /// running kernel.
 pub async fn host_info(api: &ApiClient) -> Result<HostInfo> {
     let agent = api.agent(EDGE1).await?;
-    let caps = agent
-        .profile
-        .map(|p| p.capabilities)
-        .ok_or_else(|| TestbedError::State(format!("agent {EDGE1} has no profile")))?;
+    let caps = agent.profile.and_then(|p| p.capabilities).ok_or_else(|| {
+        TestbedError::State(format!("agent {EDGE1} has no profile or capabilities yet"))
+    })?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| TestbedError::io("read the kernel release", e))?;
     let unknown = || "unknown".to_string();
@@ -120,7 +120,7 @@ pub async fn host_info(api: &ApiClient) -> Result<HostInfo> {
 pub fn phase_spans(events: &[PhaseEvent], timeline: &Timeline) -> Vec<PhaseSpan> {
     let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for e in events {
-        let span = spans.entry(phase_name(e.phase)).or_insert((u64::MAX, 0));
+        let span = spans.entry(e.phase.as_str()).or_insert((u64::MAX, 0));
         match e.status {
             PhaseStatus::Started => span.0 = span.0.min(e.at_us),
             PhaseStatus::Finished | PhaseStatus::Failed { .. } => span.1 = span.1.max(e.at_us),

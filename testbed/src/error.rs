@@ -5,20 +5,17 @@ use std::path::PathBuf;
 /// Errors of the testbed library.
 #[derive(Debug, thiserror::Error)]
 pub enum TestbedError {
-    /// A local I/O operation failed (file, socket, process spawn, namespace switch).
+    /// A local I/O operation failed (file, socket, namespace switch).
     #[error("{what}: {source}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    /// An external command ran but reported failure.
-    #[error("command `{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    /// An external tool (ip, tc, nsenter, podman, cargo …) could not run, failed or missed its
+    /// deadline.
+    #[error(transparent)]
+    Command(#[from] mose_command::CommandError),
     /// Something did not happen within its deadline.
     #[error("timed out after {after_ms} ms: {what}")]
     Timeout { what: String, after_ms: u64 },
@@ -36,7 +33,7 @@ pub enum TestbedError {
     Ovs(#[from] mose_overlay::OverlayError),
     /// The orchestrator's HTTP API refused a call or could not be reached.
     #[error("orchestrator API: {0}")]
-    Api(#[from] mose_orchestrator::client::ClientError),
+    Api(#[from] mose_api::ClientError),
 }
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;

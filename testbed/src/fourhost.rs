@@ -1,5 +1,6 @@
-//! The paper's four hosts, emulated (SPEC §1, issue 8): **edge1** (source edge), **edge2**
-//! (destination edge), **mobile** (the client's device) and **ctrl** (the edge controller).
+//! The MOSE paper's four hosts, emulated (docs/testbed.md#the-four-hosts): **edge1** (source
+//! edge), **edge2** (destination edge), **mobile** (the client's device) and **ctrl** (the edge
+//! controller).
 //!
 //! ```text
 //!  root namespace: <prefix>br (LAN bridge, no address)   <prefix>api 10.98.N.1/30 ── HTTP API
@@ -39,13 +40,12 @@ use std::time::{Duration, Instant};
 
 use mose_agent::coat::{host_ifname, netns_name};
 use mose_agent::runtime::{CreateSpec, Netns, Podman};
-use mose_orchestrator::client::ApiClient;
-use mose_orchestrator::registry::AgentView;
+use mose_api::{AgentView, ApiClient};
+use mose_command::Cmd;
 use mose_overlay::{connect_wire, EndpointSpec, HostOverlay, MacAddr, Neighbour, ServiceAddr};
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 
-use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::host::Host;
 use crate::images::{BuiltImage, ImageBuilder, COUNTER};
@@ -138,15 +138,12 @@ impl Binaries {
         let target = profile_dir.parent().ok_or_else(|| {
             TestbedError::Invalid(format!("{} has no parent", profile_dir.display()))
         })?;
-        let mut c =
-            tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.current_dir(workspace)
+        let mut c = Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace)
             .args(["build", "-p", "mose-agent", "-p", "mose-orchestrator"])
             .env("CARGO_TARGET_DIR", target);
         match profile {
-            "release" => {
-                c.arg("--release");
-            }
+            "release" => c = c.arg("--release"),
             "debug" => {}
             other => {
                 return Err(TestbedError::Invalid(format!(
@@ -157,19 +154,7 @@ impl Binaries {
             }
         }
         // Progress on the terminal: a first build of zenoh takes minutes.
-        c.stdout(Stdio::inherit()).stderr(Stdio::inherit());
-        let shown = cmd::show(&c);
-        let status = c
-            .status()
-            .await
-            .map_err(|e| TestbedError::io(format!("run `{shown}`"), e))?;
-        if !status.success() {
-            return Err(TestbedError::Command {
-                command: shown,
-                status: status.to_string(),
-                stderr: "see the compiler output above".into(),
-            });
-        }
+        c.no_deadline().run_inherited().await?;
         Ok(())
     }
 }
@@ -308,7 +293,7 @@ impl State {
         }
         out.push_str(&format!("\nagents ({}):\n", self.api_url));
         match self.api().agents().await {
-            Ok(agents) => out.push_str(&mose_orchestrator::client::agents_table(&agents)),
+            Ok(agents) => out.push_str(&mose_api::format::agents_table(&agents)),
             Err(e) => out.push_str(&format!("  {e}\n")),
         }
         out.push_str(&format!(
@@ -552,7 +537,7 @@ impl FourHost {
         let link = self.cfg.api_link();
         let ctrl_host = self.host(CONTROLLER)?;
         let netns = ctrl_host.netns_path().to_string_lossy().into_owned();
-        cmd::run(
+        mose_command::run(
             "ip",
             [
                 "link", "add", &link, "type", "veth", "peer", "name", API_IFNAME, "netns", &netns,
@@ -561,8 +546,8 @@ impl FourHost {
         .await?;
         self.api_link = Some(link.clone());
         crate::lan::disable_ipv6(&link);
-        cmd::run("ip", ["addr", "add", &format!("{root}/30"), "dev", &link]).await?;
-        cmd::run("ip", ["link", "set", &link, "up"]).await?;
+        mose_command::run("ip", ["addr", "add", &format!("{root}/30"), "dev", &link]).await?;
+        mose_command::run("ip", ["link", "set", &link, "up"]).await?;
         let ctrl_host = self.host(CONTROLLER)?;
         ctrl_host
             .run(
@@ -857,7 +842,7 @@ impl FourHost {
         // In the host's mount namespace: the service namespace must be at its own /run/netns.
         let mut c = host.command(&self.cfg.binaries.testbed);
         c.args(["place-endpoint", &json]);
-        let out = cmd::output(c, cmd::SHORT).await?;
+        let out = Cmd::from(c).stdout().await?;
         out.trim().parse().map_err(|_| {
             TestbedError::State(format!(
                 "place-endpoint on {edge} answered `{}`, not an OpenFlow port",
@@ -960,8 +945,11 @@ impl FourHost {
         }
         if let Some(link) = self.api_link.take() {
             if crate::sys::link_names().contains(&link) {
-                if let Err(e) = cmd::run_sync("ip", &["link", "del", &link], cmd::SHORT) {
-                    problems.push(e);
+                if let Err(e) = Cmd::new("ip")
+                    .args(["link", "del", &link])
+                    .stdout_blocking()
+                {
+                    problems.push(e.to_string());
                 }
             }
         }
@@ -991,9 +979,10 @@ impl Drop for FourHost {
 /// timeout in one demo run, and the designer would plan without the host's capabilities.
 fn profiled(agent: &AgentView) -> bool {
     match &agent.profile {
-        Some(p) if p.role == mose_protocol::messages::Role::Edge => {
-            p.capabilities.podman_version.is_some()
-        }
+        Some(p) if p.role == mose_protocol::messages::Role::Edge => p
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.podman_version.is_some()),
         Some(_) => true,
         None => false,
     }

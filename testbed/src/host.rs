@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use mose_command::{Cmd, DEFAULT_DEADLINE};
 use mose_overlay::OvsInstance;
 use tokio::process::{Child, Command};
 
-use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::images::BuiltImage;
 use crate::lan::Lan;
@@ -221,7 +221,7 @@ impl Host {
                 .await
                 .map_err(|e| io("create state dir", &dir, e))?;
             if seed {
-                cmd::run(
+                mose_command::run(
                     "cp",
                     [
                         "-a".to_string(),
@@ -237,9 +237,8 @@ impl Host {
         set_mode(&self.state_dir.join("tmp"), 0o1777)?;
         self.write_containers_conf().await?;
 
-        let mut c = cmd::new(
-            "unshare",
-            [
+        Cmd::new("unshare")
+            .args([
                 format!("--net={}", self.netns_path().display()),
                 format!("--mount={}", self.mntns_path().display()),
                 format!("--uts={}", self.ns_dir.join("uts").display()),
@@ -252,10 +251,10 @@ impl Host {
                 "sh".into(),
                 self.name.clone(),
                 self.state_dir.to_string_lossy().into_owned(),
-            ],
-        );
-        c.args(&binds);
-        cmd::output(c, cmd::SHORT).await?;
+            ])
+            .args(&binds)
+            .output()
+            .await?;
         let ino = |f: &str| {
             sys::ns_inode(&self.ns_dir.join(f)).ok_or_else(|| {
                 TestbedError::State(format!(
@@ -307,7 +306,7 @@ impl Host {
     async fn plug_into(&self, lan: &Lan) -> Result<()> {
         let netns = self.netns_path().to_string_lossy().into_owned();
         let out = self.veth_outside.as_str();
-        cmd::run(
+        mose_command::run(
             "ip",
             [
                 "link", "add", out, "type", "veth", "peer", "name", LAN_IFNAME, "address",
@@ -316,7 +315,7 @@ impl Host {
         )
         .await?;
         crate::lan::disable_ipv6(out);
-        cmd::run("ip", ["link", "set", out, "master", lan.bridge(), "up"]).await?;
+        mose_command::run("ip", ["link", "set", out, "master", lan.bridge(), "up"]).await?;
         let cidr = format!("{}/{}", self.addr, self.prefix_len);
         self.run("ip", ["addr", "add", &cidr, "dev", LAN_IFNAME])
             .await?;
@@ -400,7 +399,7 @@ impl Host {
     {
         let mut c = self.command(program);
         c.args(args);
-        cmd::output(c, cmd::SHORT).await
+        Ok(Cmd::from(c).stdout().await?)
     }
 
     /// `podman --runtime runc <args>` inside the host (runc: crun 1.8 cannot checkpoint).
@@ -418,7 +417,7 @@ impl Host {
     {
         let mut c = self.podman();
         c.args(args);
-        cmd::output(c, timeout).await
+        Ok(Cmd::from(c).deadline(timeout).stdout().await?)
     }
 
     /// `--ulimit ...` arguments every `podman create/run` needs on this machine (empty on real hosts).
@@ -537,7 +536,7 @@ impl Host {
         let id = self
             .podman_output(
                 ["image", "inspect", "--format", "{{.Id}}", &image.reference],
-                cmd::SHORT,
+                DEFAULT_DEADLINE,
             )
             .await?
             .trim()
@@ -724,7 +723,8 @@ pub(crate) fn teardown_sync(full_name: &str, veth: Option<&str>) -> Vec<String> 
             "0",
         ];
         if which("podman") {
-            if let Err(e) = cmd::run_sync("nsenter", &args, PODMAN_TEARDOWN) {
+            let rm = Cmd::new("nsenter").args(args).deadline(PODMAN_TEARDOWN);
+            if let Err(e) = rm.stdout_blocking() {
                 problems.push(format!("remove containers: {e}"));
             }
         }
@@ -744,8 +744,11 @@ pub(crate) fn teardown_sync(full_name: &str, veth: Option<&str>) -> Vec<String> 
 
     if let Some(v) = veth {
         if sys::link_names().iter().any(|l| l == v) {
-            if let Err(e) = cmd::run_sync("ip", &["link", "del", v], Duration::from_secs(10)) {
-                problems.push(e);
+            let del = Cmd::new("ip")
+                .args(["link", "del", v])
+                .deadline(Duration::from_secs(10));
+            if let Err(e) = del.stdout_blocking() {
+                problems.push(e.to_string());
             }
         }
     }

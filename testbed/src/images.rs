@@ -22,9 +22,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mose_command::{Cmd, CommandError};
 use sha2::{Digest, Sha256};
 
-use crate::cmd;
 use crate::error::{Result, TestbedError};
 
 /// Where an image's program comes from.
@@ -194,8 +194,8 @@ impl ImageBuilder {
     pub async fn build_workloads(&self) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target = static_target();
-        let mut c = tokio::process::Command::new(&cargo);
-        c.current_dir(&self.workspace)
+        Cmd::new(&cargo)
+            .current_dir(&self.workspace)
             .args([
                 "build",
                 "--release",
@@ -207,8 +207,10 @@ impl ImageBuilder {
             .env("CARGO_TARGET_DIR", &self.target_dir)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             // Set when we run under `cargo test`; it would override RUSTFLAGS.
-            .env_remove("CARGO_ENCODED_RUSTFLAGS");
-        cmd::output(c, Duration::from_secs(900)).await?;
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .deadline(Duration::from_secs(900))
+            .output()
+            .await?;
         Ok(self.target_dir.join(target).join("release"))
     }
 
@@ -292,11 +294,11 @@ pub async fn missing_packages(specs: &[ImageSpec]) -> Vec<&'static str> {
 }
 
 async fn package_installed(package: &str) -> Result<bool> {
-    match cmd::run("dpkg-query", ["-W", "-f", "${db:Status-Status}", package]).await {
+    match mose_command::run("dpkg-query", ["-W", "-f", "${db:Status-Status}", package]).await {
         Ok(status) => Ok(status.trim() == "installed"),
         // dpkg-query exits 1 for a package it has never heard of.
-        Err(TestbedError::Command { .. }) => Ok(false),
-        Err(e) => Err(e),
+        Err(CommandError::Failed { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -316,7 +318,7 @@ pub async fn debian_content(package: &str, program: &str) -> Result<ImageContent
              the workload packages without starting their system daemons)"
         )));
     }
-    let ldd = cmd::run("ldd", [program]).await?;
+    let ldd = mose_command::run("ldd", [program]).await?;
     let mut paths = vec![PathBuf::from(program)];
     paths.extend(parse_ldd(&ldd).map_err(|why| TestbedError::Parse {
         path: format!("ldd {program}").into(),
@@ -436,7 +438,7 @@ async fn package_versions(paths: &[PathBuf]) -> Result<Vec<String>> {
         )));
     }
     let pkgs: BTreeSet<&str> = owner.values().map(String::as_str).collect();
-    let versions = cmd::run(
+    let versions = mose_command::run(
         "dpkg-query",
         ["-W", "-f", "${Package}=${Version}\\n"]
             .into_iter()
@@ -451,28 +453,24 @@ async fn package_versions(paths: &[PathBuf]) -> Result<Vec<String>> {
 
 /// `dpkg-query -S <paths>`'s output. It exits 1 when any path is unknown to dpkg, which is
 /// expected here (we ask for every spelling of a file), so that status is not an error: a file
-/// without an owner is reported by the caller. (`cmd::output` drops stdout on a non-zero exit.)
+/// without an owner is reported by the caller.
 async fn dpkg_search(paths: &BTreeSet<String>) -> Result<String> {
-    let mut c = tokio::process::Command::new("dpkg-query");
-    c.arg("-S")
+    let out = Cmd::new("dpkg-query")
+        .arg("-S")
         .args(paths)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let shown = cmd::show(&c);
-    let out = tokio::time::timeout(cmd::SHORT, c.output())
-        .await
-        .map_err(|_| TestbedError::Timeout {
-            what: format!("`{shown}`"),
-            after_ms: cmd::SHORT.as_millis() as u64,
-        })?
-        .map_err(|e| TestbedError::io(format!("cannot run `{shown}`"), e))?;
+        .output_any_status()
+        .await?;
     match out.status.code() {
         Some(0 | 1) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        _ => Err(TestbedError::Command {
-            command: shown,
-            status: out.status.to_string(),
+        _ => Err(CommandError::Failed {
+            program: "dpkg-query".into(),
+            args: std::iter::once("-S".to_string())
+                .chain(paths.iter().cloned())
+                .collect(),
+            status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }),
+        }
+        .into()),
     }
 }
 

@@ -17,7 +17,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::cmd;
+use mose_command::{Cmd, CommandError};
+use mose_protocol::units::BitsPerSec;
+
 use crate::error::{Result, TestbedError};
 use crate::host::{validate_name, Host};
 use crate::sys;
@@ -37,16 +39,16 @@ pub const MAX_PREFIX_LEN: usize = 10;
 /// Rate and delay of one host's link to the LAN switch, applied in both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkShape {
-    /// Rate in bit/s (tc tbf); `None` = unlimited.
-    pub rate_bps: Option<u64>,
+    /// Rate (tc tbf); `None` = unlimited.
+    pub rate: Option<BitsPerSec>,
     /// One-way delay (tc netem); `None` or zero = none.
     pub delay: Option<Duration>,
 }
 
 impl LinkShape {
-    pub fn rate(rate_bps: u64) -> Self {
+    pub fn rate(rate: BitsPerSec) -> Self {
         LinkShape {
-            rate_bps: Some(rate_bps),
+            rate: Some(rate),
             delay: None,
         }
     }
@@ -56,7 +58,7 @@ impl LinkShape {
     }
 
     fn validate(&self) -> Result<()> {
-        if let Some(r) = self.rate_bps {
+        if let Some(BitsPerSec(r)) = self.rate {
             if !(8_000..=100_000_000_000).contains(&r) {
                 return Err(TestbedError::Invalid(format!(
                     "link rate {r} bit/s out of range (8 kbit/s ..= 100 Gbit/s)"
@@ -96,7 +98,7 @@ impl LinkShape {
             v
         };
         let mut cmds = Vec::new();
-        match (delay_us, self.rate_bps) {
+        match (delay_us, self.rate.map(|r| r.0)) {
             (None, None) => {}
             (None, Some(r)) => cmds.push(tbf(&["root", "handle", "10:"], r)),
             (Some(us), rate) => {
@@ -144,7 +146,7 @@ impl Lan {
             )));
         }
         // STP off and no forwarding delay: ports forward at once, there are no loops to protect.
-        cmd::run(
+        mose_command::run(
             "ip",
             [
                 "link",
@@ -165,7 +167,7 @@ impl Lan {
             torn_down: false,
         };
         disable_ipv6(&lan.bridge);
-        cmd::run("ip", ["link", "set", &lan.bridge, "up"]).await?;
+        mose_command::run("ip", ["link", "set", &lan.bridge, "up"]).await?;
         tracing::info!(bridge = %lan.bridge, "LAN up");
         Ok(lan)
     }
@@ -228,7 +230,7 @@ impl Lan {
             // Half a shaping (one direction only) would mislead PAM more than none.
             self.unshape(host).await?;
             return Err(match e {
-                TestbedError::Command { stderr, .. } if shape.delay.is_some() && stderr.contains("qdisc kind is unknown") => {
+                TestbedError::Command(CommandError::Failed { stderr, .. }) if shape.delay.is_some() && stderr.contains("qdisc kind is unknown") => {
                     TestbedError::State(
                         "link delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM), which this kernel \
                          lacks; rate shaping (tbf) works without it"
@@ -244,7 +246,7 @@ impl Lan {
 
     async fn apply(&self, host: &Host, shape: &LinkShape) -> Result<()> {
         for args in shape.tc_commands(host.veth_outside()) {
-            cmd::run("tc", &args).await?;
+            mose_command::run("tc", &args).await?;
         }
         for args in shape.tc_commands(host.lan_ifname()) {
             host.run("tc", &args).await?;
@@ -255,7 +257,7 @@ impl Lan {
     /// Remove shaping from `host`'s link.
     pub async fn unshape(&self, host: &Host) -> Result<()> {
         // "No such file" / "Cannot delete qdisc with handle of zero" just mean: nothing to remove.
-        let _ = cmd::run("tc", ["qdisc", "del", "dev", host.veth_outside(), "root"]).await;
+        let _ = mose_command::run("tc", ["qdisc", "del", "dev", host.veth_outside(), "root"]).await;
         let _ = host
             .run("tc", ["qdisc", "del", "dev", host.lan_ifname(), "root"])
             .await;
@@ -273,7 +275,7 @@ impl Lan {
         self.torn_down = true;
         let bridge = self.bridge.clone();
         if sys::link_names().contains(&bridge) {
-            cmd::run("ip", ["link", "del", &bridge]).await?;
+            mose_command::run("ip", ["link", "del", &bridge]).await?;
         }
         tracing::info!(bridge = %bridge, "LAN down");
         Ok(())
@@ -283,11 +285,10 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         if !self.torn_down && sys::link_names().contains(&self.bridge) {
-            if let Err(e) = cmd::run_sync(
-                "ip",
-                &["link", "del", &self.bridge],
-                Duration::from_secs(10),
-            ) {
+            let del = Cmd::new("ip")
+                .args(["link", "del", &self.bridge])
+                .deadline(Duration::from_secs(10));
+            if let Err(e) = del.stdout_blocking() {
                 tracing::warn!(bridge = %self.bridge, error = %e, "could not delete LAN bridge on drop");
             }
         }
@@ -333,13 +334,13 @@ mod tests {
     #[test]
     fn tc_commands_per_shape() {
         assert!(LinkShape::default().tc_commands("x").is_empty());
-        let r = LinkShape::rate(100_000_000).tc_commands("x");
+        let r = LinkShape::rate(BitsPerSec(100_000_000)).tc_commands("x");
         assert_eq!(r.len(), 1);
         assert_eq!(
             r[0].join(" "),
             "qdisc add dev x root handle 10: tbf rate 100000000bit burst 62500 latency 200ms"
         );
-        let rd = LinkShape::rate(8_000_000)
+        let rd = LinkShape::rate(BitsPerSec(8_000_000))
             .with_delay(Duration::from_millis(5))
             .tc_commands("x");
         assert_eq!(
@@ -358,12 +359,12 @@ mod tests {
 
     #[test]
     fn shapes_are_validated() {
-        assert!(LinkShape::rate(10).validate().is_err());
+        assert!(LinkShape::rate(BitsPerSec(10)).validate().is_err());
         assert!(LinkShape::default()
             .with_delay(Duration::from_secs(11))
             .validate()
             .is_err());
-        assert!(LinkShape::rate(1_000_000)
+        assert!(LinkShape::rate(BitsPerSec(1_000_000))
             .with_delay(Duration::from_millis(2))
             .validate()
             .is_ok());

@@ -11,7 +11,6 @@
 
 pub mod bench;
 pub mod client;
-mod cmd;
 pub mod demo;
 pub mod error;
 pub mod fourhost;
@@ -46,18 +45,11 @@ pub fn workspace_dir() -> std::path::PathBuf {
 /// with `bash`, its output on our terminal; an error names the script and its exit status.
 pub async fn run_script(relative: &str) -> Result<()> {
     let script = workspace_dir().join(relative);
-    let status = tokio::process::Command::new("bash")
+    mose_command::Cmd::new("bash")
         .arg(&script)
-        .status()
-        .await
-        .map_err(|e| TestbedError::io(format!("run {}", script.display()), e))?;
-    if !status.success() {
-        return Err(TestbedError::Command {
-            command: script.display().to_string(),
-            status: status.to_string(),
-            stderr: "see its output above".into(),
-        });
-    }
+        .no_deadline()
+        .run_inherited()
+        .await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! `mose-testbed`: the testbed's command line (SPEC §8): `up`, `status`, `migrate`, `demo`,
-//! `bench`, `down`.
+//! `mose-testbed`: the testbed's command line (its names are fixed: docs/operations.md, "Fixed
+//! names"): `up`, `status`, `migrate`, `demo`, `bench`, `down`.
 //!
 //! Binaries: `up` and `demo` run `mose-agent` and `mose-orchestrator` from the same cargo target
 //! and profile directory as this binary, and first run `cargo build -p mose-agent -p
@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mose_protocol::model::Objective;
+use mose_protocol::units::BitsPerSec;
 use mose_testbed::bench;
 use mose_testbed::demo::{self, Targets};
 use mose_testbed::fourhost::{Binaries, Config, FourHost, Placement, State};
@@ -51,8 +52,8 @@ struct TargetArgs {
     objective: Objective,
     /// Bandwidth edge → edge to plan with (e.g. 100Mbit); default: the agents' estimate or
     /// the orchestrator's default.
-    #[arg(long, value_parser = mose_orchestrator::client::parse_bandwidth_bytes_per_s)]
-    bandwidth: Option<u64>,
+    #[arg(long, value_parser = mose_api::format::parse_bandwidth_bytes_per_s)]
+    bandwidth: Option<mose_protocol::units::BytesPerSec>,
 }
 
 impl TargetArgs {
@@ -122,8 +123,8 @@ enum Cmd {
         sizes_mib: Vec<u32>,
         /// PAM sweep: the edges' link rates (each edge's LAN link is shaped to it).
         #[arg(long, value_delimiter = ',', default_value = "1Gbit,200Mbit,50Mbit",
-              value_parser = parse_rate_bps)]
-        rates: Vec<u64>,
+              value_parser = mose_api::format::parse_rate_bits_per_s)]
+        rates: Vec<BitsPerSec>,
         /// PAM sweep: how fast the service dirties its state, in MiB/s.
         #[arg(long, default_value_t = 1.0)]
         dirty_mib_per_s: f64,
@@ -196,8 +197,8 @@ async fn run() -> anyhow::Result<()> {
                 println!("{l}")
             })
             .await?;
-            print!("{}", mose_orchestrator::client::kpi_table(&task));
-            if task.status != mose_orchestrator::tasks::TaskStatus::Succeeded {
+            print!("{}", mose_api::format::kpi_table(&task));
+            if task.status != mose_api::tasks::TaskStatus::Succeeded {
                 bail!("migration {} ended {}", task.id, task.status);
             }
         }
@@ -223,7 +224,7 @@ async fn run() -> anyhow::Result<()> {
             }
             let sweep = (!no_sweep).then_some(bench::Sweep {
                 sizes_mib,
-                rates_bps: rates,
+                rates,
                 dirty_mib_per_s,
                 repeats,
             });
@@ -287,10 +288,6 @@ async fn config(args: &UpArgs, out_dir: &Path) -> anyhow::Result<Config> {
     })
 }
 
-/// A link rate like `100Mbit` in bit/s.
-fn parse_rate_bps(text: &str) -> Result<u64, String> {
-    mose_orchestrator::client::parse_bandwidth_bytes_per_s(text).map(|b| b * 8)
-}
 
 /// Run `testbed/setup-host.sh` unless skipped.
 async fn setup_host(skip: bool) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! The run report in the format fixed by SPEC §8 (`target/testbed/report.json`, and the same
-//! format for `bench.json` and `vm-report.json`). Field names are the SPEC's, exactly.
+//! The run report in the format of docs/testbed.md#report-format (`target/testbed/report.json`,
+//! and the same format for `bench.json` and `vm-report.json`). Field names are that section's,
+//! exactly: other tools read them.
 //!
 //! Every number comes from a measurement: the orchestrator's task record (phases, total,
 //! image size, plan) and the live client's timeline (downtime, connection, continuity). A phase
@@ -7,7 +8,7 @@
 
 use std::path::Path;
 
-use mose_orchestrator::tasks::{TaskRecord, TaskStatus};
+use mose_api::{TaskRecord, TaskStatus};
 use mose_protocol::model::{Objective, Strategy};
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +43,8 @@ pub struct MigrationReport {
     pub to: String,
     pub strategy: Strategy,
     pub objective: Objective,
-    /// Bandwidth the plan allocated, in **bits** per second (the plan carries bytes/s).
-    pub bandwidth_bps: Option<u64>,
+    /// Bandwidth the plan allocated, in bits per second (the plan carries bytes/s).
+    pub bandwidth_bits_per_s: Option<u64>,
     pub ok: bool,
     pub error: Option<String>,
     pub rolled_back: bool,
@@ -87,7 +88,12 @@ impl MigrationReport {
     /// A finished task as the orchestrator recorded it, with what the client saw meanwhile.
     pub fn from_task(task: &TaskRecord, workload: &str, client: ClientKpis) -> Self {
         let m = &task.measurements;
-        let phase = |name: &str| m.phases_ms.get(name).copied();
+        let phase = |name: &str| {
+            m.phases_ms
+                .iter()
+                .find(|(p, _)| p.as_str() == name)
+                .map(|(_, ms)| *ms)
+        };
         MigrationReport {
             service: task.request.service.clone(),
             workload: workload.to_string(),
@@ -96,7 +102,7 @@ impl MigrationReport {
             to: task.request.destination.clone(),
             strategy: task.plan.strategy,
             objective: task.plan.objective,
-            bandwidth_bps: Some(task.plan.bandwidth_bps.saturating_mul(8)),
+            bandwidth_bits_per_s: Some(task.plan.bandwidth_bytes_per_s.to_bits().0),
             ok: task.status == TaskStatus::Succeeded,
             error: task.error.clone(),
             rolled_back: matches!(task.status, TaskStatus::RolledBack | TaskStatus::Cancelled),
@@ -251,7 +257,7 @@ mod tests {
                 to: "edge2".into(),
                 strategy: Strategy::Cold,
                 objective: Objective::Downtime,
-                bandwidth_bps: Some(1_000_000_000),
+                bandwidth_bits_per_s: Some(1_000_000_000),
                 ok: true,
                 error: None,
                 rolled_back: false,
@@ -296,7 +302,7 @@ mod tests {
         assert_eq!(
             keys(m),
             [
-                "bandwidth_bps",
+                "bandwidth_bits_per_s",
                 "client_downtime_ms",
                 "error",
                 "from",

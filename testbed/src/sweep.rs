@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use mose_command::Cmd;
 use mose_overlay::netns::NETNS_DIR;
 
-use crate::cmd;
 use crate::error::{Result, TestbedError};
 use crate::host::{teardown_sync, RUN_BASE, STATE_BASE};
 use crate::sys;
@@ -127,11 +127,14 @@ fn sweep_sync(prefix: &str) -> SweepReport {
         .collect();
     links.sort_by_key(|l| l.ends_with("br"));
     for l in links {
-        match cmd::run_sync("ip", &["link", "del", &l], Duration::from_secs(10)) {
+        let del = Cmd::new("ip")
+            .args(["link", "del", &l])
+            .deadline(Duration::from_secs(10));
+        match del.stdout_blocking() {
             Ok(_) => report.links.push(l),
             // A veth vanishes with its peer's namespace: gone by now is fine.
             Err(_) if !sys::link_names().contains(&l) => report.links.push(l),
-            Err(e) => report.problems.push(e),
+            Err(e) => report.problems.push(e.to_string()),
         }
     }
     report

@@ -262,6 +262,7 @@ mod tests {
 
     #[test]
     fn finds_processes_in_a_namespace_and_terminates_them() {
+        mose_testkit::root_test!(&["unshare", "sleep"]);
         // A child in a fresh netns (unshare) stands in for a host's process.
         let mut child = std::process::Command::new("unshare")
             .args(["--net", "sleep", "30"])

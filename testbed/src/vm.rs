@@ -1,5 +1,6 @@
-//! The four-VM testbed (issue 9): the paper's four roles as QEMU VMs booted from the guest image
-//! of `testbed/vm/build-image.sh` (Debian 12, kernel 6.1, podman + runc, CRIU, OvS, our binaries).
+//! The four-VM testbed (docs/vm.md): the paper's four roles as QEMU VMs, each with its own kernel
+//! (the guest kernel has the soft-dirty tracking pre-copy needs), booted from the guest image of
+//! `testbed/vm/build-image.sh` (Debian 12, kernel 6.1, podman + runc, CRIU, OvS, our binaries).
 //!
 //! ```text
 //!  root namespace: bridge mvm-br (no address)            127.0.0.1:17070 ── orchestrator API
@@ -38,8 +39,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mose_orchestrator::client::ApiClient;
-use mose_orchestrator::registry::AgentView;
+use mose_api::{AgentView, ApiClient};
+use mose_protocol::messages::Phase;
+use mose_protocol::units::BytesPerSec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TestbedError};
@@ -141,7 +143,7 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
             println!("{}", st.summary());
             println!("agents ({}):", st.api_url);
             match ApiClient::new(&st.api_url).agents().await {
-                Ok(a) => print!("{}", mose_orchestrator::client::agents_table(&a)),
+                Ok(a) => print!("{}", mose_api::format::agents_table(&a)),
                 Err(e) => println!("  {e}"),
             }
             Ok(())
@@ -393,7 +395,7 @@ impl VmLab {
 }
 
 /// KVM if asked for or if a probe boot of the guest kernel gets to its init under KVM within
-/// 30 s (this machine's /dev/kvm is a PVM variant that cannot boot stock kernels, SPEC §6);
+/// 30 s (this machine's /dev/kvm is a PVM variant that cannot boot stock kernels: docs/vm.md);
 /// TCG otherwise. The probe's verdict is cached in `accel.probe`.
 async fn choose_accel(want: &str, dir: &Path) -> anyhow::Result<String> {
     match want {
@@ -467,7 +469,7 @@ async fn choose_accel(want: &str, dir: &Path) -> anyhow::Result<String> {
 }
 
 async fn ip(args: &[&str]) -> Result<String> {
-    crate::cmd::run("ip", args).await
+    Ok(mose_command::run("ip", args).await?)
 }
 
 fn lan_ip(octet: u8) -> Ipv4Addr {
@@ -502,7 +504,7 @@ async fn start_vm(
 
     let overlay = dir.join(format!("{name}.qcow2"));
     let _ = std::fs::remove_file(&overlay);
-    crate::cmd::run(
+    mose_command::run(
         "qemu-img",
         ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]
             .into_iter()
@@ -660,9 +662,10 @@ async fn wait_for_agents(api_url: &str) -> anyhow::Result<Vec<AgentView>> {
                     agents.iter().any(|a| {
                         a.id == *id
                             && match &a.profile {
-                                Some(p) if p.role == mose_protocol::messages::Role::Edge => {
-                                    p.capabilities.podman_version.is_some()
-                                }
+                                Some(p) if p.role == mose_protocol::messages::Role::Edge => p
+                                    .capabilities
+                                    .as_ref()
+                                    .is_some_and(|c| c.podman_version.is_some()),
                                 Some(_) => true,
                                 None => false,
                             }
@@ -732,7 +735,10 @@ pub fn down() -> Result<Vec<String>> {
     // Taps first, the bridge last.
     links.sort_by_key(|l| l == BRIDGE);
     for l in &links {
-        if let Err(e) = crate::cmd::run_sync("ip", &["link", "del", l], crate::cmd::SHORT) {
+        if let Err(e) = mose_command::Cmd::new("ip")
+            .args(["link", "del", l])
+            .stdout_blocking()
+        {
             tracing::warn!("{e}");
         }
     }
@@ -789,8 +795,7 @@ fn is_our_qemu(pid: u32) -> bool {
 /// Run `script` as root in VM `vm` over its management ssh; returns stdout.
 pub async fn ssh(vm: &VmInfo, script: &str, timeout: Duration) -> Result<String> {
     let key = vm_dir().join("id_ed25519");
-    let mut c = tokio::process::Command::new("ssh");
-    c.arg("-i").arg(&key).args([
+    let c = mose_command::Cmd::new("ssh").arg("-i").arg(&key).args([
         "-p",
         &vm.ssh_port.to_string(),
         "-o",
@@ -806,7 +811,7 @@ pub async fn ssh(vm: &VmInfo, script: &str, timeout: Duration) -> Result<String>
         "root@127.0.0.1",
         script,
     ]);
-    crate::cmd::output(c, timeout).await
+    Ok(c.deadline(timeout).stdout().await?)
 }
 
 /// Inside VMs: the OvS of the image (Debian's openvswitch-switch).
@@ -975,10 +980,10 @@ struct DemoWorkload {
 /// estimate no links; the paper's default would be a guess).
 /// Bytes per second a finished migration's image transfer achieved (final image over the
 /// destination's transfer phase); `None` without both.
-fn achieved_bandwidth(task: &mose_orchestrator::tasks::TaskRecord) -> Option<u64> {
+fn achieved_bandwidth(task: &mose_api::tasks::TaskRecord) -> Option<BytesPerSec> {
     let bytes = task.measurements.image_bytes? as f64;
-    let ms = *task.measurements.phases_ms.get("transfer")?;
-    (ms > 0.0 && bytes > 0.0).then(|| (bytes * 1e3 / ms) as u64)
+    let ms = *task.measurements.phases_ms.get(&Phase::Transfer)?;
+    (ms > 0.0 && bytes > 0.0).then(|| BytesPerSec((bytes * 1e3 / ms) as u64))
 }
 
 async fn demo(
@@ -989,7 +994,7 @@ async fn demo(
 ) -> anyhow::Result<()> {
     use crate::fourhost::{self as fh, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
     use crate::report::{MigrationReport, Report};
-    use mose_orchestrator::tasks::TaskStatus;
+    use mose_api::tasks::TaskStatus;
     use mose_protocol::model::Objective;
     let st = &lab.state;
     let (edge1, mobile) = (st.vm("edge1")?, st.vm("mobile")?);
@@ -1054,7 +1059,7 @@ async fn demo(
         client_netns: PathBuf::from("/run/netns").join(GUEST_CLIENT_NETNS),
         log_dir: vm_dir(),
     };
-    let mut done: Vec<(mose_orchestrator::tasks::TaskRecord, f64, f64)> = Vec::new();
+    let mut done: Vec<(mose_api::tasks::TaskRecord, f64, f64)> = Vec::new();
     let mut failure = None;
     for (from, to, objective) in [
         ("edge1", "edge2", Objective::Resources),
@@ -1070,7 +1075,7 @@ async fn demo(
         if let Some(l) = measured {
             println!(
                 "  planned with L = {:.2} MB/s: what the previous migration's transfer achieved",
-                l as f64 / 1e6
+                l.as_f64() / 1e6
             );
         }
         let targets = crate::demo::Targets {

@@ -1,6 +1,7 @@
-//! Fault injection on the four-host testbed (issue #6): the orchestrator drives the real agents
-//! (no mocks) through a migration edge1 → edge2 of the counter under the live client, and each
-//! run is broken in a different way after the destination prepared:
+//! Fault injection on the four-host testbed (docs/testbed.md, "Fault injection"): the
+//! orchestrator drives the real agents (no mocks) through a migration edge1 → edge2 of the
+//! counter under the live client, and each run is broken in a different way after the
+//! destination prepared:
 //!
 //! 1. **corrupted image**: the bytes the source serves differ from its manifest's SHA-256;
 //! 2. **destination restore fails**: the service's image is removed from edge2's podman;
@@ -19,8 +20,8 @@
 //! orchestrator's Restore waits in that agent's socket, and continues it: no hook in the product.
 //!
 //! Needs root, `testbed/setup-host.sh`, and `mose-agent` + `mose-orchestrator` built in the same
-//! profile: `cargo build -p mose-agent -p mose-orchestrator && sudo -E cargo test -p
-//! mose-testbed --test faults -- --nocapture`.
+//! profile: `cargo build -p mose-agent -p mose-orchestrator && sudo -E MOSE_ROOT_TESTS=1 cargo
+//! test -p mose-testbed --test faults -- --nocapture`.
 
 mod common;
 
@@ -28,10 +29,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::tasks::driver::IMAGE;
-use mose_orchestrator::tasks::{MigrationRequest, TaskRecord, TaskStatus};
+use mose_api::{MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
+use mose_protocol::steps::ImageId;
 use mose_testbed::client::LiveClient;
 use mose_testbed::fourhost::{Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2, MOBILE};
 
@@ -59,7 +60,7 @@ agent_wait_ms = 4000
 
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_clean() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     sweep_before(PREFIX).await;
     let binaries = test_binaries();
     // Kept after the run (logs of every agent and the orchestrator); /work and /tmp are shared
@@ -121,7 +122,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         .outside_path(
             Path::new(AGENT_WORK_DIR)
                 .join(&id)
-                .join(format!("{IMAGE}.tar")),
+                .join(format!("{}.tar", ImageId::Final.key_chunk())),
         )
         .expect("edge1's work dir");
     corrupt_served_copy(&archive);

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
+use mose_api::{MigrationRequest, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::demo::{migrate, Targets};
@@ -27,7 +27,7 @@ const PREFIX: &str = "mtb-4h-";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     sweep_before(PREFIX).await;
     let binaries = test_binaries();
     let out = tempfile::tempdir().unwrap();
@@ -77,7 +77,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         let found = edge1.metrics.and_then(|m| {
             m.containers
                 .into_iter()
-                .find(|c| c.name == state.service && c.dirty_rate_bps.is_some())
+                .find(|c| c.name == state.service && c.dirty_rate_bytes_per_s.is_some())
         });
         if let Some(c) = found {
             break c;

@@ -5,6 +5,7 @@
 
 mod common;
 
+use mose_protocol::units::BitsPerSec;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,17 +15,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use common::*;
 
 const PREFIX: &str = "mtb-lan-";
-const RATE_BPS: u64 = 20_000_000;
+const RATE: BitsPerSec = BitsPerSec(20_000_000);
 const DELAY: Duration = Duration::from_millis(10);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shaped_link_has_the_configured_rate_and_delay() {
-    require_root();
+    mose_testkit::root_test!(&["ip", "tc", "nsenter"]);
     let (lan, [a, b]) = lan_with_hosts(PREFIX, ["a", "b"]).await;
     // Delay needs netem; kernels without it (this machine's) must say so clearly and leave the
     // link unshaped, and then the rate alone is checked.
     let delay = match lan
-        .shape(&b, LinkShape::rate(RATE_BPS).with_delay(DELAY))
+        .shape(&b, LinkShape::rate(RATE).with_delay(DELAY))
         .await
     {
         Ok(()) => DELAY,
@@ -32,7 +33,7 @@ async fn shaped_link_has_the_configured_rate_and_delay() {
             let msg = e.to_string();
             assert!(msg.contains("CONFIG_NET_SCH_NETEM"), "{msg}");
             eprintln!("no netem here ({msg}); checking the rate alone");
-            lan.shape(&b, LinkShape::rate(RATE_BPS))
+            lan.shape(&b, LinkShape::rate(RATE))
                 .await
                 .expect("shape b (rate only)");
             Duration::ZERO
@@ -87,17 +88,17 @@ async fn shaped_link_has_the_configured_rate_and_delay() {
     let received = server.await.unwrap().expect("server");
     assert_eq!(received, BULK);
     let rate = BULK as f64 * 8.0 / secs;
-    println!("LAN shaping: configured {RATE_BPS} bit/s, {delay:?} one way on b; measured {rate:.0} bit/s, median RTT {rtt:?}");
+    println!("LAN shaping: configured {RATE}, {delay:?} one way on b; measured {rate:.0} bit/s, median RTT {rtt:?}");
 
     // The delay sits on both directions of b's link: RTT a<->b = 2 x DELAY (+ a little).
     assert!(
         rtt >= 2 * delay && rtt < 2 * delay + Duration::from_millis(15),
         "RTT {rtt:?}"
     );
-    let ratio = rate / RATE_BPS as f64;
+    let ratio = rate / RATE.0 as f64;
     assert!(
         (0.6..=1.1).contains(&ratio),
-        "measured {rate:.0} bit/s vs {RATE_BPS} configured"
+        "measured {rate:.0} bit/s vs {RATE} configured"
     );
 
     lan.unshape(&b).await.expect("unshape");

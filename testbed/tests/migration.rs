@@ -42,7 +42,7 @@ fn ms(t: Instant) -> u128 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counter_migrates_between_hosts_with_state_and_connection() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     sweep_before(PREFIX).await;
     let images = ImageBuilder::default();
     let t = Instant::now();
@@ -124,7 +124,8 @@ async fn counter_migrates_between_hosts_with_state_and_connection() {
         assert_eq!(ask(&mut r).await, want);
     }
     // From here on the client keeps asking every 10 ms through the whole migration and records
-    // when each reply came: the longest gap is the downtime the client sees (SPEC §7).
+    // when each reply came: the longest gap is the downtime the client sees (docs/testbed.md,
+    // "KPIs").
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = tokio::spawn({
         let stop = stop.clone();

@@ -59,7 +59,7 @@ async fn two_populated_hosts(lan: &Lan) -> (Vec<Host>, Snapshot) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_leaves_nothing_behind() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     const PREFIX: &str = "mtb-td-";
     sweep_before(PREFIX).await;
     let lan = Lan::create(PREFIX).await.expect("LAN");
@@ -77,7 +77,7 @@ async fn destroy_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_test_is_cleaned_up_by_drop() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     const PREFIX: &str = "mtb-tp-";
     sweep_before(PREFIX).await;
     // The "test" runs in its own task and panics with the testbed up: unwinding drops the hosts
@@ -97,7 +97,7 @@ async fn a_panicking_test_is_cleaned_up_by_drop() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_run_is_swept_by_prefix() {
-    require_root();
+    mose_testkit::root_test!(TESTBED_TOOLS);
     sweep_before(CRASH_PREFIX).await;
     // A child process (this test binary again) brings the testbed up and aborts: no Drop runs.
     let mut child = Command::new(std::env::current_exe().unwrap())

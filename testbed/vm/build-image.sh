@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# testbed/vm/build-image.sh - the guest image of the four-VM testbed (issue 9, SPEC §6 "Real VMs").
+# testbed/vm/build-image.sh - guest image of the four-VM testbed (docs/vm.md, "The guest image").
 #
 # Builds OFFLINE from Debian's archive only (mmdebstrap; no cloud image, no registry):
 #   Debian 12, kernel 6.1 (linux-image-amd64), systemd, podman + runc (podman told to use runc),
@@ -49,8 +49,9 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 if ((${#need[@]})); then
-  # SPEC §6 apt hygiene: this machine may carry a qemu-utils backport that conflicts with
-  # bookworm's qemu-system-common; take qemu-utils from bookworm with it rather than removing it.
+  # apt hygiene (docs/operations.md, "Host facts the code relies on"): this machine may carry a
+  # qemu-utils backport that conflicts with bookworm's qemu-system-common; take qemu-utils from
+  # bookworm with it rather than removing it.
   pkgs=()
   for p in "${need[@]}"; do pkgs+=("$p"); done
   if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && dpkg -s qemu-utils >/dev/null 2>&1; then

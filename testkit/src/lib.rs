@@ -6,42 +6,28 @@
 //! a thread, and libraries such as Zenoh keep process-wide thread pools, so one process cannot
 //! safely speak from two namespaces. To run library code there, a test binary re-executes itself
 //! with [`spawn_self`], and an `#[ignore]`d entry test picks its role up with [`child_role`].
+//!
+//! Every root integration test of the workspace starts with [`root_test!`] (see [`gate`]): it
+//! skips unless `MOSE_ROOT_TESTS=1`, and then fails on a missing prerequisite.
 
 use std::process::{Child, Command, Output, Stdio};
+
+pub mod gate;
+pub use gate::{is_root, privileged, Gate, ROOT_TESTS_ENV};
 
 /// Environment variable that tells a re-executed test binary which role to play.
 pub const ROLE_ENV: &str = "MOSE_TESTKIT_ROLE";
 
-/// Runs a command, failing with its stderr if it fails.
-pub fn run(program: &str, args: &[&str]) -> Result<Output, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(out)
-}
+/// How long one setup command (`ip link`, `ip netns`) may take before it is killed.
+const RUN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Panics with a clear message unless running as root (these tests create namespaces).
-pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "this integration test creates network namespaces and must run as root"
-    );
+/// Runs a command (blocking, with a deadline), failing with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<Output, String> {
+    mose_command::Cmd::new(program)
+        .args(args)
+        .deadline(RUN_DEADLINE)
+        .output_blocking()
+        .map_err(|e| e.to_string())
 }
 
 /// A bridge in the root namespace with test hosts (namespaces) attached by veths.
@@ -55,8 +41,13 @@ pub struct TestNet {
 
 impl TestNet {
     /// Creates the bridge `mk{tag}` (tag ≤ 8 chars, unique per test) after sweeping leftovers.
+    /// Needs root: call [`root_test!`] at the top of the test first, so that a run without
+    /// root skips (or fails) there rather than here.
     pub fn new(tag: &str, subnet: u8) -> Result<Self, String> {
-        require_root();
+        assert!(
+            is_root(),
+            "TestNet needs root; start the test with mose_testkit::root_test!()"
+        );
         assert!(
             tag.len() <= 8 && tag.chars().all(|c| c.is_ascii_alphanumeric()),
             "tag must be ≤ 8 alphanumerics (interface names are ≤ 15 chars)"

@@ -1,5 +1,5 @@
-//! Host calibration (`mose-agent calibrate`, SPEC §5): measure this host's checkpoint and
-//! restore costs with a synthetic workload and fit the PAM model's laws to them.
+//! Host calibration (`mose-agent calibrate`, docs/pam.md#calibration): measure this host's
+//! checkpoint and restore costs with a synthetic workload and fit the PAM model's laws to them.
 //!
 //! For every state size M and dirty rate R of the plan, the memory workload container is
 //! started, checkpointed (`--export`, CRIU statistics on) and restored from that archive. CRIU's

@@ -1,66 +1,72 @@
-//! COAT migration steps on this host (SPEC §4): the agent's real [`StepExecutor`].
+//! COAT migration steps on this host (docs/coat.md, "Order of steps"): the agent's real
+//! [`StepExecutor`].
 //!
-//! | step | host | what it does |
-//! |---|---|---|
-//! | describe | source | inspect the container; read IP/MAC/client from its netns; anon memory from its cgroup |
-//! | prepare | destination | image present?; netns with the same IP/MAC + client neighbour; steer the service to it on the local bridge |
-//! | checkpoint | source | `checkpoint --tcp-established --export` into the work dir, serve it under `images/{task}/{image}`; a pre-dump is one pre-copy round (`runc checkpoint --pre-dump` chained to the round before, container keeps running), the final dump after rounds `--with-previous` |
-//! | fetch | destination (pre-copy) | fetch a pre-dump round now, while the service still runs at the source |
-//! | restore | destination | fetch the image (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns; after pre-copy with the rounds joined as `--import-previous` |
-//! | switch-flow | mobile | steer the service's IP/ARP/MAC on the local bridge to the port toward `to_agent` |
-//! | resume | source (rollback) | running: nothing; checkpointed: restore from its own archive(s); stop serving the images |
-//! | abort | destination (rollback) | remove the container, netns, veth, flows and files of the service |
-//! | release | source (commit) | the same removal, after the destination confirmed |
-//! | resend | destination (after the switch) | ICMP nudge so the clients resend at once (see `resend.rs`) |
+//! | step | host | module | what it does |
+//! |---|---|---|---|
+//! | describe | source | `source` | inspect the container; read IP/MAC/client from its netns; anon memory from its cgroup |
+//! | prepare | destination | `destination` | image present?; netns with the same IP/MAC + client neighbour; steer the service to it on the local bridge |
+//! | pre-dump | source | `source` | one pre-copy round (`runc checkpoint --pre-dump` chained to the round before, the container keeps running), served under `images/{task}/round-{n}` |
+//! | fetch | destination | `destination` | fetch a pre-copy round now, while the service still runs at the source |
+//! | checkpoint | source | `source` | `checkpoint --tcp-established --export` (after rounds `--with-previous`), served under `images/{task}/final` |
+//! | restore | destination | `destination` | fetch what is missing (chunked, SHA-256), `restore --tcp-established --import` into the prepared netns; after pre-copy with the rounds joined as `--import-previous` |
+//! | switch-flow | mobile | `mobile` | steer the service's IP/ARP/MAC on the local bridge to the port toward `to` |
+//! | resend | destination (after the switch) | `destination` | ICMP nudge so the clients resend at once (see `resend.rs`) |
+//! | resume | source (rollback) | `source` | running: nothing; checkpointed: restore from its own archives; stop serving the images |
+//! | abort | destination (rollback) | `destination` | remove the container, netns, veth, flows and files of the service |
+//! | release | source (commit) | `source` | the same removal, after the destination confirmed |
 //!
 //! Every step is idempotent: repeating it after success (or after a timeout whose effect is
-//! unknown) converges on the same state without harming the service. Steps on one service are
-//! serialized by a per-service lock. See `docs/coat.md`.
+//! unknown) converges on the same state without harming the service. What a step did is kept
+//! in the service's persisted state (`state.rs`), which repeats answer from and a restarted
+//! agent resumes from. All host work goes through [`Host`] (`host.rs`). Steps on one service
+//! are serialized by a per-service lock. See `docs/coat.md`.
 
+mod destination;
 mod error;
+mod host;
+mod mobile;
+mod naming;
 mod netinfo;
 pub mod resend;
+mod source;
+mod state;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mose_overlay::netns::{replace_neighbour, EndpointSpec, MacAddr, Neighbour};
-use mose_overlay::ovsdb::{PortKind, PortSpec};
-use mose_overlay::{HostOverlay, ServiceAddr};
-use mose_protocol::blob::{fetch_to_file, BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
-use mose_protocol::messages::{
-    now_us, CriuStats, Phase, PhaseEvent, PhaseStatus, ServiceNetwork, ServiceSpec, Step,
-    StepOutcome,
+use mose_protocol::blob::{BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
+use mose_protocol::messages::{now_us, CriuStats, Phase, PhaseEvent, PhaseStatus};
+use mose_protocol::steps::{
+    Abort, Done, FailureKind, ImageId, Resume, Step, StepFailure, StepOutcome,
 };
 use mose_protocol::{encode, KeySpace};
 use tracing::{info, warn, Instrument};
 use zenoh::Session;
 
-use crate::profiling::{anon_bytes_of_cgroup, memory_cgroup_dir};
-use crate::runtime::{
-    CheckpointOptions, ContainerInfo, CriuDumpStats, CriuRestoreStats, DumpKind, Podman,
-    RestoreOptions,
-};
+use crate::runtime::{CriuDumpStats, CriuRestoreStats, RestoreOptions, RestoreReport};
 use crate::steps::StepExecutor;
 
 pub use error::CoatError;
-use error::{blob, io, overlay, runtime, Result};
+pub use host::{Host, PodmanHost};
+pub use naming::{host_ifname, netns_name, SERVICE_IFNAME};
+pub use state::{ServiceRole, ServiceState};
 
-/// The joined pre-copy rounds, in the task's work directory during a restore (not `.tar`:
-/// only the task's own archives are, which a resume after a restart lists).
-const JOINED_ROUNDS: &str = "rounds.joined";
+use error::{blob, io, runtime, Result};
+use naming::{check_service, check_task, image_path, is_state_file, task_dir, JOINED_ROUNDS};
 
-/// The interface a service has inside its namespace.
-pub const SERVICE_IFNAME: &str = "eth0";
-
-/// What the executor needs besides the runtime, the overlay and the session.
+/// What the executor needs besides the host, the session and the keys.
 #[derive(Debug, Clone)]
 pub struct CoatSettings {
     /// This agent's id: the `agent` of the phase events it publishes (transfer, netns).
     pub agent_id: String,
-    /// Checkpoint archives live under `<work_dir>/<task>/<image>.tar`.
+    /// Each task's archives and service state live under `<work_dir>/<task>/`.
     pub work_dir: PathBuf,
     /// Mobile hosts: the OvS port on this host's bridge that leads toward each agent's host,
     /// by agent id. SwitchFlow steers the service there.
@@ -82,44 +88,34 @@ impl CoatSettings {
     }
 }
 
-/// The checkpoint images of one task this host serves until the task's Release or Resume:
-/// its pre-copy rounds and its final checkpoint.
+/// The images of one task this host serves, until the task's Resume or Release. In memory
+/// only: a restarted agent serves them again from its persisted state when a step asks.
 struct Served {
     task: String,
-    /// By image: the outcome a repeated step answers with, and the image's server.
-    images: HashMap<String, (StepOutcome, BlobServer)>,
-    /// The pre-copy rounds so far, oldest first: each the parent of the next, the last the
-    /// parent of the final dump.
-    rounds: Vec<String>,
-    /// The final checkpoint and the rounds it was dumped against.
-    last_final: Option<(String, Vec<String>)>,
+    images: BTreeMap<ImageId, BlobServer>,
 }
 
-impl Served {
-    fn new(task: &str) -> Self {
-        Served {
-            task: task.to_string(),
-            images: HashMap::new(),
-            rounds: Vec::new(),
-            last_final: None,
-        }
-    }
-}
-
-/// Carries out COAT steps with podman (runtime driver), the OvS overlay and Zenoh blobs.
+/// Carries out COAT steps on a [`Host`] (the real one: podman and the OvS overlay), moving
+/// images as Zenoh blobs.
 ///
 /// Each step runs as its own task holding the service's lock: when the caller stops waiting
 /// (the step server's timeout), the step still runs to its end, and the next step on that
 /// service (e.g. Resume after a timed-out Checkpoint) waits for it instead of racing it. A
 /// checkpoint cut off halfway would leave the container frozen without an archive to resume from.
-#[derive(Clone)]
-pub struct CoatExecutor {
-    inner: Arc<Inner>,
+pub struct CoatExecutor<H: Host = PodmanHost> {
+    inner: Arc<Inner<H>>,
 }
 
-struct Inner {
-    podman: Podman,
-    overlay: HostOverlay,
+impl<H: Host> Clone for CoatExecutor<H> {
+    fn clone(&self) -> Self {
+        CoatExecutor {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<H> {
+    host: H,
     session: Session,
     keys: KeySpace,
     settings: CoatSettings,
@@ -127,10 +123,6 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Images being served, by service (one task at a time).
     served: Mutex<HashMap<String, Served>>,
-    /// Restore statistics by (task, service), so a repeated Restore answers like the first.
-    restored: Mutex<HashMap<(String, String), CriuStats>>,
-    /// By service: the receive sequence numbers of its restored TCP sockets (Resend's nudges).
-    client_seqs: Mutex<HashMap<String, Vec<u32>>>,
 }
 
 /// Locks a std mutex whose data stays consistent even if a holder panicked (plain inserts).
@@ -138,24 +130,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl CoatExecutor {
-    pub fn new(
-        podman: Podman,
-        overlay: HostOverlay,
-        session: Session,
-        keys: KeySpace,
-        settings: CoatSettings,
-    ) -> Self {
+impl<H: Host> CoatExecutor<H> {
+    pub fn new(host: H, session: Session, keys: KeySpace, settings: CoatSettings) -> Self {
         let inner = Inner {
-            podman,
-            overlay,
+            host,
             session,
             keys,
             settings,
             locks: Mutex::default(),
             served: Mutex::default(),
-            restored: Mutex::default(),
-            client_seqs: Mutex::default(),
         };
         CoatExecutor {
             inner: Arc::new(inner),
@@ -163,7 +146,106 @@ impl CoatExecutor {
     }
 }
 
-impl Inner {
+impl<H: Host> StepExecutor for CoatExecutor<H> {
+    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, StepFailure> {
+        let op = step.op();
+        let (inner, task) = (self.inner.clone(), task.to_string());
+        let run = async move {
+            let service_lock = inner.lock_for(inner.lock_key(&task, &step));
+            let _held = service_lock.lock().await;
+            let t0 = Instant::now();
+            let result = inner.run(&task, step).await;
+            let ms = t0.elapsed().as_millis() as u64;
+            match &result {
+                Ok(_) => info!(%op, ms, "step done"),
+                Err(e) => warn!(%op, ms, error = %e, "step failed"),
+            }
+            result.map_err(|e| e.into_failure(op))
+        };
+        // Spawned, not awaited in place: see [`CoatExecutor`] on steps outliving their caller.
+        tokio::spawn(run.instrument(tracing::Span::current()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StepFailure {
+                    op,
+                    kind: FailureKind::Internal,
+                    reason: format!("the step's task ended abnormally: {e}"),
+                })
+            })
+    }
+
+    /// A Restore that podman finished after the caller gave up would leave a running copy
+    /// nobody wants, a Checkpoint a frozen source nobody resumes: both are undone by what the
+    /// caller's rollback sends anyway (docs/coat.md, "Idempotency").
+    fn undo_of(&self, step: &Step) -> Option<Step> {
+        match step {
+            Step::Restore(r) => Some(
+                Abort {
+                    service: r.spec.name.clone(),
+                }
+                .into(),
+            ),
+            Step::Checkpoint(c) => Some(
+                Resume {
+                    service: c.service.clone(),
+                }
+                .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl<H: Host> Inner<H> {
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks).entry(key).or_default().clone()
+    }
+
+    /// The lock a step takes: its service's.
+    fn lock_key(&self, task: &str, step: &Step) -> String {
+        match step {
+            Step::Describe(s) => s.service.clone(),
+            Step::Prepare(s) => s.spec.name.clone(),
+            Step::PreDump(s) => s.service.clone(),
+            Step::Checkpoint(s) => s.service.clone(),
+            Step::Restore(s) => s.spec.name.clone(),
+            Step::Resend(s) => s.service.clone(),
+            Step::Resume(s) => s.service.clone(),
+            Step::Abort(s) => s.service.clone(),
+            Step::Release(s) => s.service.clone(),
+            // The request names no service: the task's prepared one (else the fetch fails
+            // under a lock of its own).
+            Step::Fetch(_) => self
+                .fetch_service(task)
+                .unwrap_or_else(|_| format!("fetch {task}")),
+            // Flows belong to the service address, not to a container on this host.
+            Step::SwitchFlow(s) => format!("flow {}", s.network.ip),
+        }
+    }
+
+    async fn run(&self, task: &str, step: Step) -> Result<StepOutcome> {
+        check_task(task)?;
+        Ok(match step {
+            Step::Describe(s) => self.describe(&s.service).await?.into(),
+            Step::Prepare(s) => {
+                self.prepare(task, &s.spec).await?;
+                Done.into()
+            }
+            Step::PreDump(s) => self.pre_dump(task, &s.service, s.round).await?.into(),
+            Step::Fetch(s) => self.fetch(task, &s.from, s.image).await?.into(),
+            Step::Checkpoint(s) => self.checkpoint(task, &s.service, s.rounds).await?.into(),
+            Step::Restore(s) => self.restore(task, &s.spec, &s.from, s.rounds).await?.into(),
+            Step::SwitchFlow(s) => self.switch_flow(&s.network, &s.to).await?.into(),
+            Step::Resend(s) => self.resend(task, &s.service).await?.into(),
+            Step::Resume(s) => self.resume(task, &s.service).await?.into(),
+            Step::Abort(s) => self.abort(task, &s.service).await?.into(),
+            Step::Release(s) => self.release(task, &s.service).await?.into(),
+        })
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Phase events
+
     /// Runs `work` as `phase` of `task`, published as started/finished (or failed) events on
     /// the task's event key: the orchestrator's breakdown then shows the phases that happen
     /// inside a step (the fetch inside Restore, the namespace inside Prepare).
@@ -207,565 +289,140 @@ impl Inner {
         }
     }
 
-    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.locks).entry(key).or_default().clone()
-    }
-
-    async fn run(&self, task: &str, step: Step) -> Result<StepOutcome> {
-        match step {
-            Step::Describe { service } => self.describe(&service).await,
-            Step::Prepare { spec } => self.prepare(task, &spec).await.map(|_| StepOutcome::Done),
-            Step::Checkpoint {
-                service,
-                image,
-                leave_running,
-                pre_dump,
-            } => {
-                self.checkpoint(task, &service, &image, leave_running, pre_dump)
-                    .await
-            }
-            Step::Restore {
-                spec,
-                from_agent,
-                image,
-                previous,
-            } => {
-                self.restore(task, &spec, &from_agent, &image, &previous)
-                    .await
-            }
-            Step::Fetch { from_agent, image } => self.prefetch(task, &from_agent, &image).await,
-            Step::SwitchFlow { network, to_agent } => self.switch_flow(&network, &to_agent).await,
-            Step::Resume { service } => self.resume(task, &service).await,
-            Step::Abort { service } => self.remove_here(task, &service, "abort").await,
-            Step::Release { service } => self.remove_here(task, &service, "release").await,
-            Step::Resend { service } => self.resend(&service).await,
-        }
-    }
-
     // ---------------------------------------------------------------------------------------
-    // Source
+    // State, files and images
 
-    #[tracing::instrument(name = "coat.describe", skip(self))]
-    async fn describe(&self, service: &str) -> Result<StepOutcome> {
-        check_service(service)?;
-        let info = self.inspect(service).await?;
-        let expected = self.overlay.endpoint_path(&netns_name(service));
-        if info.netns_path().as_deref() != Some(expected.as_path()) {
-            return Err(CoatError::State(format!(
-                "service {service} uses network '{}', but COAT needs it in the namespace {} so the \
-                 destination can restore it into the same path",
-                info.host_config.network_mode,
-                expected.display()
-            )));
-        }
-        let net = netinfo::read(&expected, SERVICE_IFNAME).await?;
-        let state_bytes = if info.state.running {
-            cgroup_anon_bytes(service, info.state.pid)?
-        } else {
-            0
-        };
-        let image = if info.image_name.is_empty() {
-            info.image.clone()
-        } else {
-            info.image_name.clone()
-        };
-        Ok(StepOutcome::Described {
-            spec: ServiceSpec {
-                name: service.to_string(),
-                image,
-                network: ServiceNetwork {
-                    ip: net.ip,
-                    prefix_len: net.prefix_len,
-                    mac: net.mac,
-                    client_ip: net.client.map(|c| c.0),
-                    client_mac: net.client.map(|c| c.1),
-                },
-            },
-            state_bytes,
-        })
+    fn work_dir(&self) -> &Path {
+        &self.settings.work_dir
     }
 
-    #[tracing::instrument(name = "coat.checkpoint", skip(self))]
-    async fn checkpoint(
-        &self,
-        task: &str,
-        service: &str,
-        image: &str,
-        leave_running: bool,
-        pre_dump: bool,
-    ) -> Result<StepOutcome> {
-        check_service(service)?;
-        check_id("task", task)?;
-        check_id("image", image)?;
-        // The rounds this task made so far: a round builds on the last, the final dump on all.
-        let rounds = match lock(&self.served).get(service) {
-            Some(s) if s.task == task => {
-                if let Some((outcome, _)) = s.images.get(image) {
-                    info!("already checkpointed and served for this task");
-                    return Ok(outcome.clone());
-                }
-                s.rounds.clone()
-            }
-            _ => Vec::new(),
-        };
+    fn image_path(&self, task: &str, image: ImageId) -> PathBuf {
+        image_path(self.work_dir(), task, image)
+    }
+
+    fn load_state(&self, task: &str, service: &str) -> Result<Option<ServiceState>> {
+        ServiceState::load(self.work_dir(), task, service)
+    }
+
+    /// The state of `service` in `task` for `role`: the persisted one, else a new one. A state
+    /// of the other role is refused: one host is never both ends of one migration.
+    fn state_for(&self, task: &str, service: &str, role: ServiceRole) -> Result<ServiceState> {
+        match self.load_state(task, service)? {
+            Some(s) if s.role != role => Err(CoatError::State(format!(
+                "this host is the {:?} of {service} in task {task}, not its {role:?}",
+                s.role
+            ))),
+            Some(s) => Ok(s),
+            None => Ok(ServiceState::new(task, service, role)),
+        }
+    }
+
+    fn save_state(&self, state: &ServiceState) -> Result<()> {
+        state.save(self.work_dir())
+    }
+
+    /// Serves `image` of `service`'s `task` under `images/{task}/{image}`, unless it already
+    /// is: a repeated step, or one after an agent restart, serves it again from its archive.
+    async fn serve(&self, task: &str, service: &str, image: ImageId) -> Result<()> {
+        let served_already = lock(&self.served)
+            .get(service)
+            .is_some_and(|s| s.task == task && s.images.contains_key(&image));
+        if served_already {
+            return Ok(());
+        }
         let path = self.image_path(task, image);
-        let info = self.inspect(service).await?;
-        let outcome = if pre_dump {
-            if !info.state.running {
-                return Err(CoatError::State(format!(
-                    "service {service} is {}: a pre-dump needs it running",
-                    info.state.status
-                )));
-            }
-            self.pre_dump_to(service, image, rounds.last().map(String::as_str), &path)
-                .await?
-        } else if info.state.running {
-            let opts = CheckpointOptions {
-                leave_running,
-                kind: match rounds.is_empty() {
-                    true => DumpKind::Full,
-                    false => DumpKind::WithPrevious,
-                },
-                ..CheckpointOptions::default()
-            };
-            self.dump_to(service, &path, &opts).await?
-        } else if info.state.checkpointed && path.is_file() {
-            // A repeat after the agent lost its memory (restart): the archive is complete, since
-            // it only gets its final name once podman finished writing it.
-            let len = std::fs::metadata(&path)
-                .map_err(io("size of the checkpoint archive", &path))?
-                .len();
-            StepOutcome::Checkpointed {
-                image_bytes: len,
-                stats: CriuStats::default(),
-            }
-        } else {
-            return Err(CoatError::State(format!(
-                "service {service} is {}, not running, and no checkpoint of task {task} is on disk: \
-                 nothing to checkpoint",
-                info.state.status
-            )));
-        };
         let key = self.keys.image(task, image);
         let server = BlobServer::serve_file(&self.session, &key, &path, self.settings.chunk_size)
             .await
-            .map_err(blob(format!("serve the checkpoint of {service} as {key}")))?;
+            .map_err(blob(format!("serve the {image} of {service} as {key}")))?;
         let mut served = lock(&self.served);
-        let s = served
-            .entry(service.to_string())
-            .or_insert_with(|| Served::new(task));
-        // A checkpoint of another task replaces the old one's servers (stale by now).
+        let s = served.entry(service.to_string()).or_insert_with(|| Served {
+            task: task.to_string(),
+            images: BTreeMap::new(),
+        });
+        // Another task's images are stale by now: their servers go.
         if s.task != task {
-            *s = Served::new(task);
+            s.task = task.to_string();
+            s.images.clear();
         }
-        s.images
-            .insert(image.to_string(), (outcome.clone(), server));
-        match pre_dump {
-            true => s.rounds.push(image.to_string()),
-            false => s.last_final = Some((image.to_string(), rounds)),
-        }
-        Ok(outcome)
+        s.images.insert(image, server);
+        Ok(())
     }
 
-    /// One pre-copy round: `runc` pre-dumps the running service on top of round `parent`, and
-    /// the round's images are archived into `path` (written as `path.partial`, renamed when
-    /// complete) for the destination to fetch.
-    async fn pre_dump_to(
-        &self,
-        service: &str,
-        round: &str,
-        parent: Option<&str>,
-        path: &Path,
-    ) -> Result<StepOutcome> {
-        create_task_dir(&path).await?;
-        let report = self
-            .podman
-            .pre_dump(service, round, parent, CheckpointOptions::default().timeout)
-            .await
-            .map_err(runtime(format!(
-                "pre-dump {service} (pre-copy needs kernel soft-dirty tracking)"
-            )))?;
-        let partial = path.with_extension("tar.partial");
-        let bytes = tokio::task::spawn_blocking({
-            let (images, partial, round) = (report.dir.clone(), partial.clone(), round.to_string());
-            move || crate::runtime::precopy::write_round_archive(&images, &round, &partial)
-        })
-        .await
-        .map_err(|e| CoatError::State(format!("archiving pre-copy round {round} stopped: {e}")))?
-        .map_err(io("archive the pre-copy round", &partial))?;
-        tokio::fs::rename(&partial, path)
-            .await
-            .map_err(io("name the finished round archive", path))?;
-        info!(
-            bytes,
-            runc_ms = report.elapsed.as_millis() as u64,
-            pages = report.criu.map(|c| c.pages_written),
-            "pre-copy round archived"
-        );
-        Ok(StepOutcome::Checkpointed {
-            image_bytes: bytes,
-            stats: dump_stats(report.criu),
-        })
+    /// Nobody may fetch `service`'s images from here any more.
+    fn stop_serving(&self, service: &str) {
+        lock(&self.served).remove(service);
     }
 
-    /// Checkpoint into `path`, written as `path.partial` and renamed when complete.
-    async fn dump_to(
-        &self,
-        service: &str,
-        path: &Path,
-        opts: &CheckpointOptions,
-    ) -> Result<StepOutcome> {
-        create_task_dir(&path).await?;
-        let partial = path.with_extension("tar.partial");
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(io("create the checkpoint archive", &partial))?;
-        let report = match self.podman.checkpoint(service, opts, &mut file).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(runtime(format!("checkpoint {service}"))(e));
-            }
+    /// Removes the task's archives (and anything else but its state files): what a state that
+    /// no longer lists them needs on disk. Best effort: a leftover archive costs disk.
+    fn remove_archives(&self, task: &str) {
+        let dir = task_dir(self.work_dir(), task);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
         };
-        file.sync_all()
-            .await
-            .map_err(io("flush the checkpoint archive", &partial))?;
-        tokio::fs::rename(&partial, path)
-            .await
-            .map_err(io("name the finished checkpoint archive", path))?;
-        info!(
-            bytes = report.archive_bytes,
-            podman_ms = report.podman_time.as_millis() as u64,
-            frozen_us = report.criu.map(|c| c.frozen_time_us),
-            "checkpointed"
-        );
-        Ok(StepOutcome::Checkpointed {
-            image_bytes: report.archive_bytes,
-            stats: dump_stats(report.criu),
-        })
-    }
-
-    #[tracing::instrument(name = "coat.resume", skip(self))]
-    async fn resume(&self, task: &str, service: &str) -> Result<StepOutcome> {
-        check_service(service)?;
-        check_id("task", task)?;
-        // The source is the truth again: nobody may restore this image any more.
-        let served_final = lock(&self.served)
-            .remove(service)
-            .and_then(|s| s.last_final);
-        match self.podman.inspect(service).await {
-            Ok(info) if info.state.running => {
-                info!("still running (never frozen, left running, or only pre-dumped): nothing to resume");
-                self.drop_pre_dumps(service).await;
-                self.remove_task_files(task).await;
-                return Ok(StepOutcome::Done);
+        for entry in entries.flatten() {
+            if !is_state_file(&entry.file_name().to_string_lossy()) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    warn!(file = %entry.path().display(), error = %e, "cannot remove a task file");
+                }
             }
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(runtime(format!("inspect {service} before resuming it"))(e)),
         }
-        let (archive, previous) = self.own_checkpoint(task, service, served_final)?;
-        // The stopped, checkpointed container holds the name and ID the archive restores;
-        // the archive stays on disk until the restore succeeded, so a retry can start over.
-        self.podman.remove(service).await.map_err(runtime(format!(
-            "remove the checkpointed {service} before restoring it"
-        )))?;
-        let what = format!(
-            "restore {service} from its own checkpoint {}",
-            archive.display()
-        );
-        let report = self
-            .restore_archive(service, &archive, &previous, what)
-            .await?;
-        info!(
-            ms = report.elapsed.as_millis() as u64,
-            "resumed from the local checkpoint"
-        );
-        self.remove_task_files(task).await;
-        Ok(StepOutcome::Done)
     }
 
-    /// The final archive a checkpoint of `task` left for `service` on this host, and the
-    /// pre-copy rounds it was dumped against (oldest first, with their archives).
-    fn own_checkpoint(
-        &self,
-        task: &str,
-        service: &str,
-        served_final: Option<(String, Vec<String>)>,
-    ) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
-        if let Some((image, rounds)) = served_final {
-            let rounds = rounds
-                .into_iter()
-                .map(|r| {
-                    let path = self.image_path(task, &r);
-                    (r, path)
-                })
-                .collect();
-            return Ok((self.image_path(task, &image), rounds));
+    /// Removes every task directory holding a state of `service`: the service leaves this
+    /// host (release) or never arrived (abort), so whatever any task recorded of it here is
+    /// stale. Best effort: a leftover costs disk, not correctness.
+    fn remove_service_files(&self, task: &str, service: &str) {
+        let mut dirs = state::task_dirs_of_service(self.work_dir(), service);
+        dirs.push(task_dir(self.work_dir(), task));
+        for dir in dirs {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove the task's files"),
+            }
         }
-        // The agent restarted since the checkpoint: read the task's directory.
-        let dir = self.settings.work_dir.join(task);
-        task_archives(&dir).ok_or_else(|| {
-            CoatError::State(format!(
-                "service {service} is not running and task {task} left no checkpoint in {}: cannot resume it",
-                dir.display()
-            ))
-        })
     }
 
     // ---------------------------------------------------------------------------------------
-    // Destination
+    // Runtime helpers shared by both sides
 
-    /// Image present, namespace with the service's identity, explicit flows to it. Returns the
-    /// OpenFlow port of the service's veth.
-    #[tracing::instrument(name = "coat.prepare", skip(self, spec), fields(service = %spec.name))]
-    async fn prepare(&self, task: &str, spec: &ServiceSpec) -> Result<u32> {
-        check_service(&spec.name)?;
-        let t0 = Instant::now();
-        let present = self
-            .podman
-            .image_exists(&spec.image)
-            .await
-            .map_err(runtime(format!(
-                "check that image {} of {} is here",
-                spec.image, spec.name
-            )))?;
-        if !present {
-            return Err(CoatError::State(format!(
-                "image {} of service {} is not present on this host; load it before migrating \
-                 (the agent does not transfer container images)",
-                spec.image, spec.name
-            )));
-        }
-        let ofport = self
-            .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
-            .await?;
-        let net = &spec.network;
-        self.overlay
-            .steer(
-                ServiceAddr {
-                    ip: net.ip,
-                    mac: MacAddr(net.mac),
-                },
-                ofport,
-            )
-            .await
-            .map_err(overlay(format!(
-                "steer {} to the local port {ofport} of {}",
-                net.ip, spec.name
-            )))?;
-        info!(ms = t0.elapsed().as_millis() as u64, ofport, "prepared");
-        Ok(ofport)
+    /// The container `service`, which must exist.
+    async fn inspect(&self, service: &str) -> Result<crate::runtime::ContainerInfo> {
+        self.container(service)
+            .await?
+            .ok_or_else(|| CoatError::State(format!("no container {service} on this host")))
     }
 
-    /// The service's namespace and veth, created unless they exist with the right identity
-    /// (then only the neighbour entry is refreshed): a repeated Prepare, or one on the host the
-    /// service runs on, must not cut a live service's interface.
-    async fn ensure_endpoint(&self, spec: &ServiceSpec) -> Result<u32> {
-        let (name, host_if) = (netns_name(&spec.name), host_ifname(&spec.name));
-        let path = self.overlay.endpoint_path(&name);
-        let net = &spec.network;
-        let client = match (net.client_ip, net.client_mac) {
-            (Some(ip), Some(mac)) => Some(Neighbour {
-                ip,
-                mac: MacAddr(mac),
-            }),
-            _ => None,
-        };
-        let host_link = Path::new("/sys/class/net").join(&host_if);
-        if path.exists() && host_link.exists() {
-            match netinfo::read(&path, SERVICE_IFNAME).await {
-                Ok(id)
-                    if id.ip == net.ip && id.prefix_len == net.prefix_len && id.mac == net.mac =>
-                {
-                    if let Some(n) = client {
-                        replace_neighbour(&path, SERVICE_IFNAME, n)
-                            .await
-                            .map_err(overlay(format!(
-                                "carry the client's neighbour entry into {}",
-                                path.display()
-                            )))?;
-                    }
-                    return self
-                        .overlay
-                        .ensure_port(&PortSpec::new(&host_if, PortKind::System))
-                        .await
-                        .map_err(overlay(format!(
-                            "attach {host_if} of {} to the bridge",
-                            spec.name
-                        )));
-                }
-                Ok(id) => {
-                    if self.running_here(&spec.name).await? {
-                        return Err(CoatError::State(format!(
-                            "service {} runs here with {}/{} instead of {}/{}: refusing to replace its network",
-                            spec.name, id.ip, id.prefix_len, net.ip, net.prefix_len
-                        )));
-                    }
-                }
-                Err(e) => warn!(error = %e, "existing namespace unreadable, recreating it"),
-            }
-        }
-        let mut endpoint =
-            EndpointSpec::new(&name, &host_if, net.ip, net.prefix_len, MacAddr(net.mac));
-        endpoint.ifname = SERVICE_IFNAME.to_string();
-        endpoint.neighbours.extend(client);
-        let attached = self
-            .overlay
-            .add_endpoint(&endpoint)
+    async fn container(&self, service: &str) -> Result<Option<crate::runtime::ContainerInfo>> {
+        self.host
+            .inspect(service)
             .await
-            .map_err(overlay(format!(
-                "create the namespace {name} of {}",
-                spec.name
-            )))?;
-        Ok(attached.ofport)
+            .map_err(runtime(format!("inspect {service}")))
     }
 
-    #[tracing::instrument(name = "coat.restore", skip(self, spec), fields(service = %spec.name))]
-    async fn restore(
-        &self,
-        task: &str,
-        spec: &ServiceSpec,
-        from_agent: &str,
-        image: &str,
-        previous: &[String],
-    ) -> Result<StepOutcome> {
-        let service = spec.name.as_str();
-        check_service(service)?;
-        check_id("task", task)?;
-        check_id("image", image)?;
-        for round in previous {
-            check_id("image", round)?;
+    /// Best effort: a leftover pre-copy chain costs disk in the container's bundle, not
+    /// correctness (a new chain replaces it).
+    async fn drop_pre_dumps(&self, service: &str) {
+        if let Err(e) = self.host.drop_pre_dumps(service).await {
+            warn!(error = %e, "cannot remove the pre-copy chain");
         }
-        let cached = lock(&self.restored)
-            .get(&(task.to_string(), service.to_string()))
-            .cloned();
-        match self.podman.inspect(service).await {
-            Ok(info) if info.state.running => {
-                return match cached {
-                    Some(stats) => Ok(StepOutcome::Restored { stats }),
-                    // Restored by an earlier attempt whose answer was lost (agent restart).
-                    None if info.state.restored => Ok(StepOutcome::Restored {
-                        stats: CriuStats::default(),
-                    }),
-                    None => Err(CoatError::State(format!(
-                        "service {service} already runs here and was not restored by a migration: \
-                         refusing to replace it"
-                    ))),
-                };
-            }
-            // Left by a failed attempt; the archive recreates it.
-            Ok(_) => {
-                self.podman
-                    .remove(service)
-                    .await
-                    .map_err(runtime(format!("remove the stale {service}")))?;
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(runtime(format!("inspect {service} before restoring it"))(e)),
-        }
-        if !self.overlay.endpoint_path(&netns_name(service)).exists() {
-            warn!("restore without a prepared namespace: preparing now (inside the downtime)");
-            self.prepare(task, spec).await?;
-        }
-
-        let path = self.image_path(task, image);
-        create_task_dir(&path).await?;
-        let rounds: Vec<(String, PathBuf)> = previous
-            .iter()
-            .map(|r| (r.clone(), self.image_path(task, r)))
-            .collect();
-        let t0 = Instant::now();
-        // The rounds a Fetch brought during pre-copy are complete on disk (a fetch names its
-        // file only after the digest matched); any other is fetched now, with the final dump.
-        let fetch = async {
-            let missing = rounds.iter().filter(|(_, p)| !p.is_file()).map(|(r, p)| async move {
-                self.fetch_image(task, r, p, from_agent).await
-            });
-            let (bytes, round_bytes) = tokio::try_join!(
-                self.fetch_image(task, image, &path, from_agent),
-                futures::future::try_join_all(missing)
-            )?;
-            Ok(bytes + round_bytes.iter().sum::<u64>())
-        };
-        let bytes = self.in_phase(task, Phase::Transfer, fetch).await?;
-        let fetch_ms = t0.elapsed().as_millis() as u64;
-        let result = self
-            .restore_archive(
-                service,
-                &path,
-                &rounds,
-                format!("restore {service} from the checkpoint of task {task}"),
-            )
-            .await;
-        // The archives are not needed any more either way: a retry fetches them again.
-        for p in std::iter::once(&path).chain(rounds.iter().map(|(_, p)| p)) {
-            let _ = tokio::fs::remove_file(p).await;
-        }
-        // And the task's directory with them, once empty (it is nothing but their place).
-        if let Some(dir) = path.parent() {
-            let _ = tokio::fs::remove_dir(dir).await;
-        }
-        let report = result?;
-        info!(
-            bytes,
-            fetch_ms,
-            restore_ms = report.elapsed.as_millis() as u64,
-            "restored"
-        );
-        let stats = restore_stats(report.criu);
-        lock(&self.restored).insert((task.to_string(), service.to_string()), stats.clone());
-        Ok(StepOutcome::Restored { stats })
-    }
-
-    /// Pre-copy: fetch round `image` of `task` now, while the service still runs at the
-    /// source; the Restore then finds it on disk. A round already here is not fetched again.
-    #[tracing::instrument(name = "coat.fetch", skip(self))]
-    async fn prefetch(&self, task: &str, from_agent: &str, image: &str) -> Result<StepOutcome> {
-        check_id("task", task)?;
-        check_id("image", image)?;
-        let path = self.image_path(task, image);
-        if path.is_file() {
-            info!("already fetched");
-            return Ok(StepOutcome::Done);
-        }
-        create_task_dir(&path).await?;
-        let t0 = Instant::now();
-        let bytes = self.fetch_image(task, image, &path, from_agent).await?;
-        info!(bytes, ms = t0.elapsed().as_millis() as u64, "pre-copy round fetched");
-        Ok(StepOutcome::Done)
-    }
-
-    /// Fetch `image` of `task` from `from_agent` into `path`; returns its size.
-    async fn fetch_image(
-        &self,
-        task: &str,
-        image: &str,
-        path: &Path,
-        from_agent: &str,
-    ) -> Result<u64> {
-        let key = self.keys.image(task, image);
-        let manifest = fetch_to_file(&self.session, &key, path, &self.settings.fetch, &mut |_| {})
-            .await
-            .map_err(blob(format!(
-                "fetch the checkpoint {key} from agent {from_agent}"
-            )))?;
-        Ok(manifest.size)
     }
 
     /// Restore `service` from the podman checkpoint archive at `path`, on top of the pre-copy
     /// `rounds` (name and archive, oldest first) the final dump was made against (`what` names
-    /// the attempt in errors), and remember the receive sequence numbers of its TCP
-    /// connections for a later Resend. They are read from `path` (the final dump holds the
-    /// sockets; a round has memory only) alongside the restore (both only read the file), so
-    /// nothing is added to the downtime.
+    /// the attempt in errors). Returns the report and the receive sequence numbers of the
+    /// archive's TCP connections (for Resend), read from `path` alongside the restore (both
+    /// only read the file; the final dump holds the sockets), so nothing is added to the
+    /// downtime.
     async fn restore_archive(
         &self,
         service: &str,
         path: &Path,
         rounds: &[(String, PathBuf)],
         what: String,
-    ) -> Result<crate::runtime::RestoreReport> {
+    ) -> Result<(RestoreReport, Vec<u32>)> {
         // Opened in both cases: a missing archive fails here, before podman is involved.
         let file = tokio::fs::File::open(path)
             .await
@@ -776,7 +433,7 @@ impl Inner {
         });
         let opts = RestoreOptions::default();
         let result = match rounds.is_empty() {
-            true => self.podman.restore(&opts, file).await,
+            true => self.host.restore(&opts, file).await,
             // The API uploads one archive only: the final dump and the joined rounds go to the
             // CLI by path.
             false => {
@@ -787,12 +444,9 @@ impl Inner {
                     move || crate::runtime::precopy::join_rounds(&rounds, &joined)
                 })
                 .await
-                .map_err(|e| CoatError::State(format!("joining the pre-copy rounds stopped: {e}")))?
+                .map_err(|e| io("join the pre-copy rounds", &joined)(std::io::Error::other(e)))?
                 .map_err(io("join the pre-copy rounds", &joined))?;
-                let restored = self
-                    .podman
-                    .restore_with_previous(&opts, &joined, path)
-                    .await;
+                let restored = self.host.restore_with_previous(&opts, &joined, path).await;
                 let _ = tokio::fs::remove_file(&joined).await;
                 if restored.is_ok() {
                     // podman unpacked the chain into the new bundle and leaves it there.
@@ -801,288 +455,67 @@ impl Inner {
                 restored
             }
         };
-        match seqs.await {
-            Ok(Ok(seqs)) => {
-                lock(&self.client_seqs).insert(service.to_string(), seqs);
+        let seqs = match seqs.await {
+            Ok(Ok(seqs)) => seqs,
+            Ok(Err(why)) => {
+                warn!(%why, "TCP connections of the checkpoint unreadable: clients will not be nudged");
+                Vec::new()
             }
-            Ok(Err(why)) => warn!(
-                %why,
-                "TCP connections of the checkpoint unreadable: clients will not be nudged"
-            ),
-            Err(e) => warn!(error = %e, "reading the checkpoint's TCP connections failed"),
-        }
-        result.map_err(runtime(what))
-    }
-
-    /// After the flow switch: nudge the restored service's TCP clients to resend what the
-    /// freeze swallowed now (RFC 6069 backoff revert, see `resend.rs`). Best effort by nature:
-    /// a client that needs no nudge ignores it.
-    #[tracing::instrument(name = "coat.resend", skip(self))]
-    async fn resend(&self, service: &str) -> Result<StepOutcome> {
-        check_service(service)?;
-        let seqs = lock(&self.client_seqs)
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
-        if seqs.is_empty() {
-            info!("no TCP connection in the checkpoint: nobody to nudge");
-            return Ok(StepOutcome::Done);
-        }
-        let path = self.overlay.endpoint_path(&netns_name(service));
-        let sent = mose_overlay::netns::in_netns(&path, move || resend::prompt_clients(&seqs))
-            .await
-            .map_err(overlay(format!("nudge the clients of {service}")))?;
-        info!(messages = sent, "clients nudged to resend");
-        Ok(StepOutcome::Done)
+            Err(e) => {
+                warn!(error = %e, "reading the checkpoint's TCP connections failed");
+                Vec::new()
+            }
+        };
+        Ok((result.map_err(runtime(what))?, seqs))
     }
 
     /// Abort (destination) and Release (source): remove everything of `service` on this host.
-    #[tracing::instrument(name = "coat.remove", skip(self))]
-    async fn remove_here(&self, task: &str, service: &str, why: &str) -> Result<StepOutcome> {
+    async fn remove_service(&self, task: &str, service: &str, why: &str) -> Result<Done> {
         check_service(service)?;
-        check_id("task", task)?;
-        lock(&self.served).remove(service);
+        self.stop_serving(service);
         let (name, host_if) = (netns_name(service), host_ifname(service));
-        let path = self.overlay.endpoint_path(&name);
+        let path = self.host.netns_path(&name);
         // The flows are keyed by the service IP, which only the namespace still knows.
         let ip = match path.exists() {
-            true => netinfo::read(&path, SERVICE_IFNAME)
-                .await
-                .ok()
-                .map(|n| n.ip),
+            true => self.host.read_identity(&path).await.ok().map(|n| n.ip),
             false => None,
         };
         // Cut the namespace off the bridge first: a restored container (abort on the
         // destination) still holds the client's live TCP socket, and killing it makes the
         // kernel send FIN/RST — which must not reach the client, whose service lives on at the
         // source.
-        self.overlay
+        self.host
             .remove_port(&host_if)
             .await
-            .map_err(overlay(format!("{why}: detach {service} from the bridge")))?;
+            .map_err(error::overlay(format!(
+                "{why}: detach {service} from the bridge"
+            )))?;
         // A pre-copy chain's hold on the soft-dirty bits ends with the container.
         self.drop_pre_dumps(service).await;
         let removed = self
-            .podman
+            .host
             .remove(service)
             .await
             .map_err(runtime(format!("{why}: remove container {service}")))?;
-        self.overlay
+        self.host
             .remove_endpoint(&name, &host_if)
             .await
-            .map_err(overlay(format!(
+            .map_err(error::overlay(format!(
                 "{why}: remove the namespace {name} of {service}"
             )))?;
         if let Some(ip) = ip {
-            self.overlay.unsteer(ip).await.map_err(overlay(format!(
+            self.host.unsteer(ip).await.map_err(error::overlay(format!(
                 "{why}: remove the flows of {service} ({ip})"
             )))?;
         }
-        self.remove_task_files(task).await;
-        lock(&self.restored).retain(|(_, s), _| s != service);
-        lock(&self.client_seqs).remove(service);
+        self.remove_service_files(task, service);
         info!(
             container_removed = removed,
             ?ip,
             "service removed from this host"
         );
-        Ok(StepOutcome::Done)
+        Ok(Done)
     }
-
-    // ---------------------------------------------------------------------------------------
-    // Mobile
-
-    #[tracing::instrument(name = "coat.switch_flow", skip(self, network), fields(ip = %network.ip))]
-    async fn switch_flow(&self, network: &ServiceNetwork, to_agent: &str) -> Result<StepOutcome> {
-        let port = self.settings.flow_ports.get(to_agent).ok_or_else(|| {
-            CoatError::Invalid(format!(
-                "no OvS port toward agent {to_agent} is configured on this host (flow_ports: {:?}); \
-                 add `{to_agent} = \"<port>\"` under [flow_ports] or --flow-port {to_agent}=<port>",
-                self.settings.flow_ports.keys().collect::<Vec<_>>()
-            ))
-        })?;
-        let ofport = self
-            .overlay
-            .ofport(port)
-            .await
-            .map_err(overlay(format!("find the port {port} toward {to_agent}")))?;
-        let t0 = Instant::now();
-        self.overlay
-            .steer(
-                ServiceAddr {
-                    ip: network.ip,
-                    mac: MacAddr(network.mac),
-                },
-                ofport,
-            )
-            .await
-            .map_err(overlay(format!(
-                "steer {} to {port} (toward {to_agent})",
-                network.ip
-            )))?;
-        info!(port = %port, ofport, ms = t0.elapsed().as_millis() as u64, "client flow switched");
-        Ok(StepOutcome::Done)
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Helpers
-
-    async fn inspect(&self, service: &str) -> Result<ContainerInfo> {
-        self.podman
-            .inspect(service)
-            .await
-            .map_err(|e| match e.is_not_found() {
-                true => CoatError::State(format!("no container {service} on this host")),
-                false => runtime(format!("inspect {service}"))(e),
-            })
-    }
-
-    async fn running_here(&self, service: &str) -> Result<bool> {
-        match self.podman.inspect(service).await {
-            Ok(info) => Ok(info.state.running),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(runtime(format!("inspect {service}"))(e)),
-        }
-    }
-
-    fn image_path(&self, task: &str, image: &str) -> PathBuf {
-        self.settings
-            .work_dir
-            .join(task)
-            .join(format!("{image}.tar"))
-    }
-
-    /// Best effort: a leftover pre-copy chain costs disk in the container's bundle, not
-    /// correctness (a new chain replaces it).
-    async fn drop_pre_dumps(&self, service: &str) {
-        if let Err(e) = self.podman.drop_pre_dumps(service).await {
-            warn!(error = %e, "cannot remove the pre-copy chain");
-        }
-    }
-
-    /// Best effort: a leftover archive costs disk, not correctness.
-    async fn remove_task_files(&self, task: &str) {
-        let dir = self.settings.work_dir.join(task);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove the task's files"),
-        }
-    }
-}
-
-impl StepExecutor for CoatExecutor {
-    async fn execute(&self, task: &str, step: Step) -> Result<StepOutcome, String> {
-        let key = match &step {
-            Step::Describe { service }
-            | Step::Checkpoint { service, .. }
-            | Step::Resume { service }
-            | Step::Abort { service }
-            | Step::Release { service }
-            | Step::Resend { service } => service.clone(),
-            Step::Prepare { spec } | Step::Restore { spec, .. } => spec.name.clone(),
-            // A round's file, not the service: the fetch runs alongside the next round.
-            Step::Fetch { image, .. } => format!("fetch {task} {image}"),
-            // Flows belong to the service address, not to a container on this host.
-            Step::SwitchFlow { network, .. } => format!("flow {}", network.ip),
-        };
-        let (inner, task) = (self.inner.clone(), task.to_string());
-        let run = async move {
-            let op = step.op();
-            let service_lock = inner.lock_for(key);
-            let _held = service_lock.lock().await;
-            let t0 = Instant::now();
-            let result = inner.run(&task, step).await;
-            let ms = t0.elapsed().as_millis() as u64;
-            match &result {
-                Ok(_) => info!(op, ms, "step done"),
-                Err(e) => warn!(op, ms, error = %e, "step failed"),
-            }
-            result.map_err(|e| e.to_string())
-        };
-        // Spawned, not awaited in place: see [`CoatExecutor`] on steps outliving their caller.
-        tokio::spawn(run.instrument(tracing::Span::current()))
-            .await
-            .unwrap_or_else(|e| Err(format!("the step's task ended abnormally: {e}")))
-    }
-}
-
-/// The namespace of `service` on every host: one path everywhere, because the checkpoint
-/// records it and podman restores into exactly that path.
-pub fn netns_name(service: &str) -> String {
-    format!("mose-{service}")
-}
-
-/// The host-side veth (and OvS port) of `service`: `mv-<service>` when that fits the 15 bytes
-/// of an interface name, else `mv-` and 12 hex digits of a hash of the name.
-pub fn host_ifname(service: &str) -> String {
-    let plain = format!("mv-{service}");
-    if plain.len() <= 15 {
-        return plain;
-    }
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("mv-{:012x}", hash >> 16)
-}
-
-/// Container names as podman accepts them, short enough for [`netns_name`].
-fn check_service(service: &str) -> Result<()> {
-    let ok = !service.is_empty()
-        && service.len() <= 59
-        && service.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    match ok {
-        true => Ok(()),
-        false => Err(CoatError::Invalid(format!(
-            "invalid service name {service:?}: 1-59 characters of [A-Za-z0-9_.-], starting alphanumeric"
-        ))),
-    }
-}
-
-/// Task and image ids become key chunks and file names: no separators, no leading dot.
-fn check_id(what: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    match ok {
-        true => Ok(()),
-        false => Err(CoatError::Invalid(format!(
-            "invalid {what} id {id:?}: 1-128 characters of [A-Za-z0-9_.-], starting alphanumeric"
-        ))),
-    }
-}
-
-/// The archives a task's checkpoints left in `dir`: the final dump and the pre-copy rounds it
-/// was made against (name and path, oldest first); `None` when there is none. Archives get
-/// their name only when complete, and the final dump comes after every round, so the newest is
-/// the final one.
-fn task_archives(dir: &Path) -> Option<(PathBuf, Vec<(String, PathBuf)>)> {
-    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "tar"))
-                .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-                .collect()
-        })
-        .unwrap_or_default();
-    archives.sort();
-    let ((_, last), rounds) = archives.split_last()?;
-    let rounds = rounds
-        .iter()
-        .map(|(_, p)| {
-            let name = p.file_stem().unwrap_or_default().to_string_lossy();
-            (name.into_owned(), p.clone())
-        })
-        .collect();
-    Some((last.clone(), rounds))
 }
 
 /// The task's work directory, where `path` (one of its archives) goes.
@@ -1093,96 +526,10 @@ async fn create_task_dir(path: &Path) -> Result<()> {
         .map_err(io("create the task's work directory", dir))
 }
 
-/// Anonymous memory of the container whose init is `pid` (the state a checkpoint carries).
-fn cgroup_anon_bytes(service: &str, pid: i64) -> Result<u64> {
-    let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&file)
-        .map_err(io(format!("read the cgroup of {service}"), &file))?;
-    let dir = memory_cgroup_dir(&text).ok_or_else(|| {
-        CoatError::State(format!(
-            "{} of {service} names no cgroup v2 or v1 memory cgroup",
-            file.display()
-        ))
-    })?;
-    anon_bytes_of_cgroup(&dir).map_err(io(format!("read the memory of {service}"), dir))
-}
-
 fn dump_stats(s: Option<CriuDumpStats>) -> CriuStats {
     s.as_ref().map(CriuStats::from).unwrap_or_default()
 }
 
 fn restore_stats(s: Option<CriuRestoreStats>) -> CriuStats {
     s.as_ref().map(CriuStats::from).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_fit_interfaces_and_are_stable() {
-        assert_eq!(netns_name("counter"), "mose-counter");
-        assert_eq!(host_ifname("counter"), "mv-counter");
-        let long = host_ifname("a-rather-long-service-name");
-        assert_eq!(long.len(), 15);
-        assert_eq!(long, host_ifname("a-rather-long-service-name"));
-        assert_ne!(long, host_ifname("a-rather-long-service-namf"));
-    }
-
-    #[test]
-    fn bad_names_and_ids_are_refused() {
-        for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(60)] {
-            assert!(check_service(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_service("counter_1.v2").is_ok());
-        for bad in ["", "..", "t/1", ".t"] {
-            assert!(check_id("task", bad).is_err(), "{bad:?}");
-        }
-        assert!(check_id("task", "t-1.a_b").is_ok());
-    }
-
-    /// After an agent restart, resume finds the final dump and its rounds by age; partial
-    /// archives and the joined rounds are not taken for either.
-    #[test]
-    fn a_restarted_agent_finds_the_final_dump_and_its_rounds() {
-        let t = tempfile::tempdir().unwrap();
-        assert_eq!(task_archives(t.path()), None);
-        assert_eq!(task_archives(&t.path().join("missing")), None);
-        let at = |secs| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-        for (name, secs) in [
-            ("pre-1.tar", 20),
-            ("pre-0.tar", 10),
-            ("ckpt.tar", 30),
-            ("ckpt.tar.partial", 40),
-            (JOINED_ROUNDS, 50),
-        ] {
-            let f = std::fs::File::create(t.path().join(name)).unwrap();
-            f.set_modified(at(secs)).unwrap();
-        }
-        let (last, rounds) = task_archives(t.path()).unwrap();
-        assert_eq!(last, t.path().join("ckpt.tar"));
-        let names: Vec<&str> = rounds.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["pre-0", "pre-1"]);
-        assert_eq!(rounds[1].1, t.path().join("pre-1.tar"));
-    }
-
-    #[test]
-    fn criu_statistics_map_onto_the_wire() {
-        let d = CriuDumpStats {
-            frozen_time_us: 7,
-            pages_written: 3,
-            ..CriuDumpStats::default()
-        };
-        let s = dump_stats(Some(d));
-        assert_eq!(
-            (s.frozen_time_us, s.pages_written, s.restore_time_us),
-            (Some(7), Some(3), None)
-        );
-        assert_eq!(dump_stats(None), CriuStats::default());
-        let r = CriuRestoreStats {
-            restore_time_us: 9,
-            ..CriuRestoreStats::default()
-        };
-        assert_eq!(restore_stats(Some(r)).restore_time_us, Some(9));
-    }
 }

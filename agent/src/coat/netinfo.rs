@@ -12,7 +12,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use super::error::{overlay, Result};
+use mose_overlay::Result;
 
 /// What a service's namespace says about its network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +26,7 @@ pub struct NetIdentity {
 /// Reads the identity of interface `ifname` in the namespace at `netns`.
 pub async fn read(netns: &Path, ifname: &str) -> Result<NetIdentity> {
     let name = ifname.to_string();
-    mose_overlay::netns::in_netns(netns, move || read_here(&name))
-        .await
-        .map_err(overlay(format!(
-            "read the address of {ifname} in {}",
-            netns.display()
-        )))
+    mose_overlay::netns::in_netns(netns, move || read_here(&name)).await
 }
 
 /// Runs on a thread inside the namespace.

@@ -4,7 +4,7 @@
 //! the (chunked) response body. We copy it chunk by chunk into the caller's writer: a file, a
 //! Zenoh transfer, or a pipe into another host's restore. Nothing holds the whole archive.
 //!
-//! Pre-copy (SPEC §4): the rounds are chained CRIU pre-dumps made through runc
+//! Pre-copy (docs/coat.md, "Order of steps"): the rounds are chained CRIU pre-dumps by runc
 //! ([`super::precopy`]); [`DumpKind::WithPrevious`] (`withPrevious`) is the final dump holding
 //! only what changed since the last round, a query parameter of libpod's checkpoint endpoint
 //! (podman 4.3 has it), so it goes through the same streamed export. Its restore cannot:
@@ -364,9 +364,9 @@ impl Podman {
     ///
     /// The CLI, because libpod's restore endpoint uploads one archive and has no
     /// `importPrevious` (podman 4.3 and later). The runtime is the API service's, because
-    /// the CLI's default may differ (Debian's crun cannot restore, SPEC §6). A container podman
-    /// created before failing is left to the caller, like any stale one (COAT's restore
-    /// removes it before its next attempt, Abort removes it).
+    /// the CLI's default may differ (Debian's crun cannot restore, docs/runtime.md#quirks). A
+    /// container podman created before failing is left to the caller, like any stale one (COAT's
+    /// restore removes it before its next attempt, Abort removes it).
     #[tracing::instrument(skip(self, opts), fields(socket = %self.socket().display()))]
     pub async fn restore_with_previous(
         &self,
@@ -406,8 +406,8 @@ impl Podman {
 
 impl Podman {
     /// Runs `program` (podman's CLI, or the OCI runtime podman drives) for what the API
-    /// cannot do, within `timeout`; returns its stdout. A non-zero exit is
-    /// [`RuntimeError::CliFailed`] with the program's own explanation (stderr).
+    /// cannot do, within `timeout` (killed when it passes); returns its stdout. Any failure is
+    /// [`RuntimeError::Cli`]; a non-zero exit carries the program's own explanation (stderr).
     pub(crate) async fn run_cli(
         &self,
         op: Op,
@@ -416,32 +416,16 @@ impl Podman {
         args: &[OsString],
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        let out = self
-            .within(op, target, timeout, async {
-                tokio::process::Command::new(program)
-                    .args(args)
-                    .stdin(std::process::Stdio::null())
-                    // A deadline that drops the future must not leave the program running on.
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .map_err(|source| RuntimeError::CliSpawn {
-                        op,
-                        target: target.into(),
-                        program: program.into(),
-                        source,
-                    })
-            })
-            .await?;
-        if !out.status.success() {
-            return Err(RuntimeError::CliFailed {
+        let out = mose_command::Cmd::new(program)
+            .args(args)
+            .deadline(timeout)
+            .output()
+            .await
+            .map_err(|source| RuntimeError::Cli {
                 op,
                 target: target.into(),
-                command: format!("{program} {}", shown(args)),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
+                source,
+            })?;
         Ok(out.stdout)
     }
 }
@@ -479,6 +463,7 @@ fn restore_with_previous_args(
     args
 }
 
+#[cfg(test)]
 fn shown(args: &[OsString]) -> String {
     args.iter()
         .map(|a| a.to_string_lossy())
@@ -699,17 +684,13 @@ mod tests {
                 ("printStats", "true"),
             ]
         );
-        for (kind, extra) in [
-            (DumpKind::WithPrevious, ("withPrevious", "true")),
-        ] {
-            let q = CheckpointOptions {
-                kind,
-                ..full.clone()
-            }
-            .query();
-            assert_eq!(q[..5], full.query()[..]);
-            assert_eq!(q[5..], [extra]);
+        let q = CheckpointOptions {
+            kind: DumpKind::WithPrevious,
+            ..full.clone()
         }
+        .query();
+        assert_eq!(q[..5], full.query()[..]);
+        assert_eq!(q[5..], [("withPrevious", "true")]);
     }
 
     #[test]

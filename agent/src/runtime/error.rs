@@ -119,23 +119,14 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    /// The podman CLI (used where the API has no equivalent) could not be started.
-    #[error("{op} {target}: cannot run `{program}`: {source}")]
-    CliSpawn {
+    /// The podman CLI or the OCI runtime (used where the API has no equivalent) could not be
+    /// started, failed (with its own explanation on stderr) or did not finish in time.
+    #[error("{op} {target}: {source}")]
+    Cli {
         op: Op,
         target: String,
-        program: String,
         #[source]
-        source: std::io::Error,
-    },
-    /// The podman CLI ran and failed; `stderr` is podman's own explanation.
-    #[error("{op} {target}: `{command}` failed ({status}): {stderr}")]
-    CliFailed {
-        op: Op,
-        target: String,
-        command: String,
-        status: std::process::ExitStatus,
-        stderr: String,
+        source: mose_command::CommandError,
     },
     /// A request we refuse to send (e.g. an empty container name).
     #[error("{op}: invalid request: {why}")]
@@ -155,8 +146,7 @@ impl RuntimeError {
             | RuntimeError::Transport { op, .. }
             | RuntimeError::Protocol { op, .. }
             | RuntimeError::LocalIo { op, .. }
-            | RuntimeError::CliSpawn { op, .. }
-            | RuntimeError::CliFailed { op, .. }
+            | RuntimeError::Cli { op, .. }
             | RuntimeError::Invalid { op, .. } => *op,
         }
     }

@@ -15,35 +15,10 @@ use tokio::sync::OnceCell;
 /// The service network namespace every test host gets (inside the host: `/run/netns/svc`).
 pub const SVC_NETNS: &str = "/run/netns/svc";
 
-/// `None` (with the reason printed) when this machine cannot run the real tests: they need
-/// root, podman, runc and CRIU.
-pub fn prerequisites() -> Option<()> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false);
-    let missing: Vec<&str> = ["podman", "runc", "criu"]
-        .into_iter()
-        .filter(|p| {
-            std::process::Command::new(p)
-                .arg("--version")
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        })
-        .collect();
-    if !root || !missing.is_empty() {
-        eprintln!(
-            "SKIPPED: needs root (have: {root}) and podman, runc, criu (missing: {missing:?})"
-        );
-        return None;
-    }
-    Some(())
-}
+/// What the real tests need besides root: each starts with
+/// `mose_testkit::root_test!(RUNTIME_TOOLS)` (skipped unless `MOSE_ROOT_TESTS=1`, then failing
+/// when root or one of these is missing).
+pub const RUNTIME_TOOLS: &[&str] = &["podman", "runc", "criu", "ip", "nsenter"];
 
 static IMAGES: OnceCell<Vec<BuiltImage>> = OnceCell::const_new();
 

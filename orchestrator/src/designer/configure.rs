@@ -1,8 +1,10 @@
-//! The MOSE configuration algorithm (Fig. 3 of the MOSE paper, SPEC §5): from a task's
-//! objective and KPI targets, the workload, the link and the hosts' capabilities, choose the
-//! strategy, the bandwidth to allocate and the number of pre-copy rounds — and say why.
+//! The MOSE configuration algorithm (Fig. 3 of the MOSE paper; docs/pam.md, "The configuration
+//! algorithm"): from a task's objective and KPI targets, the workload, the link and the hosts'
+//! capabilities, choose the strategy, the bandwidth to allocate and the number of pre-copy
+//! rounds — and say why.
 
 use mose_protocol::model::{Objective, PamParams, Plan, Strategy};
+use mose_protocol::units::BytesPerSec;
 
 use super::pam::{cold_law, predict, ColdLaw, ModelInput, Prediction};
 use super::{finite_result, non_negative, positive, validate_params, DesignError};
@@ -69,8 +71,8 @@ impl DesignRequest {
     }
 }
 
-/// Plans one migration (SPEC §5) with the parameters of its host pair
-/// ([`pair_params`](super::pair_params)`(source, destination)`).
+/// Plans one migration (docs/pam.md, "The configuration algorithm") with the parameters of its
+/// host pair ([`pair_params`](super::pair_params)`(source, destination)`).
 ///
 /// * [`Objective::Resources`] → cold migration with the least bandwidth whose predicted downtime
 ///   meets the target, or the full bandwidth and `target_met = false` when none does. Since cold
@@ -82,7 +84,7 @@ impl DesignRequest {
 ///   chosen, with the reason in the explanation, when a host lacks dirty tracking, when not
 ///   even one round fits θ_mig, or when no pre-copy predicts less downtime than cold itself.
 ///
-/// Predictions are made at exactly `bandwidth_bps`, the whole bytes per second the plan
+/// Predictions are made at exactly `bandwidth_bytes_per_s`, the whole bytes per second the plan
 /// allocates.
 pub fn configure(params: &PamParams, request: &DesignRequest) -> Result<Plan, DesignError> {
     validate_params(params)?;
@@ -147,7 +149,7 @@ fn minimise_resources(
     Ok(Plan {
         strategy: Strategy::Cold,
         objective: Objective::Resources,
-        bandwidth_bps: bandwidth,
+        bandwidth_bytes_per_s: BytesPerSec(bandwidth),
         rounds: 0,
         predicted_downtime_s: downtime_s,
         predicted_total_s: downtime_s,
@@ -281,7 +283,7 @@ fn downtime_plan(
     Plan {
         strategy,
         objective: Objective::Downtime,
-        bandwidth_bps: available,
+        bandwidth_bytes_per_s: BytesPerSec(available),
         rounds,
         predicted_downtime_s: prediction.downtime_s,
         predicted_total_s: prediction.total_s,
@@ -339,7 +341,7 @@ mod tests {
         let plan = configure(&example_params(), &example_request(Objective::Downtime)).unwrap();
         assert_eq!(plan.strategy, Strategy::IterativePrecopy);
         assert_eq!(plan.rounds, 3);
-        assert_eq!(plan.bandwidth_bps, 125_000_000);
+        assert_eq!(plan.bandwidth_bytes_per_s.0, 125_000_000);
         assert!((plan.predicted_downtime_s - 1.02274432).abs() < 1e-12);
         assert!((plan.predicted_total_s - 3.59941504).abs() < 1e-12);
         assert!(plan.target_met);
@@ -364,7 +366,7 @@ mod tests {
         let plan = configure(&p, &req).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert_eq!(plan.rounds, 0);
-        assert_eq!(plan.bandwidth_bps, 100_000_000);
+        assert_eq!(plan.bandwidth_bytes_per_s.0, 100_000_000);
         assert!((plan.predicted_downtime_s - 2.02).abs() < 1e-12);
         assert_eq!(plan.predicted_total_s, plan.predicted_downtime_s);
         assert!(plan.target_met);
@@ -375,7 +377,7 @@ mod tests {
         // θ_down = 1.5 s needs 100 MB / 0.48 s ≈ 208.3 MB/s > 125 MB/s.
         req.theta_down_s = 1.5;
         let plan = configure(&p, &req).unwrap();
-        assert_eq!(plan.bandwidth_bps, 125_000_000);
+        assert_eq!(plan.bandwidth_bytes_per_s.0, 125_000_000);
         assert!((plan.predicted_downtime_s - 1.82).abs() < 1e-12);
         assert!(!plan.target_met);
         assert!(
@@ -392,7 +394,7 @@ mod tests {
         // θ_down = 1 s is below the 1.02 s of fixed costs.
         req.theta_down_s = 1.0;
         let plan = configure(&p, &req).unwrap();
-        assert_eq!(plan.bandwidth_bps, 125_000_000);
+        assert_eq!(plan.bandwidth_bytes_per_s.0, 125_000_000);
         assert!(!plan.target_met);
         assert!(
             plan.explanation.contains("at any bandwidth"),
@@ -408,7 +410,7 @@ mod tests {
         let plan = configure(&example_params(), &req).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert_eq!(plan.rounds, 0);
-        assert_eq!(plan.bandwidth_bps, 125_000_000);
+        assert_eq!(plan.bandwidth_bytes_per_s.0, 125_000_000);
         assert!((plan.predicted_downtime_s - 1.82).abs() < 1e-12);
         assert!(!plan.target_met); // 1.82 s > θ_down = 1.1 s
         assert!(
@@ -529,7 +531,7 @@ mod tests {
         ) {
             let req = DesignRequest { objective: Objective::Downtime, ..req };
             let plan = configure(&p, &req).unwrap();
-            let input = req.at_bandwidth(plan.bandwidth_bps);
+            let input = req.at_bandwidth(plan.bandwidth_bytes_per_s.0);
             // The paper: the largest I with T_mig(I) ≤ θ_mig.
             let paper = (1..=MAX_PRECOPY_ROUNDS)
                 .rev()
@@ -559,16 +561,16 @@ mod tests {
             prop_assert_eq!(plan.strategy, Strategy::Cold);
             prop_assert_eq!(plan.predicted_downtime_s, plan.predicted_total_s);
             let available = req.available_bandwidth_bytes_per_s.floor() as u64;
-            prop_assert!(plan.bandwidth_bps >= 1 && plan.bandwidth_bps <= available);
+            prop_assert!(plan.bandwidth_bytes_per_s.0 >= 1 && plan.bandwidth_bytes_per_s.0 <= available);
             let law = cold_law(&p, req.state_bytes, req.dirty_rate_max_bytes_per_s).unwrap();
             let theta = req.theta_down_s.min(req.theta_mig_s);
             if plan.target_met {
-                prop_assert!(law.downtime_s(plan.bandwidth_bps as f64) <= theta);
-                if plan.bandwidth_bps > 1 {
-                    prop_assert!(law.downtime_s((plan.bandwidth_bps - 1) as f64) > theta);
+                prop_assert!(law.downtime_s(plan.bandwidth_bytes_per_s.0 as f64) <= theta);
+                if plan.bandwidth_bytes_per_s.0 > 1 {
+                    prop_assert!(law.downtime_s((plan.bandwidth_bytes_per_s.0 - 1) as f64) > theta);
                 }
             } else {
-                prop_assert_eq!(plan.bandwidth_bps, available);
+                prop_assert_eq!(plan.bandwidth_bytes_per_s.0, available);
                 prop_assert!(law.downtime_s(available as f64) > theta);
             }
         }

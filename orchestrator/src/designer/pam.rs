@@ -1,5 +1,5 @@
-//! The PAM model (Calagna et al., ICC 2023; SPEC §5): predicted downtime T_down and total
-//! migration time T_mig for cold, pre-copy and iterative pre-copy.
+//! The PAM model (Calagna et al., ICC 2023; docs/pam.md#the-model): predicted downtime T_down
+//! and total migration time T_mig for cold, pre-copy and iterative pre-copy.
 //!
 //! Rounds are counted as the number I of pre-copy rounds run while the service keeps running,
 //! before the final stop-and-copy dump: I = 0 is cold, I = 1 pre-copy, I ≥ 2 iterative

@@ -1,6 +1,7 @@
 //! The COAT driver: one task's state machine, its rollback, and reconciliation after a restart.
 //!
-//! Forward path (SPEC §4): Prepare(destination) → [pre-dump rounds](source) →
+//! Forward path (docs/coat.md, "Order of steps"):
+//! Prepare(destination) → [pre-dump rounds](source) →
 //! Checkpoint(source) → Restore(destination, fetching from the source) →
 //! SwitchFlow(mobile → destination) → Release(source). Describe(source) runs earlier, at
 //! submission, because the plan needs the service's size.
@@ -13,15 +14,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mose_protocol::messages::{now_us, Phase, PhaseEvent, PhaseStatus, Step, StepOutcome, Task};
+use mose_protocol::messages::{now_us, Phase, PhaseEvent, PhaseStatus, Task};
+use mose_protocol::steps::{
+    Abort, Checkpoint, Fault, Fetch, PreDump, Prepare, Release, Resend, Restore, Resume,
+    StepKind, SwitchFlow,
+};
+use mose_protocol::units::BytesPerSec;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::service::Shared;
 use super::{TaskRecord, TaskStatus};
-
-/// Name under which the source serves the final checkpoint image (`images/{task}/{name}`).
-pub const IMAGE: &str = "checkpoint";
+use crate::rpc::RpcError;
 
 /// How long each step may take. The agent enforces the same limit and answers with a failure
 /// when it passes; the orchestrator waits a little longer for that answer to travel.
@@ -42,8 +46,9 @@ pub struct StepTimeouts {
 
 impl Default for StepTimeouts {
     fn default() -> Self {
-        // Generous next to the measured step times (SPEC §4: ≈0.5 s checkpoint/restore,
-        // ≈0.2 s netns, ≈50 ms flow switch): a timeout is a failure, not a slow success.
+        // Generous next to the measured step times (docs/coat.md, "Why this order": ≈0.5 s
+        // checkpoint/restore, ≈0.2 s netns, ≈50 ms flow switch): a timeout is a failure, not a
+        // slow success.
         Self {
             describe: Duration::from_secs(10),
             prepare: Duration::from_secs(30),
@@ -64,8 +69,8 @@ pub struct DriverConfig {
     pub retry_attempts: u32,
     /// Wait before the second attempt; doubles after each.
     pub retry_backoff: Duration,
-    /// L when the source has no bandwidth estimate towards the destination (B/s).
-    pub default_bandwidth_bps: u64,
+    /// L when the source has no bandwidth estimate towards the destination.
+    pub default_bandwidth_bytes_per_s: BytesPerSec,
     /// After a restart, how long to wait for a task's agents to reappear before acting.
     pub reconcile_wait: Duration,
     /// How long a rollback or release step waits for its agent when it is absent (crashed and
@@ -81,7 +86,7 @@ impl Default for DriverConfig {
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(500),
             // 1 Gbit/s, the link of the MOSE paper's testbed.
-            default_bandwidth_bps: 125_000_000,
+            default_bandwidth_bytes_per_s: BytesPerSec(125_000_000),
             reconcile_wait: Duration::from_secs(10),
             agent_wait: Duration::from_secs(60),
         }
@@ -102,8 +107,35 @@ enum Absent {
 
 /// Why the forward path stopped.
 enum Stop {
-    Failed(String),
+    /// A step failed (or its effect is unknown).
+    Failed(Fault),
+    /// The operator cancelled.
     Cancelled,
+    /// The orchestrator restarted before the point of no return.
+    Restarted,
+}
+
+impl Stop {
+    fn reason(&self) -> String {
+        match self {
+            Stop::Failed(fault) => fault.to_string(),
+            Stop::Cancelled => "cancelled by the operator".to_string(),
+            Stop::Restarted => "the orchestrator restarted before the migration passed its point \
+                                of no return (restored and flow switched)"
+                .to_string(),
+        }
+    }
+}
+
+/// The fault an RPC error is, recorded now.
+fn fault_of(e: &RpcError) -> Fault {
+    Fault {
+        agent: e.agent().to_string(),
+        op: e.op(),
+        kind: e.kind(),
+        reason: e.to_string(),
+        at_us: now_us(),
+    }
 }
 
 /// Drives one task. Owns the task's cancel receiver; everything else is in [`Shared`].
@@ -173,12 +205,7 @@ impl Driver {
                 self.release().await;
             } else {
                 info!("reconciling after restart: rolling back to the source");
-                self.rollback(Stop::Failed(
-                    "the orchestrator restarted before the migration passed its point of no \
-                     return (restored and flow switched)"
-                        .into(),
-                ))
-                .await;
+                self.rollback(Stop::Restarted).await;
             }
         }
         .instrument(span)
@@ -189,95 +216,70 @@ impl Driver {
         let t = self.shared.config.timeouts.clone();
         let (source, destination) = (&r.request.source, &r.request.destination);
         let service = &r.request.service;
+        let bandwidth = r.plan.bandwidth_bytes_per_s;
 
-        self.step(
-            destination,
-            Step::Prepare {
-                spec: r.spec.clone(),
-            },
-            Phase::Prepare,
-            t.prepare,
-        )
-        .await?;
+        let prepare = Prepare {
+            spec: r.spec.clone(),
+        };
+        self.step(destination, prepare, Phase::Prepare, t.prepare)
+            .await?;
 
         // Pre-copy: each round dumps what was dirtied since the round before (the first:
         // everything) while the service runs, and the destination fetches it before the next
         // round starts, as the model's Tᵢ = dump + Vᵢ/L has it. The final dump builds on all.
-        let mut rounds = Vec::new();
-        for round in 0..r.plan.rounds {
-            let image = format!("pre-{round}");
-            let pre_dump = Step::Checkpoint {
+        let rounds = r.plan.rounds;
+        for round in 0..rounds {
+            let pre_dump = PreDump {
                 service: service.clone(),
-                image: image.clone(),
-                leave_running: true,
-                pre_dump: true,
+                round,
             };
-            let bytes = match self
+            let dumped = self
                 .step(source, pre_dump, Phase::PreCopy, t.checkpoint)
-                .await?
-            {
-                StepOutcome::Checkpointed { image_bytes, .. } => image_bytes,
-                other => return Err(unexpected(source, "pre-dump", &other)),
+                .await?;
+            self.set(|r| r.measurements.pre_copy_bytes.push(dumped.image_bytes));
+            let fetch = Fetch {
+                from: source.clone(),
+                image: dumped.image,
             };
-            self.set(|r| r.measurements.pre_copy_bytes.push(bytes));
-            let fetch = Step::Fetch {
-                from_agent: source.clone(),
-                image: image.clone(),
-            };
-            let timeout = t.prepare + transfer_allowance(bytes, r.plan.bandwidth_bps);
+            let timeout = t.prepare + transfer_allowance(dumped.image_bytes, bandwidth);
             self.step(destination, fetch, Phase::PreCopy, timeout)
                 .await?;
-            rounds.push(image);
         }
 
-        let checkpoint = Step::Checkpoint {
+        let checkpoint = Checkpoint {
             service: service.clone(),
-            image: IMAGE.into(),
-            leave_running: false,
-            pre_dump: false,
+            rounds,
         };
-        let image_bytes = match self
+        let dumped = self
             .step(source, checkpoint, Phase::Checkpoint, t.checkpoint)
-            .await?
-        {
-            StepOutcome::Checkpointed { image_bytes, stats } => {
-                self.set(|r| {
-                    r.measurements.image_bytes = Some(image_bytes);
-                    r.measurements.checkpoint_stats = Some(stats);
-                });
-                image_bytes
-            }
-            other => return Err(unexpected(source, "checkpoint", &other)),
-        };
+            .await?;
+        self.set(|r| {
+            r.measurements.image_bytes = Some(dumped.image_bytes);
+            r.measurements.checkpoint_stats = Some(dumped.stats.clone());
+        });
 
         // The rounds are on the destination already: only the final dump travels now.
-        let restore = Step::Restore {
+        let restore = Restore {
             spec: r.spec.clone(),
-            from_agent: source.clone(),
-            image: IMAGE.into(),
-            previous: rounds,
+            from: source.clone(),
+            rounds,
         };
-        let timeout = t.restore + transfer_allowance(image_bytes, r.plan.bandwidth_bps);
-        match self
+        let timeout = t.restore + transfer_allowance(dumped.image_bytes, bandwidth);
+        let restored = self
             .step(destination, restore, Phase::Restore, timeout)
-            .await?
-        {
-            StepOutcome::Restored { stats } => {
-                self.set(|r| {
-                    r.measurements.restore_stats = Some(stats);
-                    r.progress.restored = true;
-                });
-            }
-            other => return Err(unexpected(destination, "restore", &other)),
-        }
+            .await?;
+        self.set(|r| {
+            r.measurements.restore_stats = Some(restored.stats);
+            r.progress.restored = true;
+        });
 
         if let Some(mobile) = &r.request.mobile {
             // Recorded before sending: if the orchestrator dies during the call, the rollback
             // after restart must switch the flow back.
             self.set(|r| r.progress.switch_attempted = true);
-            let switch = Step::SwitchFlow {
+            let switch = SwitchFlow {
                 network: r.spec.network.clone(),
-                to_agent: destination.clone(),
+                to: destination.clone(),
             };
             self.step(mobile, switch, Phase::FlowSwitch, t.switch_flow)
                 .await?;
@@ -293,27 +295,30 @@ impl Driver {
     /// clients: requests the freeze swallowed otherwise wait for the clients' backed-off
     /// retransmission timers. Best effort: a failure costs a client that wait, not the task.
     async fn nudge_clients(&self, agent: &str, service: &str, timeout: Duration) {
-        let resend = Step::Resend {
+        let resend = Resend {
             service: service.to_string(),
         };
-        if let Err(e) = self.shared.rpc.call(agent, &self.id, resend, timeout).await {
-            warn!(agent, error = %e, "clients not nudged to resend: they wait for their own timers");
+        match self.shared.rpc.call(agent, &self.id, resend, timeout).await {
+            Ok(resent) => info!(agent, nudges = resent.nudges, "clients nudged to resend"),
+            Err(e) => {
+                warn!(agent, error = %e, "clients not nudged to resend: they wait for their own timers")
+            }
         }
     }
 
     /// Runs one forward step, recording its phase events; a cancel drops the call at once
     /// (the rollback after it undoes whatever the agent may still do).
-    async fn step(
+    async fn step<S: StepKind>(
         &mut self,
         agent: &str,
-        step: Step,
+        step: S,
         phase: Phase,
         timeout: Duration,
-    ) -> Result<StepOutcome, Stop> {
+    ) -> Result<S::Outcome, Stop> {
         if *self.cancel.borrow() {
             return Err(Stop::Cancelled);
         }
-        let op = step.op();
+        let op = S::OP.as_str();
         self.event(agent, phase, PhaseStatus::Started).await;
         let call = self
             .shared
@@ -333,18 +338,18 @@ impl Driver {
             }
         };
         let result = tokio::select! {
-            r = call => r.map_err(|e| Stop::Failed(e.to_string())),
+            r = call => r.map_err(|e| Stop::Failed(fault_of(&e))),
             () = cancelled => Err(Stop::Cancelled),
         };
         let status = match &result {
             Ok(_) => PhaseStatus::Finished,
-            Err(Stop::Failed(error)) => PhaseStatus::Failed {
-                error: error.clone(),
-            },
-            Err(Stop::Cancelled) => PhaseStatus::Failed {
-                error: "cancelled".into(),
+            Err(stop) => PhaseStatus::Failed {
+                error: stop.reason(),
             },
         };
+        if let Err(Stop::Failed(fault)) = &result {
+            self.set(|r| r.faults.push(fault.clone()));
+        }
         self.event(agent, phase, status).await;
         result
     }
@@ -356,10 +361,7 @@ impl Driver {
         };
         let (source, destination) = (&r.request.source, &r.request.destination);
         let service = &r.request.service;
-        let reason = match &stop {
-            Stop::Failed(error) => error.clone(),
-            Stop::Cancelled => "cancelled by the operator".to_string(),
-        };
+        let reason = stop.reason();
         warn!(%reason, "rolling back: the source copy stays the truth");
         let t = self.shared.config.timeouts.rollback;
         // Failures that leave debris at the destination but the service served by the source…
@@ -368,7 +370,7 @@ impl Driver {
         let mut unsafe_failures = Vec::new();
         // The destination copy goes first, so it can never run next to the resumed source —
         // unless the destination is away: then the source must not wait for it.
-        let abort = Step::Abort {
+        let abort = Abort {
             service: service.clone(),
         };
         let aborted = self
@@ -381,9 +383,10 @@ impl Driver {
             )
             .await;
         // The source runs again *before* the flow points back at it: a flow switched to a host
-        // whose service is not running makes that kernel answer RST (SPEC §4, step 5). Both wait
-        // for an absent agent: nobody else would ever resume the frozen source.
-        let resume = Step::Resume {
+        // whose service is not running makes that kernel answer RST (docs/coat.md, "Why this
+        // order", step 5). Both wait for an absent agent: nobody else would ever resume the
+        // frozen source.
+        let resume = Resume {
             service: service.clone(),
         };
         let resumed = self
@@ -395,9 +398,9 @@ impl Driver {
         }
         let mut flow_back = true;
         if let (true, Some(mobile)) = (r.progress.switch_attempted, &r.request.mobile) {
-            let back = Step::SwitchFlow {
+            let back = SwitchFlow {
                 network: r.spec.network.clone(),
-                to_agent: source.clone(),
+                to: source.clone(),
             };
             if let Err(e) = self
                 .retry(mobile, back, Phase::Rollback, t, Absent::Wait)
@@ -427,13 +430,13 @@ impl Driver {
             error = format!(
                 "{error}; the service runs at {source} again, but {destination} may keep \
                  leftovers: {}",
-                leftovers.join("; ")
+                join(&leftovers)
             );
         }
         if unsafe_failures.is_empty() {
             let status = match stop {
                 Stop::Cancelled => TaskStatus::Cancelled,
-                Stop::Failed(_) => TaskStatus::RolledBack,
+                Stop::Failed(_) | Stop::Restarted => TaskStatus::RolledBack,
             };
             self.finish(status, Some(error));
         } else {
@@ -442,7 +445,7 @@ impl Driver {
                 Some(format!(
                     "{error}; rollback incomplete, check that '{service}' runs at {source} and \
                      the client flow points at it: {}",
-                    unsafe_failures.join("; ")
+                    join(&unsafe_failures)
                 )),
             );
         }
@@ -452,7 +455,7 @@ impl Driver {
     async fn release(&mut self) {
         let Some(r) = self.snapshot() else { return };
         let (source, destination) = (&r.request.source, &r.request.destination);
-        let release = Step::Release {
+        let release = Release {
             service: r.request.service.clone(),
         };
         let t = self.shared.config.timeouts.release;
@@ -473,22 +476,22 @@ impl Driver {
     /// Runs an idempotent step up to `retry_attempts` times with a doubling backoff; with
     /// [`Absent::Wait`], an attempt first waits (up to `agent_wait` in all) for an agent that is
     /// not present, instead of failing at once.
-    async fn retry(
+    async fn retry<S: StepKind>(
         &self,
         agent: &str,
-        step: Step,
+        step: S,
         phase: Phase,
         timeout: Duration,
         absent: Absent,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fault> {
         let config = &self.shared.config;
         let attempts = config.retry_attempts.max(1);
         let mut backoff = config.retry_backoff;
-        let op = step.op();
+        let op = S::OP.as_str();
         self.event(agent, phase, PhaseStatus::Started).await;
-        let mut last = String::new();
         let wait_until = tokio::time::Instant::now() + config.agent_wait;
-        for attempt in 1..=attempts {
+        let mut attempt = 1;
+        let last = loop {
             if absent == Absent::Wait && self.shared.agents.get(agent).is_none() {
                 warn!(op, agent, "agent absent: waiting for it to return");
                 let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
@@ -511,24 +514,27 @@ impl Driver {
                 }
                 Err(e) => {
                     warn!(op, agent, attempt, error = %e, "idempotent step failed");
-                    last = e.to_string();
+                    if attempt >= attempts {
+                        break e;
+                    }
                 }
             }
-            if attempt < attempts {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-        }
-        let error = format!("{op} on {agent} failed {attempts} times, last: {last}");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
+        };
+        let mut fault = fault_of(&last);
+        fault.reason = format!("failed {attempts} times, last: {}", fault.reason);
+        self.set(|r| r.faults.push(fault.clone()));
         self.event(
             agent,
             phase,
             PhaseStatus::Failed {
-                error: error.clone(),
+                error: fault.to_string(),
             },
         )
         .await;
-        Err(error)
+        Err(fault)
     }
 
     fn finish(&self, status: TaskStatus, error: Option<String>) {
@@ -594,15 +600,18 @@ fn migration_span(r: &TaskRecord) -> tracing::Span {
     )
 }
 
-fn unexpected(agent: &str, op: &str, outcome: &StepOutcome) -> Stop {
-    Stop::Failed(format!(
-        "agent {agent} answered '{op}' with an unexpected outcome: {outcome:?}"
-    ))
+/// Faults as one sentence, for the task's error summary.
+fn join(faults: &[Fault]) -> String {
+    faults
+        .iter()
+        .map(Fault::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Twice the time the image takes at the planned bandwidth: the restore fetches it first.
-fn transfer_allowance(image_bytes: u64, bandwidth_bps: u64) -> Duration {
-    let seconds = 2.0 * image_bytes as f64 / bandwidth_bps.max(1) as f64;
+fn transfer_allowance(image_bytes: u64, bandwidth: BytesPerSec) -> Duration {
+    let seconds = 2.0 * image_bytes as f64 / bandwidth.0.max(1) as f64;
     Duration::try_from_secs_f64(seconds)
         .unwrap_or(MAX_TRANSFER_ALLOWANCE)
         .min(MAX_TRANSFER_ALLOWANCE)
@@ -614,11 +623,14 @@ mod tests {
 
     #[test]
     fn transfer_allowance_scales_and_is_capped() {
-        assert_eq!(transfer_allowance(0, 1), Duration::ZERO);
+        assert_eq!(transfer_allowance(0, BytesPerSec(1)), Duration::ZERO);
         assert_eq!(
-            transfer_allowance(125_000_000, 125_000_000),
+            transfer_allowance(125_000_000, BytesPerSec(125_000_000)),
             Duration::from_secs(2)
         );
-        assert_eq!(transfer_allowance(u64::MAX, 0), MAX_TRANSFER_ALLOWANCE);
+        assert_eq!(
+            transfer_allowance(u64::MAX, BytesPerSec(0)),
+            MAX_TRANSFER_ALLOWANCE
+        );
     }
 }

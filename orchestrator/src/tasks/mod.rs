@@ -6,9 +6,10 @@
 //! * [`service`]: [`Migrations`], the submit/inspect/cancel calls the HTTP API and the Zenoh
 //!   queryables ([`queryables`]) both map onto.
 //!
-//! Failure semantics (SPEC §4): until the destination has restored **and** the client's flow is
-//! switched, the source copy is the truth; any failure, timeout or cancel before that point ends
-//! with the service resumed at the source. After it, the source is released.
+//! Failure semantics (docs/coat.md#failure-semantics): until the destination has restored
+//! **and** the client's flow is switched, the source copy is the truth; any failure, timeout or
+//! cancel before that point ends with the service resumed at the source. After it, the source is
+//! released.
 
 pub mod driver;
 pub mod plan;
@@ -16,226 +17,16 @@ pub mod queryables;
 pub mod service;
 pub mod store;
 
-use std::collections::BTreeMap;
-
-use mose_protocol::messages::{CriuStats, Phase, PhaseEvent, PhaseStatus, ServiceSpec};
-use mose_protocol::model::{Objective, Plan};
-use serde::{Deserialize, Serialize};
+use mose_protocol::steps::FailureKind;
 use thiserror::Error;
 
 pub use driver::{DriverConfig, StepTimeouts};
+/// The task documents are the HTTP API's (crate `mose-api`, shared with the CLI and testbed).
+pub use mose_api::tasks::{
+    Measurements, MigrationRequest, PlanInputs, Progress, TaskRecord, TaskStatus,
+};
 pub use service::Migrations;
 pub use store::{Store, StoreError};
-
-/// Where a task stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    /// Accepted and planned, the driver has not started yet.
-    Queued,
-    /// The driver is carrying out steps (or rolling back).
-    Running,
-    /// The service runs at the destination and the source is released.
-    Succeeded,
-    /// Something failed that rollback or release could not make whole (the source did not
-    /// resume, the flow did not switch back, or the source did not release); `error` says
-    /// what is left where.
-    Failed,
-    /// A step failed before the point of no return; the service runs at the source again
-    /// (`error` also names any leftovers the destination did not confirm removing).
-    RolledBack,
-    /// Cancelled before the point of no return; the service runs at the source again.
-    Cancelled,
-}
-
-impl TaskStatus {
-    /// The name used in JSON, SQLite and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::RolledBack => "rolled_back",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the driver is done with the task.
-    pub fn is_finished(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
-    }
-}
-
-impl std::fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-fn default_objective() -> Objective {
-    Objective::Downtime
-}
-
-/// A migration as an operator asks for it (`POST /v1/migrations`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MigrationRequest {
-    /// The container to move.
-    pub service: String,
-    /// Agent id of the edge host it runs on now.
-    pub source: String,
-    /// Agent id of the edge host it moves to.
-    pub destination: String,
-    /// Agent id of the mobile device whose client flow must follow the service; without it no
-    /// flow is switched (the service is reached some other way).
-    #[serde(default)]
-    pub mobile: Option<String>,
-    /// What to minimise; `downtime` when omitted.
-    #[serde(default = "default_objective")]
-    pub objective: Objective,
-    /// θ_down in milliseconds, > 0.
-    pub target_downtime_ms: f64,
-    /// θ_mig in milliseconds, > 0.
-    pub target_duration_ms: f64,
-    /// L source → destination in **bytes**/s when the caller knows it (a reserved or shaped
-    /// link); overrides the agents' link estimate and the configured default.
-    #[serde(default)]
-    pub bandwidth_bytes_per_s: Option<u64>,
-}
-
-/// What the designer was fed, kept with the task so its plan can be reproduced and judged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanInputs {
-    /// M, as the source's Describe reported it.
-    pub state_bytes: u64,
-    /// R_max from the source's latest metrics (0 when unknown).
-    pub dirty_rate_bps: u64,
-    /// L source → destination (from the request, else link estimates, else the configured
-    /// default).
-    pub bandwidth_bps: u64,
-    /// Whether each host's own calibration was used (else the paper's defaults).
-    pub source_calibrated: bool,
-    pub destination_calibrated: bool,
-    /// Where an input came from a fallback, in words.
-    pub notes: Vec<String>,
-}
-
-/// How far the forward path got. Each flag is set *before* the step it guards is sent, except
-/// the confirmations, so a crash at any moment leaves a conservative record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The destination confirmed the restore.
-    pub restored: bool,
-    /// A flow switch towards the destination was sent (it may have taken effect).
-    pub switch_attempted: bool,
-    /// The flow switch was confirmed (or there is no client flow to switch).
-    pub switched: bool,
-}
-
-impl Progress {
-    /// Restored and switched: from here on the destination is the truth and the task can only
-    /// go forward (release the source).
-    pub fn past_point_of_no_return(&self) -> bool {
-        self.restored && self.switched
-    }
-}
-
-/// What was measured while the task ran (SPEC §7), next to the plan's predictions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Measurements {
-    /// Per phase (`prepare`, `pre_copy`, `checkpoint`, `transfer`, `netns`, `restore`,
-    /// `flow_switch`, `cleanup`, `rollback`): first start to last end over all agents' events.
-    pub phases_ms: BTreeMap<String, f64>,
-    /// Checkpoint start → flow switched (restore confirmed without a mobile agent): the
-    /// service's frozen time as the orchestrator sees it. The client-observed downtime is
-    /// measured by a client probe (testbed), not here.
-    pub frozen_ms: Option<f64>,
-    /// Task accepted → source released.
-    pub total_ms: Option<f64>,
-    pub image_bytes: Option<u64>,
-    /// Archive size of each pre-copy round, oldest first (empty for cold): after the first,
-    /// only what was dirtied since the round before.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pre_copy_bytes: Vec<u64>,
-    pub checkpoint_stats: Option<CriuStats>,
-    pub restore_stats: Option<CriuStats>,
-}
-
-impl Measurements {
-    /// Recomputes the timing fields from the task's events.
-    fn update_from(&mut self, created_us: u64, finished_us: Option<u64>, events: &[PhaseEvent]) {
-        let mut spans: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
-        for e in events {
-            let span = spans.entry(phase_name(e.phase)).or_insert((u64::MAX, 0));
-            match e.status {
-                PhaseStatus::Started => span.0 = span.0.min(e.at_us),
-                PhaseStatus::Finished | PhaseStatus::Failed { .. } => span.1 = span.1.max(e.at_us),
-            }
-        }
-        self.phases_ms = spans
-            .into_iter()
-            .filter(|(_, (start, end))| end >= start)
-            .map(|(name, (start, end))| (name.to_string(), ms(end - start)))
-            .collect();
-        let first = |phase: Phase, done: bool| {
-            events
-                .iter()
-                .filter(|e| e.phase == phase)
-                .filter(|e| matches!(e.status, PhaseStatus::Finished) == done)
-                .map(|e| e.at_us)
-                .min()
-        };
-        let frozen_end = first(Phase::FlowSwitch, true).or_else(|| first(Phase::Restore, true));
-        self.frozen_ms = first(Phase::Checkpoint, false)
-            .zip(frozen_end)
-            .filter(|(start, end)| end >= start)
-            .map(|(start, end)| ms(end - start));
-        self.total_ms = finished_us.map(|end| ms(end.saturating_sub(created_us)));
-    }
-}
-
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
-}
-
-/// The name of a phase as in the report format (SPEC §8).
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Prepare => "prepare",
-        Phase::PreCopy => "pre_copy",
-        Phase::Checkpoint => "checkpoint",
-        Phase::Transfer => "transfer",
-        Phase::Netns => "netns",
-        Phase::Restore => "restore",
-        Phase::FlowSwitch => "flow_switch",
-        Phase::Cleanup => "cleanup",
-        Phase::Rollback => "rollback",
-    }
-}
-
-/// One migration task, as stored and as `GET /v1/migrations/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    pub id: String,
-    pub request: MigrationRequest,
-    /// The service as the source described it (network identity the destination recreates).
-    pub spec: ServiceSpec,
-    pub inputs: PlanInputs,
-    /// Strategy, bandwidth, rounds, and the predictions (upper bounds) with their explanation.
-    pub plan: Plan,
-    pub status: TaskStatus,
-    /// The phase the driver is in (or ended in).
-    pub phase: Option<Phase>,
-    pub progress: Progress,
-    /// Every phase start/end, from the orchestrator and from the agents, in arrival order.
-    pub events: Vec<PhaseEvent>,
-    pub error: Option<String>,
-    pub measurements: Measurements,
-    pub created_us: u64,
-    pub updated_us: u64,
-    pub finished_us: Option<u64>,
-}
 
 /// Why a task call was refused. [`TaskError::status`] is the HTTP status for it, also sent
 /// with Zenoh error replies so both APIs say the same.
@@ -256,9 +47,9 @@ pub enum TaskError {
     Conflict(String),
     #[error("no migration '{0}'")]
     NotFound(String),
-    /// An agent needed to answer did not, or answered nonsense.
+    /// A step an agent ran for the call (Describe at submission) failed or got no answer.
     #[error("{0}")]
-    AgentUnreachable(String),
+    Agent(#[from] crate::rpc::RpcError),
     /// The orchestrator itself failed (its Zenoh session, encoding a reply).
     #[error("{0}")]
     Internal(String),
@@ -276,10 +67,24 @@ impl TaskError {
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::Unknown(_) | Self::Design(_) => 422,
-            Self::AgentUnreachable(_) => 502,
+            Self::Agent(e) => status_of_failure(e.kind()),
             Self::NotReady(_) => 503,
             Self::Store(_) | Self::Internal(_) => 500,
         }
+    }
+}
+
+/// The HTTP status for a step that failed with `kind`: the one place that says whose fault each
+/// kind of failure is. A request the agent cannot act on is the caller's (422); a host in the
+/// wrong state a conflict (409); a runtime, network or transfer fault an upstream one (502),
+/// a timeout too (504) — podman being down is not the caller's mistake.
+pub fn status_of_failure(kind: FailureKind) -> u16 {
+    match kind {
+        FailureKind::InvalidRequest => 422,
+        FailureKind::WrongState => 409,
+        FailureKind::Runtime | FailureKind::Network | FailureKind::Transfer => 502,
+        FailureKind::Timeout => 504,
+        FailureKind::Internal => 500,
     }
 }
 
@@ -287,65 +92,14 @@ impl TaskError {
 mod tests {
     use super::*;
 
-    fn event(phase: Phase, status: PhaseStatus, at_us: u64) -> PhaseEvent {
-        PhaseEvent {
-            task: "t".into(),
-            agent: "a".into(),
-            phase,
-            status,
-            at_us,
+    #[test]
+    fn every_failure_kind_has_a_status_that_names_whose_fault_it_is() {
+        for &kind in FailureKind::ALL {
+            let status = status_of_failure(kind);
+            assert!((400..600).contains(&status), "{kind}: {status}");
         }
-    }
-
-    #[test]
-    fn measurements_span_each_phase_over_all_agents() {
-        let events = vec![
-            event(Phase::Prepare, PhaseStatus::Started, 1_000),
-            event(Phase::Prepare, PhaseStatus::Finished, 3_000),
-            event(Phase::Checkpoint, PhaseStatus::Started, 4_000),
-            event(Phase::Checkpoint, PhaseStatus::Finished, 9_000),
-            // An agent's own transfer events inside the orchestrator's restore step.
-            event(Phase::Restore, PhaseStatus::Started, 10_000),
-            event(Phase::Transfer, PhaseStatus::Started, 10_500),
-            event(Phase::Transfer, PhaseStatus::Finished, 12_000),
-            event(Phase::Restore, PhaseStatus::Finished, 15_000),
-            event(Phase::FlowSwitch, PhaseStatus::Started, 15_100),
-            event(Phase::FlowSwitch, PhaseStatus::Finished, 16_000),
-            // A phase that started but never ended has no duration yet.
-            event(Phase::Cleanup, PhaseStatus::Started, 17_000),
-        ];
-        let mut m = Measurements::default();
-        m.update_from(0, Some(20_000), &events);
-        assert_eq!(m.phases_ms["prepare"], 2.0);
-        assert_eq!(m.phases_ms["transfer"], 1.5);
-        assert_eq!(m.phases_ms["restore"], 5.0);
-        assert!(!m.phases_ms.contains_key("cleanup"));
-        assert_eq!(m.frozen_ms, Some(12.0));
-        assert_eq!(m.total_ms, Some(20.0));
-    }
-
-    #[test]
-    fn point_of_no_return_needs_restore_and_switch() {
-        let mut p = Progress::default();
-        assert!(!p.past_point_of_no_return());
-        p.restored = true;
-        p.switch_attempted = true;
-        assert!(!p.past_point_of_no_return());
-        p.switched = true;
-        assert!(p.past_point_of_no_return());
-    }
-
-    #[test]
-    fn request_json_defaults_and_rejects_typos() {
-        let r: MigrationRequest = serde_json::from_str(
-            r#"{"service":"c","source":"a","destination":"b","target_downtime_ms":1000,"target_duration_ms":5000}"#,
-        )
-        .unwrap();
-        assert_eq!(r.objective, Objective::Downtime);
-        assert_eq!(r.mobile, None);
-        assert!(serde_json::from_str::<MigrationRequest>(
-            r#"{"service":"c","source":"a","destination":"b","target_downtime":1,"target_duration_ms":5}"#
-        )
-        .is_err());
+        assert_eq!(status_of_failure(FailureKind::Runtime), 502, "podman down is no 422");
+        assert_eq!(status_of_failure(FailureKind::InvalidRequest), 422);
+        assert_eq!(status_of_failure(FailureKind::WrongState), 409);
     }
 }

@@ -4,8 +4,10 @@
 //! without a network.
 
 use mose_protocol::keys::validate_id;
-use mose_protocol::messages::{Role, ServiceSpec};
+use mose_protocol::messages::Role;
 use mose_protocol::model::{PamParams, Plan};
+use mose_protocol::steps::Described;
+use mose_protocol::units::BytesPerSec;
 
 use super::{MigrationRequest, PlanInputs, TaskError};
 use crate::designer::{configure, pair_params, DesignRequest};
@@ -31,7 +33,7 @@ pub fn check_request(req: &MigrationRequest) -> Result<(), TaskError> {
             req.source
         )));
     }
-    if req.bandwidth_bytes_per_s == Some(0) {
+    if req.bandwidth_bytes_per_s == Some(BytesPerSec(0)) {
         return Err(TaskError::Invalid(
             "bandwidth_bytes_per_s must be at least 1 byte/s (or omitted to use the link \
              estimate)"
@@ -51,15 +53,24 @@ pub fn check_request(req: &MigrationRequest) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// The agents a request names, present and with their profiles.
+/// The agents a request names, present, probed and with their profiles.
 #[derive(Debug, Clone)]
 pub struct Participants {
     pub source: AgentView,
     pub destination: AgentView,
 }
 
-/// Checks that every agent the request names is present, has a profile, and plays its part:
-/// source and destination are edge hosts, the mobile agent is a mobile device.
+/// Everything a plan is made from, gathered before planning starts: the agents' views and the
+/// source's Describe. [`design`] plans from it alone, once.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub agents: Participants,
+    pub described: Described,
+}
+
+/// Checks that every agent the request names is present, has a profile whose capability probe
+/// has run, and plays its part: source and destination are edge hosts, the mobile agent is a
+/// mobile device.
 pub fn check_agents(
     req: &MigrationRequest,
     lookup: impl Fn(&str) -> Option<AgentView>,
@@ -75,6 +86,13 @@ pub fn check_agents(
                 "{what} '{id}' has joined but its profile has not arrived yet; retry shortly"
             ))
         })?;
+        if profile.capabilities.is_none() {
+            return Err(TaskError::NotReady(format!(
+                "{what} '{id}' has not finished probing what its host can do (CRIU, dirty \
+                 tracking, OvS): a plan made now could pick a strategy it cannot run; retry in \
+                 a few seconds"
+            )));
+        }
         if profile.role != role {
             let why = match role {
                 Role::Edge => "only edge hosts run services",
@@ -103,11 +121,11 @@ pub fn check_agents(
 /// stated in the inputs' notes and at the head of the plan's explanation.
 pub fn design(
     req: &MigrationRequest,
-    who: &Participants,
-    described: &ServiceSpec,
-    state_bytes: u64,
-    default_bandwidth_bps: u64,
+    gathered: &Gathered,
+    default_bandwidth: BytesPerSec,
 ) -> Result<(Plan, PlanInputs), TaskError> {
+    let who = &gathered.agents;
+    let (described, state_bytes) = (&gathered.described.spec, gathered.described.state_bytes);
     let mut notes = Vec::new();
     if let (None, Some(client)) = (&req.mobile, described.network.client_ip) {
         // Allowed (the client may reach the service another way), but rarely what is meant.
@@ -135,30 +153,30 @@ pub fn design(
     let (destination_params, destination_calibrated) = params_of(&who.destination, &mut notes);
 
     let metrics = who.source.metrics.as_ref();
-    let dirty_rate_bps = metrics
+    let dirty_rate = metrics
         .and_then(|m| m.containers.iter().find(|c| c.name == req.service))
-        .and_then(|c| c.dirty_rate_bps);
-    if dirty_rate_bps.is_none() {
+        .and_then(|c| c.dirty_rate_bytes_per_s);
+    if dirty_rate.is_none() {
         notes.push(format!(
             "no dirty rate of '{}' measured on {}: planning with R_max = 0",
             req.service, req.source
         ));
     }
-    let dirty_rate_bps = dirty_rate_bps.unwrap_or(0);
+    let dirty_rate = dirty_rate.unwrap_or_default();
 
     let link = req.bandwidth_bytes_per_s.or_else(|| {
         metrics
             .and_then(|m| m.links.iter().find(|l| l.peer == req.destination))
-            .map(|l| l.bandwidth_bps)
-            .filter(|&b| b > 0)
+            .map(|l| l.bandwidth_bytes_per_s)
+            .filter(|b| b.0 > 0)
     });
     if link.is_none() {
         notes.push(format!(
-            "no bandwidth estimate {} → {}: assuming the configured default of {default_bandwidth_bps} B/s",
+            "no bandwidth estimate {} → {}: assuming the configured default of {default_bandwidth}",
             req.source, req.destination
         ));
     }
-    let bandwidth_bps = link.unwrap_or(default_bandwidth_bps);
+    let bandwidth = link.unwrap_or(default_bandwidth);
 
     // A service whose memory the source could not size still moves at least a page.
     let page = source_params.page_size_bytes.max(1);
@@ -173,13 +191,14 @@ pub fn design(
     let capability = |view: &AgentView| {
         view.profile
             .as_ref()
-            .is_some_and(|p| p.capabilities.dirty_tracking)
+            .and_then(|p| p.capabilities.as_ref())
+            .is_some_and(|c| c.dirty_tracking)
     };
     let request = DesignRequest {
         objective: req.objective,
         state_bytes: state_bytes as f64,
-        dirty_rate_max_bytes_per_s: dirty_rate_bps as f64,
-        available_bandwidth_bytes_per_s: bandwidth_bps as f64,
+        dirty_rate_max_bytes_per_s: dirty_rate.as_f64(),
+        available_bandwidth_bytes_per_s: bandwidth.as_f64(),
         source_dirty_tracking: capability(&who.source),
         destination_dirty_tracking: capability(&who.destination),
         theta_down_s: req.target_downtime_ms / 1000.0,
@@ -193,8 +212,8 @@ pub fn design(
         plan,
         PlanInputs {
             state_bytes,
-            dirty_rate_bps,
-            bandwidth_bps,
+            dirty_rate_bytes_per_s: dirty_rate,
+            bandwidth_bytes_per_s: bandwidth,
             source_calibrated,
             destination_calibrated,
             notes,
@@ -207,7 +226,7 @@ mod tests {
     use super::*;
     use mose_protocol::messages::{
         AgentProfile, Capabilities, ContainerMetrics, HostMetrics, LinkEstimate, MetricsSample,
-        ServiceNetwork,
+        ServiceNetwork, ServiceSpec,
     };
     use std::net::Ipv4Addr;
 
@@ -240,6 +259,17 @@ mod tests {
         }
     }
 
+    /// What a plan is made from: the checked agents and a Describe of `state_bytes`.
+    fn gathered(who: &Participants, client_ip: Option<Ipv4Addr>, state_bytes: u64) -> Gathered {
+        Gathered {
+            agents: who.clone(),
+            described: Described {
+                spec: spec(client_ip),
+                state_bytes,
+            },
+        }
+    }
+
     fn view(id: &str, role: Option<Role>) -> AgentView {
         AgentView {
             id: id.into(),
@@ -250,12 +280,21 @@ mod tests {
                 hostname: id.into(),
                 agent_version: "t".into(),
                 started_us: 0,
-                capabilities: Capabilities::default(),
+                capabilities: Some(Capabilities::default()),
                 pam: None,
             }),
             metrics: None,
             metrics_received_us: None,
         }
+    }
+
+    /// An agent that announced itself but has not finished its capability probe.
+    fn unprobed(id: &str) -> AgentView {
+        let mut v = view(id, Some(Role::Edge));
+        if let Some(p) = v.profile.as_mut() {
+            p.capabilities = None;
+        }
+        v
     }
 
     fn agents() -> BTreeMap<String, AgentView> {
@@ -264,6 +303,7 @@ mod tests {
             view("edge2", Some(Role::Edge)),
             view("drone", Some(Role::Mobile)),
             view("fresh", None),
+            unprobed("unprobed"),
         ]
         .into_iter()
         .map(|v| (v.id.clone(), v))
@@ -317,6 +357,10 @@ mod tests {
         assert_eq!(code, 503);
         assert!(msg.contains("profile"), "{msg}");
 
+        let (code, msg) = refused(|r| r.destination = "unprobed".into());
+        assert_eq!(code, 503);
+        assert!(msg.contains("not finished probing"), "{msg}");
+
         for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
             let (code, msg) = refused(|r| r.target_downtime_ms = bad);
             assert_eq!(code, 400);
@@ -324,7 +368,7 @@ mod tests {
         }
         let (code, _) = refused(|r| r.target_duration_ms = 0.0);
         assert_eq!(code, 400);
-        let (code, msg) = refused(|r| r.bandwidth_bytes_per_s = Some(0));
+        let (code, msg) = refused(|r| r.bandwidth_bytes_per_s = Some(BytesPerSec(0)));
         assert_eq!(code, 400);
         assert!(msg.contains("bandwidth_bytes_per_s"), "{msg}");
 
@@ -336,11 +380,11 @@ mod tests {
     #[test]
     fn uncalibrated_hosts_and_missing_metrics_are_stated() {
         let who = check(&request()).unwrap();
-        let (plan, inputs) = design(&request(), &who, &spec(None), 10 << 20, 125_000_000).unwrap();
+        let (plan, inputs) = design(&request(), &gathered(&who, None, 10 << 20), BytesPerSec(125_000_000)).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(!inputs.source_calibrated && !inputs.destination_calibrated);
-        assert_eq!(inputs.dirty_rate_bps, 0);
-        assert_eq!(inputs.bandwidth_bps, 125_000_000);
+        assert_eq!(inputs.dirty_rate_bytes_per_s, BytesPerSec(0));
+        assert_eq!(inputs.bandwidth_bytes_per_s, BytesPerSec(125_000_000));
         assert_eq!(inputs.notes.len(), 4, "{:?}", inputs.notes);
         assert!(
             plan.explanation.starts_with("edge1 is not calibrated"),
@@ -365,28 +409,28 @@ mod tests {
             containers: vec![ContainerMetrics {
                 name: "counter".into(),
                 state_bytes: 1,
-                dirty_rate_bps: Some(1 << 20),
+                dirty_rate_bytes_per_s: Some(BytesPerSec(1 << 20)),
                 dirty_method: None,
             }],
             links: vec![LinkEstimate {
                 peer: "edge2".into(),
-                bandwidth_bps: 12_500_000,
+                bandwidth_bytes_per_s: BytesPerSec(12_500_000),
             }],
         });
-        let (plan, inputs) = design(&request(), &who, &spec(None), 10 << 20, 125_000_000).unwrap();
+        let (plan, inputs) = design(&request(), &gathered(&who, None, 10 << 20), BytesPerSec(125_000_000)).unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
-        assert_eq!(inputs.dirty_rate_bps, 1 << 20);
-        assert_eq!(inputs.bandwidth_bps, 12_500_000);
-        assert!(plan.bandwidth_bps <= 12_500_000);
+        assert_eq!(inputs.dirty_rate_bytes_per_s, BytesPerSec(1 << 20));
+        assert_eq!(inputs.bandwidth_bytes_per_s, BytesPerSec(12_500_000));
+        assert!(plan.bandwidth_bytes_per_s <= BytesPerSec(12_500_000));
 
         // A bandwidth the caller states wins over the link estimate, without a note.
         let req = MigrationRequest {
-            bandwidth_bytes_per_s: Some(2_500_000),
+            bandwidth_bytes_per_s: Some(BytesPerSec(2_500_000)),
             ..request()
         };
-        let (plan, inputs) = design(&req, &who, &spec(None), 1 << 20, 125_000_000).unwrap();
-        assert_eq!(inputs.bandwidth_bps, 2_500_000);
-        assert!(plan.bandwidth_bps <= 2_500_000);
+        let (plan, inputs) = design(&req, &gathered(&who, None, 1 << 20), BytesPerSec(125_000_000)).unwrap();
+        assert_eq!(inputs.bandwidth_bytes_per_s, BytesPerSec(2_500_000));
+        assert!(plan.bandwidth_bytes_per_s <= BytesPerSec(2_500_000));
         assert!(!plan.explanation.contains("bandwidth estimate"));
 
         // The downtime objective without dirty tracking falls back to cold, saying why.
@@ -394,7 +438,7 @@ mod tests {
             objective: Objective::Downtime,
             ..request()
         };
-        let (plan, _) = design(&req, &who, &spec(None), 0, 125_000_000).unwrap();
+        let (plan, _) = design(&req, &gathered(&who, None, 0), BytesPerSec(125_000_000)).unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(
             plan.explanation.contains("one page"),
@@ -408,14 +452,14 @@ mod tests {
             ..request()
         };
         let client = Some(Ipv4Addr::new(10, 0, 0, 2));
-        let (plan, inputs) = design(&req, &who, &spec(client), 1 << 20, 1).unwrap();
+        let (plan, inputs) = design(&req, &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
         assert_eq!(inputs.notes.len(), 1, "{:?}", inputs.notes);
         assert!(
             plan.explanation.contains("client at 10.0.0.2"),
             "{}",
             plan.explanation
         );
-        let (_, inputs) = design(&request(), &who, &spec(client), 1 << 20, 1).unwrap();
+        let (_, inputs) = design(&request(), &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
     }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use mose_protocol::messages::{now_us, PhaseEvent, ServiceSpec, Step, StepOutcome};
+use mose_protocol::messages::{now_us, PhaseEvent};
+use mose_protocol::steps::{Describe, Described};
 use mose_protocol::{decode, encode, KeySpace, Message};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,11 +15,11 @@ use zenoh::sample::Locality;
 use zenoh::Session;
 
 use super::driver::{Driver, DriverConfig};
-use super::plan::{check_agents, check_request, design};
+use super::plan::{check_agents, check_request, design, Gathered};
 use super::store::Store;
 use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
 use crate::registry::AgentsView;
-use crate::rpc::{AgentRpc, RpcError};
+use crate::rpc::AgentRpc;
 
 /// A task the driver is working on.
 pub(crate) struct Active {
@@ -160,34 +161,35 @@ impl Migrations {
         })
     }
 
-    /// Validates, describes, plans and starts a migration. Returns the task as accepted.
+    /// Validates, gathers the plan's inputs (agents, the source's Describe), plans once and
+    /// starts a migration. Returns the task as accepted.
     pub async fn submit(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
         check_request(&request)?;
         self.refuse_if_migrating(&request.service)?;
-        let who = check_agents(&request, |id| self.shared.agents.get(id))?;
+        let agents = check_agents(&request, |id| self.shared.agents.get(id))?;
         let id = new_task_id();
-        let (spec, state_bytes) = self
+        let described = self
             .describe(&id, &request)
             .instrument(info_span!("describe", task = %id, service = %request.service))
             .await?;
+        let gathered = Gathered { agents, described };
         let (plan, inputs) = design(
             &request,
-            &who,
-            &spec,
-            state_bytes,
-            self.shared.config.default_bandwidth_bps,
+            &gathered,
+            self.shared.config.default_bandwidth_bytes_per_s,
         )?;
         let now = now_us();
         let record = TaskRecord {
             id: id.clone(),
             request,
-            spec,
+            spec: gathered.described.spec,
             inputs,
             plan,
             status: TaskStatus::Queued,
             phase: None,
             progress: Progress::default(),
             events: Vec::new(),
+            faults: Vec::new(),
             error: None,
             measurements: Default::default(),
             created_us: now,
@@ -259,32 +261,16 @@ impl Migrations {
         }
     }
 
-    async fn describe(
-        &self,
-        id: &str,
-        request: &MigrationRequest,
-    ) -> Result<(ServiceSpec, u64), TaskError> {
-        let step = Step::Describe {
+    async fn describe(&self, id: &str, request: &MigrationRequest) -> Result<Described, TaskError> {
+        let step = Describe {
             service: request.service.clone(),
         };
         let timeout = self.shared.config.timeouts.describe;
-        match self
+        Ok(self
             .shared
             .rpc
             .call(&request.source, id, step, timeout)
-            .await
-        {
-            Ok(StepOutcome::Described { spec, state_bytes }) => Ok((spec, state_bytes)),
-            Ok(other) => Err(TaskError::AgentUnreachable(format!(
-                "{} answered 'describe' with an unexpected outcome: {other:?}",
-                request.source
-            ))),
-            Err(RpcError::Failed { failure, .. }) => Err(TaskError::Unknown(format!(
-                "service '{}' on {}: {}",
-                request.service, request.source, failure.reason
-            ))),
-            Err(e) => Err(TaskError::AgentUnreachable(e.to_string())),
-        }
+            .await?)
     }
 }
 

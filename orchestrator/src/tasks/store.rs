@@ -157,6 +157,7 @@ pub(crate) mod tests {
     use crate::tasks::{MigrationRequest, Progress, TaskStatus};
     use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
     use mose_protocol::model::{Objective, Plan, Strategy};
+    use mose_protocol::units::BytesPerSec;
     use std::net::Ipv4Addr;
 
     pub(crate) fn record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord {
@@ -185,8 +186,8 @@ pub(crate) mod tests {
             },
             inputs: crate::tasks::PlanInputs {
                 state_bytes: 1 << 20,
-                dirty_rate_bps: 0,
-                bandwidth_bps: 125_000_000,
+                dirty_rate_bytes_per_s: BytesPerSec(0),
+                bandwidth_bytes_per_s: BytesPerSec(125_000_000),
                 source_calibrated: false,
                 destination_calibrated: false,
                 notes: vec![],
@@ -194,7 +195,7 @@ pub(crate) mod tests {
             plan: Plan {
                 strategy: Strategy::Cold,
                 objective: Objective::Resources,
-                bandwidth_bps: 1_000_000,
+                bandwidth_bytes_per_s: BytesPerSec(1_000_000),
                 rounds: 0,
                 predicted_downtime_s: 0.9,
                 predicted_total_s: 0.9,
@@ -205,6 +206,7 @@ pub(crate) mod tests {
             phase: None,
             progress: Progress::default(),
             events: vec![],
+            faults: vec![],
             error: None,
             measurements: Default::default(),
             created_us,
@@ -230,6 +232,25 @@ pub(crate) mod tests {
         assert_eq!(store.get("b").unwrap().unwrap(), b);
         assert_eq!(ids(store.unfinished().unwrap()), ["c"]);
         assert!(store.get("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn reads_never_write() {
+        // GET /v1/migrations[/{id}], the `inspect`/`list` queryables and /metrics only read:
+        // a read that wrote could overwrite a newer state saved by the driver meanwhile.
+        let store = Store::in_memory().unwrap();
+        store.save(&record("a", 1, TaskStatus::Running)).unwrap();
+        store.save(&record("b", 2, TaskStatus::Succeeded)).unwrap();
+        let before = store.conn().total_changes();
+        store.get("a").unwrap().unwrap();
+        assert!(store.get("missing").unwrap().is_none());
+        store.list().unwrap();
+        store.unfinished().unwrap();
+        assert_eq!(
+            store.conn().total_changes(),
+            before,
+            "a read changed the database"
+        );
     }
 
     #[test]

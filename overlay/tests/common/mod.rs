@@ -13,30 +13,19 @@ use mose_overlay::{HostOverlay, OvsInstance};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// True when we may run: root. Without root nothing here can work; say so loudly and skip.
-/// As root, missing OvS tools are a failure (setup-host.sh installs them).
-pub fn root_with_ovs(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP {test}: needs root (network namespaces, OvS)");
-        return false;
-    }
-    for tool in [
-        "ovsdb-server",
-        "ovs-vswitchd",
-        "ovs-ofctl",
-        "ovs-vsctl",
-        "tc",
-        "nsenter",
-        "ip",
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(found, "{tool} not found: run testbed/setup-host.sh (needs openvswitch-switch, iproute2, util-linux)");
-    }
-    true
-}
+/// What every test here needs besides root (network namespaces, OvS): each starts with
+/// `mose_testkit::root_test!(common::OVS_TOOLS)`, skipped unless `MOSE_ROOT_TESTS=1`, then
+/// failing when one is missing (testbed/setup-host.sh installs openvswitch-switch, iproute2,
+/// util-linux).
+pub const OVS_TOOLS: &[&str] = &[
+    "ovsdb-server",
+    "ovs-vswitchd",
+    "ovs-ofctl",
+    "ovs-vsctl",
+    "tc",
+    "nsenter",
+    "ip",
+];
 
 /// Everything one test creates. Drop stops the OvS daemons first (they hold the host
 /// namespaces), then deletes every namespace with the prefix, then the OvS directories.

@@ -4,23 +4,25 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use mose_orchestrator::client::ApiClient;
-use mose_orchestrator::tasks::{MigrationRequest, TaskRecord};
+use mose_api::{ApiClient, MigrationRequest, TaskRecord};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_testbed::{sweep_stale, Host, Lan};
 
 /// These tests create namespaces, bridges and containers: they need root and a host prepared by
-/// `testbed/setup-host.sh`. Fail with a clear message instead of a confusing EPERM later.
-pub fn require_root() {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective uid.
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    assert_eq!(
-        euid,
-        Some(0),
-        "this integration test needs root (namespaces, bridges, podman)"
-    );
-}
+/// `testbed/setup-host.sh`, which puts these on PATH. Each test starts with
+/// `mose_testkit::root_test!(TESTBED_TOOLS)`: skipped unless `MOSE_ROOT_TESTS=1`, then a clear
+/// failure instead of a confusing EPERM or "not found" later.
+pub const TESTBED_TOOLS: &[&str] = &[
+    "ip",
+    "tc",
+    "nsenter",
+    "podman",
+    "runc",
+    "criu",
+    "ovsdb-server",
+    "ovs-vswitchd",
+    "ovs-vsctl",
+];
 
 /// Sweep what an earlier crashed run with this prefix may have left, failing on anything that stays.
 pub async fn sweep_before(prefix: &str) {
@@ -98,17 +100,9 @@ pub async fn detach_service(root_veth: &str) {
 }
 
 pub async fn run(program: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .output()
+    mose_command::run(program, args)
         .await
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Poll `f` until it returns true or `limit` passes.

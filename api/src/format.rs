@@ -1,131 +1,14 @@
-//! The `mose` CLI's side of the HTTP API: requests, error decoding and tables.
+//! What the `mose` CLI (and the testbed) print: aligned tables of agents and migrations, the plan
+//! in a few lines, one line per phase event, predicted vs measured; and the parsers of the
+//! durations and rates operators type.
 
 use std::fmt::Write as _;
 
 use mose_protocol::messages::{now_us, PhaseEvent, PhaseStatus};
-use reqwest::Method;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use thiserror::Error;
+use mose_protocol::units::{BitsPerSec, BytesPerSec};
 
-use crate::registry::AgentView;
-use crate::tasks::{phase_name, MigrationRequest, TaskRecord};
-
-/// A failed API call.
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("cannot reach the orchestrator at {url}: {reason} (is mose-orchestrator running? see --api)")]
-    Unreachable { url: String, reason: String },
-    #[error("{url}: {status}: {message}")]
-    Api {
-        url: String,
-        status: u16,
-        message: String,
-    },
-    #[error("{url}: unexpected answer: {reason}")]
-    Decode { url: String, reason: String },
-}
-
-/// A client of one orchestrator's HTTP API.
-pub struct ApiClient {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl ApiClient {
-    /// `base` like `http://127.0.0.1:7070`.
-    pub fn new(base: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
-        self.get("/v1/agents").await
-    }
-
-    pub async fn agent(&self, id: &str) -> Result<AgentView, ClientError> {
-        self.get(&format!("/v1/agents/{id}")).await
-    }
-
-    pub async fn migrations(&self) -> Result<Vec<TaskRecord>, ClientError> {
-        self.get("/v1/migrations").await
-    }
-
-    pub async fn migration(&self, id: &str) -> Result<TaskRecord, ClientError> {
-        self.get(&format!("/v1/migrations/{id}")).await
-    }
-
-    /// Plans and starts a migration; the answer is the accepted task with its plan.
-    pub async fn submit(&self, request: &MigrationRequest) -> Result<TaskRecord, ClientError> {
-        self.json(Method::POST, "/v1/migrations", Some(request))
-            .await
-    }
-
-    /// Asks a running migration to roll back.
-    pub async fn cancel(&self, id: &str) -> Result<TaskRecord, ClientError> {
-        self.json(Method::DELETE, &format!("/v1/migrations/{id}"), None::<&()>)
-            .await
-    }
-
-    /// A non-JSON document, such as `/metrics`.
-    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
-        let (_, body) = self.call(Method::GET, path, None::<&()>).await?;
-        Ok(String::from_utf8_lossy(&body).into_owned())
-    }
-
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json(Method::GET, path, None::<&()>).await
-    }
-
-    async fn json<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl Serialize>,
-    ) -> Result<T, ClientError> {
-        let (url, bytes) = self.call(method, path, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            reason: e.to_string(),
-        })
-    }
-
-    /// Sends a request; a non-2xx answer becomes [`ClientError::Api`] with the server's message.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl Serialize>,
-    ) -> Result<(String, Vec<u8>), ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: url.clone(),
-            reason: e.to_string(),
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
-            // Our API answers {"error": "..."}; anything else is shown as text.
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Api {
-                url,
-                status: status.as_u16(),
-                message,
-            });
-        }
-        Ok((url, body.to_vec()))
-    }
-}
+use crate::agents::AgentView;
+use crate::tasks::TaskRecord;
 
 /// The agents as an aligned text table.
 pub fn agents_table(agents: &[AgentView]) -> String {
@@ -146,6 +29,7 @@ pub fn agents_table(agents: &[AgentView]) -> String {
     for a in agents {
         let p = a.profile.as_ref();
         let m = a.metrics.as_ref();
+        let caps = p.and_then(|p| p.capabilities.as_ref());
         let dash = || "-".to_string();
         rows.push([
             a.id.clone(),
@@ -161,9 +45,10 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             }),
             m.map_or_else(dash, |m| format!("{:.2}", m.host.load_avg[0])),
             m.map_or_else(dash, |m| m.containers.len().to_string()),
-            p.and_then(|p| p.capabilities.criu_version.clone())
+            caps.and_then(|c| c.criu_version.clone())
                 .unwrap_or_else(dash),
-            p.map_or_else(dash, |p| yes_no(p.capabilities.dirty_tracking)),
+            // Not probed yet reads as such, not as "no".
+            caps.map_or_else(|| "probing".into(), |c| yes_no(c.dirty_tracking)),
             a.metrics_received_us.map_or_else(dash, |t| {
                 format!("{:.1}s", now.saturating_sub(t) as f64 / 1e6)
             }),
@@ -221,7 +106,7 @@ pub fn migrations_table(tasks: &[TaskRecord]) -> String {
             t.plan.strategy.to_string(),
             t.status.to_string(),
             t.phase
-                .map_or_else(|| "-".to_string(), |p| phase_name(p).to_string()),
+                .map_or_else(|| "-".to_string(), |p| p.as_str().to_string()),
             millis(Some(t.plan.predicted_downtime_s * 1000.0)),
             millis(m.frozen_ms),
             millis(m.total_ms),
@@ -244,7 +129,7 @@ pub fn plan_summary(task: &TaskRecord) -> String {
         to = task.request.destination,
         strategy = p.strategy,
         rounds = p.rounds,
-        bw = p.bandwidth_bps as f64 / 1e6,
+        bw = p.bandwidth_bytes_per_s.0 as f64 / 1e6,
         down = millis(Some(p.predicted_downtime_s * 1000.0)),
         total = millis(Some(p.predicted_total_s * 1000.0)),
         met = if p.target_met {
@@ -266,7 +151,7 @@ pub fn event_line(event: &PhaseEvent, created_us: u64) -> String {
     };
     format!(
         "[{at:>7.3}s] {:<12} {:<8} {what}",
-        phase_name(event.phase),
+        event.phase.as_str(),
         event.agent
     )
 }
@@ -297,6 +182,9 @@ pub fn kpi_table(task: &TaskRecord) -> String {
     ]);
     let mut out = aligned(&rows);
     let _ = writeln!(out, "status: {}", task.status);
+    for fault in &task.faults {
+        let _ = writeln!(out, "fault: {fault}");
+    }
     if let Some(error) = &task.error {
         let _ = writeln!(out, "error: {error}");
     }
@@ -351,21 +239,26 @@ pub fn parse_duration_ms(text: &str) -> Result<f64, String> {
 
 /// A link rate like `100Mbit`, `1.5Gbit` or `800kbit` (per second, SI prefixes), as whole
 /// **bytes** per second (what the task API takes).
-pub fn parse_bandwidth_bytes_per_s(text: &str) -> Result<u64, String> {
+pub fn parse_bandwidth_bytes_per_s(text: &str) -> Result<BytesPerSec, String> {
+    let bytes = parse_rate_bits_per_s(text)?.to_bytes();
+    if bytes.0 < 1 {
+        return Err(format!(
+            "'{}' is less than one byte per second",
+            text.trim()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A link rate as operators write it (`100Mbit`, `1Gbit`, `800kbit`), in bits per second.
+pub fn parse_rate_bits_per_s(text: &str) -> Result<BitsPerSec, String> {
     let bits = parse_with_unit(
         text,
         "rate",
         "100Mbit, 1Gbit or 800kbit",
         &[("bit", 1.0), ("kbit", 1e3), ("Mbit", 1e6), ("Gbit", 1e9)],
     )?;
-    let bytes = (bits / 8.0).floor();
-    if bytes < 1.0 {
-        return Err(format!(
-            "'{}' is less than one byte per second",
-            text.trim()
-        ));
-    }
-    Ok(bytes as u64)
+    Ok(BitsPerSec(bits.floor() as u64))
 }
 
 fn mib(bytes: u64) -> String {
@@ -384,8 +277,15 @@ mod tests {
     fn durations_parse_with_units_only() {
         assert_eq!(parse_duration_ms("500ms"), Ok(500.0));
         assert_eq!(parse_duration_ms("1s"), Ok(1000.0));
-        assert_eq!(parse_bandwidth_bytes_per_s("100Mbit"), Ok(12_500_000));
-        assert_eq!(parse_bandwidth_bytes_per_s("1.5Gbit"), Ok(187_500_000));
+        assert_eq!(
+            parse_bandwidth_bytes_per_s("100Mbit"),
+            Ok(BytesPerSec(12_500_000))
+        );
+        assert_eq!(parse_rate_bits_per_s("50Mbit"), Ok(BitsPerSec(50_000_000)));
+        assert_eq!(
+            parse_bandwidth_bytes_per_s("1.5Gbit"),
+            Ok(BytesPerSec(187_500_000))
+        );
         for bad in ["100", "fast", "100MB", "0Mbit", "4bit"] {
             assert!(parse_bandwidth_bytes_per_s(bad).is_err(), "{bad}");
         }
@@ -398,10 +298,10 @@ mod tests {
 
     #[test]
     fn migration_tables_render() {
-        let mut task =
-            crate::tasks::store::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
+        use mose_protocol::messages::Phase;
+        let mut task = crate::tasks::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
         task.measurements.frozen_ms = Some(640.0);
-        task.measurements.phases_ms.insert("restore".into(), 300.0);
+        task.measurements.phases_ms.insert(Phase::Restore, 300.0);
         let table = migrations_table(std::slice::from_ref(&task));
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);

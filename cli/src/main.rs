@@ -1,14 +1,16 @@
-//! `mose`: the operator's command line, a client of the orchestrator's HTTP API.
+//! `mose`: the operator's command line, a client of the orchestrator's HTTP API. Built on
+//! `mose-api` only, so it links no Zenoh, axum or SQLite.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mose_orchestrator::client::{
+use mose_api::format::{
     agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s,
-    parse_duration_ms, plan_summary, ApiClient,
+    parse_duration_ms, plan_summary,
 };
-use mose_orchestrator::tasks::{MigrationRequest, TaskStatus};
+use mose_api::{ApiClient, MigrationRequest, TaskStatus};
 use mose_protocol::model::Objective;
+use mose_protocol::units::BytesPerSec;
 
 /// Operate MOSE-RS: list agents, migrate services, follow and list migrations.
 #[derive(Debug, Parser)]
@@ -74,7 +76,7 @@ enum Command {
         /// Bandwidth source → destination when you know it (e.g. 100Mbit, 1Gbit); otherwise
         /// the agents' link estimate or the orchestrator's default is planned with
         #[arg(long, value_parser = parse_bandwidth_bytes_per_s)]
-        bandwidth: Option<u64>,
+        bandwidth: Option<BytesPerSec>,
         /// Print the plan and return at once instead of following the migration
         #[arg(long)]
         no_wait: bool,
@@ -96,10 +98,17 @@ enum Command {
 /// How often the progress display polls the task.
 const POLL: Duration = Duration::from_millis(200);
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set).
-    mose_protocol::cli::exit_with(run().await)
+    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set), like
+    // the other MOSE binaries (mose_protocol::cli::exit_with, which needs the Zenoh side).
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -1,0 +1,22 @@
+//! `mose-api`: the orchestrator's HTTP API as both sides see it (documented in
+//! docs/protocol.md#http-api).
+//!
+//! * [`tasks`]: [`MigrationRequest`] (`POST /v1/migrations`) and [`TaskRecord`] (every task
+//!   call's answer), with [`TaskStatus`], [`PlanInputs`], [`Progress`], [`Measurements`].
+//! * [`agents`]: [`AgentView`] (`GET /v1/agents`).
+//! * [`client`]: [`ApiClient`] over reqwest; failures as [`ClientError`].
+//! * [`format`]: the tables and summaries the `mose` CLI prints, and the parsers of the
+//!   durations and rates it accepts.
+//!
+//! The orchestrator serves these same types (axum, its OpenAPI document), the `mose` CLI and
+//! the testbed call it through [`ApiClient`]. Only the plain-data part of `mose-protocol` is
+//! used (`default-features = false`): nothing here links Zenoh, axum or SQLite.
+
+pub mod agents;
+pub mod client;
+pub mod format;
+pub mod tasks;
+
+pub use agents::AgentView;
+pub use client::{ApiClient, ClientError, ErrorBody};
+pub use tasks::{Measurements, MigrationRequest, PlanInputs, Progress, TaskRecord, TaskStatus};
