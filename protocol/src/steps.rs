@@ -394,15 +394,21 @@ pub struct Fault {
     pub op: Op,
     /// What kind of failure (the agent's, or how the call ended: timeout, network).
     pub kind: FailureKind,
-    /// What happened, for a person.
+    /// What happened, for a person (the last attempt's, after retries).
     pub reason: String,
+    /// How many times the step was tried (idempotent rollback and release steps are retried).
+    pub attempts: u32,
     /// When the orchestrator recorded it (Unix µs).
     pub at_us: u64,
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} on {} ({}): {}", self.op, self.agent, self.kind, self.reason)
+        let (op, agent, kind, reason) = (self.op, &self.agent, self.kind, &self.reason);
+        match self.attempts {
+            0 | 1 => write!(f, "{op} on {agent} failed ({kind}): {reason}"),
+            n => write!(f, "{op} on {agent} failed {n} times ({kind}), last: {reason}"),
+        }
     }
 }
 
@@ -537,6 +543,27 @@ mod tests {
             crate::keys::validate_id("image", c).unwrap();
         }
         assert_eq!(ImageId::of_migration(0).collect::<Vec<_>>(), [ImageId::Final]);
+    }
+
+    #[test]
+    fn a_fault_says_where_what_and_how_often() {
+        let mut fault = Fault {
+            agent: "edge1".into(),
+            op: Op::Resume,
+            kind: FailureKind::Runtime,
+            reason: "podman is not answering".into(),
+            attempts: 1,
+            at_us: 0,
+        };
+        assert_eq!(
+            fault.to_string(),
+            "resume on edge1 failed (runtime): podman is not answering"
+        );
+        fault.attempts = 3;
+        assert_eq!(
+            fault.to_string(),
+            "resume on edge1 failed 3 times (runtime), last: podman is not answering"
+        );
     }
 
     #[test]

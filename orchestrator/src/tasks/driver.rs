@@ -127,13 +127,19 @@ impl Stop {
     }
 }
 
-/// The fault an RPC error is, recorded now.
-fn fault_of(e: &RpcError) -> Fault {
+/// The fault an RPC error is after `attempts` tries, recorded now.
+fn fault_of(e: &RpcError, attempts: u32) -> Fault {
+    let reason = match e {
+        // The agent's own words; agent and step are the fault's fields.
+        RpcError::Failed { failure, .. } => failure.reason.clone(),
+        other => other.to_string(),
+    };
     Fault {
         agent: e.agent().to_string(),
         op: e.op(),
         kind: e.kind(),
-        reason: e.to_string(),
+        reason,
+        attempts,
         at_us: now_us(),
     }
 }
@@ -338,7 +344,7 @@ impl Driver {
             }
         };
         let result = tokio::select! {
-            r = call => r.map_err(|e| Stop::Failed(fault_of(&e))),
+            r = call => r.map_err(|e| Stop::Failed(fault_of(&e, 1))),
             () = cancelled => Err(Stop::Cancelled),
         };
         let status = match &result {
@@ -523,8 +529,7 @@ impl Driver {
             backoff *= 2;
             attempt += 1;
         };
-        let mut fault = fault_of(&last);
-        fault.reason = format!("failed {attempts} times, last: {}", fault.reason);
+        let fault = fault_of(&last, attempts);
         self.set(|r| r.faults.push(fault.clone()));
         self.event(
             agent,
