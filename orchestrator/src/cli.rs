@@ -169,7 +169,10 @@ impl Cli {
         };
         let prefix = self.prefix.or(file.prefix);
         let mut driver = DriverConfig::default();
-        if let Some(bandwidth) = self.default_bandwidth.or(file.default_bandwidth_bytes_per_s) {
+        if let Some(bandwidth) = self
+            .default_bandwidth
+            .or(file.default_bandwidth_bytes_per_s)
+        {
             // The designer needs at least one byte per second to plan with.
             if bandwidth == 0 {
                 return Err(ConfigError::ZeroBandwidth);
@@ -221,11 +224,17 @@ mod tests {
             .settle()
             .unwrap();
         assert_eq!(cfg2.state_dir, Path::new("/tmp/x"));
-        assert_eq!(cfg2.driver.default_bandwidth_bytes_per_s, BytesPerSec(125_000_000));
+        assert_eq!(
+            cfg2.driver.default_bandwidth_bytes_per_s,
+            BytesPerSec(125_000_000)
+        );
         let cfg3 = Cli::parse_from(["mose-orchestrator", "--default-bandwidth", "12500000"])
             .settle()
             .unwrap();
-        assert_eq!(cfg3.driver.default_bandwidth_bytes_per_s, BytesPerSec(12_500_000));
+        assert_eq!(
+            cfg3.driver.default_bandwidth_bytes_per_s,
+            BytesPerSec(12_500_000)
+        );
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);

@@ -3,8 +3,8 @@
 //! Rust types, so a renamed variant changes the document with it.
 
 use mose_protocol::messages::Phase;
-use mose_protocol::steps::{FailureKind, Op};
 use mose_protocol::model::{Objective, Strategy};
+use mose_protocol::steps::{FailureKind, Op};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -43,10 +43,7 @@ pub fn document() -> Value {
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let phases: Vec<Value> = Phase::ALL.iter().map(|p| json!(p.as_str())).collect();
     let ops: Vec<Value> = Op::ALL.iter().map(|op| json!(op.as_str())).collect();
-    let kinds: Vec<Value> = FailureKind::ALL
-        .iter()
-        .map(|k| json!(k.as_str()))
-        .collect();
+    let kinds: Vec<Value> = FailureKind::ALL.iter().map(|k| json!(k.as_str())).collect();
     json!({
         "openapi": "3.0.3",
         "info": {

@@ -108,7 +108,11 @@ impl AgentsView {
         self.update(|m| match m.get_mut(&sample.agent) {
             Some(entry) => {
                 // Samples can overtake each other on a lossy link: never go backwards.
-                if entry.metrics.as_ref().is_some_and(|old| old.seq >= sample.seq) {
+                if entry
+                    .metrics
+                    .as_ref()
+                    .is_some_and(|old| old.seq >= sample.seq)
+                {
                     return true;
                 }
                 entry.metrics = Some(sample);
@@ -161,7 +165,12 @@ impl Registry {
         options: RegistryOptions,
     ) -> Result<Self, RegistryError> {
         let view = AgentsView::new();
-        let err = |what: String| move |e: zenoh::Error| RegistryError { what, reason: e.to_string() };
+        let err = |what: String| {
+            move |e: zenoh::Error| RegistryError {
+                what,
+                reason: e.to_string(),
+            }
+        };
 
         let tokens = keys.all_agents();
         let liveliness = session

@@ -44,11 +44,7 @@ pub enum RpcError {
     },
     /// The reply belongs to another task or another step: the agent's state is unknown.
     #[error("agent {agent} answered '{op}' with {got}")]
-    Mismatch {
-        agent: String,
-        op: Op,
-        got: String,
-    },
+    Mismatch { agent: String, op: Op, got: String },
     #[error("cannot send '{op}' to agent {agent}: {reason}")]
     Send {
         agent: String,
@@ -200,7 +196,10 @@ impl AgentRpc {
             got,
         };
         if reply.task != task {
-            return Err(mismatch(format!("a reply for task {}, not {task}", reply.task)));
+            return Err(mismatch(format!(
+                "a reply for task {}, not {task}",
+                reply.task
+            )));
         }
         let outcome = reply.result.map_err(|failure| RpcError::Failed {
             agent: agent.to_string(),

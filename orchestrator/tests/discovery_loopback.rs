@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
-use mose_orchestrator::api::{self, ApiState};
 use mose_api::{ApiClient, ClientError};
+use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
-use mose_protocol::messages::{now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role};
+use mose_protocol::messages::{
+    now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role,
+};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{encode, KeySpace};
 
@@ -38,8 +40,13 @@ fn profile(id: &str, role: Role) -> AgentProfile {
 async fn agent_joins_reports_and_leaves() {
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
     let keys = KeySpace::default();
-    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
+        .await
+        .unwrap();
     let view = registry.view();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,12 +62,18 @@ async fn agent_joins_reports_and_leaves() {
     .unwrap();
     tokio::spawn(api::serve(
         listener,
-        ApiState { agents: view.clone(), migrations },
+        ApiState {
+            agents: view.clone(),
+            migrations,
+        },
         std::future::pending(),
     ));
     let client = ApiClient::new(&format!("http://{http}"));
 
-    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
+        .open()
+        .await
+        .unwrap();
     let node = AgentNode::start(
         agent_session,
         keys.clone(),
@@ -73,10 +86,15 @@ async fn agent_joins_reports_and_leaves() {
 
     let complete = view
         .wait_until(Duration::from_secs(10), |m| {
-            m.get("edge1").is_some_and(|a| a.profile.is_some() && a.metrics.is_some())
+            m.get("edge1")
+                .is_some_and(|a| a.profile.is_some() && a.metrics.is_some())
         })
         .await;
-    assert!(complete, "agent never showed up complete: {:?}", view.list());
+    assert!(
+        complete,
+        "agent never showed up complete: {:?}",
+        view.list()
+    );
 
     let agents = client.agents().await.unwrap();
     assert_eq!(agents.len(), 1);
@@ -87,14 +105,23 @@ async fn agent_joins_reports_and_leaves() {
     assert!(metrics.host.cpus >= 1 && metrics.host.mem_total_bytes > 0);
     assert_eq!(client.agent("edge1").await.unwrap().id, "edge1");
     match client.agent("nobody").await {
-        Err(ClientError::Api { status: 404, message, .. }) => assert!(message.contains("nobody")),
+        Err(ClientError::Api {
+            status: 404,
+            message,
+            ..
+        }) => assert!(message.contains("nobody")),
         other => panic!("expected a 404 naming the agent, got {other:?}"),
     }
 
     // Metrics keep flowing (sequence advances).
     let seq = metrics.seq;
     assert!(
-        view.wait_until(Duration::from_secs(5), |m| m["edge1"].metrics.as_ref().unwrap().seq > seq)
+        view.wait_until(Duration::from_secs(5), |m| m["edge1"]
+            .metrics
+            .as_ref()
+            .unwrap()
+            .seq
+            > seq)
             .await
     );
 
@@ -104,11 +131,18 @@ async fn agent_joins_reports_and_leaves() {
             c.criu_version = Some("4.2".into());
         }
     })
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     assert!(
         view.wait_until(Duration::from_secs(5), |m| {
-            m["edge1"].profile.as_ref().unwrap().capabilities.as_ref().and_then(|c| c.criu_version.as_deref()) == Some("4.2")
+            m["edge1"]
+                .profile
+                .as_ref()
+                .unwrap()
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.criu_version.as_deref())
+                == Some("4.2")
         })
         .await
     );
@@ -116,8 +150,14 @@ async fn agent_joins_reports_and_leaves() {
     // Leaving withdraws the token: gone from the view and the API.
     let left = Instant::now();
     node.close().await;
-    assert!(view.wait_until(Duration::from_secs(3), |m| m.is_empty()).await);
-    println!("agent gone from the view {:?} after it closed", left.elapsed());
+    assert!(
+        view.wait_until(Duration::from_secs(3), |m| m.is_empty())
+            .await
+    );
+    println!(
+        "agent gone from the view {:?} after it closed",
+        left.elapsed()
+    );
     assert!(client.agents().await.unwrap().is_empty());
 }
 
@@ -125,11 +165,19 @@ async fn agent_joins_reports_and_leaves() {
 async fn garbage_and_impostor_publications_are_ignored() {
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
     let keys = KeySpace::new("garbage-test").unwrap();
-    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![]).open().await.unwrap();
-    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default()).await.unwrap();
+    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
+        .open()
+        .await
+        .unwrap();
+    let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
+        .await
+        .unwrap();
     let view = registry.view();
 
-    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()]).open().await.unwrap();
+    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
+        .open()
+        .await
+        .unwrap();
     let _node = AgentNode::start(
         agent_session,
         keys.clone(),
@@ -146,11 +194,20 @@ async fn garbage_and_impostor_publications_are_ignored() {
         .await
     );
 
-    let rogue = ZenohOptions::explicit(vec![], vec![endpoint]).open().await.unwrap();
+    let rogue = ZenohOptions::explicit(vec![], vec![endpoint])
+        .open()
+        .await
+        .unwrap();
     // Random bytes, a message of the wrong kind, and a sample claiming another agent's id.
-    rogue.put(keys.agent_metrics("drone1"), vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
     rogue
-        .put(keys.agent_metrics("drone1"), encode(&profile("drone1", Role::Edge)).unwrap())
+        .put(keys.agent_metrics("drone1"), vec![0xde, 0xad, 0xbe, 0xef])
+        .await
+        .unwrap();
+    rogue
+        .put(
+            keys.agent_metrics("drone1"),
+            encode(&profile("drone1", Role::Edge)).unwrap(),
+        )
         .await
         .unwrap();
     let impostor = MetricsSample {
@@ -161,17 +218,31 @@ async fn garbage_and_impostor_publications_are_ignored() {
         containers: vec![],
         links: vec![],
     };
-    rogue.put(keys.agent_metrics("drone1"), encode(&impostor).unwrap()).await.unwrap();
     rogue
-        .put(keys.agent_profile("drone1"), encode(&profile("edge9", Role::Edge)).unwrap())
+        .put(keys.agent_metrics("drone1"), encode(&impostor).unwrap())
+        .await
+        .unwrap();
+    rogue
+        .put(
+            keys.agent_profile("drone1"),
+            encode(&profile("edge9", Role::Edge)).unwrap(),
+        )
         .await
         .unwrap();
     // A genuine sample sent after them arrives, so they have been processed (same session,
     // same key: in order).
-    let genuine = MetricsSample { agent: "drone1".into(), seq: 1, ..impostor.clone() };
-    rogue.put(keys.agent_metrics("drone1"), encode(&genuine).unwrap()).await.unwrap();
+    let genuine = MetricsSample {
+        agent: "drone1".into(),
+        seq: 1,
+        ..impostor.clone()
+    };
+    rogue
+        .put(keys.agent_metrics("drone1"), encode(&genuine).unwrap())
+        .await
+        .unwrap();
     assert!(
-        view.wait_until(Duration::from_secs(5), |m| m["drone1"].metrics.is_some()).await
+        view.wait_until(Duration::from_secs(5), |m| m["drone1"].metrics.is_some())
+            .await
     );
     let list = view.list();
     assert_eq!(list.len(), 1, "{list:?}");

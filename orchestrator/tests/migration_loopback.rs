@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::steps::{StepExecutor, StepServer};
-use mose_orchestrator::api::{self, ApiState};
 use mose_api::{ApiClient, ClientError};
+use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{
@@ -25,13 +25,13 @@ use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, CriuStats, Phase, PhaseEvent, PhaseStatus, Role,
     ServiceNetwork, ServiceSpec, Task,
 };
+use mose_protocol::model::Objective;
 use mose_protocol::steps::{
     Described, Done, Dumped, FailureKind, Fetched, ImageId, Resent, Restored, Step, StepFailure,
     StepOutcome,
 };
-use mose_protocol::units::BytesPerSec;
-use mose_protocol::model::Objective;
 use mose_protocol::transport::ZenohOptions;
+use mose_protocol::units::BytesPerSec;
 use mose_protocol::{decode, encode, KeySpace};
 use zenoh::Session;
 
@@ -138,7 +138,10 @@ impl StepExecutor for Scripted {
         let me = Some((self.agent.clone(), detail));
         let failure = |kind, reason: String| StepFailure { op, kind, reason };
         if me.as_ref().is_some_and(|me| script.fail.contains(me)) {
-            return Err(failure(FailureKind::Runtime, format!("scripted failure of {op}")));
+            return Err(failure(
+                FailureKind::Runtime,
+                format!("scripted failure of {op}"),
+            ));
         }
         if script.hang == me {
             std::future::pending::<()>().await;
@@ -486,7 +489,12 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     let rounds = task.plan.rounds as usize;
     assert_eq!(calls[..2], HAPPY[..2]);
     let pre_copy: Vec<String> = (0..rounds)
-        .flat_map(|i| [format!("edge1:pre-dump({i})"), format!("edge2:fetch(round-{i})")])
+        .flat_map(|i| {
+            [
+                format!("edge1:pre-dump({i})"),
+                format!("edge2:fetch(round-{i})"),
+            ]
+        })
         .collect();
     let n = 2 * rounds;
     assert_eq!(calls[2..2 + n], pre_copy, "{calls:?}");

@@ -177,7 +177,10 @@ mod tests {
         );
         assert_eq!(k.task("t1"), "mose/tasks/t1");
         assert_eq!(k.task_events("t1"), "mose/tasks/t1/events");
-        assert_eq!(k.image("t1", crate::steps::ImageId::Final), "mose/images/t1/final");
+        assert_eq!(
+            k.image("t1", crate::steps::ImageId::Final),
+            "mose/images/t1/final"
+        );
         assert_eq!(k.orchestrator_rpc("submit"), "mose/orchestrator/rpc/submit");
     }
 

@@ -28,6 +28,9 @@ pub mod steps;
 pub mod transport;
 pub mod units;
 
+pub use codec::{decode, encode, CodecError, Message, PROTOCOL_VERSION};
+pub use keys::{KeyError, KeySpace};
+
 #[cfg(test)]
 mod test_support {
     use serde::de::value::{Error as ValueError, StrDeserializer};
@@ -39,6 +42,3 @@ mod test_support {
         T::deserialize(de)
     }
 }
-
-pub use codec::{decode, encode, CodecError, Message, PROTOCOL_VERSION};
-pub use keys::{KeyError, KeySpace};

@@ -374,7 +374,10 @@ mod tests {
     #[test]
     fn phase_names_are_their_serde_names_and_all_is_complete() {
         for &phase in Phase::ALL {
-            assert_eq!(crate::test_support::from_name::<Phase>(phase.as_str()), Ok(phase));
+            assert_eq!(
+                crate::test_support::from_name::<Phase>(phase.as_str()),
+                Ok(phase)
+            );
         }
         let mut names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
         names.sort();

@@ -407,7 +407,10 @@ impl fmt::Display for Fault {
         let (op, agent, kind, reason) = (self.op, &self.agent, self.kind, &self.reason);
         match self.attempts {
             0 | 1 => write!(f, "{op} on {agent} failed ({kind}): {reason}"),
-            n => write!(f, "{op} on {agent} failed {n} times ({kind}), last: {reason}"),
+            n => write!(
+                f,
+                "{op} on {agent} failed {n} times ({kind}), last: {reason}"
+            ),
         }
     }
 }
@@ -466,11 +469,32 @@ mod tests {
         vec![
             Describe { service: service() }.into(),
             Prepare { spec: spec() }.into(),
-            PreDump { service: service(), round: 1 }.into(),
-            Fetch { from: "edge1".into(), image: ImageId::Round(1) }.into(),
-            Checkpoint { service: service(), rounds: 2 }.into(),
-            Restore { spec: spec(), from: "edge1".into(), rounds: 2 }.into(),
-            SwitchFlow { network: spec().network, to: "edge2".into() }.into(),
+            PreDump {
+                service: service(),
+                round: 1,
+            }
+            .into(),
+            Fetch {
+                from: "edge1".into(),
+                image: ImageId::Round(1),
+            }
+            .into(),
+            Checkpoint {
+                service: service(),
+                rounds: 2,
+            }
+            .into(),
+            Restore {
+                spec: spec(),
+                from: "edge1".into(),
+                rounds: 2,
+            }
+            .into(),
+            SwitchFlow {
+                network: spec().network,
+                to: "edge2".into(),
+            }
+            .into(),
             Resend { service: service() }.into(),
             Resume { service: service() }.into(),
             Abort { service: service() }.into(),
@@ -496,21 +520,40 @@ mod tests {
     #[test]
     fn requests_and_replies_round_trip() {
         for step in all_steps() {
-            let request = StepRequest { task: "t1".into(), step, timeout_ms: 5000 };
+            let request = StepRequest {
+                task: "t1".into(),
+                step,
+                timeout_ms: 5000,
+            };
             let back: StepRequest = decode(&encode(&request).unwrap()).unwrap();
             assert_eq!(back, request);
         }
         let outcomes: Vec<StepOutcome> = vec![
             Done.into(),
-            Described { spec: spec(), state_bytes: 42 }.into(),
+            Described {
+                spec: spec(),
+                state_bytes: 42,
+            }
+            .into(),
             Dumped {
                 image: ImageId::Final,
                 image_bytes: 1 << 20,
-                stats: CriuStats { frozen_time_us: Some(400_000), ..Default::default() },
+                stats: CriuStats {
+                    frozen_time_us: Some(400_000),
+                    ..Default::default()
+                },
             }
             .into(),
-            Fetched { image: ImageId::Round(3), image_bytes: 7 }.into(),
-            Restored { fetched_bytes: 9, stats: CriuStats::default() }.into(),
+            Fetched {
+                image: ImageId::Round(3),
+                image_bytes: 7,
+            }
+            .into(),
+            Restored {
+                fetched_bytes: 9,
+                stats: CriuStats::default(),
+            }
+            .into(),
             Resent { nudges: 1 }.into(),
         ];
         let failures = FailureKind::ALL.iter().map(|&kind| StepFailure {
@@ -520,7 +563,10 @@ mod tests {
         });
         let results = outcomes.into_iter().map(Ok).chain(failures.map(Err));
         for result in results {
-            let reply = StepReply { task: "t1".into(), result };
+            let reply = StepReply {
+                task: "t1".into(),
+                result,
+            };
             let back: StepReply = decode(&encode(&reply).unwrap()).unwrap();
             assert_eq!(back, reply);
         }
@@ -542,7 +588,10 @@ mod tests {
         for c in &chunks {
             crate::keys::validate_id("image", c).unwrap();
         }
-        assert_eq!(ImageId::of_migration(0).collect::<Vec<_>>(), [ImageId::Final]);
+        assert_eq!(
+            ImageId::of_migration(0).collect::<Vec<_>>(),
+            [ImageId::Final]
+        );
     }
 
     #[test]
@@ -573,6 +622,9 @@ mod tests {
             kind: FailureKind::Runtime,
             reason: "podman is not answering".into(),
         };
-        assert_eq!(f.to_string(), "describe failed (runtime): podman is not answering");
+        assert_eq!(
+            f.to_string(),
+            "describe failed (runtime): podman is not answering"
+        );
     }
 }

@@ -64,8 +64,14 @@ mod tests {
 
     #[test]
     fn conversions_are_explicit_and_exact_on_whole_bytes() {
-        assert_eq!(BytesPerSec(125_000_000).to_bits(), BitsPerSec(1_000_000_000));
-        assert_eq!(BitsPerSec(1_000_000_000).to_bytes(), BytesPerSec(125_000_000));
+        assert_eq!(
+            BytesPerSec(125_000_000).to_bits(),
+            BitsPerSec(1_000_000_000)
+        );
+        assert_eq!(
+            BitsPerSec(1_000_000_000).to_bytes(),
+            BytesPerSec(125_000_000)
+        );
         assert_eq!(BitsPerSec(15).to_bytes(), BytesPerSec(1));
         assert_eq!(BytesPerSec(u64::MAX).to_bits(), BitsPerSec(u64::MAX));
     }

@@ -36,8 +36,8 @@ use crate::fourhost::{
 };
 use crate::images::COUNTER;
 use crate::lan::LinkShape;
-use mose_protocol::units::BitsPerSec;
 use crate::report::{MigrationReport, Report};
+use mose_protocol::units::BitsPerSec;
 
 /// The workload name in the report.
 const WORKLOAD: &str = "counter-service";
@@ -285,10 +285,7 @@ async fn pam_sweep(
             }
             let timeline = finish(client).await;
             write_json(
-                &out_dir.join(format!(
-                    "bench-client-timeline-{mib}mib-{}.json",
-                    rate
-                )),
+                &out_dir.join(format!("bench-client-timeline-{mib}mib-{}.json", rate)),
                 &timeline,
             )?;
             for (task, t0, t1) in windows {
@@ -488,7 +485,6 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .map_err(|e| TestbedError::State(format!("encode {}: {e}", path.display())))?;
     std::fs::write(path, json).map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
 }
-
 
 /// Median of the finite values (`None` when there are none).
 pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {

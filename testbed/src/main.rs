@@ -288,7 +288,6 @@ async fn config(args: &UpArgs, out_dir: &Path) -> anyhow::Result<Config> {
     })
 }
 
-
 /// Run `testbed/setup-host.sh` unless skipped.
 async fn setup_host(skip: bool) -> anyhow::Result<()> {
     if !skip {

@@ -219,7 +219,8 @@ impl Report {
                 out.push_str(&format!("  {k:<26}{p:>12}{v:>12}\n"));
             }
             if !m.pre_copy_bytes.is_empty() {
-                let rounds: Vec<String> = m.pre_copy_bytes.iter().map(|b| format!("{b} B")).collect();
+                let rounds: Vec<String> =
+                    m.pre_copy_bytes.iter().map(|b| format!("{b} B")).collect();
                 out.push_str(&format!(
                     "  pre-copy rounds ({}): {}\n",
                     rounds.len(),
@@ -354,7 +355,10 @@ mod tests {
         r.migrations[0].phases_ms.pre_copy = Some(4200.0);
         r.migrations[0].pre_copy_bytes = vec![16_900_000, 2_100_000];
         let t = r.kpi_table();
-        assert!(t.contains("4200 ms") && t.contains("pre-copy rounds (2): 16900000 B, 2100000 B"), "{t}");
+        assert!(
+            t.contains("4200 ms") && t.contains("pre-copy rounds (2): 16900000 B, 2100000 B"),
+            "{t}"
+        );
     }
 
     #[test]

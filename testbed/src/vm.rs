@@ -1071,7 +1071,9 @@ async fn demo(
             // dirty rate of the service means anything.
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        let measured = done.last().and_then(|(task, _, _)| achieved_bandwidth(task));
+        let measured = done
+            .last()
+            .and_then(|(task, _, _)| achieved_bandwidth(task));
         if let Some(l) = measured {
             println!(
                 "  planned with L = {:.2} MB/s: what the previous migration's transfer achieved",

@@ -24,10 +24,7 @@ async fn shaped_link_has_the_configured_rate_and_delay() {
     let (lan, [a, b]) = lan_with_hosts(PREFIX, ["a", "b"]).await;
     // Delay needs netem; kernels without it (this machine's) must say so clearly and leave the
     // link unshaped, and then the rate alone is checked.
-    let delay = match lan
-        .shape(&b, LinkShape::rate(RATE).with_delay(DELAY))
-        .await
-    {
+    let delay = match lan.shape(&b, LinkShape::rate(RATE).with_delay(DELAY)).await {
         Ok(()) => DELAY,
         Err(e) => {
             let msg = e.to_string();

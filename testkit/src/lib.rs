@@ -60,7 +60,16 @@ impl TestNet {
         net.sweep();
         let br = net.bridge();
         run("ip", &["link", "add", &br, "type", "bridge"])?;
-        run("ip", &["addr", "add", &format!("{}/24", net.bridge_ip()), "dev", &br])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", net.bridge_ip()),
+                "dev",
+                &br,
+            ],
+        )?;
         run("ip", &["link", "set", &br, "up"])?;
         Ok(net)
     }
@@ -97,16 +106,28 @@ impl TestNet {
         self.hosts.push(ns.clone());
         run(
             "ip",
-            &["link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+            &[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
         )?;
-        run("ip", &["link", "set", &outer, "master", &self.bridge(), "up"])?;
+        run(
+            "ip",
+            &["link", "set", &outer, "master", &self.bridge(), "up"],
+        )?;
         let inside = |args: &[&str]| {
             let mut full = vec!["netns", "exec", ns.as_str()];
             full.extend_from_slice(args);
             run("ip", &full)
         };
         inside(&["ip", "link", "set", "lo", "up"])?;
-        inside(&["ip", "addr", "add", &format!("{}/24", self.ip(n)), "dev", "eth0"])?;
+        inside(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", self.ip(n)),
+            "dev",
+            "eth0",
+        ])?;
         inside(&["ip", "link", "set", "eth0", "up"])?;
         Ok(ns)
     }
@@ -173,12 +194,24 @@ impl Drop for ChildGuard {
 
 /// Re-executes the current test binary inside host `n` as `role`, running the ignored entry test
 /// `entry` (which calls [`child_role`]). `env` passes the role's parameters.
-pub fn spawn_self(net: &TestNet, n: usize, entry: &str, role: &str, env: &[(&str, String)]) -> ChildGuard {
+pub fn spawn_self(
+    net: &TestNet,
+    n: usize,
+    entry: &str,
+    role: &str,
+    env: &[(&str, String)],
+) -> ChildGuard {
     let exe = std::env::current_exe().expect("test binary path");
     let mut cmd = net.command(n, exe.to_str().expect("utf-8 test binary path"));
-    cmd.args([entry, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, role)
-        .stdin(Stdio::null());
+    cmd.args([
+        entry,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE_ENV, role)
+    .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }

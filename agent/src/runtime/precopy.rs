@@ -188,9 +188,7 @@ fn pre_dump_args(dir: &Path, parent: Option<&str>, id: &str) -> Vec<OsString> {
 fn check_round(op: Op, name: &str) -> Result<()> {
     check_name(op, name).map_err(|_| RuntimeError::Invalid {
         op,
-        why: format!(
-            "invalid pre-copy round name {name:?}: [A-Za-z0-9_.-], starting alphanumeric"
-        ),
+        why: format!("invalid pre-copy round name {name:?}: [A-Za-z0-9_.-], starting alphanumeric"),
     })
 }
 
@@ -256,7 +254,9 @@ pub fn join_rounds(rounds: &[(String, PathBuf)], out: &Path) -> io::Result<()> {
             let mut entry = entry?;
             let name = entry.path()?.into_owned();
             if !name.starts_with(&prefix)
-                || name.components().any(|c| c == std::path::Component::ParentDir)
+                || name
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
             {
                 return Err(invalid(format!(
                     "{}: member {} is outside {}",
@@ -305,9 +305,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
         let mut rounds = Vec::new();
-        for (i, (name, parent)) in [("pre-0", None), ("pre-1", Some("pre-0")), ("pre-2", Some("pre-1"))]
-            .into_iter()
-            .enumerate()
+        for (i, (name, parent)) in [
+            ("pre-0", None),
+            ("pre-1", Some("pre-0")),
+            ("pre-2", Some("pre-1")),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let dir = fake_round(&src, name, parent, &vec![i as u8; 4096 * (3 - i)]);
             let out = t.path().join(format!("{name}.tar"));
@@ -324,7 +328,10 @@ mod tests {
             .unwrap();
         // pre-checkpoint -> the last round; each round's parent -> the round before.
         let last = std::fs::canonicalize(bundle.join(PRE_CHECKPOINT)).unwrap();
-        assert_eq!(last, std::fs::canonicalize(bundle.join(CHAIN_DIR).join("pre-2")).unwrap());
+        assert_eq!(
+            last,
+            std::fs::canonicalize(bundle.join(CHAIN_DIR).join("pre-2")).unwrap()
+        );
         let mid = std::fs::canonicalize(last.join("parent")).unwrap();
         assert!(mid.ends_with("mose-precopy/pre-1"), "{}", mid.display());
         let first = std::fs::canonicalize(mid.join("parent")).unwrap();
@@ -346,7 +353,10 @@ mod tests {
         // Offered under another round's name, its members are outside that round.
         let err = join_rounds(&[("pre-1".into(), out)], &t.path().join("j")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("outside mose-precopy/pre-1"), "{err}");
+        assert!(
+            err.to_string().contains("outside mose-precopy/pre-1"),
+            "{err}"
+        );
         let err = join_rounds(&[], &t.path().join("j")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use mose_protocol::messages::{now_us, Phase, PhaseEvent, PhaseStatus, Task};
 use mose_protocol::steps::{
-    Abort, Checkpoint, Fault, Fetch, PreDump, Prepare, Release, Resend, Restore, Resume,
-    StepKind, SwitchFlow,
+    Abort, Checkpoint, Fault, Fetch, PreDump, Prepare, Release, Resend, Restore, Resume, StepKind,
+    SwitchFlow,
 };
 use mose_protocol::units::BytesPerSec;
 use tokio::sync::watch;

@@ -98,7 +98,11 @@ mod tests {
             let status = status_of_failure(kind);
             assert!((400..600).contains(&status), "{kind}: {status}");
         }
-        assert_eq!(status_of_failure(FailureKind::Runtime), 502, "podman down is no 422");
+        assert_eq!(
+            status_of_failure(FailureKind::Runtime),
+            502,
+            "podman down is no 422"
+        );
         assert_eq!(status_of_failure(FailureKind::InvalidRequest), 422);
         assert_eq!(status_of_failure(FailureKind::WrongState), 409);
     }

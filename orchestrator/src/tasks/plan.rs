@@ -380,7 +380,12 @@ mod tests {
     #[test]
     fn uncalibrated_hosts_and_missing_metrics_are_stated() {
         let who = check(&request()).unwrap();
-        let (plan, inputs) = design(&request(), &gathered(&who, None, 10 << 20), BytesPerSec(125_000_000)).unwrap();
+        let (plan, inputs) = design(
+            &request(),
+            &gathered(&who, None, 10 << 20),
+            BytesPerSec(125_000_000),
+        )
+        .unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(!inputs.source_calibrated && !inputs.destination_calibrated);
         assert_eq!(inputs.dirty_rate_bytes_per_s, BytesPerSec(0));
@@ -417,7 +422,12 @@ mod tests {
                 bandwidth_bytes_per_s: BytesPerSec(12_500_000),
             }],
         });
-        let (plan, inputs) = design(&request(), &gathered(&who, None, 10 << 20), BytesPerSec(125_000_000)).unwrap();
+        let (plan, inputs) = design(
+            &request(),
+            &gathered(&who, None, 10 << 20),
+            BytesPerSec(125_000_000),
+        )
+        .unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
         assert_eq!(inputs.dirty_rate_bytes_per_s, BytesPerSec(1 << 20));
         assert_eq!(inputs.bandwidth_bytes_per_s, BytesPerSec(12_500_000));
@@ -428,7 +438,12 @@ mod tests {
             bandwidth_bytes_per_s: Some(BytesPerSec(2_500_000)),
             ..request()
         };
-        let (plan, inputs) = design(&req, &gathered(&who, None, 1 << 20), BytesPerSec(125_000_000)).unwrap();
+        let (plan, inputs) = design(
+            &req,
+            &gathered(&who, None, 1 << 20),
+            BytesPerSec(125_000_000),
+        )
+        .unwrap();
         assert_eq!(inputs.bandwidth_bytes_per_s, BytesPerSec(2_500_000));
         assert!(plan.bandwidth_bytes_per_s <= BytesPerSec(2_500_000));
         assert!(!plan.explanation.contains("bandwidth estimate"));
@@ -452,14 +467,16 @@ mod tests {
             ..request()
         };
         let client = Some(Ipv4Addr::new(10, 0, 0, 2));
-        let (plan, inputs) = design(&req, &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
+        let (plan, inputs) =
+            design(&req, &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
         assert_eq!(inputs.notes.len(), 1, "{:?}", inputs.notes);
         assert!(
             plan.explanation.contains("client at 10.0.0.2"),
             "{}",
             plan.explanation
         );
-        let (_, inputs) = design(&request(), &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
+        let (_, inputs) =
+            design(&request(), &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
     }
 }
