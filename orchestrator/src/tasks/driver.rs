@@ -558,7 +558,7 @@ impl Driver {
     }
 
     fn snapshot(&self) -> Option<TaskRecord> {
-        self.set(|_| {})
+        self.shared.read(&self.id)
     }
 
     /// Records a phase event and publishes it on the task's event key.

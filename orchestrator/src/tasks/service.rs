@@ -68,6 +68,11 @@ impl Shared {
         Some(record.clone())
     }
 
+    /// An active task's record as it stands, without touching it (nor its file).
+    pub(crate) fn read(&self, id: &str) -> Option<TaskRecord> {
+        self.active().get(id).map(|a| a.record.clone())
+    }
+
     /// Applies the last change to a task and stops tracking it as active.
     pub(crate) fn finish(
         &self,
