@@ -36,6 +36,28 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a killed child gets to be reaped before we stop waiting for it.
 const REAP: Duration = Duration::from_secs(5);
 
+/// A local I/O operation (a file, a socket, a namespace switch) that failed, with what was being
+/// done: the crates that drive host tools share it, so their errors read alike.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct IoError {
+    /// What was being done, e.g. "read /proc/net/dev".
+    pub what: String,
+    /// The operating system's answer.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// The failure `source` of doing `what`.
+    pub fn new(what: impl Into<String>, source: std::io::Error) -> Self {
+        IoError {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 /// Why a command did not give us its output.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

@@ -6,12 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// A local I/O operation failed (file, socket).
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mose_command::IoError),
     /// An external tool (ovs-*, tc, nsenter) could not run, failed or missed its deadline.
     #[error(transparent)]
     Command(#[from] mose_command::CommandError),
@@ -33,10 +29,7 @@ pub type Result<T, E = OverlayError> = std::result::Result<T, E>;
 
 impl OverlayError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        OverlayError::Io {
-            what: what.into(),
-            source,
-        }
+        OverlayError::Io(mose_command::IoError::new(what, source))
     }
     pub(crate) fn netlink(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         OverlayError::Netlink {

@@ -6,12 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TestbedError {
     /// A local I/O operation failed (file, socket, namespace switch).
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mose_command::IoError),
     /// An external tool (ip, tc, nsenter, podman, cargo …) could not run, failed or missed its
     /// deadline.
     #[error(transparent)]
@@ -40,9 +36,6 @@ pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
 impl TestbedError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        TestbedError::Io {
-            what: what.into(),
-            source,
-        }
+        TestbedError::Io(mose_command::IoError::new(what, source))
     }
 }
