@@ -2,6 +2,9 @@
 //! several state sizes and dirty rates through the real podman API + CRIU, and the PAM laws are
 //! fitted. Prints the parameters and the fit residuals.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod runtime_common;
 
 use mose_agent::calibration::{self, CalibrationPlan};

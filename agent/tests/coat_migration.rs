@@ -20,6 +20,14 @@
 //!
 //! Run: `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-agent --test coat_migration -- --nocapture`
 
+// Test code: a failed unwrap is a failed test, and its casts are of small measured numbers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod runtime_common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,14 @@
 //! skipped with a message elsewhere). Each test makes its own LAN prefix, so they run in
 //! parallel, and hosts are torn down on drop, so a failing assertion leaves nothing behind.
 
+// Test code: a failed unwrap is a failed test, and its casts are of small measured numbers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod runtime_common;
 
 use std::path::Path;

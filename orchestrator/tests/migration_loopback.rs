@@ -6,6 +6,9 @@
 //! each call and fails, hangs or dies where a scenario says. Real execution (Podman, CRIU, OvS)
 //! is tested on emulated hosts elsewhere.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,9 @@
 //! is not there. The executors here are test doubles for the protocol layer only; the real
 //! executor is tested against a fake host (agent unit tests) and on emulated hosts.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,14 @@
 //! the test needs no iperf3). Run:
 //! `sudo -E MOSE_ROOT_TESTS=1 cargo test -p mose-overlay --test shaping -- --nocapture`
 
+// Test code: a failed unwrap is a failed test, and its casts are of small measured numbers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};

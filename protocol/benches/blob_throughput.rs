@@ -4,6 +4,9 @@
 //! The raw copy is the floor: one TCP stream, no chunking, no framing. Both sides hash what they
 //! receive (SHA-256), since a fetch that did not verify would not be the same job.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

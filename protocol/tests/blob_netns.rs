@@ -2,6 +2,9 @@
 //! emulated host reaches the root namespace over veth + bridge with its digest verified; the
 //! same image corrupted on the source's disk after its manifest was made is refused.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

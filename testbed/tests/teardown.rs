@@ -4,6 +4,14 @@
 //!
 //! Needs root and a host prepared by `testbed/setup-host.sh`.
 
+// Test code: a failed unwrap is a failed test, and its casts are of small measured numbers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod common;
 
 use std::io::BufRead;

@@ -1,5 +1,8 @@
 //! Shared by the runtime driver's integration tests: prerequisites, images, emulated hosts
 //! with a podman API service, and talking to a container inside its network namespace.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{BufRead, BufReader, Write};

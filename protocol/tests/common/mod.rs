@@ -1,4 +1,7 @@
 //! Shared helpers for the protocol's integration tests.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // each test file uses a different subset
 
 use mose_protocol::transport::ZenohOptions;

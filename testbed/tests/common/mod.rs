@@ -1,4 +1,12 @@
 //! Helpers shared by the testbed's root integration tests.
+
+// Test code: a failed unwrap is a failed test, and its casts are of small measured numbers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::Ipv4Addr;
