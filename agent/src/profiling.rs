@@ -52,7 +52,9 @@ impl HostProbe {
         let load = System::load_average();
         HostMetrics {
             cpu_percent: self.system.global_cpu_usage(),
-            cpus: self.system.cpus().len() as u32,
+            cpus: u32::try_from(self.system.cpus().len()).unwrap_or(u32::MAX),
+            // f32 is the wire's precision for a load average.
+            #[allow(clippy::cast_possible_truncation)]
             load_avg: [load.one as f32, load.five as f32, load.fifteen as f32],
             mem_total_bytes: self.system.total_memory(),
             mem_used_bytes: self.system.used_memory(),
@@ -227,7 +229,7 @@ fn dirty_rate_since(
     }
     Ok(cleared.map(|at| {
         let secs = at.elapsed().as_secs_f64().max(1e-3);
-        BytesPerSec((bytes as f64 / secs) as u64)
+        BytesPerSec(mose_protocol::units::saturating_u64(bytes as f64 / secs))
     }))
 }
 
@@ -265,13 +267,14 @@ fn soft_dirty_bytes(pid: u32) -> io::Result<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
     // Bounded reads: a large reserved mapping must not become a large buffer here.
-    const ENTRIES_PER_READ: u64 = 1 << 16;
+    const ENTRIES_PER_READ: usize = 1 << 16;
     let mut dirty = 0u64;
-    let mut buf = vec![0u8; (ENTRIES_PER_READ * 8) as usize];
+    let mut buf = vec![0u8; ENTRIES_PER_READ * 8];
     for (start, end) in writable_ranges(&maps) {
         let (mut first, last) = (start / page, end / page);
         while first < last {
-            let n = (last - first).min(ENTRIES_PER_READ) as usize;
+            let n =
+                usize::try_from(last - first).map_or(ENTRIES_PER_READ, |n| n.min(ENTRIES_PER_READ));
             let chunk = &mut buf[..n * 8];
             pagemap.read_exact_at(chunk, first * 8)?;
             dirty += chunk

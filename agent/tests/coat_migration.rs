@@ -172,7 +172,7 @@ async fn step_any(
     let request = StepRequest {
         task: task.into(),
         step,
-        timeout_ms: STEP_TIMEOUT.as_millis() as u64,
+        timeout_ms: mose_protocol::units::millis(STEP_TIMEOUT),
     };
     let replies = session
         .get(keys.agent_rpc(agent, op.as_str()))

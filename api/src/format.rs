@@ -258,7 +258,9 @@ pub fn parse_rate_bits_per_s(text: &str) -> Result<BitsPerSec, String> {
         "100Mbit, 1Gbit or 800kbit",
         &[("bit", 1.0), ("kbit", 1e3), ("Mbit", 1e6), ("Gbit", 1e9)],
     )?;
-    Ok(BitsPerSec(bits.floor() as u64))
+    Ok(BitsPerSec(mose_protocol::units::saturating_u64(
+        bits.floor(),
+    )))
 }
 
 fn mib(bytes: u64) -> String {

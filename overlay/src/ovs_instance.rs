@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn alive_detects_self_and_dead() {
-        assert!(alive(std::process::id() as i32));
+        assert!(alive(i32::try_from(std::process::id()).unwrap()));
         assert!(!alive(i32::MAX));
     }
 }

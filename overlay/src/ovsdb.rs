@@ -40,8 +40,8 @@ pub enum OvsdbError {
     Io(#[from] std::io::Error),
     #[error("server closed the connection while waiting for the reply to `{0}`")]
     Closed(String),
-    #[error("no reply to `{method}` within {after_ms} ms")]
-    Timeout { method: String, after_ms: u64 },
+    #[error("no reply to `{method}` within {after:?}")]
+    Timeout { method: String, after: Duration },
     #[error("malformed message from server: {0}")]
     Malformed(String),
     #[error("server rejected `{method}`: {error}")]
@@ -420,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             Ok(r) => r,
             Err(_) => Err(OvsdbError::Timeout {
                 method: method.into(),
-                after_ms: timeout.as_millis() as u64,
+                after: timeout,
             }),
         }
     }
@@ -808,7 +808,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             if tokio::time::Instant::now() >= deadline {
                 return Err(OvsdbError::Timeout {
                     method: format!("ovs-vswitchd to apply configuration {want} (at {cur:?})"),
-                    after_ms: timeout.as_millis() as u64,
+                    after: timeout,
                 });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -886,7 +886,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
         loop {
             if let Some(n) = self.ofport(iface).await? {
                 if n > 0 {
-                    return Ok(n as u32);
+                    // Positive, and OpenFlow port numbers are 32-bit.
+                    return Ok(u32::try_from(n).unwrap_or(u32::MAX));
                 }
                 if n == -1 {
                     let r = self
@@ -904,7 +905,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> OvsdbClient<S> {
             if tokio::time::Instant::now() >= deadline {
                 return Err(OvsdbError::Timeout {
                     method: format!("ofport of {iface}"),
-                    after_ms: timeout.as_millis() as u64,
+                    after: timeout,
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -287,7 +287,8 @@ impl Served {
                 self.key, self.manifest.chunks
             ));
         }
-        let len = self.manifest.chunk_len(index) as usize;
+        // At most one chunk (a u32 size): always fits.
+        let len = usize::try_from(self.manifest.chunk_len(index)).unwrap_or(usize::MAX);
         let offset = index * u64::from(self.manifest.chunk_size);
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {

@@ -257,7 +257,7 @@ impl_message!(AgentProfile, MetricsSample, Task, PhaseEvent);
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
+        .map(crate::units::micros)
         .unwrap_or(0)
 }
 

@@ -3,6 +3,7 @@
 //! explicit conversion.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,25 @@ impl fmt::Display for BitsPerSec {
     }
 }
 
+/// Whole milliseconds of `d` as logs, reports and the wire carry them; saturates at `u64::MAX`
+/// (585 million years: a Duration's u128 millis never get there in practice).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whole microseconds of `d`, saturating like [`millis`].
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `x` rounded toward zero as a count (bytes, pages, bytes/s): negative and NaN become 0,
+/// beyond `u64::MAX` saturates. That is what Rust's `as` does for floats; said once here, so
+/// every model-to-count conversion reads as the deliberate step it is.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn saturating_u64(x: f64) -> u64 {
+    x as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +102,17 @@ mod tests {
         assert_eq!(BitsPerSec(1_000_000_000).to_string(), "1.0 Gbit/s");
         assert_eq!(BitsPerSec(999).to_string(), "999 bit/s");
         assert_eq!(BytesPerSec(125_000).to_string(), "125000 B/s (1.0 Mbit/s)");
+    }
+
+    #[test]
+    fn float_and_duration_conversions_saturate() {
+        assert_eq!(saturating_u64(-1.5), 0);
+        assert_eq!(saturating_u64(f64::NAN), 0);
+        assert_eq!(saturating_u64(2.9), 2);
+        assert_eq!(saturating_u64(1e30), u64::MAX);
+        assert_eq!(millis(Duration::from_micros(2_500)), 2);
+        assert_eq!(micros(Duration::from_secs(1)), 1_000_000);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 
     #[test]

@@ -498,7 +498,10 @@ pub fn percentile(values: impl Iterator<Item = f64>, p: f64) -> Option<f64> {
         return None;
     }
     v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    let rank = usize::try_from(mose_protocol::units::saturating_u64(
+        ((p / 100.0) * v.len() as f64).ceil().max(1.0),
+    ))
+    .unwrap_or(v.len());
     Some(v[rank.min(v.len()) - 1])
 }
 

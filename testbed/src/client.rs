@@ -214,7 +214,7 @@ impl LiveClient {
             if t.elapsed() > within {
                 return Err(TestbedError::Timeout {
                     what: format!("{n} replies to the live client"),
-                    after_ms: within.as_millis() as u64,
+                    after_ms: mose_protocol::units::millis(within),
                 });
             }
             tokio::time::sleep(REQUEST_INTERVAL).await;

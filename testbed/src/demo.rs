@@ -90,7 +90,7 @@ pub async fn migrate(
         if t.elapsed() > MIGRATION_TIMEOUT {
             return Err(TestbedError::Timeout {
                 what: format!("migration {} ({from} -> {to}) to finish", task.id),
-                after_ms: MIGRATION_TIMEOUT.as_millis() as u64,
+                after_ms: mose_protocol::units::millis(MIGRATION_TIMEOUT),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -401,7 +401,7 @@ pub struct UpTimings {
 }
 
 fn since(t: Instant) -> u64 {
-    t.elapsed().as_millis() as u64
+    mose_protocol::units::millis(t.elapsed())
 }
 
 impl FourHost {
@@ -460,7 +460,12 @@ impl FourHost {
         .into_iter()
         .enumerate()
         {
-            let mut h = Host::create(name, &lan, lan.host_addr(i as u8)?).await?;
+            let mut h = Host::create(
+                name,
+                &lan,
+                lan.host_addr(u8::try_from(i).unwrap_or(u8::MAX))?,
+            )
+            .await?;
             let mut podman_socket = None;
             if role != "controller" {
                 h.start_ovs().await?;
@@ -695,7 +700,7 @@ impl FourHost {
             .and_then(|(_, c)| c.id())
             .ok_or_else(|| TestbedError::State(format!("no {what} is running")))?;
         // nsenter execs the agent, so the child's pid is the agent's.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        nix::sys::signal::kill(crate::sys::pid(pid), signal)
             .map_err(|e| TestbedError::io(format!("{signal} the {what}"), e.into()))
     }
 
@@ -808,7 +813,7 @@ impl FourHost {
                          logs in {}",
                         self.cfg.log_dir().display()
                     ),
-                    after_ms: DISCOVERY_TIMEOUT.as_millis() as u64,
+                    after_ms: mose_protocol::units::millis(DISCOVERY_TIMEOUT),
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -189,7 +189,7 @@ impl Host {
         // From here on a failure must undo what was done: the Drop of `host` does exactly that.
         host.make_namespaces().await?;
         host.plug_into(lan).await?;
-        tracing::info!(host = %host.full_name, addr = %addr, ms = t0.elapsed().as_millis() as u64, "host up");
+        tracing::info!(host = %host.full_name, addr = %addr, ms = mose_protocol::units::millis(t0.elapsed()), "host up");
         Ok(host)
     }
 
@@ -624,7 +624,7 @@ impl Host {
                 ))
             })?;
         problems.extend(more);
-        tracing::info!(host = %self.full_name, ms = t0.elapsed().as_millis() as u64, "host down");
+        tracing::info!(host = %self.full_name, ms = mose_protocol::units::millis(t0.elapsed()), "host down");
         if problems.is_empty() {
             Ok(())
         } else {
@@ -652,10 +652,7 @@ impl Host {
     async fn stop_podman_service(&mut self) {
         if let Some(mut child) = self.podman_service.take() {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                let _ = nix::sys::signal::kill(sys::pid(pid), nix::sys::signal::Signal::SIGTERM);
             }
             if tokio::time::timeout(Duration::from_secs(10), child.wait())
                 .await
@@ -676,7 +673,7 @@ impl Drop for Host {
         self.torn_down = true;
         if let Some(child) = self.podman_service.take() {
             if let Some(pid) = child.id() {
-                let _ = sys::terminate(&[pid as i32], Duration::from_secs(10));
+                let _ = sys::terminate(&[sys::raw_pid(pid)], Duration::from_secs(10));
             }
         }
         drop(self.ovs.take()); // OvsInstance's own Drop stops its daemons

@@ -79,7 +79,10 @@ impl LinkShape {
     /// under netem so delayed packets are still paced.
     pub fn tc_commands(&self, dev: &str) -> Vec<Vec<String>> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let delay_us = self.delay.map(|d| d.as_micros() as u64).filter(|&u| u > 0);
+        let delay_us = self
+            .delay
+            .map(mose_protocol::units::micros)
+            .filter(|&u| u > 0);
         let tbf = |parent: &[&str], rate: u64| {
             // Burst: 5 ms worth of tokens, at least 32 KiB, so the kernel timer (HZ) does not cap
             // the rate; queue (latency): 200 ms before drops, like a modest switch buffer.

@@ -61,11 +61,21 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// A process id as the kernel's `pid_t`: Linux pids fit it (`pid_max` is at most 2²²).
+pub fn raw_pid(pid: u32) -> i32 {
+    i32::try_from(pid).unwrap_or(i32::MAX)
+}
+
+/// A process id for nix's signal calls.
+pub fn pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(raw_pid(pid))
+}
+
 /// Processes inside any of the given net/mnt namespaces, plus all their descendants (containers
 /// run in namespaces of their own but are children of the host's conmon).
 /// Namespaces equal to our own are ignored: matching them would select every process on the machine.
 pub fn pids_in_namespaces(net: Option<u64>, mnt: Option<u64>) -> Vec<i32> {
-    let me = std::process::id() as i32;
+    let me = raw_pid(std::process::id());
     let net = net.filter(|&n| Some(n) != link_inode(me, "net"));
     let mnt = mnt.filter(|&m| Some(m) != link_inode(me, "mnt"));
     if net.is_none() && mnt.is_none() {
@@ -102,7 +112,7 @@ pub fn pids_in_namespaces(net: Option<u64>, mnt: Option<u64>) -> Vec<i32> {
 /// Processes whose command line mentions `needle` (daemons of a host whose namespace files are
 /// already gone still name their state directory).
 pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
+    let me = raw_pid(std::process::id());
     all_pids()
         .into_iter()
         .filter(|&p| p != me)
@@ -255,9 +265,11 @@ mod tests {
 
     #[test]
     fn never_selects_our_own_namespaces() {
-        let mine = link_inode(std::process::id() as i32, "net");
+        let mine = link_inode(raw_pid(std::process::id()), "net");
         assert!(mine.is_some());
-        assert!(pids_in_namespaces(mine, link_inode(std::process::id() as i32, "mnt")).is_empty());
+        assert!(
+            pids_in_namespaces(mine, link_inode(raw_pid(std::process::id()), "mnt")).is_empty()
+        );
     }
 
     #[test]
@@ -268,11 +280,11 @@ mod tests {
             .args(["--net", "sleep", "30"])
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
+        let pid = raw_pid(child.id());
         let mut ino = None;
         for _ in 0..200 {
             ino = link_inode(pid, "net")
-                .filter(|&n| Some(n) != link_inode(std::process::id() as i32, "net"));
+                .filter(|&n| Some(n) != link_inode(raw_pid(std::process::id()), "net"));
             if ino.is_some() {
                 break;
             }

@@ -367,7 +367,7 @@ impl VmLab {
                     );
                 }
                 if let Some(up) = ready_line(&v.serial_log) {
-                    v.ready_ms = Some(t0.elapsed().as_millis() as u64);
+                    v.ready_ms = Some(mose_protocol::units::millis(t0.elapsed()));
                     v.guest_uptime_s = Some(up);
                     tracing::info!(vm = %v.name, secs = t0.elapsed().as_secs_f64(), guest_uptime = up, "ready");
                 } else {
@@ -388,7 +388,7 @@ impl VmLab {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         wait_for_agents(&lab.state.api_url).await?;
-        lab.state.discovery_ms = Some(t0.elapsed().as_millis() as u64);
+        lab.state.discovery_ms = Some(mose_protocol::units::millis(t0.elapsed()));
         lab.state.save(&state_file())?;
         Ok(lab)
     }
@@ -484,8 +484,10 @@ fn wire_mac(w: usize, side: usize) -> String {
 }
 /// (local, remote) UDP ports of wire w's side.
 fn wire_ports(w: usize, side: usize) -> (u16, u16) {
-    let base = WIRE_PORT_BASE + 10 * w as u16;
-    (base + side as u16, base + 1 - side as u16)
+    // A handful of wires (WIRES), each with side 0 or 1.
+    let (w, side) = (u16::try_from(w).unwrap_or(0), u16::from(side == 1));
+    let base = WIRE_PORT_BASE + 10 * w;
+    (base + side, base + 1 - side)
 }
 
 async fn start_vm(
@@ -516,7 +518,8 @@ async fn start_vm(
     )
     .await?;
 
-    let ssh_port = SSH_PORT_BASE + i as u16;
+    // One port per VM (four of them).
+    let ssh_port = SSH_PORT_BASE + u16::try_from(i).unwrap_or(0);
     let mut hostfwd = format!("hostfwd=tcp:127.0.0.1:{ssh_port}-10.0.2.15:22");
     if role == "controller" {
         hostfwd.push_str(&format!(
@@ -712,20 +715,14 @@ pub fn down() -> Result<Vec<String>> {
     // Only pids that are our QEMUs (a stale pid file may name a recycled pid).
     let ours: Vec<u32> = pids.into_iter().filter(|p| is_our_qemu(*p)).collect();
     for p in &ours {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*p as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(crate::sys::pid(*p), nix::sys::signal::Signal::SIGTERM);
     }
     let t = Instant::now();
     while ours.iter().any(|p| pid_alive(*p)) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
     for p in ours.iter().filter(|p| pid_alive(**p)) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*p as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(crate::sys::pid(*p), nix::sys::signal::Signal::SIGKILL);
     }
     std::thread::sleep(Duration::from_millis(300));
     let mut links: Vec<String> = crate::sys::link_names()
@@ -983,7 +980,8 @@ struct DemoWorkload {
 fn achieved_bandwidth(task: &mose_api::tasks::TaskRecord) -> Option<BytesPerSec> {
     let bytes = task.measurements.image_bytes? as f64;
     let ms = *task.measurements.phases_ms.get(&Phase::Transfer)?;
-    (ms > 0.0 && bytes > 0.0).then(|| BytesPerSec((bytes * 1e3 / ms) as u64))
+    (ms > 0.0 && bytes > 0.0)
+        .then(|| BytesPerSec(mose_protocol::units::saturating_u64(bytes * 1e3 / ms)))
 }
 
 async fn demo(

@@ -409,18 +409,26 @@ fn collapse(samples: &[Sample]) -> Vec<Sample> {
                     median(&pre.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
                 };
                 PreDumpValues {
-                    state_bytes: med(|p| p.state_bytes as f64) as u64,
+                    state_bytes: mose_protocol::units::saturating_u64(med(|p| {
+                        p.state_bytes as f64
+                    })),
                     frozen_s: med(|p| p.frozen_s),
                     memory_s: med(|p| p.memory_s),
-                    second_state_bytes: med(|p| p.second_state_bytes as f64) as u64,
-                    second_archive_bytes: med(|p| p.second_archive_bytes as f64) as u64,
+                    second_state_bytes: mose_protocol::units::saturating_u64(med(|p| {
+                        p.second_state_bytes as f64
+                    })),
+                    second_archive_bytes: mose_protocol::units::saturating_u64(med(|p| {
+                        p.second_archive_bytes as f64
+                    })),
                 }
             });
             let mut sample = Sample {
                 requested_mib: mib,
                 dirty_rate_bytes_per_s: rate,
-                state_bytes: med(|s| s.state_bytes as f64) as u64,
-                archive_bytes: med(|s| s.archive_bytes as f64) as u64,
+                state_bytes: mose_protocol::units::saturating_u64(med(|s| s.state_bytes as f64)),
+                archive_bytes: mose_protocol::units::saturating_u64(med(|s| {
+                    s.archive_bytes as f64
+                })),
                 freezing_s: med(|s| s.freezing_s),
                 frozen_s: med(|s| s.frozen_s),
                 podman_checkpoint_s: med(|s| s.podman_checkpoint_s),
@@ -664,8 +672,8 @@ mod tests {
                 out.push(Sample {
                     requested_mib: mib,
                     dirty_rate_bytes_per_s: rate,
-                    state_bytes: m as u64,
-                    archive_bytes: (m * 1.02) as u64,
+                    state_bytes: mose_protocol::units::saturating_u64(m),
+                    archive_bytes: mose_protocol::units::saturating_u64(m * 1.02),
                     freezing_s: 0.004,
                     frozen_s: frozen,
                     podman_checkpoint_s: 3.0 * (0.004 + frozen),
@@ -688,7 +696,7 @@ mod tests {
             flip = -flip;
             let m = s.state_bytes + 8 * 4096; // a few more pages than the dump: not the same x
             let r = s.dirty_rate_bytes_per_s;
-            let second = (r * 0.5) as u64 / 4096 * 4096;
+            let second = mose_protocol::units::saturating_u64(r * 0.5) / 4096 * 4096;
             s.pre_dump = Some(PreDumpValues {
                 state_bytes: m,
                 frozen_s: 0.01 + (5e-10 + 1e-17 * r) * m as f64,

@@ -66,7 +66,10 @@ impl<H: Host> Inner<H> {
                 ServiceRole::Destination,
             ))?;
         }
-        info!(ms = t0.elapsed().as_millis() as u64, ofport, "prepared");
+        info!(
+            ms = mose_protocol::units::millis(t0.elapsed()),
+            ofport, "prepared"
+        );
         Ok(ofport)
     }
 
@@ -172,7 +175,7 @@ impl<H: Host> Inner<H> {
         let image_bytes = self.fetch_image(task, image, &path, from).await?;
         info!(
             image_bytes,
-            ms = t0.elapsed().as_millis() as u64,
+            ms = mose_protocol::units::millis(t0.elapsed()),
             "pre-copy image fetched"
         );
         let done = Fetched { image, image_bytes };
@@ -265,7 +268,7 @@ impl<H: Host> Inner<H> {
             Ok(bytes.iter().sum::<u64>())
         };
         let fetched_bytes = self.in_phase(task, Phase::Transfer, fetch).await?;
-        let fetch_ms = t0.elapsed().as_millis() as u64;
+        let fetch_ms = mose_protocol::units::millis(t0.elapsed());
         let rounds: Vec<(String, PathBuf)> = images
             .iter()
             .filter(|(image, _)| *image != ImageId::Final)
@@ -294,7 +297,7 @@ impl<H: Host> Inner<H> {
         info!(
             fetched_bytes,
             fetch_ms,
-            restore_ms = report.elapsed.as_millis() as u64,
+            restore_ms = mose_protocol::units::millis(report.elapsed),
             "restored"
         );
         let done = Restored {

@@ -43,7 +43,7 @@ impl<H: Host> Inner<H> {
                 "steer {} to {port} (toward {to})",
                 network.ip
             )))?;
-        info!(port = %port, ofport, ms = t0.elapsed().as_millis() as u64, "client flow switched");
+        info!(port = %port, ofport, ms = mose_protocol::units::millis(t0.elapsed()), "client flow switched");
         Ok(Done)
     }
 }

@@ -32,6 +32,8 @@ mod source;
 mod state;
 
 #[cfg(test)]
+// Test double: its fixtures cast small lengths and varint bytes.
+#[allow(clippy::cast_possible_truncation)]
 mod fake;
 #[cfg(test)]
 mod tests;
@@ -155,7 +157,7 @@ impl<H: Host> StepExecutor for CoatExecutor<H> {
             let _held = service_lock.lock().await;
             let t0 = Instant::now();
             let result = inner.run(&task, step).await;
-            let ms = t0.elapsed().as_millis() as u64;
+            let ms = mose_protocol::units::millis(t0.elapsed());
             match &result {
                 Ok(_) => info!(%op, ms, "step done"),
                 Err(e) => warn!(%op, ms, error = %e, "step failed"),

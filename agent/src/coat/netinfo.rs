@@ -76,7 +76,8 @@ fn interface_addrs(ifname: &str) -> io::Result<(Ipv4Addr, u8, [u8; 6])> {
                         32
                     } else {
                         let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                        u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+                        // At most 32 bits are set.
+                        u8::try_from(u32::from_be(m.sin_addr.s_addr).count_ones()).unwrap_or(32)
                     };
                     ip = Some((Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), prefix));
                 }

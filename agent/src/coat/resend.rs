@@ -79,12 +79,15 @@ fn checksum(data: &[u8]) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded above: the sum fits 16 bits now.
+    !u16::try_from(sum).unwrap_or(u16::MAX)
 }
 
 /// In the service's namespace (call on a thread inside it): for every established connection
 /// and every receive sequence number of the checkpoint, the nudges to the client. Returns the
 /// connections nudged. Only the pair whose number matches the client's has an effect.
+// FFI: AF_INET and sizeof(sockaddr_in) fit the C types they are cast to.
+#[allow(clippy::cast_possible_truncation)]
 pub fn prompt_clients(seqs: &[u32]) -> std::io::Result<usize> {
     let connections = established()?;
     if connections.is_empty() || seqs.is_empty() {

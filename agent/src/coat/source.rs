@@ -92,7 +92,7 @@ impl<H: Host> Inner<H> {
                 "the final dump of {service} for task {task} is taken: no pre-copy round after it"
             )));
         }
-        let next = state.rounds.len() as u32;
+        let next = u32::try_from(state.rounds.len()).unwrap_or(u32::MAX);
         if round != next {
             return Err(CoatError::State(format!(
                 "pre-copy round {round} of {service} does not follow: task {task} has {next} \
@@ -129,7 +129,7 @@ impl<H: Host> Inner<H> {
             .map_err(io("name the finished round archive", &path))?;
         info!(
             image_bytes,
-            runc_ms = report.elapsed.as_millis() as u64,
+            runc_ms = mose_protocol::units::millis(report.elapsed),
             pages = report.criu.map(|c| c.pages_written),
             "pre-copy round archived"
         );
@@ -154,7 +154,7 @@ impl<H: Host> Inner<H> {
     ) -> Result<Dumped> {
         check_service(service)?;
         let mut state = self.dump_state(task, service)?;
-        let held = state.rounds.len() as u32;
+        let held = u32::try_from(state.rounds.len()).unwrap_or(u32::MAX);
         if held != rounds {
             return Err(CoatError::State(format!(
                 "the checkpoint of {service} asks for pre-copy rounds 0..{rounds}, but task {task} \
@@ -226,7 +226,7 @@ impl<H: Host> Inner<H> {
             .map_err(io("name the finished checkpoint archive", path))?;
         info!(
             bytes = report.archive_bytes,
-            podman_ms = report.podman_time.as_millis() as u64,
+            podman_ms = mose_protocol::units::millis(report.podman_time),
             frozen_us = report.criu.map(|c| c.frozen_time_us),
             "checkpointed"
         );
@@ -286,7 +286,7 @@ impl<H: Host> Inner<H> {
             .restore_archive(service, &archive, &rounds, what)
             .await?;
         info!(
-            ms = report.elapsed.as_millis() as u64,
+            ms = mose_protocol::units::millis(report.elapsed),
             "resumed from the local checkpoint"
         );
         self.remove_archives(task);

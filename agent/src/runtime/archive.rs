@@ -126,7 +126,7 @@ impl TarScanner {
                 }
                 State::Data { left, pad, keep } => {
                     if *left > 0 {
-                        let n = (*left).min(data.len() as u64) as usize;
+                        let n = usize::try_from(*left).map_or(data.len(), |l| l.min(data.len()));
                         match keep {
                             Keep::Skip => {}
                             Keep::Member(_, buf) | Keep::LongName(buf) | Keep::Pax(buf) => {
@@ -137,7 +137,7 @@ impl TarScanner {
                         data = &data[n..];
                         self.offset += n as u64;
                     } else {
-                        let n = (*pad).min(data.len() as u64) as usize;
+                        let n = usize::try_from(*pad).map_or(data.len(), |p| p.min(data.len()));
                         *pad -= n as u64;
                         data = &data[n..];
                         self.offset += n as u64;
@@ -231,14 +231,14 @@ impl TarScanner {
                     "tar header at offset {at}: {size}-byte metadata member"
                 ));
             }
-            b'L' => Keep::LongName(Vec::with_capacity(size as usize)),
-            b'x' => Keep::Pax(Vec::with_capacity(size as usize)),
+            b'L' => Keep::LongName(Vec::with_capacity(capacity(size))),
+            b'x' => Keep::Pax(Vec::with_capacity(capacity(size))),
             // Regular files ('0', or NUL in old archives) are the only ones with a name we want.
             b'0' | 0 => {
                 let name = pending.name.unwrap_or_else(|| header_name(h));
                 let name = name.strip_prefix("./").unwrap_or(&name).to_string();
                 if (self.wanted)(&name) && size <= self.max_member {
-                    Keep::Member(name, Vec::with_capacity(size as usize))
+                    Keep::Member(name, Vec::with_capacity(capacity(size)))
                 } else {
                     Keep::Skip
                 }
@@ -316,6 +316,12 @@ fn verify_checksum(h: &[u8]) -> Result<(), String> {
     } else {
         Err(format!("checksum {stored} != {sum}: {NOT_TAR}"))
     }
+}
+
+/// A buffer's initial capacity for a member of `size` bytes (bounded by the caller's limits);
+/// a size beyond the address space starts empty and grows.
+fn capacity(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(0)
 }
 
 #[cfg(test)]

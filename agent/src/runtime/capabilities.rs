@@ -144,7 +144,7 @@ pub async fn probe(podman: &Podman, opts: &ProbeOptions) -> ProbeReport {
     };
     tracing::info!(
         ?capabilities,
-        ms = t0.elapsed().as_millis() as u64,
+        ms = mose_protocol::units::millis(t0.elapsed()),
         "host capabilities probed"
     );
     ProbeReport {

@@ -244,8 +244,8 @@ impl Podman {
             tracing::info!(
                 container = name,
                 bytes = report.archive_bytes,
-                podman_ms = podman_time.as_millis() as u64,
-                transfer_ms = report.transfer_time.as_millis() as u64,
+                podman_ms = mose_protocol::units::millis(podman_time),
+                transfer_ms = mose_protocol::units::millis(report.transfer_time),
                 frozen_us = report.criu.map(|c| c.frozen_time_us),
                 "checkpoint exported"
             );
@@ -332,7 +332,7 @@ impl Podman {
                 tracing::info!(
                     container = report.name.as_deref().unwrap_or(&report.id),
                     bytes,
-                    ms = elapsed.as_millis() as u64,
+                    ms = mose_protocol::units::millis(elapsed),
                     restore_us = report.criu.map(|c| c.restore_time_us),
                     "checkpoint restored"
                 );
@@ -396,7 +396,7 @@ impl Podman {
         tracing::info!(
             container = %report.id,
             bytes = archive_bytes,
-            ms = elapsed.as_millis() as u64,
+            ms = mose_protocol::units::millis(elapsed),
             restore_us = report.criu.map(|c| c.restore_time_us),
             "checkpoint restored on top of its pre-checkpoint"
         );

@@ -65,6 +65,8 @@ fn parse_tcp_stream(file: &[u8]) -> Result<u32, String> {
 }
 
 #[cfg(test)]
+// Test fixtures: small lengths and byte patterns.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

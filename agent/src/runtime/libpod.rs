@@ -127,7 +127,7 @@ impl Podman {
             Err(_) => Err(RuntimeError::Timeout {
                 op,
                 target: target.into(),
-                after_ms: deadline.as_millis() as u64,
+                after_ms: mose_protocol::units::millis(deadline),
             }),
         }
     }

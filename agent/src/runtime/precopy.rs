@@ -122,7 +122,7 @@ impl Podman {
             .ok()
             .and_then(|b| parse_stats_dump(&b).ok());
         tracing::info!(
-            ms = elapsed.as_millis() as u64,
+            ms = mose_protocol::units::millis(elapsed),
             pages = criu.map(|c| c.pages_written),
             "pre-copy round dumped"
         );
@@ -285,6 +285,8 @@ pub fn join_rounds(rounds: &[(String, PathBuf)], out: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
+// Test fixtures: small lengths and byte patterns.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

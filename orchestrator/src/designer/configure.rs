@@ -4,7 +4,7 @@
 //! rounds — and say why.
 
 use mose_protocol::model::{Objective, PamParams, Plan, Strategy};
-use mose_protocol::units::BytesPerSec;
+use mose_protocol::units::{saturating_u64, BytesPerSec};
 
 use super::pam::{cold_law, predict, ColdLaw, ModelInput, Prediction};
 use super::{finite_result, non_negative, positive, validate_params, DesignError};
@@ -90,7 +90,7 @@ pub fn configure(params: &PamParams, request: &DesignRequest) -> Result<Plan, De
     validate_params(params)?;
     request.validate()?;
     // Saturates for absurdly large inputs instead of wrapping.
-    let available = request.available_bandwidth_bytes_per_s.floor() as u64;
+    let available = saturating_u64(request.available_bandwidth_bytes_per_s.floor());
     match request.objective {
         Objective::Resources => minimise_resources(params, request, available),
         Objective::Downtime => minimise_downtime(params, request, available),
@@ -176,7 +176,7 @@ fn least_whole_bandwidth(
     available: u64,
 ) -> u64 {
     let meets = |bandwidth: u64| law.downtime_s(bandwidth as f64) <= theta_s;
-    let mut bandwidth = (min_bandwidth_bytes_per_s.ceil() as u64).clamp(1, available);
+    let mut bandwidth = saturating_u64(min_bandwidth_bytes_per_s.ceil()).clamp(1, available);
     while bandwidth > 1 && meets(bandwidth - 1) {
         bandwidth -= 1;
     }
@@ -560,7 +560,7 @@ mod tests {
             let plan = configure(&p, &req).unwrap();
             prop_assert_eq!(plan.strategy, Strategy::Cold);
             prop_assert_eq!(plan.predicted_downtime_s, plan.predicted_total_s);
-            let available = req.available_bandwidth_bytes_per_s.floor() as u64;
+            let available = saturating_u64(req.available_bandwidth_bytes_per_s.floor());
             prop_assert!(plan.bandwidth_bytes_per_s.0 >= 1 && plan.bandwidth_bytes_per_s.0 <= available);
             let law = cold_law(&p, req.state_bytes, req.dirty_rate_max_bytes_per_s).unwrap();
             let theta = req.theta_down_s.min(req.theta_mig_s);

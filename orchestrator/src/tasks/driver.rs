@@ -334,7 +334,7 @@ impl Driver {
                 "step",
                 op,
                 agent,
-                timeout_ms = timeout.as_millis() as u64
+                timeout_ms = mose_protocol::units::millis(timeout)
             ));
         let cancel = &mut self.cancel;
         let cancelled = async {

@@ -95,7 +95,8 @@ impl Store {
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, record = excluded.record",
             params![
                 record.id,
-                record.created_us as i64,
+                // SQLite integers are i64; µs since 1970 fit until the year 294 247.
+                i64::try_from(record.created_us).unwrap_or(i64::MAX),
                 record.status.as_str(),
                 json
             ],

@@ -27,7 +27,7 @@ impl Rng {
             c.copy_from_slice(&self.next_u64().to_le_bytes());
         }
         for b in chunks.into_remainder() {
-            *b = self.next_u64() as u8;
+            *b = self.next_u64().to_le_bytes()[0];
         }
     }
 }
@@ -49,6 +49,8 @@ impl Pacer {
     }
     /// Pages to dirty now so the total keeps up with the rate at `elapsed_s`.
     pub fn due(&mut self, elapsed_s: f64) -> u64 {
+        // Non-negative and far below u64::MAX pages; `as` saturates anyway.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let target = (self.pages_per_s * elapsed_s).floor() as u64;
         let n = target.saturating_sub(self.done);
         self.done += n;
