@@ -17,6 +17,12 @@ pub mod fourhost;
 pub mod host;
 pub mod images;
 pub mod lan;
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    reason = "pixel geometry: coordinates are bounded by the fixed image size, far inside i32/u32"
+)]
 pub mod plot;
 pub mod report;
 mod sweep;
