@@ -47,8 +47,10 @@ pub struct Cli {
     /// (and overrides) the config file's [flow_ports]
     #[arg(long = "flow-port", value_name = "AGENT=PORT", value_parser = parse_flow_port)]
     pub flow_ports: Vec<(String, String)>,
+    /// Zenoh connection flags.
     #[command(flatten)]
     pub zenoh: ZenohArgs,
+    /// A one-off job instead of running the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -62,6 +64,7 @@ pub enum Command {
     Calibrate(CalibrateArgs),
 }
 
+/// Options of `calibrate`.
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// The memory workload image (testbed/workloads `memload`), present on this host

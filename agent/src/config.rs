@@ -15,33 +15,49 @@ use thiserror::Error;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
+    /// Agent id.
     pub id: Option<String>,
+    /// Edge or mobile.
     pub role: Option<Role>,
+    /// Key-expression prefix.
     pub prefix: Option<String>,
+    /// Metrics period.
     pub metrics_interval_ms: Option<u64>,
+    /// The Podman API socket.
     pub podman_socket: Option<PathBuf>,
+    /// The OVSDB socket.
     pub ovsdb_socket: Option<PathBuf>,
+    /// Where ovs-vswitchd keeps its OpenFlow sockets.
     pub ovs_rundir: Option<PathBuf>,
+    /// The OvS bridge.
     pub ovs_bridge: Option<String>,
+    /// Work directory for archives and service state.
     pub work_dir: Option<PathBuf>,
     /// `[flow_ports]`: agent id = OvS port toward that agent's host.
     pub flow_ports: BTreeMap<String, String>,
+    /// Zenoh session settings (`[zenoh]`).
     pub zenoh: ZenohOptions,
 }
 
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The config file is unreadable or invalid.
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    /// The agent id is not a valid key chunk.
     #[error("invalid agent id: {0}")]
     Id(KeyError),
+    /// The prefix is not a valid key expression.
     #[error("invalid key prefix: {0}")]
     Prefix(KeyError),
+    /// The metrics interval is out of range.
     #[error("metrics interval must be between 50 ms and 1 h, got {0} ms")]
     MetricsInterval(u64),
+    /// No id was given and the host name is unknown.
     #[error("cannot determine the host name for the default agent id; set --id")]
     NoHostname,
+    /// A `--flow-port` or `[flow_ports]` entry is malformed.
     #[error("invalid flow port entry: {0}")]
     FlowPort(String),
 }
@@ -53,6 +69,7 @@ pub struct AgentConfig {
     pub id: String,
     /// Default: edge.
     pub role: Role,
+    /// The MOSE key space. Default prefix: `mose`.
     pub keys: KeySpace,
     /// Default: 1 s.
     pub metrics_interval: Duration,
@@ -70,6 +87,7 @@ pub struct AgentConfig {
     /// Mobile hosts: OvS port on `ovs_bridge` toward each edge agent, by agent id (the flow
     /// switch steers the service there). Default: none.
     pub flow_ports: BTreeMap<String, String>,
+    /// Zenoh session settings.
     pub zenoh: ZenohOptions,
 }
 

@@ -1,3 +1,5 @@
+//! mose-agent: announces this host, publishes its metrics and runs the COAT steps of migrations.
+
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -16,8 +16,15 @@ use crate::profiling::{ContainerProbe, HostProbe};
 /// A failure to join the MOSE network.
 #[derive(Debug, Error)]
 pub enum NodeError {
+    /// A declaration on the session failed.
     #[error("zenoh: cannot {what}: {reason}")]
-    Zenoh { what: String, reason: String },
+    Zenoh {
+        /// What was being declared.
+        what: String,
+        /// Zenoh's message.
+        reason: String,
+    },
+    /// The profile could not be encoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -136,10 +143,12 @@ impl AgentNode {
         })
     }
 
+    /// The node's Zenoh session.
     pub fn session(&self) -> &Session {
         &self.session
     }
 
+    /// The node's key space.
     pub fn keys(&self) -> &KeySpace {
         &self.keys
     }

@@ -39,12 +39,14 @@ impl Default for HostProbe {
 }
 
 impl HostProbe {
+    /// A probe; its first sample covers the time since this call.
     pub fn new() -> Self {
         let mut system = System::new();
         system.refresh_cpu_usage();
         Self { system }
     }
 
+    /// Host-wide load since the previous sample.
     pub fn sample(&mut self) -> HostMetrics {
         self.system.refresh_cpu_usage();
         self.system
@@ -64,6 +66,7 @@ impl HostProbe {
 
 /// Per-container metrics, provided by whoever knows the containers.
 pub trait ContainerProbe: Send + Sync {
+    /// The current metrics of every service container.
     fn containers(&self) -> Vec<ContainerMetrics>;
 }
 
@@ -98,6 +101,7 @@ impl Default for CgroupProbe {
 }
 
 impl CgroupProbe {
+    /// A probe measuring dirty rates with `method`.
     pub fn new(method: DirtyMethod) -> Self {
         Self {
             method,
@@ -126,6 +130,7 @@ impl CgroupProbe {
         }
     }
 
+    /// The dirty-rate method in use.
     pub fn method(&self) -> DirtyMethod {
         self.method
     }

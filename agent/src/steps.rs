@@ -50,6 +50,7 @@ pub struct StepServer {
 }
 
 impl StepServer {
+    /// Declares one queryable per step under this agent's keys, served by `executor`.
     pub async fn start<E: StepExecutor>(
         session: &Session,
         keys: &KeySpace,

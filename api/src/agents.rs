@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// What the orchestrator knows about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentView {
+    /// The agent's id.
     pub id: String,
     /// When the orchestrator saw the agent's token appear (Unix µs).
     pub joined_us: u64,

@@ -12,16 +12,32 @@ use crate::tasks::{MigrationRequest, TaskRecord};
 /// A failed API call.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// No HTTP answer came back (connection refused, DNS, timeout).
     #[error("cannot reach the orchestrator at {url}: {reason} (is mose-orchestrator running? see --api)")]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// The transport's message.
+        reason: String,
+    },
+    /// The orchestrator answered with an error status.
     #[error("{url}: {status}: {message}")]
     Api {
+        /// The URL called.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The `error` of the answer's body, or the body itself.
         message: String,
     },
+    /// The answer was not the JSON expected.
     #[error("{url}: unexpected answer: {reason}")]
-    Decode { url: String, reason: String },
+    Decode {
+        /// The URL called.
+        url: String,
+        /// What did not decode.
+        reason: String,
+    },
 }
 
 /// A client of one orchestrator's HTTP API.
@@ -39,18 +55,22 @@ impl ApiClient {
         }
     }
 
+    /// `GET /v1/agents`: every agent the orchestrator knows.
     pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
         self.get("/v1/agents").await
     }
 
+    /// `GET /v1/agents/{id}`.
     pub async fn agent(&self, id: &str) -> Result<AgentView, ClientError> {
         self.get(&format!("/v1/agents/{id}")).await
     }
 
+    /// `GET /v1/migrations`: every task, newest first.
     pub async fn migrations(&self) -> Result<Vec<TaskRecord>, ClientError> {
         self.get("/v1/migrations").await
     }
 
+    /// `GET /v1/migrations/{id}`.
     pub async fn migration(&self, id: &str) -> Result<TaskRecord, ClientError> {
         self.get(&format!("/v1/migrations/{id}")).await
     }
@@ -127,5 +147,6 @@ impl ApiClient {
 /// Every error answer of the API: `{"error": "..."}` with a 4xx/5xx status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, in one sentence.
     pub error: String,
 }

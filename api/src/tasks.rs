@@ -99,6 +99,7 @@ pub struct PlanInputs {
     pub bandwidth_bytes_per_s: BytesPerSec,
     /// Whether each host's own calibration was used (else the paper's defaults).
     pub source_calibrated: bool,
+    /// Same for the destination.
     pub destination_calibrated: bool,
     /// Where an input came from a fallback, in words.
     pub notes: Vec<String>,
@@ -136,12 +137,15 @@ pub struct Measurements {
     pub frozen_ms: Option<f64>,
     /// Task accepted → source released.
     pub total_ms: Option<f64>,
+    /// Size of the final checkpoint archive.
     pub image_bytes: Option<u64>,
     /// Archive size of each pre-copy round, oldest first (empty for cold): after the first,
     /// only what was dirtied since the round before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_copy_bytes: Vec<u64>,
+    /// CRIU's statistics of the final dump.
     pub checkpoint_stats: Option<CriuStats>,
+    /// CRIU's statistics of the restore.
     pub restore_stats: Option<CriuStats>,
 }
 
@@ -191,16 +195,21 @@ fn ms(us: u64) -> f64 {
 /// One migration task, as stored and as `GET /v1/migrations/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
+    /// The task's id.
     pub id: String,
+    /// The request as submitted.
     pub request: MigrationRequest,
     /// The service as the source described it (network identity the destination recreates).
     pub spec: ServiceSpec,
+    /// What the designer was fed.
     pub inputs: PlanInputs,
     /// Strategy, bandwidth, rounds, and the predictions (upper bounds) with their explanation.
     pub plan: Plan,
+    /// Where the task is in its life.
     pub status: TaskStatus,
     /// The phase the driver is in (or ended in).
     pub phase: Option<Phase>,
+    /// How far the forward path got, for rollback and restart.
     pub progress: Progress,
     /// Every phase start/end, from the orchestrator and from the agents, in arrival order.
     pub events: Vec<PhaseEvent>,
@@ -209,9 +218,13 @@ pub struct TaskRecord {
     pub faults: Vec<Fault>,
     /// The outcome in one sentence when the task did not succeed.
     pub error: Option<String>,
+    /// KPIs measured from the events.
     pub measurements: Measurements,
+    /// When the task was accepted, Unix microseconds.
     pub created_us: u64,
+    /// Last change of the record, Unix microseconds.
     pub updated_us: u64,
+    /// When the task ended, Unix microseconds.
     pub finished_us: Option<u64>,
 }
 

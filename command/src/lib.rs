@@ -67,32 +67,46 @@ pub enum CommandError {
     /// The program could not be started (not installed, not executable, no permission).
     #[error("cannot run `{}`: {source}", line(.program, .args))]
     Spawn {
+        /// The program.
         program: String,
+        /// Its arguments.
         args: Vec<String>,
+        /// Why it could not be started.
         #[source]
         source: std::io::Error,
     },
     /// The program ran and exited unsuccessfully; `stderr` is its own explanation (trimmed).
     #[error("`{}` failed ({status}): {}", line(.program, .args), or_none(.stderr))]
     Failed {
+        /// The program.
         program: String,
+        /// Its arguments.
         args: Vec<String>,
+        /// How it exited.
         status: ExitStatus,
+        /// Its standard error, trimmed.
         stderr: String,
     },
     /// The program did not finish within its deadline and was killed.
     #[error("`{}` did not finish within {} ms and was killed", line(.program, .args), .after.as_millis())]
     TimedOut {
+        /// The program.
         program: String,
+        /// Its arguments.
         args: Vec<String>,
+        /// The deadline it exceeded.
         after: Duration,
     },
     /// Talking to the running program failed (feeding its stdin, reading its output, waiting).
     #[error("`{}`: cannot {what}: {source}", line(.program, .args))]
     Io {
+        /// The program.
         program: String,
+        /// Its arguments.
         args: Vec<String>,
+        /// What could not be done ("write stdin", "wait", ...).
         what: &'static str,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -132,6 +146,7 @@ impl CommandError {
     }
 }
 
+/// A result whose error defaults to [`CommandError`].
 pub type Result<T, E = CommandError> = std::result::Result<T, E>;
 
 /// `program arg arg…` for messages.
@@ -197,11 +212,13 @@ impl Cmd {
         Ok(Self::new(program).args(args))
     }
 
+    /// Adds one argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.inner.arg(arg);
         self
     }
 
+    /// Adds arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -211,11 +228,13 @@ impl Cmd {
         self
     }
 
+    /// Sets an environment variable for the program.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.inner.env(key, value);
         self
     }
 
+    /// Sets environment variables for the program.
     pub fn envs<I, K, V>(mut self, vars: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
@@ -226,11 +245,13 @@ impl Cmd {
         self
     }
 
+    /// Removes an environment variable from the program's environment.
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
         self.inner.env_remove(key);
         self
     }
 
+    /// Runs the program in `dir`.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.inner.current_dir(dir);
         self

@@ -20,18 +20,23 @@ use crate::tasks::{MigrationRequest, Migrations, TaskError, TaskRecord};
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
+    /// The live view of the agents.
     pub agents: AgentsView,
+    /// Submission and inspection of migrations.
     pub migrations: Migrations,
 }
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status of the answer.
     pub status: StatusCode,
+    /// The `error` of its body.
     pub message: String,
 }
 
 impl ApiError {
+    /// A 404 with `message`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

@@ -43,6 +43,7 @@ pub struct Cli {
     /// per second [default: 125000000, 1 Gbit/s]
     #[arg(long, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     pub default_bandwidth: Option<u64>,
+    /// Zenoh connection flags.
     #[command(flatten)]
     pub zenoh: ZenohArgs,
 }
@@ -51,12 +52,17 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
+    /// Address of the HTTP API.
     pub http: Option<SocketAddr>,
+    /// Key-expression prefix of the MOSE domain.
     pub prefix: Option<String>,
+    /// Directory of the task database.
     pub state_dir: Option<PathBuf>,
+    /// Bandwidth to plan with when the source has no estimate.
     pub default_bandwidth_bytes_per_s: Option<u64>,
     /// Step timeouts and retries (`[steps]`); what is absent keeps its default.
     pub steps: StepsFile,
+    /// Zenoh session settings (`[zenoh]`).
     pub zenoh: ZenohOptions,
 }
 
@@ -66,16 +72,23 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StepsFile {
+    /// Timeout of Describe.
     pub describe_ms: Option<u64>,
+    /// Timeout of Prepare.
     pub prepare_ms: Option<u64>,
+    /// Timeout of each pre-dump round and of the final checkpoint.
     pub checkpoint_ms: Option<u64>,
     /// Excluding the transfer, whose allowance is added per task.
     pub restore_ms: Option<u64>,
+    /// Timeout of SwitchFlow.
     pub switch_flow_ms: Option<u64>,
+    /// Timeout of Release.
     pub release_ms: Option<u64>,
     /// Each attempt of each rollback step.
     pub rollback_ms: Option<u64>,
+    /// Attempts of each rollback or release step.
     pub retry_attempts: Option<u32>,
+    /// Pause between those attempts.
     pub retry_backoff_ms: Option<u64>,
     /// How long a rollback or release step waits for its agent to come back when it is absent.
     pub agent_wait_ms: Option<u64>,
@@ -121,10 +134,15 @@ impl StepsFile {
 /// The settled configuration.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
+    /// Where the HTTP API listens.
     pub http: SocketAddr,
+    /// The MOSE key space.
     pub keys: KeySpace,
+    /// Directory of the task database.
     pub state_dir: PathBuf,
+    /// Step timeouts, retries and the planning default.
     pub driver: DriverConfig,
+    /// Zenoh session settings.
     pub zenoh: ZenohOptions,
 }
 
@@ -135,19 +153,25 @@ impl OrchestratorConfig {
     }
 }
 
+/// A configuration that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The config file is unreadable or invalid.
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    /// A bandwidth of 0 would plan an endless transfer.
     #[error("default_bandwidth_bytes_per_s must be at least 1 byte per second")]
     ZeroBandwidth,
+    /// A step setting that must be positive is 0.
     #[error("[steps] {0} must be at least 1")]
     ZeroStepSetting(&'static str),
+    /// The key prefix is not a valid key expression.
     #[error("invalid key prefix: {0}")]
     Prefix(#[from] KeyError),
 }
 
 impl ConfigFile {
+    /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Ok(load_toml(path)?)
     }

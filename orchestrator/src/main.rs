@@ -1,3 +1,5 @@
+//! mose-orchestrator: discovers the agents, plans and drives migrations, serves the HTTP API.
+
 use anyhow::Context;
 use clap::Parser;
 use mose_orchestrator::api::{self, ApiState};

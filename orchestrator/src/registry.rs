@@ -43,6 +43,7 @@ impl AgentsView {
         self.read().values().cloned().collect()
     }
 
+    /// One present agent.
     pub fn get(&self, id: &str) -> Option<AgentView> {
         self.read().get(id).cloned()
     }
@@ -131,7 +132,9 @@ impl AgentsView {
 /// How hard to try fetching a new agent's profile.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
+    /// Timeout of each profile query.
     pub profile_timeout: Duration,
+    /// Profile queries before giving up (the agent stays listed without a profile).
     pub profile_attempts: u32,
 }
 
@@ -159,6 +162,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Declares the subscriptions and starts following the agents under `keys`.
     pub async fn start(
         session: &Session,
         keys: KeySpace,
@@ -254,6 +258,7 @@ impl Registry {
         })
     }
 
+    /// A handle on the live view, for the API and the driver.
     pub fn view(&self) -> AgentsView {
         self.view.clone()
     }

@@ -12,43 +12,74 @@ use zenoh::Session;
 /// every other variant leaves the step's effect unknown, so the caller must roll back.
 #[derive(Debug, Error)]
 pub enum RpcError {
+    /// No reply within the step's timeout: the step may still be running.
     #[error("agent {agent} did not answer '{op}' within {timeout:?}")]
     NoAnswer {
+        /// The agent addressed.
         agent: String,
+        /// The step.
         op: Op,
+        /// How long the caller waited.
         timeout: Duration,
     },
     /// The query ended before its timeout with no reply: no such agent is reachable (never
     /// was, or it died or was cut off while the step ran).
     #[error("agent {agent} is gone: no answer to '{op}' after {after:?}")]
     Gone {
+        /// The agent addressed.
         agent: String,
+        /// The step.
         op: Op,
+        /// When the query ended.
         after: Duration,
     },
     /// The agent could not take the request at all (another protocol version, a request it
     /// cannot decode): it did not run the step.
     #[error("agent {agent} refused '{op}': {reason}")]
     Refused {
+        /// The agent addressed.
         agent: String,
+        /// The step.
         op: Op,
+        /// The agent's explanation.
         reason: String,
     },
+    /// The agent ran the step and it failed; a `timeout` kind leaves its effect unknown.
     #[error("agent {agent}: {failure}")]
-    Failed { agent: String, failure: StepFailure },
+    Failed {
+        /// The agent that ran it.
+        agent: String,
+        /// Its typed failure.
+        failure: StepFailure,
+    },
+    /// The reply could not be decoded: the step's effect is unknown.
     #[error("agent {agent} answered '{op}' with an undecodable reply: {source}")]
     Decode {
+        /// The agent addressed.
         agent: String,
+        /// The step.
         op: Op,
+        /// The decoding error.
         source: CodecError,
     },
     /// The reply belongs to another task or another step: the agent's state is unknown.
     #[error("agent {agent} answered '{op}' with {got}")]
-    Mismatch { agent: String, op: Op, got: String },
+    Mismatch {
+        /// The agent addressed.
+        agent: String,
+        /// The step.
+        op: Op,
+        /// What arrived instead.
+        got: String,
+    },
+    /// The query could not be sent: the step did not run.
     #[error("cannot send '{op}' to agent {agent}: {reason}")]
     Send {
+        /// The agent addressed.
         agent: String,
+        /// The step.
         op: Op,
+        /// Zenoh's message.
         reason: String,
     },
 }
@@ -116,6 +147,7 @@ pub struct AgentRpc {
 const TRAVEL_MARGIN: Duration = Duration::from_secs(2);
 
 impl AgentRpc {
+    /// A client on `session` addressing agents under `keys`.
     pub fn new(session: Session, keys: KeySpace) -> Self {
         Self { session, keys }
     }

@@ -13,7 +13,12 @@ pub enum OverlayError {
     Command(#[from] mose_command::CommandError),
     /// A netlink request was refused by the kernel.
     #[error("netlink: {what}: {reason}")]
-    Netlink { what: String, reason: String },
+    Netlink {
+        /// The request that was refused.
+        what: String,
+        /// The kernel's answer.
+        reason: String,
+    },
     /// The OVSDB server, the transport or the reply was wrong.
     #[error("ovsdb: {0}")]
     Ovsdb(#[from] crate::ovsdb::OvsdbError),
@@ -22,9 +27,15 @@ pub enum OverlayError {
     Invalid(String),
     /// A path we need does not exist or is unusable.
     #[error("{what}: {path}")]
-    Path { what: String, path: PathBuf },
+    Path {
+        /// What the path is for.
+        what: String,
+        /// The path.
+        path: PathBuf,
+    },
 }
 
+/// A result whose error defaults to [`OverlayError`].
 pub type Result<T, E = OverlayError> = std::result::Result<T, E>;
 
 impl OverlayError {

@@ -41,23 +41,31 @@ pub enum Match {
 /// What a flow does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Send to this OpenFlow port.
     Output(u32),
+    /// Ordinary L2 switching.
     Normal,
+    /// Discard.
     Drop,
 }
 
 /// One flow entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
+    /// OpenFlow priority; higher wins.
     pub priority: u16,
+    /// Which packets it applies to.
     pub matcher: Match,
+    /// What happens to them.
     pub action: Action,
 }
 
 /// A service's stable addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceAddr {
+    /// The service's IPv4 address.
     pub ip: Ipv4Addr,
+    /// The service's MAC.
     pub mac: MacAddr,
 }
 
@@ -240,6 +248,7 @@ pub struct Steering<B> {
 }
 
 impl<B: FlowBackend> Steering<B> {
+    /// Steering on `bridge` through `backend`.
     pub fn new(backend: B, bridge: impl Into<String>) -> Self {
         Steering {
             backend,

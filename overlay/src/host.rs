@@ -59,6 +59,7 @@ pub struct HostOverlay {
 /// An endpoint attached to the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedEndpoint {
+    /// The namespace and its veth.
     pub endpoint: Endpoint,
     /// OpenFlow port number of its host-side veth.
     pub ofport: u32,
@@ -101,14 +102,17 @@ impl HostOverlay {
         self
     }
 
+    /// The OvS bridge endpoints are attached to.
     pub fn bridge(&self) -> &str {
         &self.bridge
     }
 
+    /// The namespace the host side lives in, if not the caller's.
     pub fn host_netns(&self) -> Option<&Path> {
         self.host_ns.as_deref()
     }
 
+    /// Where named namespaces are mounted.
     pub fn netns_dir(&self) -> &Path {
         &self.netns_dir
     }

@@ -68,7 +68,9 @@ impl fmt::Display for MacAddr {
 /// A neighbour (ARP) entry to pre-load, so the first packet does not wait ~1 s for ARP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbour {
+    /// The neighbour's IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its MAC.
     pub mac: MacAddr,
 }
 
@@ -81,8 +83,11 @@ pub struct EndpointSpec {
     pub host_ifname: String,
     /// The interface name inside the namespace.
     pub ifname: String,
+    /// The address inside the namespace.
     pub ip: Ipv4Addr,
+    /// Its prefix length.
     pub prefix_len: u8,
+    /// The MAC of the inner interface.
     pub mac: MacAddr,
     /// Default route, if the service talks beyond its subnet.
     pub gateway: Option<Ipv4Addr>,
@@ -134,8 +139,11 @@ impl EndpointSpec {
 /// An endpoint that exists: its namespace path and the host-side veth name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The namespace's bind-mount path.
     pub netns_path: PathBuf,
+    /// The veth end in the host namespace.
     pub host_ifname: String,
+    /// The interface name inside the namespace.
     pub ifname: String,
 }
 

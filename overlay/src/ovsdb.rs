@@ -31,32 +31,58 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Errors of the OVSDB client.
 #[derive(Debug, thiserror::Error)]
 pub enum OvsdbError {
+    /// The unix socket could not be connected.
     #[error("cannot connect to {path}: {source}")]
     Connect {
+        /// The socket path.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Reading or writing the connection failed.
     #[error("i/o on OVSDB connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The server closed the connection before replying to this method.
     #[error("server closed the connection while waiting for the reply to `{0}`")]
     Closed(String),
+    /// The server did not reply in time.
     #[error("no reply to `{method}` within {after:?}")]
-    Timeout { method: String, after: Duration },
+    Timeout {
+        /// The JSON-RPC method.
+        method: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The server sent something that is not a JSON-RPC message.
     #[error("malformed message from server: {0}")]
     Malformed(String),
+    /// The server answered with a JSON-RPC error.
     #[error("server rejected `{method}`: {error}")]
-    Rpc { method: String, error: Value },
+    Rpc {
+        /// The JSON-RPC method.
+        method: String,
+        /// The server's error object.
+        error: Value,
+    },
+    /// One operation of a transaction failed (and the transaction with it).
     #[error("transaction operation {index} ({op}) failed: {error}{}", details.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Op {
+        /// The operation's index in the transaction.
         index: usize,
+        /// The operation (`insert`, `mutate`, ...).
         op: String,
+        /// The server's error tag.
         error: String,
+        /// The server's explanation, if any.
         details: Option<String>,
     },
+    /// A row that must exist does not (no root row, no such bridge).
     #[error("{0}")]
     NotFound(String),
+    /// The database kept changing under the request.
     #[error("{0}")]
     Conflict(String),
+    /// The request itself is invalid.
     #[error("invalid argument: {0}")]
     Invalid(String),
 }
@@ -81,6 +107,7 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer with an empty buffer.
     pub fn new() -> Self {
         Self::default()
     }
@@ -279,11 +306,17 @@ pub enum PortKind {
     /// A port OvS creates itself (a tap device with the netdev datapath).
     Internal,
     /// One end of a patch pair; `peer` names the other end's interface.
-    Patch { peer: String },
+    Patch {
+        /// The peer interface's name.
+        peer: String,
+    },
     /// A VXLAN tunnel; key None = 0 (VNI), dst_port None = 4789.
     Vxlan {
+        /// The tunnel's remote endpoint.
         remote_ip: String,
+        /// The VNI.
         key: Option<u32>,
+        /// The UDP port.
         dst_port: Option<u16>,
     },
 }
@@ -327,13 +360,16 @@ impl PortKind {
 /// A port with one interface of the same name (what `ovs-vsctl add-port` makes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {
+    /// Port and interface name.
     pub name: String,
+    /// The interface type.
     pub kind: PortKind,
     /// Ask OvS for a fixed OpenFlow port number (flows can then be written before the port exists).
     pub ofport_request: Option<u16>,
 }
 
 impl PortSpec {
+    /// A port of `kind` named `name`, OvS choosing the OpenFlow number.
     pub fn new(name: impl Into<String>, kind: PortKind) -> Self {
         PortSpec {
             name: name.into(),
@@ -346,11 +382,13 @@ impl PortSpec {
 /// A port as read back from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
+    /// Port name.
     pub name: String,
     /// `Interface.type` of its (first) interface; "" = system.
     pub iface_type: String,
     /// OpenFlow port number; None until ovs-vswitchd has assigned one, Some(-1) if it failed.
     pub ofport: Option<i64>,
+    /// `Interface.options` (tunnel and patch settings).
     pub options: BTreeMap<String, String>,
     /// `Interface.error` if ovs-vswitchd could not open it.
     pub error: Option<String>,

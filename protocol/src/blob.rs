@@ -37,9 +37,13 @@ pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 /// What a fetcher learns first: how big the blob is and what it must hash to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobManifest {
+    /// Total length of the blob in bytes.
     pub size: u64,
+    /// Length of every chunk but the last, in bytes.
     pub chunk_size: u32,
+    /// Number of chunks, the last one possibly short.
     pub chunks: u64,
+    /// SHA-256 of the whole blob, checked by the fetcher after the last chunk.
     pub sha256: [u8; 32],
 }
 
@@ -80,43 +84,81 @@ impl BlobManifest {
 /// Everything that can go wrong serving or fetching a blob.
 #[derive(Debug, Error)]
 pub enum BlobError {
+    /// The key is not a valid blob key.
     #[error("'{key}' is not a usable blob key: {reason}")]
-    InvalidKey { key: String, reason: String },
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a local file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file involved.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Zenoh refused to declare the blob's queryable.
     #[error("zenoh refused to serve '{key}': {reason}")]
-    Serve { key: String, reason: String },
+    Serve {
+        /// The blob's key.
+        key: String,
+        /// Zenoh's message.
+        reason: String,
+    },
+    /// No server answered the manifest query.
     #[error("no manifest for blob '{key}' after {attempts} attempts: {last}")]
     ManifestUnavailable {
+        /// The blob's key.
         key: String,
+        /// How many queries were sent.
         attempts: u32,
+        /// What the last attempt returned.
         last: String,
     },
+    /// The manifest arrived but is inconsistent (sizes that do not add up).
     #[error("manifest of blob '{key}' is invalid: {reason}")]
-    BadManifest { key: String, reason: String },
+    BadManifest {
+        /// The blob's key.
+        key: String,
+        /// What does not add up.
+        reason: String,
+    },
+    /// A chunk stayed unavailable through every retry.
     #[error("chunk {index} of blob '{key}' unavailable after {attempts} attempts: {last}")]
     ChunkUnavailable {
+        /// The blob's key.
         key: String,
+        /// The chunk's index, from 0.
         index: u64,
+        /// How many queries were sent for it.
         attempts: u32,
+        /// What the last attempt returned.
         last: String,
     },
+    /// The reassembled blob does not hash to the manifest's digest.
     #[error("blob '{key}' is corrupt: SHA-256 {actual}, manifest says {expected}")]
     DigestMismatch {
+        /// The blob's key.
         key: String,
+        /// The manifest's SHA-256, hex.
         expected: String,
+        /// The SHA-256 of what arrived, hex.
         actual: String,
     },
+    /// The sink the chunks are written to failed.
     #[error("writing blob '{key}' to its destination failed: {source}")]
     Sink {
+        /// The blob's key.
         key: String,
+        /// The sink's I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A manifest or chunk reply could not be decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -238,10 +280,12 @@ impl BlobServer {
         })
     }
 
+    /// The key the blob is served under.
     pub fn key(&self) -> &str {
         &self.key
     }
 
+    /// The manifest fetchers receive.
     pub fn manifest(&self) -> &BlobManifest {
         &self.manifest
     }
@@ -327,9 +371,13 @@ impl Default for FetchOptions {
 /// Progress of a fetch, reported after each chunk written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// Bytes written so far.
     pub bytes_done: u64,
+    /// Size of the whole blob in bytes.
     pub bytes_total: u64,
+    /// Chunks written so far.
     pub chunks_done: u64,
+    /// Number of chunks in the blob.
     pub chunks_total: u64,
 }
 

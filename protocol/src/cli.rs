@@ -7,13 +7,22 @@ use crate::transport::ZenohOptions;
 /// A config file that cannot be read or parsed; names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for this program.
     #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
 }
 
 /// Reads a TOML config file into `T` (whose unknown keys should be refused by

@@ -18,16 +18,24 @@ const HEADER_LEN: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageKind {
+    /// An agent's [`AgentProfile`](crate::messages::AgentProfile).
     AgentProfile = 1,
+    /// A periodic [`MetricsSample`](crate::messages::MetricsSample).
     MetricsSample = 2,
+    /// A migration [`Task`](crate::messages::Task).
     Task = 3,
+    /// A [`StepRequest`](crate::steps::StepRequest) to an agent.
     StepRequest = 4,
+    /// An agent's [`StepReply`](crate::steps::StepReply).
     StepReply = 5,
+    /// A [`PhaseEvent`](crate::messages::PhaseEvent) of a task.
     PhaseEvent = 6,
+    /// A [`BlobManifest`](crate::blob::BlobManifest) of a chunked transfer.
     BlobManifest = 7,
 }
 
 impl MessageKind {
+    /// The kind's name in error messages.
     pub fn name(self) -> &'static str {
         match self {
             Self::AgentProfile => "AgentProfile",
@@ -43,31 +51,62 @@ impl MessageKind {
 
 /// A type that travels in the envelope.
 pub trait Message: Serialize + DeserializeOwned {
+    /// The kind byte written into the envelope header.
     const KIND: MessageKind;
 }
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Error)]
 pub enum CodecError {
+    /// Fewer bytes than the header needs.
     #[error("message truncated: {got} bytes, the header alone needs {HEADER_LEN}")]
-    Truncated { got: usize },
+    Truncated {
+        /// How many bytes arrived.
+        got: usize,
+    },
+    /// The first two bytes are not MOSE's magic.
     #[error("not a MOSE message: bad magic {found:02x?}")]
-    BadMagic { found: [u8; 2] },
+    BadMagic {
+        /// The two bytes found.
+        found: [u8; 2],
+    },
+    /// The sender speaks another wire version.
     #[error("unsupported protocol version {got}, this node speaks {PROTOCOL_VERSION}")]
-    UnsupportedVersion { got: u16 },
+    UnsupportedVersion {
+        /// The sender's wire version.
+        got: u16,
+    },
+    /// The header names another message type than the one expected.
     #[error("expected a {expected} message, got kind byte {got}")]
-    WrongKind { expected: &'static str, got: u8 },
+    WrongKind {
+        /// The type the receiver expected.
+        expected: &'static str,
+        /// The kind byte found.
+        got: u8,
+    },
+    /// The body does not decode as the expected type.
     #[error("malformed {kind} body: {source}")]
     Malformed {
+        /// The expected message type.
         kind: &'static str,
+        /// postcard's decoding error.
         #[source]
         source: postcard::Error,
     },
+    /// The body decoded but bytes were left over.
     #[error("{count} unexpected trailing bytes after a {kind} body")]
-    TrailingBytes { kind: &'static str, count: usize },
+    TrailingBytes {
+        /// The message type.
+        kind: &'static str,
+        /// How many bytes were left.
+        count: usize,
+    },
+    /// The value could not be serialized.
     #[error("cannot encode {kind}: {source}")]
     Encode {
+        /// The message type.
         kind: &'static str,
+        /// postcard's encoding error.
         #[source]
         source: postcard::Error,
     },

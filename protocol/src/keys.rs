@@ -13,18 +13,32 @@ pub const DEFAULT_PREFIX: &str = "mose";
 /// A key or identifier that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum KeyError {
+    /// An identifier or prefix is empty.
     #[error("{what} is empty")]
-    Empty { what: &'static str },
+    Empty {
+        /// What the identifier names.
+        what: &'static str,
+    },
+    /// An identifier contains a character that is not allowed in a key chunk.
     #[error(
         "{what} '{value}' contains '{ch}': only letters, digits, '-', '_' and '.' are allowed"
     )]
     BadChar {
+        /// What the identifier names (agent id, service, ...).
         what: &'static str,
+        /// The identifier as given.
         value: String,
+        /// The first offending character.
         ch: char,
     },
+    /// A received key does not belong to this key space.
     #[error("key '{key}' is not under prefix '{prefix}' or has the wrong shape")]
-    NotOurs { key: String, prefix: String },
+    NotOurs {
+        /// The key received.
+        key: String,
+        /// The key space's prefix.
+        prefix: String,
+    },
 }
 
 /// Checks that `value` can be one chunk of a key expression.
@@ -78,6 +92,7 @@ impl KeySpace {
         })
     }
 
+    /// The prefix every key of this space starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

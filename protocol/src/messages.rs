@@ -46,8 +46,11 @@ impl std::str::FromStr for Role {
 /// What the host can do; the orchestrator never plans a strategy a host cannot run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
+    /// `podman version` of the host, if podman answered.
     pub podman_version: Option<String>,
+    /// The OCI runtime podman uses (`runc`), if known.
     pub runtime: Option<String>,
+    /// `criu --version` of the host, if CRIU is installed.
     pub criu_version: Option<String>,
     /// Kernel soft-dirty tracking works, so pre-copy rounds are possible.
     pub dirty_tracking: bool,
@@ -55,6 +58,7 @@ pub struct Capabilities {
     pub tcp_dump: bool,
     /// CRIU lazy pages (post-copy) work here.
     pub lazy_pages: bool,
+    /// Memory page size in bytes.
     pub page_size: u32,
     /// 1 or 2; 0 when unknown.
     pub cgroup_version: u8,
@@ -65,10 +69,15 @@ pub struct Capabilities {
 /// Who an agent is and what its host can do. Served by the agent's profile queryable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentProfile {
+    /// The agent's id, unique in the key space.
     pub id: String,
+    /// Edge host or mobile device.
     pub role: Role,
+    /// The host's name, for operators.
     pub hostname: String,
+    /// The agent binary's version.
     pub agent_version: String,
+    /// When the agent started, Unix microseconds.
     pub started_us: u64,
     /// What the host can do; `None` until the agent's capability probe has run (it takes
     /// seconds of real CRIU dumps, and "not probed yet" must not read as "cannot").
@@ -80,10 +89,15 @@ pub struct AgentProfile {
 /// Host-wide load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostMetrics {
+    /// CPU busy over the last sample interval, in percent of the whole host.
     pub cpu_percent: f32,
+    /// Online CPUs.
     pub cpus: u32,
+    /// 1, 5 and 15 minute load averages.
     pub load_avg: [f32; 3],
+    /// Physical memory.
     pub mem_total_bytes: u64,
+    /// Memory in use (total minus available).
     pub mem_used_bytes: u64,
 }
 
@@ -100,72 +114,101 @@ pub enum DirtyMethod {
 /// One container's migration-relevant state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerMetrics {
+    /// The container's (service's) name.
     pub name: String,
     /// M: anonymous memory of the container's processes.
     pub state_bytes: u64,
     /// R: estimated bytes dirtied per second, if measured.
     pub dirty_rate_bytes_per_s: Option<BytesPerSec>,
+    /// How the dirty rate was measured, if it was.
     pub dirty_method: Option<DirtyMethod>,
 }
 
 /// An estimate of the bandwidth towards a peer agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkEstimate {
+    /// The peer agent's id.
     pub peer: String,
+    /// Estimated bandwidth from this agent to the peer.
     pub bandwidth_bytes_per_s: BytesPerSec,
 }
 
 /// Periodic sample published by every agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSample {
+    /// The publishing agent.
     pub agent: String,
+    /// Sequence number, increasing per agent.
     pub seq: u64,
+    /// When the sample was taken, Unix microseconds.
     pub taken_us: u64,
+    /// Host-wide load.
     pub host: HostMetrics,
+    /// One entry per service container on the host.
     pub containers: Vec<ContainerMetrics>,
+    /// Bandwidth estimates towards peer agents.
     pub links: Vec<LinkEstimate>,
 }
 
 /// The network identity a service keeps wherever it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceNetwork {
+    /// The service's address, the same on every host.
     pub ip: Ipv4Addr,
+    /// Prefix length of the service subnet.
     pub prefix_len: u8,
+    /// The service's MAC, kept so the client's neighbour entry stays valid.
     pub mac: [u8; 6],
     /// The client whose flow follows the service, with its MAC carried to the destination.
     pub client_ip: Option<Ipv4Addr>,
+    /// The client's MAC, if known.
     pub client_mac: Option<[u8; 6]>,
 }
 
 /// What a destination needs to recreate a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
+    /// The service (and container) name.
     pub name: String,
+    /// The container image the service runs.
     pub image: String,
+    /// Its network identity.
     pub network: ServiceNetwork,
 }
 
 /// A migration task as published on `tasks/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
+    /// The task's id, unique per orchestrator.
     pub id: String,
+    /// The service being migrated.
     pub service: String,
+    /// The agent the service runs on now.
     pub source: String,
+    /// The agent it moves to.
     pub destination: String,
     /// The mobile agent whose client flow must follow the service.
     pub mobile: Option<String>,
+    /// The plan the migration follows.
     pub plan: Plan,
+    /// When the task was submitted, Unix microseconds.
     pub created_us: u64,
 }
 
 /// CRIU statistics of a dump or restore, in microseconds and pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CriuStats {
+    /// CRIU's time to freeze the process tree.
     pub freezing_time_us: Option<u64>,
+    /// How long the tree stayed frozen during the dump.
     pub frozen_time_us: Option<u64>,
+    /// Time to collect memory pages.
     pub memdump_time_us: Option<u64>,
+    /// Time to write the pages to the image.
     pub memwrite_time_us: Option<u64>,
+    /// Pages written to the image.
     pub pages_written: Option<u64>,
+    /// CRIU's restore time.
     pub restore_time_us: Option<u64>,
 }
 
@@ -233,18 +276,29 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseStatus {
+    /// The phase began.
     Started,
+    /// The phase ended successfully.
     Finished,
-    Failed { error: String },
+    /// The phase failed.
+    Failed {
+        /// Why, in one sentence.
+        error: String,
+    },
 }
 
 /// A phase start/end on `tasks/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseEvent {
+    /// The task the phase belongs to.
     pub task: String,
+    /// The agent (or the orchestrator) that ran it.
     pub agent: String,
+    /// Which phase.
     pub phase: Phase,
+    /// Started, finished or failed.
     pub status: PhaseStatus,
+    /// When it happened, Unix microseconds.
     pub at_us: u64,
 }
 

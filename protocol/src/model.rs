@@ -176,7 +176,9 @@ impl PamParams {
 /// KPIs are reported next to them once the migration has run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The migration strategy chosen.
     pub strategy: Strategy,
+    /// The KPI the designer optimised.
     pub objective: Objective,
     /// Bandwidth to allocate source → destination.
     pub bandwidth_bytes_per_s: BytesPerSec,

@@ -259,7 +259,7 @@ macro_rules! steps {
     ($($req:ident => $out:ident),* $(,)?) => {
         /// Any step request, as it travels.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum Step { $($req($req)),* }
+        pub enum Step { $(#[doc = concat!("A [`", stringify!($req), "`] request.")] $req($req)),* }
 
         impl Step {
             /// The step's operation.
@@ -299,7 +299,7 @@ macro_rules! outcomes {
     ($($out:ident),* $(,)?) => {
         /// Any step's success, as it travels.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum StepOutcome { $($out($out)),* }
+        pub enum StepOutcome { $(#[doc = concat!("A [`", stringify!($out), "`] outcome.")] $out($out)),* }
 
         $(
             impl From<$out> for StepOutcome {

@@ -43,12 +43,17 @@ impl Default for ZenohOptions {
 /// A Zenoh configuration that cannot be built or a session that cannot be opened.
 #[derive(Debug, Error)]
 pub enum TransportError {
+    /// A setting has a value zenoh rejects.
     #[error("invalid zenoh setting {key} = {value}: {reason}")]
     Config {
+        /// The zenoh configuration key.
         key: &'static str,
+        /// The value given.
         value: String,
+        /// Why zenoh rejected it.
         reason: String,
     },
+    /// The session could not be opened (zenoh's message).
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
 }

@@ -55,6 +55,7 @@ const FLOOR_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct BenchConfig {
     /// MOSE/floor pairs in part 1.
     pub runs: u32,
+    /// KPI targets every MOSE migration is planned against.
     pub targets: Targets,
     /// Part 2; `None` skips it.
     pub sweep: Option<Sweep>,
@@ -63,10 +64,13 @@ pub struct BenchConfig {
 /// The PAM validation grid: every state size at every link rate, `repeats` round trips each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sweep {
+    /// State sizes, MiB.
     pub sizes_mib: Vec<u32>,
     /// Link rates; each edge's LAN link is shaped to it and the task API is told.
     pub rates: Vec<BitsPerSec>,
+    /// Dirty rate of the memory workload, MiB/s.
     pub dirty_mib_per_s: f64,
+    /// Round trips per grid point.
     pub repeats: u32,
 }
 
@@ -80,21 +84,31 @@ impl Sweep {
 /// One migration by the plain script, timed step by step (ms).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloorRun {
+    /// The edge the service left.
     pub from: String,
+    /// The edge it moved to.
     pub to: String,
+    /// Checkpoint with export, ms.
     pub checkpoint_ms: f64,
+    /// Copying the archive to the destination, ms.
     pub transfer_ms: f64,
+    /// Restore from the archive, ms.
     pub restore_ms: f64,
+    /// Re-pointing the client's flow, ms.
     pub flow_switch_ms: f64,
     /// Checkpoint start → flow switched.
     pub total_ms: f64,
+    /// Size of the checkpoint archive.
     pub image_bytes: u64,
+    /// What the client saw during the run.
     pub client: ClientKpis,
 }
 
 /// What a bench produced.
 pub struct BenchOutcome {
+    /// Every MOSE migration of the run.
     pub report: Report,
+    /// The plain script's runs of part 1.
     pub floor: Vec<FloorRun>,
     /// Part 1's MOSE migrations are `report.migrations[..mose_runs]`; the sweep's follow.
     pub mose_runs: usize,

@@ -42,6 +42,7 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// When the reply arrived.
     pub fn reply_ms(&self) -> f64 {
         self.sent_ms + self.latency_ms
     }
@@ -50,6 +51,7 @@ impl Sample {
 /// What the client saw from start to finish.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
+    /// Every answered request, in order.
     pub samples: Vec<Sample>,
     /// Why the client stopped before it was told to (reset, closed, timeout, garbage), and when
     /// (ms since start). `None` when it ran until [`LiveClient::finish`].
@@ -69,8 +71,11 @@ impl Timeline {
 /// The client-observed KPIs of one migration window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClientKpis {
+    /// Longest time without a reply that overlaps the window.
     pub client_downtime_ms: f64,
+    /// The same TCP connection answered before and after.
     pub same_connection: bool,
+    /// Every count after the window follows the one before it (no state lost or repeated).
     pub state_continuous: bool,
 }
 

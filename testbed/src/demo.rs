@@ -33,8 +33,11 @@ const WORKLOAD: &str = "counter-service";
 /// KPI targets handed to the orchestrator's designer with every migration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Targets {
+    /// Downtime target, ms.
     pub downtime_ms: f64,
+    /// Total migration time target, ms.
     pub duration_ms: f64,
+    /// Which KPI the designer optimises.
     pub objective: Objective,
     /// Bandwidth edge → edge the caller states (bytes/s), e.g. the LAN's shaped rate.
     pub bandwidth_bytes_per_s: Option<BytesPerSec>,
@@ -157,6 +160,7 @@ pub async fn start_client(state: &State, progress: &mut dyn FnMut(&str)) -> Resu
 
 /// What a demo run produced.
 pub struct DemoOutcome {
+    /// The report of every migration that ran.
     pub report: Report,
     /// Why the run stopped early (a migration that could not be submitted or did not finish, a
     /// client that was not served again); the report holds what was measured until then.

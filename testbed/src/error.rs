@@ -14,7 +14,12 @@ pub enum TestbedError {
     Command(#[from] mose_command::CommandError),
     /// Something did not happen within its deadline.
     #[error("timed out after {after_ms} ms: {what}")]
-    Timeout { what: String, after_ms: u64 },
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long we waited.
+        after_ms: u64,
+    },
     /// The caller gave a value we cannot use (name, address, rate...).
     #[error("invalid argument: {0}")]
     Invalid(String),
@@ -23,7 +28,12 @@ pub enum TestbedError {
     State(String),
     /// A file we read or produced has unexpected content.
     #[error("unexpected content in {path}: {why}")]
-    Parse { path: PathBuf, why: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The host's Open vSwitch could not be started or stopped.
     #[error("open vswitch: {0}")]
     Ovs(#[from] mose_overlay::OverlayError),
@@ -32,6 +42,7 @@ pub enum TestbedError {
     Api(#[from] mose_api::ClientError),
 }
 
+/// A result whose error defaults to [`TestbedError`].
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
 impl TestbedError {

@@ -53,7 +53,9 @@ use crate::lan::Lan;
 
 /// Agent ids and host names (the same): source edge, destination edge, mobile device.
 pub const EDGE1: &str = "edge1";
+/// The destination edge.
 pub const EDGE2: &str = "edge2";
+/// The mobile device.
 pub const MOBILE: &str = "mobile";
 /// The edge controller's host name (short: `<prefix><name>` must fit an interface name).
 pub const CONTROLLER: &str = "ctrl";
@@ -99,7 +101,9 @@ pub fn overlay_mac(ip: Ipv4Addr) -> MacAddr {
 /// The binaries the testbed runs inside its hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binaries {
+    /// `mose-agent`.
     pub agent: PathBuf,
+    /// `mose-orchestrator`.
     pub orchestrator: PathBuf,
     /// `mose-testbed` itself: runs the service-placement helper inside edge1.
     pub testbed: PathBuf,
@@ -164,6 +168,7 @@ impl Binaries {
 pub struct Config {
     /// Name prefix of everything made (`mtb-` for the CLI); ≤ 10 characters of [a-z0-9-].
     pub prefix: String,
+    /// The binaries to run in the hosts.
     pub binaries: Binaries,
     /// `target/testbed`: `state.json`, `logs/`, the report and the plot.
     pub out_dir: PathBuf,
@@ -185,9 +190,11 @@ impl Config {
     fn api_link(&self) -> String {
         format!("{}api", self.prefix)
     }
+    /// Where the testbed's state is saved.
     pub fn state_file(&self) -> PathBuf {
         self.out_dir.join("state.json")
     }
+    /// Where the hosts' daemons log.
     pub fn log_dir(&self) -> PathBuf {
         self.out_dir.join("logs")
     }
@@ -196,8 +203,11 @@ impl Config {
 /// One host as `state.json` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostState {
+    /// Short name (`edge1`).
     pub name: String,
+    /// Name with the prefix (its namespaces and links).
     pub full_name: String,
+    /// Its address on the LAN.
     pub lan_addr: Ipv4Addr,
     /// What runs there: `edge`, `mobile` or `controller`.
     pub role: String,
@@ -208,14 +218,19 @@ pub struct HostState {
 /// What later commands (`status`, `down`, the demo) need to know about a running testbed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// Name prefix of everything made.
     pub prefix: String,
     /// `http://10.98.N.2:7070`, reachable from the root namespace.
     pub api_url: String,
+    /// Every host.
     pub hosts: Vec<HostState>,
+    /// The service placed on edge1.
     pub service: String,
+    /// The service's address and port, as the client dials it.
     pub service_addr: SocketAddr,
     /// The client's namespace on the mobile host (`/run/netns/<prefix>cli`).
     pub client_netns: PathBuf,
+    /// The daemons' log directory.
     pub log_dir: PathBuf,
 }
 
@@ -244,6 +259,7 @@ impl State {
             .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
     }
 
+    /// A client of the testbed's orchestrator API.
     pub fn api(&self) -> ApiClient {
         ApiClient::new(&self.api_url)
     }
@@ -314,16 +330,25 @@ impl State {
 /// What the service-placement helper does inside an edge host (`mose-testbed place-endpoint`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
+    /// The service namespace's name.
     pub netns: String,
+    /// The host-side veth, attached to the bridge.
     pub host_ifname: String,
+    /// The service's address.
     pub ip: Ipv4Addr,
+    /// Its prefix length.
     pub prefix_len: u8,
+    /// The service's MAC.
     pub mac: [u8; 6],
     /// The client, pre-loaded as a neighbour (COAT: no ARP wait after a restore).
     pub client_ip: Ipv4Addr,
+    /// The client's MAC.
     pub client_mac: [u8; 6],
+    /// The edge's OVSDB socket.
     pub ovsdb_socket: PathBuf,
+    /// The edge's OvS run directory.
     pub ovs_rundir: PathBuf,
+    /// The edge's bridge.
     pub bridge: String,
 }
 
@@ -393,10 +418,15 @@ pub struct FourHost {
 /// Timings of `up`, for the log and the docs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpTimings {
+    /// Building and loading the images.
     pub images_ms: u64,
+    /// Creating the hosts and their daemons.
     pub hosts_ms: u64,
+    /// The LAN, bridges and ports.
     pub wiring_ms: u64,
+    /// Until the orchestrator listed every agent with its profile.
     pub discovery_ms: u64,
+    /// Placing the service and its client.
     pub service_ms: u64,
 }
 
@@ -519,6 +549,7 @@ impl FourHost {
         Ok((tb, timings))
     }
 
+    /// What `state.json` records.
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -530,6 +561,7 @@ impl FourHost {
             .ok_or_else(|| TestbedError::State("the testbed's LAN is gone".into()))
     }
 
+    /// One host by short name.
     pub fn host(&self, name: &str) -> Result<&Host> {
         self.hosts
             .iter()

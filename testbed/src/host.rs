@@ -86,8 +86,11 @@ ip link set lo up
 /// Which namespaces make up a host, by inode (stable while the host exists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NsInodes {
+    /// Network namespace.
     pub net: u64,
+    /// Mount namespace.
     pub mnt: u64,
+    /// UTS namespace.
     pub uts: u64,
 }
 

@@ -31,11 +31,16 @@ use crate::error::{Result, TestbedError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
     /// A static binary of `mose-workloads`, placed at `/<binary>`.
-    Workload { binary: &'static str },
+    Workload {
+        /// The binary's name.
+        binary: &'static str,
+    },
     /// `program` (an absolute path) of the installed Debian package `package`, placed at the
     /// same path, with the shared libraries it loads.
     Debian {
+        /// The package.
         package: &'static str,
+        /// The program's absolute path.
         program: &'static str,
     },
 }
@@ -130,6 +135,7 @@ pub const DEBIAN: &[ImageSpec] = &[MEMCACHED, IPERF3];
 /// A built image archive, ready for [`crate::Host::load_image`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltImage {
+    /// What was built.
     pub spec: ImageSpec,
     /// Name:tag (same as `spec.reference`).
     pub reference: String,
@@ -146,7 +152,9 @@ pub struct BuiltImage {
 pub struct LayerFile {
     /// Path inside the image, relative to its root (`usr/bin/memcached`).
     pub path: String,
+    /// Unix permission bits.
     pub mode: u32,
+    /// Contents.
     pub data: Vec<u8>,
 }
 

@@ -46,12 +46,14 @@ pub struct LinkShape {
 }
 
 impl LinkShape {
+    /// A link shaped to `rate`, no added delay.
     pub fn rate(rate: BitsPerSec) -> Self {
         LinkShape {
             rate: Some(rate),
             delay: None,
         }
     }
+    /// Adds a one-way delay.
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self

@@ -27,7 +27,9 @@ pub struct PhaseSpan {
     /// Phase name as in the report (`prepare`, `checkpoint`, `transfer`, `netns`, `restore`,
     /// `flow_switch`, `cleanup`, `rollback`, `pre_copy`).
     pub phase: String,
+    /// Start, ms on the client's timeline.
     pub start_ms: f64,
+    /// End, ms on the client's timeline.
     pub end_ms: f64,
 }
 

@@ -18,41 +18,63 @@ use crate::error::{Result, TestbedError};
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// What the migrations ran on.
     pub host: HostInfo,
     /// The same steps by a plain script in the same run (bench only; `null` in the demo).
     pub raw_floor_ms: Option<f64>,
+    /// One entry per migration.
     pub migrations: Vec<MigrationReport>,
 }
 
 /// What the migrations ran on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
+    /// `uname -r`.
     pub kernel: String,
+    /// `criu --version`.
     pub criu: String,
+    /// `podman version`.
     pub podman: String,
+    /// Kernel soft-dirty tracking works (pre-copy possible).
     pub dirty_tracking: bool,
 }
 
 /// One migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationReport {
+    /// The service migrated.
     pub service: String,
+    /// The workload it runs.
     pub workload: String,
+    /// Its state size as the source described it.
     pub state_bytes: u64,
+    /// Source agent.
     pub from: String,
+    /// Destination agent.
     pub to: String,
+    /// The strategy the plan chose.
     pub strategy: Strategy,
+    /// The KPI the plan optimised.
     pub objective: Objective,
     /// Bandwidth the plan allocated, in bits per second (the plan carries bytes/s).
     pub bandwidth_bits_per_s: Option<u64>,
+    /// The migration succeeded.
     pub ok: bool,
+    /// Why it did not.
     pub error: Option<String>,
+    /// It was rolled back to the source.
     pub rolled_back: bool,
+    /// Longest time without a reply around the migration, as the client saw it.
     pub client_downtime_ms: f64,
+    /// The client's TCP connection survived.
     pub same_connection: bool,
+    /// The client's counter continued without a jump.
     pub state_continuous: bool,
+    /// Per-phase durations.
     pub phases_ms: Phases,
+    /// Task accepted → source released.
     pub total_ms: f64,
+    /// The plan's predictions.
     pub predicted: Option<Predicted>,
     /// The final dump's archive.
     pub image_bytes: u64,
@@ -65,22 +87,31 @@ pub struct MigrationReport {
 /// phase produced no events in this migration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phases {
+    /// Destination readiness.
     pub prepare: Option<f64>,
     /// Pre-copy only (absent for cold): the rounds, dumps and their fetches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_copy: Option<f64>,
+    /// The final dump.
     pub checkpoint: Option<f64>,
+    /// Moving the final image.
     pub transfer: Option<f64>,
+    /// The destination's service namespace.
     pub netns: Option<f64>,
+    /// The restore, its transfer included.
     pub restore: Option<f64>,
+    /// Steering the client's flow.
     pub flow_switch: Option<f64>,
+    /// Releasing the source.
     pub cleanup: Option<f64>,
 }
 
 /// PAM's predictions (upper bounds) for the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Predicted {
+    /// Predicted downtime, ms.
     pub downtime_ms: f64,
+    /// Predicted total migration time, ms.
     pub total_ms: f64,
 }
 

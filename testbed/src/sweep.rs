@@ -23,6 +23,7 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
+    /// Nothing was left behind.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }

@@ -78,6 +78,7 @@ const WIRES: [(&str, &str, &str); 2] = [
     ("edge2", "to-mobile", "to-edge2"),
 ];
 
+/// The `vm` subcommands.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum VmCmd {
     /// Build the guest image if needed, boot the four VMs (edge1, edge2, mobile, ctrl), wait until
@@ -126,9 +127,13 @@ pub enum VmCmd {
     /// Internal, inside the mobile VM: the live client; progress to /run/mose-client.progress,
     /// stops when /run/mose-client.stop exists, then writes its timeline JSON to `out`.
     #[command(hide = true)]
-    GuestClient { out: PathBuf },
+    GuestClient {
+        /// Where to write the timeline JSON.
+        out: PathBuf,
+    },
 }
 
+/// Runs one `vm` subcommand.
 pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
     match cmd {
         VmCmd::Up { accel } => {
@@ -209,22 +214,34 @@ fn state_file() -> PathBuf {
 /// What `vm up` left running, for `status`, `demo` and `down`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmState {
+    /// QEMU's accelerator (`kvm` or `tcg`).
     pub accel: String,
+    /// The orchestrator's API, reachable from the host.
     pub api_url: String,
+    /// Every VM.
     pub vms: Vec<VmInfo>,
     /// From QEMU start to the orchestrator listing all agents with profiles, ms.
     pub discovery_ms: Option<u64>,
 }
 
+/// One VM of the testbed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmInfo {
+    /// Its host name.
     pub name: String,
+    /// `edge`, `mobile` or `controller`.
     pub role: String,
+    /// Its address on the LAN.
     pub lan_ip: Ipv4Addr,
+    /// QEMU's PID.
     pub pid: u32,
+    /// Host port forwarded to its SSH.
     pub ssh_port: u16,
+    /// Its tap device on the host.
     pub tap: String,
+    /// Its copy-on-write disk.
     pub overlay: PathBuf,
+    /// Its serial console log.
     pub serial_log: PathBuf,
     /// QEMU start → "MOSE-READY" on the serial console (host clock), ms.
     pub ready_ms: Option<u64>,
@@ -233,6 +250,7 @@ pub struct VmInfo {
 }
 
 impl VmState {
+    /// Reads a saved state.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TestbedError::io(format!("read {}", path.display()), e))?;
@@ -246,6 +264,7 @@ impl VmState {
         std::fs::write(path, text)
             .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
     }
+    /// One line per VM, for `status`.
     pub fn summary(&self) -> String {
         let mut out = format!("VMs (accel {}, API {}):\n", self.accel, self.api_url);
         for v in &self.vms {
@@ -269,6 +288,7 @@ impl VmState {
         }
         out
     }
+    /// One VM by name.
     pub fn vm(&self, name: &str) -> Result<&VmInfo> {
         self.vms
             .iter()
@@ -283,6 +303,7 @@ fn pid_alive(pid: u32) -> bool {
 
 /// A running VM testbed. Dropping it stops everything ([`down`]); [`VmLab::persist`] keeps it.
 pub struct VmLab {
+    /// What `vm up` left running.
     pub state: VmState,
     armed: bool,
 }
@@ -298,10 +319,12 @@ impl Drop for VmLab {
 }
 
 impl VmLab {
+    /// Keeps the VMs running when this is dropped.
     pub fn persist(mut self) {
         self.armed = false;
     }
 
+    /// Builds the image if needed and boots the four VMs.
     pub async fn up(accel: &str) -> anyhow::Result<VmLab> {
         let dir = vm_dir();
         if state_file().exists()

@@ -74,6 +74,7 @@ impl TestNet {
         Ok(net)
     }
 
+    /// The name of the test network's bridge.
     pub fn bridge(&self) -> String {
         format!("mk{}", self.tag)
     }

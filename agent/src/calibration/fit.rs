@@ -5,7 +5,9 @@ use thiserror::Error;
 /// A line fitted to points, with how well it fits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearFit {
+    /// a: the value at x = 0.
     pub intercept: f64,
+    /// b: the increase per unit of x.
     pub slope: f64,
     /// Coefficient of determination: 1 = every point on the line, ≤ 0 = no better than the mean.
     pub r_squared: f64,
@@ -17,16 +19,29 @@ pub struct LinearFit {
     pub relative_error: f64,
 }
 
+/// Why no line could be fitted.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum FitError {
+    /// A line needs at least two distinct x values.
     #[error("{law}: need points at {needed} distinct x values, got {got}")]
     TooFewPoints {
+        /// The law being fitted.
         law: &'static str,
+        /// Distinct x values needed.
         needed: usize,
+        /// Distinct x values given.
         got: usize,
     },
+    /// A point is NaN or infinite.
     #[error("{law}: point ({x}, {y}) is not a finite number")]
-    NotFinite { law: &'static str, x: f64, y: f64 },
+    NotFinite {
+        /// The law being fitted.
+        law: &'static str,
+        /// The point's x.
+        x: f64,
+        /// The point's y.
+        y: f64,
+    },
 }
 
 /// Fits `y = intercept + slope·x` to `points` (at least 2 distinct x).

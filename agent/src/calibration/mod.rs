@@ -65,6 +65,7 @@ const PRE_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_FLAT_LAW_ERROR: f64 = 0.15;
 
 impl CalibrationPlan {
+    /// The default grid (1–100 MiB at 0 and 20 MiB/s, three repeats) for `image`, archives under `scratch`.
     pub fn new(image: impl Into<String>, scratch: impl Into<PathBuf>) -> Self {
         Self {
             image: image.into(),
@@ -81,15 +82,21 @@ impl CalibrationPlan {
 /// One checkpoint + restore of the workload.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
+    /// State size the workload was asked to hold, MiB.
     pub requested_mib: u32,
+    /// Dirty rate the workload was asked to sustain.
     pub dirty_rate_bytes_per_s: f64,
     /// Pages written by CRIU × page size.
     pub state_bytes: u64,
+    /// Size of the exported checkpoint archive.
     pub archive_bytes: u64,
+    /// CRIU freezing time.
     pub freezing_s: f64,
+    /// CRIU frozen time.
     pub frozen_s: f64,
     /// Podman's checkpoint request, dump and archive included.
     pub podman_checkpoint_s: f64,
+    /// CRIU restore time.
     pub criu_restore_s: f64,
     /// Podman's restore request, upload and import included.
     pub podman_restore_s: f64,
@@ -116,47 +123,75 @@ pub struct PreDumpValues {
 /// Progress while calibrating.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
+    /// Samples taken so far.
     pub done: usize,
+    /// Samples in the whole plan.
     pub total: usize,
+    /// State size of the sample being taken, MiB.
     pub state_mib: u32,
+    /// Its dirty rate, MiB/s.
     pub rate_mib_per_s: f64,
 }
 
 /// The outcome: parameters to store and how well they fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
+    /// The fitted PAM parameters.
     pub params: PamParams,
+    /// One entry per fitted law.
     pub fits: Vec<FitSummary>,
+    /// Every sample (medians per grid point).
     pub samples: Vec<Sample>,
+    /// Laws accepted on their relative error, and other remarks.
     pub notes: Vec<String>,
 }
 
 /// One fitted law, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitSummary {
+    /// The law's name (`checkpoint_s`, ...).
     pub law: String,
+    /// a of time = a + b·M.
     pub intercept: f64,
+    /// b of time = a + b·M.
     pub slope: f64,
+    /// Coefficient of determination.
     pub r_squared: f64,
     /// RMS residual over the mean value (see [`fit::LinearFit::relative_error`]).
     #[serde(default)]
     pub relative_error: f64,
+    /// y − ŷ per point.
     pub residuals: Vec<f64>,
 }
 
+/// Why a calibration failed.
 #[derive(Debug, Error)]
 pub enum CalibrationError {
     // `error` (not `source`): the message already carries it; a source would print it twice.
+    /// Podman or CRIU failed on a sample.
     #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {error}")]
     Runtime {
+        /// The sample's state size, MiB.
         mib: u32,
+        /// The sample's dirty rate, MiB/s.
         rate: f64,
+        /// The runtime's error.
         error: RuntimeError,
     },
+    /// A sample ran but its result is unusable.
     #[error("calibration sample M={mib} MiB, R={rate} MiB/s: {reason}")]
-    Sample { mib: u32, rate: f64, reason: String },
+    Sample {
+        /// The sample's state size, MiB.
+        mib: u32,
+        /// The sample's dirty rate, MiB/s.
+        rate: f64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No line could be fitted.
     #[error(transparent)]
     Fit(#[from] FitError),
+    /// A law fits too badly to plan with.
     #[error(
         "the {law} fit is too poor to plan with (R² = {r_squared:.3} < {threshold}, and its \
              points are {:.0} % off the line on average); the host was probably busy: calibrate \
@@ -164,15 +199,26 @@ pub enum CalibrationError {
         relative_error * 100.0
     )]
     BadFit {
+        /// The law's name.
         law: String,
+        /// Its R².
         r_squared: f64,
+        /// The smallest acceptable R².
         threshold: f64,
+        /// Its relative error.
         relative_error: f64,
     },
+    /// The grid of sizes and rates is unusable.
     #[error("calibration plan: {0}")]
     Plan(String),
+    /// The result could not be stored.
     #[error("{path}: {reason}")]
-    Store { path: PathBuf, reason: String },
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Runs every sample of `plan` on this host's podman.

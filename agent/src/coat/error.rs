@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::runtime::RuntimeError;
 
+/// Why a COAT step failed on this host.
 #[derive(Debug, Error)]
 pub enum CoatError {
     /// The request itself is unusable (bad name, unknown flow target).
@@ -19,30 +20,42 @@ pub enum CoatError {
     /// The host is not in a state the step can work from (e.g. no such container).
     #[error("{0}")]
     State(String),
+    /// Podman or the OCI runtime failed.
     #[error("{what}: {source}")]
     Runtime {
+        /// What the step was doing.
         what: String,
         /// Boxed: a runtime error carries a whole command's output, and every step's `Result`
         /// would be that large.
         #[source]
         source: Box<RuntimeError>,
     },
+    /// The overlay (namespace, veth, OvS) failed.
     #[error("{what}: {source}")]
     Overlay {
+        /// What the step was doing.
         what: String,
+        /// The overlay's error.
         #[source]
         source: OverlayError,
     },
+    /// Serving or fetching an image failed.
     #[error("{what}: {source}")]
     Blob {
+        /// What the step was doing.
         what: String,
+        /// The transfer's error.
         #[source]
         source: BlobError,
     },
+    /// A file of the task's work directory.
     #[error("{what} ({}): {source}", path.display())]
     Io {
+        /// What the step was doing.
         what: String,
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

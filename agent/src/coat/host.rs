@@ -114,6 +114,7 @@ pub struct PodmanHost {
 }
 
 impl PodmanHost {
+    /// The host reached through `podman` and `overlay`.
     pub fn new(podman: Podman, overlay: HostOverlay) -> Self {
         PodmanHost { podman, overlay }
     }

@@ -75,10 +75,12 @@ pub struct CoatSettings {
     pub flow_ports: BTreeMap<String, String>,
     /// How the destination fetches images (window, per-chunk timeout, retries).
     pub fetch: FetchOptions,
+    /// Chunk size of the images this host serves, bytes.
     pub chunk_size: u32,
 }
 
 impl CoatSettings {
+    /// Settings with defaults for everything but the id and the work directory.
     pub fn new(agent_id: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
         CoatSettings {
             agent_id: agent_id.into(),
@@ -133,6 +135,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<H: Host> CoatExecutor<H> {
+    /// An executor working on `host`, publishing under `keys`.
     pub fn new(host: H, session: Session, keys: KeySpace, settings: CoatSettings) -> Self {
         let inner = Inner {
             host,

@@ -31,9 +31,13 @@ pub enum ServiceRole {
 /// One service in one task on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
+    /// File format version.
     pub format: u32,
+    /// The task.
     pub task: String,
+    /// The service.
     pub service: String,
+    /// Source or destination.
     pub role: ServiceRole,
     /// Source: the pre-copy rounds dumped, round `i` at index `i`; each archive is on disk.
     pub rounds: Vec<Dumped>,
@@ -51,6 +55,7 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
+    /// A fresh state: nothing done yet.
     pub fn new(task: &str, service: &str, role: ServiceRole) -> Self {
         ServiceState {
             format: STATE_FORMAT,

@@ -54,7 +54,9 @@ impl Default for ProbeOptions {
 /// The capabilities plus one line per capability found missing, saying why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeReport {
+    /// What the probe found.
     pub capabilities: Capabilities,
+    /// One line per missing capability, saying why it is missing.
     pub notes: Vec<String>,
 }
 

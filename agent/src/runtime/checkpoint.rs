@@ -108,6 +108,7 @@ impl CheckpointOptions {
 /// What a checkpoint produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointReport {
+    /// The checkpointed container's name.
     pub container: String,
     /// Size of the exported archive.
     pub archive_bytes: u64,
@@ -123,7 +124,9 @@ pub struct CheckpointReport {
 /// refuses `--name` together with `--tcp-established`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreOptions {
+    /// Restore established TCP connections (CRIU `--tcp-established`).
     pub tcp_established: bool,
+    /// Restore file locks (CRIU `--file-locks`).
     pub file_locks: bool,
     /// Ask for CRIU's statistics ([`RestoreReport::criu`]).
     pub print_stats: bool,
@@ -149,11 +152,13 @@ pub struct RestoreReport {
     pub id: String,
     /// Its name, from the archive.
     pub name: Option<String>,
+    /// Size of the archive sent to podman.
     pub archive_bytes: u64,
     /// First byte sent → podman's answer.
     pub elapsed: Duration,
     /// The OCI runtime's restore duration as podman measured it.
     pub runtime_duration: Option<Duration>,
+    /// CRIU's restore statistics, when asked for.
     pub criu: Option<CriuRestoreStats>,
 }
 

@@ -25,6 +25,7 @@ pub enum Netns {
 /// A container to create.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateSpec {
+    /// The container's name.
     pub name: String,
     /// Image reference or ID; must already be present (no registry is assumed reachable).
     pub image: String,
@@ -32,8 +33,11 @@ pub struct CreateSpec {
     pub entrypoint: Option<Vec<String>>,
     /// Overrides the image's command (arguments to the entrypoint) when given.
     pub command: Option<Vec<String>>,
+    /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Labels (MOSE marks its containers with one).
     pub labels: BTreeMap<String, String>,
+    /// The network namespace to join.
     pub netns: Netns,
     /// Usually [`super::HostLimits::container_ulimits`].
     pub ulimits: Vec<Ulimit>,
@@ -102,52 +106,67 @@ pub(crate) struct CreateResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct ContainerInfo {
+    /// Container ID.
     #[serde(rename = "Id")]
     pub id: String,
+    /// Container name.
     #[serde(rename = "Name")]
     pub name: String,
     /// Image ID.
     #[serde(rename = "Image")]
     pub image: String,
+    /// The image reference it was created from.
     #[serde(rename = "ImageName")]
     pub image_name: String,
+    /// OCI runtime podman runs it with (`runc`).
     #[serde(rename = "OCIRuntime")]
     pub oci_runtime: String,
     /// The container's bundle directory (podman's `userdata`): where the runtime keeps its
     /// checkpoint and pre-checkpoint images.
     #[serde(rename = "StaticDir")]
     pub static_dir: String,
+    /// Run state.
     #[serde(rename = "State")]
     pub state: ContainerState,
+    /// Host configuration (network mode).
     #[serde(rename = "HostConfig")]
     pub host_config: HostConfig,
 }
 
+/// The `State` section of an inspect.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct ContainerState {
     /// `created`, `running`, `paused`, `exited`, ...
     #[serde(rename = "Status")]
     pub status: String,
+    /// The container is running (and not paused).
     #[serde(rename = "Running")]
     pub running: bool,
+    /// The container is paused.
     #[serde(rename = "Paused")]
     pub paused: bool,
     /// Host PID of the container's init process (0 when not running).
     #[serde(rename = "Pid")]
     pub pid: i64,
+    /// Exit code of the last run.
     #[serde(rename = "ExitCode")]
     pub exit_code: i64,
+    /// The runtime's error of the last start, if any.
     #[serde(rename = "Error")]
     pub error: String,
+    /// When it started, as podman prints it.
     #[serde(rename = "StartedAt")]
     pub started_at: String,
+    /// It was stopped by a checkpoint.
     #[serde(rename = "Checkpointed")]
     pub checkpointed: bool,
+    /// It was created by a restore.
     #[serde(rename = "Restored")]
     pub restored: bool,
 }
 
+/// The `HostConfig` section of an inspect.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct HostConfig {
@@ -170,8 +189,10 @@ impl ContainerInfo {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ContainerStats {
+    /// Container ID.
     #[serde(rename = "ContainerID")]
     pub id: String,
+    /// Container name.
     #[serde(rename = "Name")]
     pub name: String,
     /// CPU use in percent of one CPU since the previous sample.
@@ -180,12 +201,16 @@ pub struct ContainerStats {
     /// Memory charged to the container's cgroup (includes page cache).
     #[serde(rename = "MemUsage")]
     pub mem_usage_bytes: u64,
+    /// The cgroup's memory limit.
     #[serde(rename = "MemLimit")]
     pub mem_limit_bytes: u64,
+    /// Bytes received on the container's interfaces.
     #[serde(rename = "NetInput")]
     pub net_input_bytes: u64,
+    /// Bytes sent on the container's interfaces.
     #[serde(rename = "NetOutput")]
     pub net_output_bytes: u64,
+    /// Processes in the container.
     #[serde(rename = "PIDs")]
     pub pids: u64,
 }
@@ -209,24 +234,31 @@ pub(crate) struct VersionResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct HostInfo {
+    /// The `host` section.
     pub host: HostSection,
 }
 
+/// The `host` section of `GET /info`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HostSection {
     /// `v1` or `v2`.
     pub cgroup_version: String,
+    /// The OCI runtime podman uses.
     pub oci_runtime: OciRuntime,
+    /// Kernel release.
     pub kernel: String,
 }
 
+/// The OCI runtime podman uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct OciRuntime {
+    /// Its name (`runc`, `crun`).
     pub name: String,
     /// The runtime's binary (e.g. `/usr/bin/runc`).
     pub path: String,
+    /// Its version banner.
     pub version: String,
 }
 
@@ -329,10 +361,13 @@ mod tests {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct ContainerSummary {
+    /// Its names.
     #[serde(rename = "Names")]
     pub names: Vec<String>,
+    /// Host PID of its init process.
     #[serde(rename = "Pid")]
     pub pid: i64,
+    /// `running`, `exited`, ...
     #[serde(rename = "State")]
     pub state: String,
 }

@@ -28,9 +28,11 @@ pub struct CriuDumpStats {
     pub memdump_time_us: u64,
     /// Time to write the pages to the image.
     pub memwrite_time_us: u64,
+    /// Pages CRIU looked at.
     pub pages_scanned: u64,
     /// Pages not written because a previous (pre-)dump holds them unchanged.
     pub pages_skipped_parent: u64,
+    /// Pages written to this image.
     pub pages_written: u64,
     /// Pages left for lazy (post-copy) transfer.
     pub pages_lazy: u64,
@@ -39,22 +41,27 @@ pub struct CriuDumpStats {
 /// What CRIU measured while restoring (`restore_stats_entry`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CriuRestoreStats {
+    /// Pages compared against the parent image.
     pub pages_compared: u64,
+    /// Pages shared copy-on-write instead of restored.
     pub pages_skipped_cow: u64,
     /// Time to fork the process tree.
     pub forking_time_us: u64,
     /// Time of the whole CRIU restore.
     pub restore_time_us: u64,
+    /// Pages restored.
     pub pages_restored: u64,
 }
 
 impl CriuDumpStats {
+    /// How long the process tree stayed frozen.
     pub fn frozen_time(&self) -> Duration {
         Duration::from_micros(self.frozen_time_us)
     }
 }
 
 impl CriuRestoreStats {
+    /// CRIU's whole restore time.
     pub fn restore_time(&self) -> Duration {
         Duration::from_micros(self.restore_time_us)
     }

@@ -67,6 +67,7 @@ impl Podman {
         self
     }
 
+    /// The podman API socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -249,6 +250,7 @@ impl Podman {
         }
     }
 
+    /// `GET /containers/{name}/json`.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn inspect(&self, name: &str) -> Result<ContainerInfo> {
         check_name(Op::Inspect, name)?;
@@ -260,6 +262,7 @@ impl Podman {
         .await
     }
 
+    /// Whether a container with this name or ID exists.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn exists(&self, name: &str) -> Result<bool> {
         check_name(Op::Exists, name)?;
@@ -296,6 +299,7 @@ impl Podman {
             })
     }
 
+    /// Whether an image with this reference exists locally.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn image_exists(&self, reference: &str) -> Result<bool> {
         check_reference(Op::ImageExists, reference)?;

@@ -23,9 +23,12 @@ const PODMAN_NPROC_CEILING: u64 = 32_768;
 /// One rlimit in podman's create request (`r_limits`): `kind` is `nofile`, `nproc`, ...
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ulimit {
+    /// The limit (`nofile`, `nproc`, ...).
     #[serde(rename = "type")]
     pub kind: String,
+    /// Soft limit.
     pub soft: u64,
+    /// Hard limit.
     pub hard: u64,
 }
 
@@ -50,6 +53,7 @@ impl Ulimit {
 /// What decides the ulimits (read from `/proc/self/status` and `getrlimit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostLimits {
+    /// The agent holds `CAP_SYS_RESOURCE` (may raise hard limits).
     pub has_sys_resource: bool,
     /// Hard `RLIMIT_NOFILE` (`u64::MAX` = unlimited).
     pub nofile_hard: u64,

@@ -57,6 +57,7 @@ pub struct PreDumpReport {
     pub dir: PathBuf,
     /// The runtime's whole pre-dump (freeze, dump, thaw).
     pub elapsed: Duration,
+    /// CRIU's dump statistics of the round, if it wrote them.
     pub criu: Option<CriuDumpStats>,
 }
 

@@ -29,22 +29,47 @@ pub fn pair_params(source: &PamParams, destination: &PamParams) -> PamParams {
 /// Why the designer refused its input. Bad numbers are reported, never panicked on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DesignError {
+    /// An input is NaN or infinite.
     #[error("{name} must be a finite number, got {value}")]
-    NotFinite { name: &'static str, value: f64 },
+    NotFinite {
+        /// The input's name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// An input that must be positive is zero or negative.
     #[error("{name} must be greater than zero, got {value}")]
-    NotPositive { name: &'static str, value: f64 },
+    NotPositive {
+        /// The input's name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// An input that must not be negative is.
     #[error("{name} must not be negative, got {value}")]
-    Negative { name: &'static str, value: f64 },
+    Negative {
+        /// The input's name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// An input is below its lower bound.
     #[error("{name} must be at least {min}, got {value}")]
     BelowMinimum {
+        /// The input's name.
         name: &'static str,
+        /// Its value.
         value: f64,
+        /// The bound.
         min: f64,
     },
     /// Every input is valid but together they are beyond f64 (e.g. exabytes at bytes/s):
     /// a plan must not carry ∞, which JSON cannot even encode.
     #[error("the {what} overflows for these inputs")]
-    Overflow { what: &'static str },
+    Overflow {
+        /// The quantity that overflowed.
+        what: &'static str,
+    },
 }
 
 /// `value` if it is finite: guards a computed result against overflow.

@@ -31,14 +31,18 @@ use crate::rpc::RpcError;
 /// when it passes; the orchestrator waits a little longer for that answer to travel.
 #[derive(Debug, Clone)]
 pub struct StepTimeouts {
+    /// Timeout of Describe.
     pub describe: Duration,
+    /// Timeout of Prepare.
     pub prepare: Duration,
     /// Each pre-dump round and the final checkpoint.
     pub checkpoint: Duration,
     /// Restore excluding the transfer; the transfer's allowance is added per task
     /// (twice the image size at the planned bandwidth).
     pub restore: Duration,
+    /// Timeout of SwitchFlow.
     pub switch_flow: Duration,
+    /// Timeout of Release.
     pub release: Duration,
     /// Each attempt of each rollback step.
     pub rollback: Duration,
@@ -64,6 +68,7 @@ impl Default for StepTimeouts {
 /// Knobs of the driver.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
+    /// Per-step timeouts.
     pub timeouts: StepTimeouts,
     /// Attempts of each rollback or release step before giving up on it.
     pub retry_attempts: u32,

@@ -45,6 +45,7 @@ pub enum TaskError {
     /// service already migrating).
     #[error("{0}")]
     Conflict(String),
+    /// No task has this id.
     #[error("no migration '{0}'")]
     NotFound(String),
     /// A step an agent ran for the call (Describe at submission) failed or got no answer.
@@ -53,8 +54,10 @@ pub enum TaskError {
     /// The orchestrator itself failed (its Zenoh session, encoding a reply).
     #[error("{0}")]
     Internal(String),
+    /// The designer refused the inputs.
     #[error("cannot plan this migration: {0}")]
     Design(#[from] crate::designer::DesignError),
+    /// The task database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -56,7 +56,9 @@ pub fn check_request(req: &MigrationRequest) -> Result<(), TaskError> {
 /// The agents a request names, present, probed and with their profiles.
 #[derive(Debug, Clone)]
 pub struct Participants {
+    /// The agent the service runs on.
     pub source: AgentView,
+    /// The agent it moves to.
     pub destination: AgentView,
 }
 
@@ -64,7 +66,9 @@ pub struct Participants {
 /// source's Describe. [`design`] plans from it alone, once.
 #[derive(Debug, Clone)]
 pub struct Gathered {
+    /// Source and destination.
     pub agents: Participants,
+    /// The source's Describe of the service.
     pub described: Described,
 }
 

@@ -27,13 +27,16 @@ pub const OPS: [&str; 4] = ["submit", "inspect", "list", "cancel"];
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRef {
+    /// The task's id.
     pub id: String,
 }
 
 /// An error reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorReply {
+    /// What went wrong.
     pub error: String,
+    /// The HTTP status the same error gets in the API.
     pub status: u16,
 }
 
@@ -43,6 +46,7 @@ pub struct QueryServer {
 }
 
 impl QueryServer {
+    /// Declares the task queryables under `keys`.
     pub async fn start(
         session: &Session,
         keys: &KeySpace,

@@ -17,21 +17,31 @@ use super::{TaskRecord, TaskStatus};
 /// The task database failed.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The database file could not be opened or migrated.
     #[error("task database {path}: {source}")]
     Open {
+        /// The file.
         path: String,
+        /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// A query failed.
     #[error("task database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A stored record does not parse.
     #[error("task database: record of task {id} is unreadable: {source}")]
     Corrupt {
+        /// The task's id.
         id: String,
+        /// The JSON error.
         source: serde_json::Error,
     },
+    /// A record could not be serialized.
     #[error("task database: cannot encode task {id}: {source}")]
     Encode {
+        /// The task's id.
         id: String,
+        /// The JSON error.
         source: serde_json::Error,
     },
 }
@@ -104,6 +114,7 @@ impl Store {
         Ok(())
     }
 
+    /// One task by id.
     pub fn get(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let json: Option<String> = self
             .conn()

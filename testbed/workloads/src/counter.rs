@@ -6,6 +6,7 @@ use std::io::{self, BufRead, Write};
 /// Service state: the one number a migration must carry over.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
+    /// The count, incremented by every request.
     pub count: u64,
 }
 

@@ -9,9 +9,11 @@ pub const PAGE: usize = 4096;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed` (never zero).
     pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
+    /// The next pseudo-random number.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
@@ -36,11 +38,14 @@ impl Rng {
 /// `elapsed_s` seconds at `pages_per_s`, minus what was already done, is what to dirty now.
 #[derive(Debug, Clone)]
 pub struct Pacer {
+    /// Target rate.
     pub pages_per_s: f64,
+    /// Pages dirtied so far.
     pub done: u64,
 }
 
 impl Pacer {
+    /// A pacer at `pages_per_s`, nothing done yet.
     pub fn new(pages_per_s: f64) -> Pacer {
         Pacer {
             pages_per_s: pages_per_s.max(0.0),
@@ -72,12 +77,14 @@ pub struct PageCursor {
 }
 
 impl PageCursor {
+    /// A cursor over `pages` pages, starting at the first.
     pub fn new(pages: usize) -> PageCursor {
         PageCursor {
             pages: pages.max(1),
             next: 0,
         }
     }
+    /// The next page to dirty, wrapping around.
     pub fn next_page(&mut self) -> usize {
         let p = self.next;
         self.next = (self.next + 1) % self.pages;
@@ -105,6 +112,7 @@ impl Ballast {
         Ok(Ballast { mem, rng })
     }
 
+    /// Pages held.
     pub fn pages(&self) -> usize {
         self.mem.len() / PAGE
     }
