@@ -30,6 +30,7 @@
 
 mod runtime_common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,12 +38,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mose_agent::runtime::{CreateSpec, HostLimits, Netns, Podman};
+use mose_agent::runtime::Podman;
 use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
 use mose_overlay::{connect_wire, HostOverlay};
-use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
+use mose_protocol::messages::{overlay_mac, Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
-    Abort, Checkpoint, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release, Restore,
+    Abort, Checkpoint, Deploy, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release, Restore,
     Resume, Step, StepKind, StepOutcome, StepReply, StepRequest, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
@@ -74,10 +75,6 @@ const COAT_TOOLS: &[&str] = &[
     "nsenter",
 ];
 
-fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [2, 0, o[0], o[1], o[2], o[3]]
-}
 
 fn client_netns() -> String {
     format!("{PREFIX}cli")
@@ -426,39 +423,33 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         wait_ready(&session, &keys, id).await;
     }
 
-    // --- The service on A (placed with A's own Prepare), its flow on M pointing at A.
-    let network = ServiceNetwork {
-        ip: SVC_IP,
-        prefix_len: 24,
-        mac: mac_of(SVC_IP),
-        client_ip: Some(CLIENT_IP),
-        client_mac: Some(mac_of(CLIENT_IP)),
-    };
-    let spec = ServiceSpec {
+    // --- The service deployed on A (its endpoint, flows and container), its flow on M
+    // pointing at A.
+    let deployed = ServiceSpec {
         name: SERVICE.into(),
         image: counter.reference.clone(),
-        network: network.clone(),
+        network: ServiceNetwork::new(SVC_IP, 24),
     };
-    ok(
-        &session,
-        &keys,
-        "a",
-        "place",
-        Prepare { spec: spec.clone() },
-    )
-    .await;
+    let deploy = Deploy {
+        spec: deployed.clone(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    ok(&session, &keys, "a", "deploy", deploy.clone()).await;
+    // A repeat finds it running and changes nothing.
+    ok(&session, &keys, "a", "deploy", deploy).await;
     let pa = Podman::new(a.podman_socket()).unwrap();
     let pb = Podman::new(b.podman_socket()).unwrap();
-    pa.create(&CreateSpec {
-        name: SERVICE.into(),
-        image: counter.reference.clone(),
-        netns: Netns::Path(PathBuf::from(format!("/run/netns/mose-{SERVICE}"))),
-        ulimits: HostLimits::detect().expect("limits").container_ulimits(),
-        ..CreateSpec::default()
-    })
-    .await
-    .expect("create the service on A");
-    pa.start(SERVICE).await.expect("start the service on A");
+    // What Describe reports once the client is connected: the same identity, the client known.
+    let mut network = deployed.network.clone();
+    network.clients = vec![Peer {
+        ip: CLIENT_IP,
+        mac: overlay_mac(CLIENT_IP),
+    }];
+    let spec = ServiceSpec {
+        network: network.clone(),
+        ..deployed
+    };
     let to_a = SwitchFlow {
         network: network.clone(),
         to: "a".into(),
@@ -471,11 +462,11 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         "cli",
         CLIENT_IP,
         24,
-        MacAddr(mac_of(CLIENT_IP)),
+        MacAddr(overlay_mac(CLIENT_IP)),
     );
     cli.neighbours.push(Neighbour {
         ip: SVC_IP,
-        mac: MacAddr(mac_of(SVC_IP)),
+        mac: MacAddr(overlay_mac(SVC_IP)),
     });
     let cli = hm.add_endpoint(&cli).await.expect("client endpoint");
     lab.client_ns = Some(cli.endpoint.netns_path.clone());
@@ -499,7 +490,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     } = described;
     assert_eq!(
         got, spec,
-        "describe reports what the service was placed with"
+        "describe reports what the service was deployed with, and its client"
     );
     assert!(state_bytes > 0, "state size from the cgroup");
     println!("describe: {SERVICE} {SVC_IP} state {state_bytes} B");

@@ -1,12 +1,15 @@
 //! [`ApiClient`]: the orchestrator's HTTP API from the caller's side (the `mose` CLI, the
 //! testbed), with the server's `{"error": ...}` answers decoded into [`ClientError`].
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::agents::AgentView;
+use crate::services::{DeployRequest, ServiceRecord, ServiceView};
 use crate::tasks::{MigrationRequest, TaskRecord};
 
 /// A failed API call.
@@ -40,6 +43,12 @@ pub enum ClientError {
     },
 }
 
+/// How long one API call may take. Submitting a migration includes the source's Describe,
+/// deploying a service its container's start: seconds, far below this.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long connecting to the orchestrator may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client of one orchestrator's HTTP API.
 pub struct ApiClient {
     base: String,
@@ -47,12 +56,42 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` like `http://127.0.0.1:7070`.
+    /// `base` like `http://127.0.0.1:7070`. Every call gives up after [`CALL_TIMEOUT`]
+    /// (connecting after [`CONNECT_TIMEOUT`]): an orchestrator that hangs is reported, not
+    /// waited for forever.
     pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .build()
+            // Only a TLS backend failing to initialise makes the builder fail; none is used.
+            .unwrap_or_default();
         Self {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
         }
+    }
+
+    /// `POST /v1/services`: deploys a service; the answer is its record, address allocated.
+    pub async fn deploy(&self, request: &DeployRequest) -> Result<ServiceRecord, ClientError> {
+        self.json(Method::POST, "/v1/services", Some(request)).await
+    }
+
+    /// `GET /v1/services`: every service, by name.
+    pub async fn services(&self) -> Result<Vec<ServiceRecord>, ClientError> {
+        self.get("/v1/services").await
+    }
+
+    /// `GET /v1/services/{name}`: the record with what its host reports now.
+    pub async fn service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        self.get(&format!("/v1/services/{name}")).await
+    }
+
+    /// `DELETE /v1/services/{name}`: removes the service from its host and its mobiles.
+    pub async fn remove_service(&self, name: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, &format!("/v1/services/{name}"), None::<&()>)
+            .await
+            .map(drop)
     }
 
     /// `GET /v1/agents`: every agent the orchestrator knows.

@@ -101,8 +101,8 @@ pub fn migrations_table(tasks: &[TaskRecord]) -> String {
         rows.push([
             t.id.clone(),
             t.request.service.clone(),
-            t.request.source.clone(),
-            t.request.destination.clone(),
+            t.route.source.clone(),
+            t.route.destination.clone(),
             t.plan.strategy.to_string(),
             t.status.to_string(),
             t.phase
@@ -125,8 +125,8 @@ pub fn plan_summary(task: &TaskRecord) -> String {
          why: {why}\n",
         id = task.id,
         service = task.request.service,
-        from = task.request.source,
-        to = task.request.destination,
+        from = task.route.source,
+        to = task.route.destination,
         strategy = p.strategy,
         rounds = p.rounds,
         bw = p.bandwidth_bytes_per_s.0 as f64 / 1e6,
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn migration_tables_render() {
         use mose_protocol::messages::Phase;
-        let mut task = crate::tasks::tests::record("m1", 0, crate::tasks::TaskStatus::Succeeded);
+        let mut task = crate::fixtures::task_record("m1", 0, crate::tasks::TaskStatus::Succeeded);
         task.measurements.frozen_ms = Some(640.0);
         task.measurements.phases_ms.insert(Phase::Restore, 300.0);
         let table = migrations_table(std::slice::from_ref(&task));

@@ -3,6 +3,8 @@
 //!
 //! * [`tasks`]: [`MigrationRequest`] (`POST /v1/migrations`) and [`TaskRecord`] (every task
 //!   call's answer), with [`TaskStatus`], [`PlanInputs`], [`Progress`], [`Measurements`].
+//! * [`services`]: [`DeployRequest`] (`POST /v1/services`), [`ServiceRecord`] and
+//!   [`ServiceView`] (the service calls' answers).
 //! * [`agents`]: [`AgentView`] (`GET /v1/agents`).
 //! * [`client`]: [`ApiClient`] over reqwest; failures as [`ClientError`].
 //! * [`format`]: the tables and summaries the `mose` CLI prints, and the parsers of the
@@ -14,9 +16,15 @@
 
 pub mod agents;
 pub mod client;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod format;
+pub mod services;
 pub mod tasks;
 
 pub use agents::AgentView;
 pub use client::{ApiClient, ClientError, ErrorBody};
-pub use tasks::{Measurements, MigrationRequest, PlanInputs, Progress, TaskRecord, TaskStatus};
+pub use services::{DeployRequest, ServiceRecord, ServiceStatus, ServiceView};
+pub use tasks::{
+    Measurements, MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus,
+};

@@ -64,16 +64,18 @@ fn default_objective() -> Objective {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationRequest {
-    /// The container to move.
+    /// The service to move.
     pub service: String,
-    /// Agent id of the edge host it runs on now.
-    pub source: String,
     /// Agent id of the edge host it moves to.
     pub destination: String,
-    /// Agent id of the mobile device whose client flow must follow the service; without it no
-    /// flow is switched (the service is reached some other way).
+    /// Agent id of the edge host it runs on now. For a service MOSE deployed it is known and
+    /// this only asserts it (a mismatch is refused); a container placed by other means needs it.
     #[serde(default)]
-    pub mobile: Option<String>,
+    pub source: Option<String>,
+    /// Mobile agents whose client flows follow the service. Omitted: the service's own (every
+    /// mobile it was deployed for), or none for a container MOSE did not deploy.
+    #[serde(default)]
+    pub mobiles: Option<Vec<String>>,
     /// What to minimise; `downtime` when omitted.
     #[serde(default = "default_objective")]
     pub objective: Objective,
@@ -85,6 +87,17 @@ pub struct MigrationRequest {
     /// link); overrides the agents' link estimate and the configured default.
     #[serde(default)]
     pub bandwidth_bytes_per_s: Option<BytesPerSec>,
+}
+
+/// Who takes part in a migration, resolved from the request and the service's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The edge host the service leaves.
+    pub source: String,
+    /// The edge host it moves to.
+    pub destination: String,
+    /// The mobile agents whose flows are switched, each in parallel.
+    pub mobiles: Vec<String>,
 }
 
 /// What the designer was fed, kept with the task so its plan can be reproduced and judged.
@@ -199,6 +212,8 @@ pub struct TaskRecord {
     pub id: String,
     /// The request as submitted.
     pub request: MigrationRequest,
+    /// Source, destination and mobiles, as resolved at submission.
+    pub route: Route,
     /// The service as the source described it (network identity the destination recreates).
     pub spec: ServiceSpec,
     /// What the designer was fed.
@@ -229,71 +244,12 @@ pub struct TaskRecord {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A finished-looking task for tests of the rendering and the store.
-    pub(crate) fn record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord {
-        use mose_protocol::messages::ServiceNetwork;
-        use mose_protocol::model::Strategy;
-        use std::net::Ipv4Addr;
-        TaskRecord {
-            id: id.into(),
-            request: MigrationRequest {
-                service: "counter".into(),
-                source: "edge1".into(),
-                destination: "edge2".into(),
-                mobile: Some("mobile1".into()),
-                objective: Objective::Resources,
-                target_downtime_ms: 1000.0,
-                target_duration_ms: 5000.0,
-                bandwidth_bytes_per_s: None,
-            },
-            spec: ServiceSpec {
-                name: "counter".into(),
-                image: "localhost/counter".into(),
-                network: ServiceNetwork {
-                    ip: Ipv4Addr::new(10, 77, 0, 10),
-                    prefix_len: 24,
-                    mac: [2, 0, 0, 0, 0, 10],
-                    client_ip: None,
-                    client_mac: None,
-                },
-            },
-            inputs: PlanInputs {
-                state_bytes: 1 << 20,
-                dirty_rate_bytes_per_s: BytesPerSec(0),
-                bandwidth_bytes_per_s: BytesPerSec(125_000_000),
-                source_calibrated: false,
-                destination_calibrated: false,
-                notes: vec![],
-            },
-            plan: Plan {
-                strategy: Strategy::Cold,
-                objective: Objective::Resources,
-                bandwidth_bytes_per_s: BytesPerSec(1_000_000),
-                rounds: 0,
-                predicted_downtime_s: 0.9,
-                predicted_total_s: 0.9,
-                target_met: true,
-                explanation: "test".into(),
-            },
-            status,
-            phase: None,
-            progress: Progress::default(),
-            events: vec![],
-            faults: vec![],
-            error: None,
-            measurements: Default::default(),
-            created_us,
-            updated_us: created_us,
-            finished_us: None,
-        }
-    }
 
     #[test]
     fn a_record_survives_json() {
-        let r = record("m1", 5, TaskStatus::RolledBack);
+        let r = crate::fixtures::task_record("m1", 5, TaskStatus::RolledBack);
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<TaskRecord>(&json).unwrap(), r);
         assert!(json.contains(r#""status":"rolled_back""#), "{json}");
@@ -359,7 +315,12 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(r.objective, Objective::Downtime);
-        assert_eq!(r.mobile, None);
+        assert_eq!((r.source.as_deref(), r.mobiles), (Some("a"), None));
+        let r: MigrationRequest = serde_json::from_str(
+            r#"{"service":"c","destination":"b","target_downtime_ms":1,"target_duration_ms":5}"#,
+        )
+        .unwrap();
+        assert_eq!(r.source, None, "the source of a deployed service is known");
         assert!(serde_json::from_str::<MigrationRequest>(
             r#"{"service":"c","source":"a","destination":"b","target_downtime":1,"target_duration_ms":5}"#
         )

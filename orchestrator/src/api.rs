@@ -15,6 +15,7 @@ use mose_api::ErrorBody;
 use serde::Serialize;
 
 use crate::registry::{AgentView, AgentsView};
+use crate::services::{DeployRequest, ServiceRecord, ServiceView, Services};
 use crate::tasks::{MigrationRequest, Migrations, TaskError, TaskRecord};
 
 /// What the handlers share.
@@ -24,6 +25,8 @@ pub struct ApiState {
     pub agents: AgentsView,
     /// Submission and inspection of migrations.
     pub migrations: Migrations,
+    /// Deployment and removal of services.
+    pub services: Services,
 }
 
 /// An error answer.
@@ -79,6 +82,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", get(get_agent))
+        .route("/v1/services", get(list_services).post(deploy_service))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).delete(remove_service),
+        )
         .route(
             "/v1/migrations",
             get(list_migrations).post(submit_migration),
@@ -125,6 +133,45 @@ async fn get_agent(
         .get(&id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no agent '{id}' is present")))
+}
+
+async fn deploy_service(
+    State(state): State<ApiState>,
+    body: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("invalid deploy request: {}", e.body_text()),
+    })?;
+    let service = state.services.deploy(request).await?;
+    let location = format!("/v1/services/{}", service.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(service),
+    )
+        .into_response())
+}
+
+async fn list_services(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<ServiceRecord>>, ApiError> {
+    Ok(Json(state.services.list()?))
+}
+
+async fn get_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    Ok(Json(state.services.view(&name).await?))
+}
+
+async fn remove_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.services.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn submit_migration(

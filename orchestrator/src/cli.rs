@@ -13,6 +13,7 @@ use mose_protocol::{KeyError, KeySpace};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::services::{AddressPool, PoolError};
 use crate::tasks::DriverConfig;
 
 /// Default address of the HTTP API (docs/protocol.md#http-api).
@@ -43,6 +44,10 @@ pub struct Cli {
     /// per second [default: 125000000, 1 Gbit/s]
     #[arg(long, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     pub default_bandwidth: Option<u64>,
+    /// Overlay addresses deployed services get, FIRST-LAST/PREFIX [default:
+    /// 10.88.0.100-10.88.0.254/24]
+    #[arg(long, value_name = "RANGE")]
+    pub service_pool: Option<AddressPool>,
     /// Zenoh connection flags.
     #[command(flatten)]
     pub zenoh: ZenohArgs,
@@ -62,6 +67,8 @@ pub struct ConfigFile {
     pub default_bandwidth_bytes_per_s: Option<u64>,
     /// Step timeouts and retries (`[steps]`); what is absent keeps its default.
     pub steps: StepsFile,
+    /// Deployed services (`[services]`).
+    pub services: ServicesFile,
     /// Zenoh session settings (`[zenoh]`).
     pub zenoh: ZenohOptions,
 }
@@ -131,6 +138,14 @@ impl StepsFile {
     }
 }
 
+/// The `[services]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesFile {
+    /// Overlay addresses deployed services get, `FIRST-LAST/PREFIX`.
+    pub pool: Option<String>,
+}
+
 /// The settled configuration.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -142,6 +157,8 @@ pub struct OrchestratorConfig {
     pub state_dir: PathBuf,
     /// Step timeouts, retries and the planning default.
     pub driver: DriverConfig,
+    /// Overlay addresses of deployed services.
+    pub service_pool: AddressPool,
     /// Zenoh session settings.
     pub zenoh: ZenohOptions,
 }
@@ -168,6 +185,9 @@ pub enum ConfigError {
     /// The key prefix is not a valid key expression.
     #[error("invalid key prefix: {0}")]
     Prefix(#[from] KeyError),
+    /// The service address pool is unusable.
+    #[error("[services] {0}")]
+    Pool(#[from] PoolError),
 }
 
 impl ConfigFile {
@@ -204,6 +224,11 @@ impl Cli {
             driver.default_bandwidth_bytes_per_s = BytesPerSec(bandwidth);
         }
         file.steps.apply(&mut driver)?;
+        let service_pool = match (self.service_pool, &file.services.pool) {
+            (Some(pool), _) => pool,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => AddressPool::default(),
+        };
         Ok(OrchestratorConfig {
             http,
             keys: KeySpace::new(
@@ -216,6 +241,7 @@ impl Cli {
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             driver,
+            service_pool,
             zenoh: file.zenoh,
         })
     }
@@ -262,6 +288,33 @@ mod tests {
         assert_eq!(cfg.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);
+        assert_eq!(cfg.service_pool, AddressPool::default());
+    }
+
+    #[test]
+    fn the_service_pool_from_the_file_or_the_flag() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[services]\npool = \"10.5.0.10-10.5.0.20/16\"").unwrap();
+        let path = f.path().to_str().unwrap();
+        let cfg = Cli::parse_from(["mose-orchestrator", "-c", path]).settle().unwrap();
+        assert_eq!(cfg.service_pool.to_string(), "10.5.0.10-10.5.0.20/16");
+        let cfg = Cli::parse_from([
+            "mose-orchestrator",
+            "-c",
+            path,
+            "--service-pool",
+            "10.6.0.2-10.6.0.3/24",
+        ])
+        .settle()
+        .unwrap();
+        assert_eq!(cfg.service_pool.size(), 2);
+        assert!(Cli::try_parse_from(["mose-orchestrator", "--service-pool", "10.6.0.2"]).is_err());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[services]\npool = \"nope\"").unwrap();
+        let err = Cli::parse_from(["mose-orchestrator", "-c", f.path().to_str().unwrap()])
+            .settle()
+            .unwrap_err();
+        assert!(err.to_string().contains("[services] invalid service address pool"), "{err}");
     }
 
     #[test]

@@ -20,4 +20,5 @@ pub mod openapi;
 pub mod prometheus;
 pub mod registry;
 pub mod rpc;
+pub mod services;
 pub mod tasks;

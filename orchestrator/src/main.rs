@@ -5,6 +5,7 @@ use clap::Parser;
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::cli::Cli;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::services::Services;
 use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{Migrations, Store};
 
@@ -48,10 +49,12 @@ async fn run() -> anyhow::Result<()> {
         http = %config.http,
         prefix = config.keys.prefix(),
         tasks = %config.task_db().display(),
+        service_pool = %config.service_pool,
         "orchestrator up"
     );
     let state = ApiState {
         agents: registry.view(),
+        services: Services::new(migrations.clone(), config.service_pool),
         migrations,
     };
     let shutdown = async {

@@ -136,7 +136,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::store::tests::record;
+    use mose_api::fixtures::task_record as record;
 
     #[test]
     fn counts_outcomes_histograms_and_bytes() {

@@ -9,6 +9,7 @@ use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_api::{ApiClient, ClientError};
 use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::services::{AddressPool, Services};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 use mose_protocol::messages::{
@@ -64,6 +65,7 @@ async fn agent_joins_reports_and_leaves() {
         listener,
         ApiState {
             agents: view.clone(),
+            services: Services::new(migrations.clone(), AddressPool::default()),
             migrations,
         },
         std::future::pending(),

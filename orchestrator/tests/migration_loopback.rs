@@ -20,13 +20,16 @@ use mose_agent::steps::{StepExecutor, StepServer};
 use mose_api::{ApiClient, ClientError};
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::services::{
+    AddressPool, DeployRequest, ServiceRecord, ServiceStatus, Services,
+};
 use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{
     DriverConfig, MigrationRequest, Migrations, StepTimeouts, Store, TaskRecord, TaskStatus,
 };
 use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, CriuStats, Phase, PhaseEvent, PhaseStatus, Role,
-    ServiceNetwork, ServiceSpec, Task,
+    Peer, ServiceNetwork, ServiceSpec, Task,
 };
 use mose_protocol::model::Objective;
 use mose_protocol::steps::{
@@ -96,11 +99,11 @@ fn spec() -> ServiceSpec {
         name: "counter".into(),
         image: "localhost/mose/counter:latest".into(),
         network: ServiceNetwork {
-            ip: Ipv4Addr::new(10, 77, 0, 10),
-            prefix_len: 24,
-            mac: [2, 0, 0, 0, 0, 10],
-            client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
-            client_mac: Some([2, 0, 0, 0, 0, 2]),
+            clients: vec![Peer {
+                ip: Ipv4Addr::new(10, 77, 0, 2),
+                mac: [2, 0, 0, 0, 0, 2],
+            }],
+            ..ServiceNetwork::new(Ipv4Addr::new(10, 77, 0, 10), 24)
         },
     }
 }
@@ -198,7 +201,10 @@ impl StepExecutor for Scripted {
             | Step::SwitchFlow(_)
             | Step::Resume(_)
             | Step::Abort(_)
-            | Step::Release(_) => Done.into(),
+            | Step::Release(_)
+            | Step::Deploy(_)
+            | Step::Remove(_)
+            | Step::ClearFlow(_) => Done.into(),
         })
     }
 }
@@ -286,11 +292,17 @@ struct Rig {
 
 impl Rig {
     async fn start(store: Store, config: DriverConfig) -> Self {
-        Self::start_with(store, config, false).await
+        Self::start_with(store, config, false, AddressPool::default()).await
     }
 
-    /// `dirty_tracking`: what every host's profile says about soft-dirty tracking.
-    async fn start_with(store: Store, config: DriverConfig, dirty_tracking: bool) -> Self {
+    /// `dirty_tracking`: what every host's profile says about soft-dirty tracking; `pool`: the
+    /// addresses services are deployed with.
+    async fn start_with(
+        store: Store,
+        config: DriverConfig,
+        dirty_tracking: bool,
+        pool: AddressPool,
+    ) -> Self {
         let endpoint = format!("tcp/127.0.0.1:{}", free_port());
         let keys = KeySpace::default();
         let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
@@ -325,6 +337,7 @@ impl Rig {
             listener,
             ApiState {
                 agents: view,
+                services: Services::new(migrations.clone(), pool),
                 migrations: migrations.clone(),
             },
             std::future::pending(),
@@ -378,9 +391,9 @@ impl Rig {
 fn request() -> MigrationRequest {
     MigrationRequest {
         service: "counter".into(),
-        source: "edge1".into(),
+        source: Some("edge1".into()),
         destination: "edge2".into(),
-        mobile: Some("drone".into()),
+        mobiles: Some(vec!["drone".into()]),
         objective: Objective::Downtime,
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,
@@ -483,7 +496,13 @@ async fn precopy_plans_run_pre_dumps_before_the_final_checkpoint() {
     // Hosts with dirty tracking and the downtime objective: the designer picks pre-copy, and
     // the driver runs its rounds as pre-dumps while the service keeps running, each fetched
     // by the destination before the next.
-    let rig = Rig::start_with(Store::in_memory().unwrap(), test_config(), true).await;
+    let rig = Rig::start_with(
+        Store::in_memory().unwrap(),
+        test_config(),
+        true,
+        AddressPool::default(),
+    )
+    .await;
     let task = rig.submit().await;
     assert!(task.plan.rounds >= 1, "{:#?}", task.plan);
     let done = rig.wait_finished(&task.id).await;
@@ -788,8 +807,8 @@ async fn bad_submissions_get_clear_4xx() {
     refused(400, "must be edge")(
         rig.client
             .submit(&with(|r| {
-                r.source = "drone".into();
-                r.mobile = None;
+                r.source = Some("drone".into());
+                r.mobiles = None;
             }))
             .await,
     );
@@ -863,4 +882,143 @@ async fn the_same_calls_work_over_zenoh() {
     let err: serde_json::Value =
         serde_json::from_slice(&ask("submit", b"{not json".to_vec()).await.unwrap_err()).unwrap();
     assert_eq!(err["status"], 400, "{err}");
+}
+
+/// Every call any agent received, as "agent:op", in order.
+fn all_calls(world: &World) -> Vec<String> {
+    world
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, a, op)| format!("{a}:{op}"))
+        .collect()
+}
+
+fn deploy_request(name: &str) -> DeployRequest {
+    DeployRequest {
+        name: name.into(),
+        image: "localhost/mose/counter:latest".into(),
+        host: "edge1".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        mobiles: None,
+    }
+}
+
+/// Asserts `r` is an API error with `status` whose message contains `needle`.
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, ClientError>, status: u16, needle: &str) {
+    match r {
+        Err(ClientError::Api {
+            status: s, message, ..
+        }) if s == status => assert!(message.contains(needle), "{message}"),
+        other => panic!("expected {status} containing '{needle}', got {other:?}"),
+    }
+}
+
+impl Rig {
+    /// Deploys, retrying while the first queries find no queryable yet (502).
+    async fn deploy(&self, request: &DeployRequest) -> Result<ServiceRecord, ClientError> {
+        let start = Instant::now();
+        loop {
+            match self.client.deploy(request).await {
+                Err(ClientError::Api { status: 502, .. })
+                    if start.elapsed() < Duration::from_secs(5)
+                        && self.world.script.lock().unwrap().fail.is_empty() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployed_service_migrates_by_name_and_its_record_follows() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let svc = rig.deploy(&deploy_request("counter")).await.unwrap();
+    assert_eq!(svc.status, ServiceStatus::Running);
+    assert_eq!(svc.network.ip, Ipv4Addr::new(10, 88, 0, 100), "first of the pool");
+    assert_eq!(svc.network.mac, [2, 0, 10, 88, 0, 100]);
+    assert_eq!(svc.mobiles, ["drone"], "every mobile present by default");
+    let calls = all_calls(&rig.world);
+    assert!(
+        calls.contains(&"edge1:deploy".to_string())
+            && calls.contains(&"drone:switch-flow->edge1".to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(rig.client.services().await.unwrap(), vec![svc.clone()]);
+    let view = rig.client.service("counter").await.unwrap();
+    assert_eq!(view.state_bytes, Some(10 << 20), "live from the host's Describe");
+    assert_eq!(view.clients.len(), 1, "{view:?}");
+    assert_eq!(view.migrating, None);
+
+    // By name only: the source is the service's host, its mobiles follow.
+    let by_name = MigrationRequest {
+        source: None,
+        mobiles: None,
+        ..request()
+    };
+    let task = rig.client.submit(&by_name).await.unwrap();
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:#?}");
+    assert_eq!(
+        (done.route.source.as_str(), done.route.mobiles.clone()),
+        ("edge1", vec!["drone".to_string()])
+    );
+    let moved = rig.client.service("counter").await.unwrap().record;
+    assert_eq!(moved.host, "edge2", "the record moved with the service");
+    assert_eq!(moved.last_migration.as_deref(), Some(task.id.as_str()));
+    // A source that is no longer right is refused, not obeyed.
+    assert_refused(rig.client.submit(&request()).await, 409, "runs on edge2, not on edge1");
+
+    rig.client.remove_service("counter").await.unwrap();
+    let calls = all_calls(&rig.world);
+    assert!(
+        calls.contains(&"drone:clear-flow".to_string())
+            && calls.contains(&"edge2:remove".to_string()),
+        "removed where it runs now: {calls:?}"
+    );
+    assert!(rig.client.services().await.unwrap().is_empty());
+    assert_refused(rig.client.service("counter").await, 404, "no service 'counter'");
+    assert_refused(rig.client.remove_service("counter").await, 404, "no service");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
+    let pool: AddressPool = "10.88.0.100-10.88.0.100/24".parse().unwrap();
+    let rig = Rig::start_with(Store::in_memory().unwrap(), test_config(), false, pool).await;
+    rig.deploy(&deploy_request("counter")).await.unwrap();
+    assert_refused(rig.deploy(&deploy_request("counter")).await, 409, "already exists");
+    assert_refused(rig.deploy(&deploy_request("other")).await, 409, "exhausted");
+    let on = |host: &str| DeployRequest {
+        host: host.into(),
+        ..deploy_request("other")
+    };
+    assert_refused(rig.deploy(&on("edge9")).await, 422, "not a present agent");
+    assert_refused(rig.deploy(&on("drone")).await, 400, "must be edge");
+    assert_refused(rig.deploy(&deploy_request("a/b")).await, 400, "service name");
+    let no_image = DeployRequest {
+        image: " ".into(),
+        ..deploy_request("other")
+    };
+    assert_refused(rig.deploy(&no_image).await, 400, "not an image reference");
+
+    // The address comes free with the removal; a host failing Deploy leaves no record, no
+    // address taken, and is told to remove what it made.
+    rig.client.remove_service("counter").await.unwrap();
+    rig.world.set(Script {
+        fail: vec![("edge1".into(), "deploy".into())],
+        ..Script::default()
+    });
+    assert_refused(rig.deploy(&deploy_request("counter")).await, 502, "scripted failure");
+    assert!(rig.client.services().await.unwrap().is_empty());
+    assert_eq!(
+        all_calls(&rig.world).last().map(String::as_str),
+        Some("edge1:remove")
+    );
+    rig.world.set(Script::default());
+    let again = rig.deploy(&deploy_request("counter")).await.unwrap();
+    assert_eq!(again.network.ip, Ipv4Addr::new(10, 88, 0, 100), "reused");
 }

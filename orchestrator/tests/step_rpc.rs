@@ -212,7 +212,7 @@ async fn a_request_of_another_protocol_version_is_refused_naming_both_versions()
     };
     let err = error_text(&reply);
     assert!(
-        err.contains("unsupported protocol version 2, this node speaks 3"),
+        err.contains("unsupported protocol version 2, this node speaks 4"),
         "{err}"
     );
 }
@@ -265,13 +265,7 @@ async fn a_restore_that_succeeds_after_its_timeout_is_undone_by_the_agent() {
     let spec = ServiceSpec {
         name: "counter".into(),
         image: "i".into(),
-        network: ServiceNetwork {
-            ip: std::net::Ipv4Addr::new(10, 0, 0, 1),
-            prefix_len: 24,
-            mac: [2, 0, 0, 0, 0, 1],
-            client_ip: None,
-            client_mac: None,
-        },
+        network: ServiceNetwork::new(std::net::Ipv4Addr::new(10, 0, 0, 1), 24),
     };
     let restore = Restore {
         spec,

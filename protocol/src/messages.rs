@@ -159,10 +159,37 @@ pub struct ServiceNetwork {
     pub prefix_len: u8,
     /// The service's MAC, kept so the client's neighbour entry stays valid.
     pub mac: [u8; 6],
-    /// The client whose flow follows the service, with its MAC carried to the destination.
-    pub client_ip: Option<Ipv4Addr>,
-    /// The client's MAC, if known.
-    pub client_mac: Option<[u8; 6]>,
+    /// The on-link peers the service talks to (its clients), with their MACs: the
+    /// destination pre-loads each as a neighbour, so no reply waits for ARP after a restore.
+    pub clients: Vec<Peer>,
+}
+
+/// A host on the service's subnet: its address and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: [u8; 6],
+}
+
+impl ServiceNetwork {
+    /// The identity a service is deployed with: no clients known yet.
+    pub fn new(ip: Ipv4Addr, prefix_len: u8) -> Self {
+        ServiceNetwork {
+            ip,
+            prefix_len,
+            mac: overlay_mac(ip),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// The MAC of an overlay address: locally administered `02:00:<the four address bytes>`, so
+/// two services never share one while their addresses differ, and a MAC names its address.
+pub fn overlay_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [2, 0, o[0], o[1], o[2], o[3]]
 }
 
 /// What a destination needs to recreate a service.
@@ -187,8 +214,8 @@ pub struct Task {
     pub source: String,
     /// The agent it moves to.
     pub destination: String,
-    /// The mobile agent whose client flow must follow the service.
-    pub mobile: Option<String>,
+    /// The mobile agents whose client flows follow the service.
+    pub mobiles: Vec<String>,
     /// The plan the migration follows.
     pub plan: Plan,
     /// When the task was submitted, Unix microseconds.
@@ -375,7 +402,7 @@ mod tests {
             service: "counter".into(),
             source: "edge1".into(),
             destination: "edge2".into(),
-            mobile: Some("mobile1".into()),
+            mobiles: vec!["mobile1".into()],
             plan: Plan {
                 strategy: Strategy::Cold,
                 objective: Objective::Resources,

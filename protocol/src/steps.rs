@@ -9,12 +9,16 @@
 //! migration ([`ImageId`]), never by a file or a key the orchestrator made up.
 //! See `docs/protocol.md` ("Steps").
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, MessageKind};
 use crate::messages::{CriuStats, ServiceNetwork, ServiceSpec};
+#[cfg(test)]
+use crate::messages::Peer;
 
 /// A checkpoint image of one task, by its role: a pre-copy round or the final dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,6 +103,12 @@ ops! {
     Abort = "abort",
     /// Source, commit: remove the old copy.
     Release = "release",
+    /// Edge: create the service's endpoint and container and start it (deployment).
+    Deploy = "deploy",
+    /// Edge: remove the service, its endpoint and its flows (deletion).
+    Remove = "remove",
+    /// Mobile: remove the flows of a service that is gone.
+    ClearFlow = "clear-flow",
 }
 
 impl fmt::Display for Op {
@@ -197,6 +207,36 @@ pub struct Release {
     pub service: String,
 }
 
+/// Edge: run a new service here: its namespace endpoint with the allocated identity on the
+/// host's bridge, the local steering toward it, and its container (created and started).
+/// A repeat finds the running service and succeeds without touching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    /// Name, image and network identity.
+    pub spec: ServiceSpec,
+    /// Arguments that replace the image's command (empty: the image's own).
+    pub args: Vec<String>,
+    /// Environment variables of the container.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Edge: remove the service from this host — container, endpoint, flows and any migration
+/// files. Absent parts are fine, so a repeat succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remove {
+    /// The service (container) name.
+    pub service: String,
+    /// The service's address, whose flows go too (also when its namespace is already gone).
+    pub ip: Ipv4Addr,
+}
+
+/// Mobile: remove the steering of a service that no longer exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearFlow {
+    /// The service's address.
+    pub ip: Ipv4Addr,
+}
+
 /// A step that had nothing to report but success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done;
@@ -292,6 +332,9 @@ steps! {
     Resume => Done,
     Abort => Done,
     Release => Done,
+    Deploy => Done,
+    Remove => Done,
+    ClearFlow => Done,
 }
 
 /// Builds the outcome enum and its conversions.
@@ -457,8 +500,10 @@ mod tests {
                 ip: Ipv4Addr::new(10, 77, 0, 10),
                 prefix_len: 24,
                 mac: [0x02, 0, 0, 0, 0, 0x0a],
-                client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
-                client_mac: Some([0x02, 0, 0, 0, 0, 0x02]),
+                clients: vec![Peer {
+                    ip: Ipv4Addr::new(10, 77, 0, 2),
+                    mac: [0x02, 0, 0, 0, 0, 0x02],
+                }],
             },
         }
     }
@@ -499,6 +544,21 @@ mod tests {
             Resume { service: service() }.into(),
             Abort { service: service() }.into(),
             Release { service: service() }.into(),
+            Deploy {
+                spec: spec(),
+                args: vec!["--port".into(), "7000".into()],
+                env: BTreeMap::from([("STATE_MIB".into(), "1".into())]),
+            }
+            .into(),
+            Remove {
+                service: service(),
+                ip: spec().network.ip,
+            }
+            .into(),
+            ClearFlow {
+                ip: spec().network.ip,
+            }
+            .into(),
         ]
     }
 

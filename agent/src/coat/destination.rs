@@ -25,21 +25,7 @@ impl<H: Host> Inner<H> {
     pub(super) async fn prepare(&self, task: &str, spec: &ServiceSpec) -> Result<u32> {
         check_service(&spec.name)?;
         let t0 = Instant::now();
-        let present = self
-            .host
-            .image_exists(&spec.image)
-            .await
-            .map_err(runtime(format!(
-                "check that image {} of {} is here",
-                spec.image, spec.name
-            )))?;
-        if !present {
-            return Err(CoatError::State(format!(
-                "image {} of service {} is not present on this host; load it before migrating \
-                 (the agent does not transfer container images)",
-                spec.image, spec.name
-            )));
-        }
+        self.require_image(spec).await?;
         let ofport = self
             .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
             .await?;
@@ -73,31 +59,53 @@ impl<H: Host> Inner<H> {
         Ok(ofport)
     }
 
+    /// Fails with `wrong_state` unless the image of `spec` is on this host.
+    pub(super) async fn require_image(&self, spec: &ServiceSpec) -> Result<()> {
+        let present = self
+            .host
+            .image_exists(&spec.image)
+            .await
+            .map_err(runtime(format!(
+                "check that image {} of {} is here",
+                spec.image, spec.name
+            )))?;
+        match present {
+            true => Ok(()),
+            false => Err(CoatError::State(format!(
+                "image {} of service {} is not present on this host; load it first \
+                 (`podman load`)",
+                spec.image, spec.name
+            ))),
+        }
+    }
+
     /// The service's namespace and veth, created unless they exist with the right identity
-    /// (then only the neighbour entry is refreshed): a repeated Prepare, or one on the host the
+    /// (then only the clients' neighbour entries are refreshed): a repeated Prepare, or one on the host the
     /// service runs on, must not cut a live service's interface.
-    async fn ensure_endpoint(&self, spec: &ServiceSpec) -> Result<u32> {
+    pub(super) async fn ensure_endpoint(&self, spec: &ServiceSpec) -> Result<u32> {
         let (name, host_if) = (netns_name(&spec.name), host_ifname(&spec.name));
         let path = self.host.netns_path(&name);
         let net = &spec.network;
-        let client = match (net.client_ip, net.client_mac) {
-            (Some(ip), Some(mac)) => Some(Neighbour {
-                ip,
-                mac: MacAddr(mac),
-            }),
-            _ => None,
-        };
+        let clients: Vec<Neighbour> = net
+            .clients
+            .iter()
+            .map(|c| Neighbour {
+                ip: c.ip,
+                mac: MacAddr(c.mac),
+            })
+            .collect();
         if path.exists() && self.host.link_exists(&host_if) {
             match self.host.read_identity(&path).await {
                 Ok(id)
                     if id.ip == net.ip && id.prefix_len == net.prefix_len && id.mac == net.mac =>
                 {
-                    if let Some(n) = client {
+                    for &n in &clients {
                         self.host
                             .replace_neighbour(&path, n)
                             .await
                             .map_err(overlay(format!(
-                                "carry the client's neighbour entry into {}",
+                                "carry the neighbour entry of client {} into {}",
+                                n.ip,
                                 path.display()
                             )))?;
                     }
@@ -124,7 +132,7 @@ impl<H: Host> Inner<H> {
         let mut endpoint =
             EndpointSpec::new(&name, &host_if, net.ip, net.prefix_len, MacAddr(net.mac));
         endpoint.ifname = SERVICE_IFNAME.to_string();
-        endpoint.neighbours.extend(client);
+        endpoint.neighbours = clients;
         self.host
             .add_endpoint(&endpoint)
             .await
@@ -134,7 +142,7 @@ impl<H: Host> Inner<H> {
             )))
     }
 
-    async fn running_here(&self, service: &str) -> Result<bool> {
+    pub(super) async fn running_here(&self, service: &str) -> Result<bool> {
         Ok(self
             .container(service)
             .await?
@@ -340,7 +348,7 @@ impl<H: Host> Inner<H> {
     /// Rollback: remove whatever a prepare or restore left.
     #[tracing::instrument(name = "coat.abort", skip(self))]
     pub(super) async fn abort(&self, task: &str, service: &str) -> Result<Done> {
-        self.remove_service(task, service, "abort").await
+        self.remove_service(task, service, None, "abort").await
     }
 }
 

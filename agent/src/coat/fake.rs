@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mose_overlay::netns::{EndpointSpec, Neighbour};
 use mose_overlay::{OverlayError, ServiceAddr};
-use mose_protocol::messages::ServiceSpec;
+use mose_protocol::messages::{Peer, ServiceSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::host::Host;
@@ -20,8 +20,8 @@ use super::naming::{host_ifname, netns_name};
 use super::netinfo::NetIdentity;
 use crate::runtime::container::{ContainerState, HostConfig};
 use crate::runtime::{
-    CheckpointOptions, CheckpointReport, ContainerInfo, CriuDumpStats, CriuRestoreStats, Op,
-    PreDumpReport, RestoreOptions, RestoreReport, RuntimeError,
+    CheckpointOptions, CheckpointReport, ContainerInfo, CreateSpec, CriuDumpStats, CriuRestoreStats, Op,
+    Netns, PreDumpReport, RestoreOptions, RestoreReport, RuntimeError,
 };
 
 /// The anonymous memory every fake container reports.
@@ -162,7 +162,7 @@ pub fn identity_of(spec: &ServiceSpec) -> NetIdentity {
         ip: net.ip,
         prefix_len: net.prefix_len,
         mac: net.mac,
-        client: net.client_ip.zip(net.client_mac),
+        clients: net.clients.clone(),
     }
 }
 
@@ -399,6 +399,31 @@ impl Host for FakeHost {
         self.restored(&name, seq, bytes.len() as u64)
     }
 
+    async fn run_container(&self, spec: &CreateSpec) -> Result<(), RuntimeError> {
+        self.record(format!("run_container {}", spec.name));
+        self.enter("run_container", &spec.name).await?;
+        let netns = match &spec.netns {
+            Netns::Path(p) => p.file_name().unwrap_or_default().to_string_lossy().into(),
+            other => panic!("the fake runs services in a namespace path, not {other:?}"),
+        };
+        let mut w = self.world();
+        if !w.images.contains(&spec.image) {
+            return Err(podman_error(Op::Create, &spec.name, "image not known"));
+        }
+        w.containers.insert(
+            spec.name.clone(),
+            FakeContainer {
+                running: true,
+                checkpointed: false,
+                restored: false,
+                netns,
+                image: spec.image.clone(),
+                inq_seq: 0,
+            },
+        );
+        Ok(())
+    }
+
     async fn remove(&self, name: &str) -> Result<bool, RuntimeError> {
         self.record(format!("remove {name}"));
         Ok(self.world().containers.remove(name).is_some())
@@ -432,7 +457,14 @@ impl Host for FakeHost {
             ip: spec.ip,
             prefix_len: spec.prefix_len,
             mac: spec.mac.0,
-            client: spec.neighbours.first().map(|n| (n.ip, n.mac.0)),
+            clients: spec
+                .neighbours
+                .iter()
+                .map(|n| Peer {
+                    ip: n.ip,
+                    mac: n.mac.0,
+                })
+                .collect(),
         };
         self.create_netns(&spec.netns, id);
         let mut w = self.world();

@@ -17,8 +17,8 @@ use super::netinfo::{self, NetIdentity};
 use super::resend;
 use crate::profiling::{anon_bytes_of_cgroup, memory_cgroup_of};
 use crate::runtime::{
-    CheckpointOptions, CheckpointReport, ContainerInfo, Podman, PreDumpReport, RestoreOptions,
-    RestoreReport, RuntimeError,
+    CheckpointOptions, CheckpointReport, ContainerInfo, CreateSpec, HostLimits, Podman,
+    PreDumpReport, RestoreOptions, RestoreReport, RuntimeError,
 };
 
 type RtResult<T> = Result<T, RuntimeError>;
@@ -63,6 +63,8 @@ pub trait Host: Send + Sync + 'static {
         previous: &Path,
         archive: &Path,
     ) -> impl Future<Output = RtResult<RestoreReport>> + Send;
+    /// Creates the container of `spec` (with the host's ulimits) and starts it.
+    fn run_container(&self, spec: &CreateSpec) -> impl Future<Output = RtResult<()>> + Send;
     /// Removes the container `name` (stopping it); `false` when there was none.
     fn remove(&self, name: &str) -> impl Future<Output = RtResult<bool>> + Send;
 
@@ -177,6 +179,19 @@ impl Host for PodmanHost {
         self.podman
             .restore_with_previous(opts, previous, archive)
             .await
+    }
+
+    async fn run_container(&self, spec: &CreateSpec) -> RtResult<()> {
+        let mut spec = spec.clone();
+        // Restores must find the same limits the container started with (docs/coat.md).
+        spec.ulimits = HostLimits::detect()
+            .map(|l| l.container_ulimits())
+            .map_err(|e| RuntimeError::Invalid {
+                op: crate::runtime::Op::Create,
+                why: format!("cannot read this process's limits: {e}"),
+            })?;
+        self.podman.create(&spec).await?;
+        self.podman.start(&spec.name).await
     }
 
     async fn remove(&self, name: &str) -> RtResult<bool> {

@@ -1,5 +1,7 @@
-//! The mobile host's step: steer the client's flow toward the host the service runs on.
+//! The mobile host's steps: steer the client's flow toward the host the service runs on, and
+//! drop it when the service is gone.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use mose_overlay::netns::MacAddr;
@@ -44,6 +46,17 @@ impl<H: Host> Inner<H> {
                 network.ip
             )))?;
         info!(port = %port, ofport, ms = mose_protocol::units::millis(t0.elapsed()), "client flow switched");
+        Ok(Done)
+    }
+
+    /// Removes the flows of a deleted service; none there is fine, so a repeat succeeds.
+    #[tracing::instrument(name = "coat.clear_flow", skip(self))]
+    pub(super) async fn clear_flow(&self, ip: Ipv4Addr) -> Result<Done> {
+        self.host
+            .unsteer(ip)
+            .await
+            .map_err(overlay(format!("remove the flows of {ip}")))?;
+        info!("client flow removed");
         Ok(Done)
     }
 }

@@ -24,6 +24,7 @@
 mod destination;
 mod error;
 mod host;
+mod lifecycle;
 mod mobile;
 mod naming;
 mod netinfo;
@@ -39,6 +40,7 @@ mod fake;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -46,7 +48,7 @@ use std::time::Instant;
 use mose_protocol::blob::{BlobServer, FetchOptions, DEFAULT_CHUNK_SIZE};
 use mose_protocol::messages::{now_us, CriuStats, Phase, PhaseEvent, PhaseStatus};
 use mose_protocol::steps::{
-    Abort, Done, FailureKind, ImageId, Resume, Step, StepFailure, StepOutcome,
+    Abort, Done, FailureKind, ImageId, Remove, Resume, Step, StepFailure, StepOutcome,
 };
 use mose_protocol::{encode, KeySpace};
 use tracing::{info, warn, Instrument};
@@ -180,10 +182,18 @@ impl<H: Host> StepExecutor for CoatExecutor<H> {
     }
 
     /// A Restore that podman finished after the caller gave up would leave a running copy
-    /// nobody wants, a Checkpoint a frozen source nobody resumes: both are undone by what the
-    /// caller's rollback sends anyway (docs/coat.md, "Idempotency").
+    /// nobody wants, a Checkpoint a frozen source nobody resumes, a Deploy a service nobody
+    /// knows of: each is undone by what the caller's rollback sends anyway (docs/coat.md,
+    /// "Idempotency").
     fn undo_of(&self, step: &Step) -> Option<Step> {
         match step {
+            Step::Deploy(d) => Some(
+                Remove {
+                    service: d.spec.name.clone(),
+                    ip: d.spec.network.ip,
+                }
+                .into(),
+            ),
             Step::Restore(r) => Some(
                 Abort {
                     service: r.spec.name.clone(),
@@ -223,8 +233,11 @@ impl<H: Host> Inner<H> {
             Step::Fetch(_) => self
                 .fetch_service(task)
                 .unwrap_or_else(|_| format!("fetch {task}")),
+            Step::Deploy(s) => s.spec.name.clone(),
+            Step::Remove(s) => s.service.clone(),
             // Flows belong to the service address, not to a container on this host.
             Step::SwitchFlow(s) => format!("flow {}", s.network.ip),
+            Step::ClearFlow(s) => format!("flow {}", s.ip),
         }
     }
 
@@ -245,6 +258,12 @@ impl<H: Host> Inner<H> {
             Step::Resume(s) => self.resume(task, &s.service).await?.into(),
             Step::Abort(s) => self.abort(task, &s.service).await?.into(),
             Step::Release(s) => self.release(task, &s.service).await?.into(),
+            Step::Deploy(s) => self.deploy(&s).await?.into(),
+            Step::Remove(s) => self
+                .remove_service(task, &s.service, Some(s.ip), "remove")
+                .await?
+                .into(),
+            Step::ClearFlow(s) => self.clear_flow(s.ip).await?.into(),
         })
     }
 
@@ -474,16 +493,24 @@ impl<H: Host> Inner<H> {
         Ok((result.map_err(runtime(what))?, seqs))
     }
 
-    /// Abort (destination) and Release (source): remove everything of `service` on this host.
-    async fn remove_service(&self, task: &str, service: &str, why: &str) -> Result<Done> {
+    /// Abort (destination), Release (source) and Remove: everything of `service` on this host.
+    /// The flows are keyed by the service's address: `ip` when the caller knows it, else what
+    /// the namespace (if it is still there) says.
+    async fn remove_service(
+        &self,
+        task: &str,
+        service: &str,
+        ip: Option<Ipv4Addr>,
+        why: &str,
+    ) -> Result<Done> {
         check_service(service)?;
         self.stop_serving(service);
         let (name, host_if) = (netns_name(service), host_ifname(service));
         let path = self.host.netns_path(&name);
-        // The flows are keyed by the service IP, which only the namespace still knows.
-        let ip = match path.exists() {
-            true => self.host.read_identity(&path).await.ok().map(|n| n.ip),
-            false => None,
+        let ip = match (ip, path.exists()) {
+            (Some(ip), _) => Some(ip),
+            (None, true) => self.host.read_identity(&path).await.ok().map(|n| n.ip),
+            (None, false) => None,
         };
         // Cut the namespace off the bridge first: a restored container (abort on the
         // destination) still holds the client's live TCP socket, and killing it makes the

@@ -1,7 +1,7 @@
 //! A service's network identity, read back from its namespace: the address and MAC of its
-//! interface and the client it serves (peer of an established TCP connection, with the MAC
-//! from the namespace's neighbour table). Describe reports it, so the destination can recreate
-//! the same identity and carry the client's neighbour entry over.
+//! interface and the clients it serves (on-link peers of its established TCP connections, with
+//! their MACs from the namespace's neighbour table). Describe reports it, so the destination
+//! can recreate the same identity and carry every client's neighbour entry over.
 //!
 //! Everything is read from inside the namespace on one short-lived thread (the overlay's
 //! [`mose_overlay::netns::in_netns`]): `getifaddrs` for the interface and
@@ -13,14 +13,19 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use mose_overlay::Result;
+use mose_protocol::messages::Peer;
 
 /// What a service's namespace says about its network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetIdentity {
+    /// The interface's address.
     pub ip: Ipv4Addr,
+    /// Its prefix length.
     pub prefix_len: u8,
+    /// Its MAC.
     pub mac: [u8; 6],
-    pub client: Option<(Ipv4Addr, [u8; 6])>,
+    /// The clients, see [`pick_clients`].
+    pub clients: Vec<Peer>,
 }
 
 /// Reads the identity of interface `ifname` in the namespace at `netns`.
@@ -34,7 +39,7 @@ fn read_here(ifname: &str) -> io::Result<NetIdentity> {
     let (ip, prefix_len, mac) = interface_addrs(ifname)?;
     let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
     let arp = std::fs::read_to_string("/proc/thread-self/net/arp")?;
-    let client = pick_client(
+    let clients = pick_clients(
         ip,
         prefix_len,
         &established_peers(&tcp),
@@ -44,7 +49,7 @@ fn read_here(ifname: &str) -> io::Result<NetIdentity> {
         ip,
         prefix_len,
         mac,
-        client,
+        clients,
     })
 }
 
@@ -152,29 +157,37 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// The client whose flow follows the service: the on-link peer of an established connection
-/// with a known MAC; failing that, the only resolved neighbour; else none (the destination then
-/// resolves the client by ARP, which costs the first packets ~1 s).
-fn pick_client(
+/// The clients whose neighbour entries the destination pre-loads: every on-link peer of an
+/// established connection whose MAC is known, in address order; with no such peer, every
+/// resolved on-link neighbour (a client between requests may have no connection open). A
+/// client missing here is resolved by ARP after the restore, which costs its first reply ~1 s.
+fn pick_clients(
     ip: Ipv4Addr,
     prefix_len: u8,
     peers: &[Ipv4Addr],
     neighbours: &[(Ipv4Addr, [u8; 6])],
-) -> Option<(Ipv4Addr, [u8; 6])> {
+) -> Vec<Peer> {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix_len.min(32)))
         .unwrap_or(0);
     let on_link = |a: Ipv4Addr| a != ip && (u32::from(a) & mask) == (u32::from(ip) & mask);
     let mac_of = |a: Ipv4Addr| neighbours.iter().find(|(n, _)| *n == a).map(|(_, m)| *m);
-    peers
+    let mut connected: Vec<Peer> = peers
         .iter()
         .copied()
         .filter(|a| on_link(*a))
-        .find_map(|a| mac_of(a).map(|m| (a, m)))
-        .or(match neighbours {
-            [only] => Some(*only),
-            _ => None,
-        })
+        .filter_map(|a| mac_of(a).map(|mac| Peer { ip: a, mac }))
+        .collect();
+    if connected.is_empty() {
+        connected = neighbours
+            .iter()
+            .filter(|(a, _)| on_link(*a))
+            .map(|&(ip, mac)| Peer { ip, mac })
+            .collect();
+    }
+    connected.sort();
+    connected.dedup();
+    connected
 }
 
 #[cfg(test)]
@@ -216,23 +229,30 @@ mod tests {
     }
 
     #[test]
-    fn client_is_the_connected_on_link_peer() {
-        let client = Ipv4Addr::new(10, 77, 0, 2);
-        let mac = [2, 0, 0x0a, 0x4d, 0, 2];
+    fn clients_are_the_connected_on_link_peers() {
+        let peer = |ip: Ipv4Addr, mac: [u8; 6]| Peer { ip, mac };
+        let (c1, m1) = (Ipv4Addr::new(10, 77, 0, 2), [2, 0, 0x0a, 0x4d, 0, 2]);
+        let (c2, m2) = (Ipv4Addr::new(10, 77, 0, 3), [2, 0, 0x0a, 0x4d, 0, 3]);
         let other = (Ipv4Addr::new(10, 77, 0, 5), [2, 0, 0, 0, 0, 5]);
-        // Connected peer wins over another resolved neighbour.
+        // Every connected peer (each connection counted once), not the idle neighbour.
         assert_eq!(
-            pick_client(SVC, 24, &[client], &[other, (client, mac)]),
-            Some((client, mac))
+            pick_clients(SVC, 24, &[c2, c1, c2], &[other, (c1, m1), (c2, m2)]),
+            vec![peer(c1, m1), peer(c2, m2)]
         );
-        // Off-link peers (behind a gateway) are not the client whose neighbour entry matters.
+        // Off-link peers (behind a gateway) have no neighbour entry that matters: the
+        // resolved on-link neighbours stand in.
         assert_eq!(
-            pick_client(SVC, 24, &[Ipv4Addr::new(10, 0, 0, 9)], &[other]),
-            Some(other)
+            pick_clients(SVC, 24, &[Ipv4Addr::new(10, 0, 0, 9)], &[other]),
+            vec![peer(other.0, other.1)]
         );
-        // No connection and several neighbours: ambiguous, none.
-        assert_eq!(pick_client(SVC, 24, &[], &[other, (client, mac)]), None);
-        assert_eq!(pick_client(SVC, 0, &[], &[]), None);
+        // A connected peer whose MAC is unknown is left to ARP.
+        assert_eq!(pick_clients(SVC, 24, &[c1], &[]), vec![]);
+        // Neighbours off the subnet are not clients either.
+        assert_eq!(
+            pick_clients(SVC, 24, &[], &[(Ipv4Addr::new(10, 9, 0, 1), [2; 6])]),
+            vec![]
+        );
+        assert_eq!(pick_clients(SVC, 0, &[], &[]), vec![]);
     }
 
     #[test]

@@ -56,8 +56,7 @@ impl<H: Host> Inner<H> {
                     ip: net.ip,
                     prefix_len: net.prefix_len,
                     mac: net.mac,
-                    client_ip: net.client.map(|c| c.0),
-                    client_mac: net.client.map(|c| c.1),
+                    clients: net.clients,
                 },
             },
             state_bytes,
@@ -314,7 +313,7 @@ impl<H: Host> Inner<H> {
     /// Commit: the destination serves, the old copy goes.
     #[tracing::instrument(name = "coat.release", skip(self))]
     pub(super) async fn release(&self, task: &str, service: &str) -> Result<Done> {
-        self.remove_service(task, service, "release").await
+        self.remove_service(task, service, None, "release").await
     }
 }
 

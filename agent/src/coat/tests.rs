@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mose_protocol::blob::FetchOptions;
-use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
+use mose_protocol::messages::{Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
-    Abort, Checkpoint, Describe, Done, Dumped, FailureKind, Fetch, Fetched, ImageId, PreDump,
-    Prepare, Release, Resend, Resent, Restore, Restored, Resume, StepFailure, StepKind, SwitchFlow,
+    Abort, Checkpoint, ClearFlow, Deploy, Describe, Done, Dumped, FailureKind, Fetch, Fetched,
+    ImageId, PreDump, Prepare, Release, Remove, Resend, Resent, Restore, Restored, Resume,
+    StepFailure, StepKind, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::KeySpace;
@@ -35,8 +36,10 @@ fn spec() -> ServiceSpec {
             ip: Ipv4Addr::new(10, 77, 0, 100),
             prefix_len: 24,
             mac: [2, 0, 10, 77, 0, 100],
-            client_ip: Some(Ipv4Addr::new(10, 77, 0, 2)),
-            client_mac: Some([2, 0, 10, 77, 0, 2]),
+            clients: vec![Peer {
+                ip: Ipv4Addr::new(10, 77, 0, 2),
+                mac: [2, 0, 10, 77, 0, 2],
+            }],
         },
     }
 }
@@ -1255,7 +1258,7 @@ fn criu_statistics_map_onto_the_wire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_executor_undoes_exactly_restore_and_checkpoint() {
+async fn the_executor_undoes_exactly_restore_checkpoint_and_deploy() {
     let lab = Lab::new().await;
     let a = lab.agent("a");
     let pairs = [
@@ -1279,10 +1282,119 @@ async fn the_executor_undoes_exactly_restore_and_checkpoint() {
             .into(),
             None,
         ),
+        (
+            deploy().into(),
+            Some(
+                Remove {
+                    service: service(),
+                    ip: spec().network.ip,
+                }
+                .into(),
+            ),
+        ),
         (Prepare { spec: spec() }.into(), None),
         (Resume { service: service() }.into(), None),
     ];
     for (step, undo) in pairs {
         assert_eq!(a.exec.undo_of(&step), undo, "{step:?}");
     }
+}
+
+fn deploy() -> Deploy {
+    Deploy {
+        spec: ServiceSpec {
+            network: ServiceNetwork::new(spec().network.ip, 24),
+            ..spec()
+        },
+        args: vec!["--verbose".into()],
+        env: [("STATE_MIB".to_string(), "1".to_string())].into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_builds_endpoint_flows_and_container_and_a_repeat_changes_nothing() {
+    let lab = Lab::new().await;
+    let a = lab.agent("a");
+    // No image here: refused before anything is made.
+    let f = a.fail("d1", deploy()).await;
+    assert_eq!(f.kind, FailureKind::WrongState, "{f}");
+    assert!(f.reason.contains("not present"), "{f}");
+    assert_eq!(a.host.world().count("add_endpoint"), 0);
+
+    a.host.world().images.insert(spec().image);
+    a.ok("d1", deploy()).await;
+    assert!(a.running());
+    {
+        let w = a.host.world();
+        let port = w.ports[&host_ifname(SERVICE)];
+        assert_eq!(w.flows.get(&spec().network.ip), Some(&port), "steered locally");
+        assert_eq!(w.netns[&netns_name(SERVICE)].ip, spec().network.ip);
+        assert_eq!(w.count("run_container"), 1);
+    }
+    a.ok("d1", deploy()).await;
+    assert_eq!(a.host.world().count("run_container"), 1, "a repeat runs nothing");
+    assert_eq!(a.host.world().count("add_endpoint"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_refuses_a_foreign_container_of_that_name_and_cleans_up_a_failed_start() {
+    let lab = Lab::new().await;
+    let a = lab.agent("a");
+    a.host.world().images.insert(spec().image);
+    a.host.world().failures.insert("run_container", "no such file".into());
+    let f = a.fail("d1", deploy()).await;
+    assert_eq!(f.kind, FailureKind::Runtime, "{f}");
+    assert_eq!(a.host.world().count("remove counter"), 1, "the half-made container goes");
+    // The retry goes through.
+    a.ok("d1", deploy()).await;
+    assert!(a.running());
+
+    let b = lab.agent("b");
+    b.host.world().images.insert(spec().image);
+    b.host.run_service(&spec(), SEQ);
+    b.host.world().containers.get_mut(SERVICE).unwrap().netns = "elsewhere".into();
+    let f = b.fail("d2", deploy()).await;
+    assert_eq!(f.kind, FailureKind::WrongState, "{f}");
+    assert!(f.reason.contains("already exists"), "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_takes_everything_away_even_without_the_namespace_and_repeats() {
+    let lab = Lab::new().await;
+    let a = lab.agent("a");
+    a.host.world().images.insert(spec().image);
+    a.ok("d1", deploy()).await;
+    let remove = Remove {
+        service: service(),
+        ip: spec().network.ip,
+    };
+    a.ok("r1", remove.clone()).await;
+    {
+        let w = a.host.world();
+        assert!(w.containers.is_empty() && w.flows.is_empty(), "{:?}", w.calls);
+        assert!(!w.netns.contains_key(&netns_name(SERVICE)));
+    }
+    // The namespace is gone, but a flow of the address is still removed by its address.
+    a.host.world().flows.insert(spec().network.ip, 7);
+    a.ok("r1", remove).await;
+    assert!(a.host.world().flows.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_flow_removes_the_mobile_steering_and_repeats() {
+    let lab = Lab::new().await;
+    let m = lab.agent("m");
+    let ip = spec().network.ip;
+    m.ok(
+        "d1",
+        SwitchFlow {
+            network: spec().network,
+            to: "a".into(),
+        },
+    )
+    .await;
+    assert_eq!(m.host.world().flows.get(&ip), Some(&1));
+    m.ok("r1", ClearFlow { ip }).await;
+    m.ok("r1", ClearFlow { ip }).await;
+    assert!(m.host.world().flows.is_empty());
 }

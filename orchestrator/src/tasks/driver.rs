@@ -20,6 +20,7 @@ use mose_protocol::steps::{
     SwitchFlow,
 };
 use mose_protocol::units::BytesPerSec;
+use futures::future::join_all;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -187,16 +188,12 @@ impl Driver {
         };
         let span = migration_span(&record);
         async move {
-            let req = &record.request;
-            let needed: Vec<&str> = [
-                Some(&req.source),
-                Some(&req.destination),
-                req.mobile.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-            .collect();
+            let route = &record.route;
+            let needed: Vec<&str> = [&route.source, &route.destination]
+                .into_iter()
+                .chain(&route.mobiles)
+                .map(String::as_str)
+                .collect();
             // Right after a restart the agents are still being rediscovered; acting at once
             // would spend the retries on agents that are merely not seen yet.
             let present = self
@@ -225,7 +222,7 @@ impl Driver {
 
     async fn forward(&mut self, r: &TaskRecord) -> Result<(), Stop> {
         let t = self.shared.config.timeouts.clone();
-        let (source, destination) = (&r.request.source, &r.request.destination);
+        let (source, destination) = (&r.route.source, &r.route.destination);
         let service = &r.request.service;
         let bandwidth = r.plan.bandwidth_bytes_per_s;
 
@@ -284,19 +281,15 @@ impl Driver {
             r.progress.restored = true;
         });
 
-        if let Some(mobile) = &r.request.mobile {
-            // Recorded before sending: if the orchestrator dies during the call, the rollback
-            // after restart must switch the flow back.
+        if !r.route.mobiles.is_empty() {
+            // Recorded before sending: if the orchestrator dies during the calls, the rollback
+            // after restart must switch the flows back.
             self.set(|r| r.progress.switch_attempted = true);
-            let switch = SwitchFlow {
-                network: r.spec.network.clone(),
-                to: destination.clone(),
-            };
-            self.step(mobile, switch, Phase::FlowSwitch, t.switch_flow)
-                .await?;
+            self.switch_flows(r, destination, t.switch_flow).await?;
         }
         self.set(|r| r.progress.switched = true);
         info!("point of no return passed: the destination is the truth now");
+        self.shared.move_service(service, destination);
         self.nudge_clients(destination, service, t.switch_flow)
             .await;
         Ok(())
@@ -365,12 +358,54 @@ impl Driver {
         result
     }
 
+    /// SwitchFlow on every mobile at once, each with its own event pair; the first failure
+    /// stops the task (the other switches still finish, and the rollback switches every mobile
+    /// back). Not cut short by a cancel: the switches take milliseconds.
+    async fn switch_flows(
+        &mut self,
+        r: &TaskRecord,
+        to: &str,
+        timeout: Duration,
+    ) -> Result<(), Stop> {
+        if *self.cancel.borrow() {
+            return Err(Stop::Cancelled);
+        }
+        for mobile in &r.route.mobiles {
+            self.event(mobile, Phase::FlowSwitch, PhaseStatus::Started)
+                .await;
+        }
+        let (rpc, id) = (&self.shared.rpc, &self.id);
+        let calls = r.route.mobiles.iter().map(|mobile| {
+            let switch = SwitchFlow {
+                network: r.spec.network.clone(),
+                to: to.to_string(),
+            };
+            let span = info_span!("step", op = "switch-flow", agent = %mobile);
+            async move { (mobile, rpc.call(mobile, id, switch, timeout).await) }.instrument(span)
+        });
+        let mut first_failure = None;
+        for (mobile, result) in join_all(calls).await {
+            let status = match result {
+                Ok(_) => PhaseStatus::Finished,
+                Err(e) => {
+                    let fault = fault_of(&e, 1);
+                    self.set(|r| r.faults.push(fault.clone()));
+                    let error = fault.to_string();
+                    first_failure.get_or_insert(Stop::Failed(fault));
+                    PhaseStatus::Failed { error }
+                }
+            };
+            self.event(mobile, Phase::FlowSwitch, status).await;
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
     /// Brings the service back to the source and ends the task.
     async fn rollback(&mut self, stop: Stop) {
         let Some(r) = self.set(|r| r.phase = Some(Phase::Rollback)) else {
             return;
         };
-        let (source, destination) = (&r.request.source, &r.request.destination);
+        let (source, destination) = (&r.route.source, &r.route.destination);
         let service = &r.request.service;
         let reason = stop.reason();
         warn!(%reason, "rolling back: the source copy stays the truth");
@@ -408,17 +443,21 @@ impl Driver {
             unsafe_failures.push(e);
         }
         let mut flow_back = true;
-        if let (true, Some(mobile)) = (r.progress.switch_attempted, &r.request.mobile) {
+        if r.progress.switch_attempted {
+            // Every mobile, whether or not its forward switch got through: a switch is a
+            // replacement of the flows, so switching back one that never moved is harmless.
             let back = SwitchFlow {
                 network: r.spec.network.clone(),
                 to: source.clone(),
             };
-            if let Err(e) = self
-                .retry(mobile, back, Phase::Rollback, t, Absent::Wait)
-                .await
-            {
-                flow_back = false;
-                unsafe_failures.push(e);
+            let backs = r.route.mobiles.iter().map(|mobile| {
+                self.retry(mobile, back.clone(), Phase::Rollback, t, Absent::Wait)
+            });
+            for result in join_all(backs).await {
+                if let Err(e) = result {
+                    flow_back = false;
+                    unsafe_failures.push(e);
+                }
             }
         }
         if resumed_ok && flow_back {
@@ -465,7 +504,7 @@ impl Driver {
     /// Releases the source after the point of no return and ends the task.
     async fn release(&mut self) {
         let Some(r) = self.snapshot() else { return };
-        let (source, destination) = (&r.request.source, &r.request.destination);
+        let (source, destination) = (&r.route.source, &r.route.destination);
         let release = Release {
             service: r.request.service.clone(),
         };
@@ -588,9 +627,9 @@ impl Driver {
         let task = Task {
             id: r.id.clone(),
             service: r.request.service.clone(),
-            source: r.request.source.clone(),
-            destination: r.request.destination.clone(),
-            mobile: r.request.mobile.clone(),
+            source: r.route.source.clone(),
+            destination: r.route.destination.clone(),
+            mobiles: r.route.mobiles.clone(),
             plan: r.plan.clone(),
             created_us: r.created_us,
         };
@@ -605,8 +644,8 @@ fn migration_span(r: &TaskRecord) -> tracing::Span {
         "migration",
         task = %r.id,
         service = %r.request.service,
-        source = %r.request.source,
-        destination = %r.request.destination,
+        source = %r.route.source,
+        destination = %r.route.destination,
     )
 }
 

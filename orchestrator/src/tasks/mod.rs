@@ -23,7 +23,7 @@ use thiserror::Error;
 pub use driver::{DriverConfig, StepTimeouts};
 /// The task documents are the HTTP API's (crate `mose-api`, shared with the CLI and testbed).
 pub use mose_api::tasks::{
-    Measurements, MigrationRequest, PlanInputs, Progress, TaskRecord, TaskStatus,
+    Measurements, MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus,
 };
 pub use service::Migrations;
 pub use store::{Store, StoreError};
@@ -48,6 +48,9 @@ pub enum TaskError {
     /// No task has this id.
     #[error("no migration '{0}'")]
     NotFound(String),
+    /// No service has this name.
+    #[error("{0}")]
+    NoService(String),
     /// A step an agent ran for the call (Describe at submission) failed or got no answer.
     #[error("{0}")]
     Agent(#[from] crate::rpc::RpcError),
@@ -67,7 +70,7 @@ impl TaskError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Invalid(_) => 400,
-            Self::NotFound(_) => 404,
+            Self::NotFound(_) | Self::NoService(_) => 404,
             Self::Conflict(_) => 409,
             Self::Unknown(_) | Self::Design(_) => 422,
             Self::Agent(e) => status_of_failure(e.kind()),

@@ -9,28 +9,70 @@ use mose_protocol::model::{PamParams, Plan};
 use mose_protocol::steps::Described;
 use mose_protocol::units::BytesPerSec;
 
-use super::{MigrationRequest, PlanInputs, TaskError};
+use super::{MigrationRequest, PlanInputs, Route, TaskError};
+use crate::services::ServiceRecord;
 use crate::designer::{configure, pair_params, DesignRequest};
 use crate::registry::AgentView;
 
-/// The checks that need nothing but the request.
-pub fn check_request(req: &MigrationRequest) -> Result<(), TaskError> {
+/// Who takes part. A service MOSE deployed runs where its record says, so that is the source
+/// (a `source` in the request only asserts it), and its mobiles follow it unless the request
+/// names others; a container placed by other means needs its source named.
+pub fn resolve_route(
+    req: &MigrationRequest,
+    service: Option<&ServiceRecord>,
+) -> Result<Route, TaskError> {
+    let (source, mobiles) = match service {
+        Some(record) => {
+            if let Some(asserted) = req.source.as_ref().filter(|s| **s != record.host) {
+                return Err(TaskError::Conflict(format!(
+                    "service '{}' runs on {}, not on {asserted}",
+                    record.name, record.host
+                )));
+            }
+            let mobiles = req.mobiles.clone().unwrap_or_else(|| record.mobiles.clone());
+            (record.host.clone(), mobiles)
+        }
+        None => {
+            let source = req.source.clone().ok_or_else(|| {
+                TaskError::NoService(format!(
+                    "no service '{}' is deployed (see GET /v1/services); to migrate a container \
+                     placed by other means, name its source",
+                    req.service
+                ))
+            })?;
+            (source, req.mobiles.clone().unwrap_or_default())
+        }
+    };
+    Ok(Route {
+        source,
+        destination: req.destination.clone(),
+        mobiles,
+    })
+}
+
+/// The checks that need nothing but the request and its route.
+pub fn check_request(req: &MigrationRequest, route: &Route) -> Result<(), TaskError> {
     let invalid = |e: mose_protocol::KeyError| TaskError::Invalid(e.to_string());
     validate_id("service", &req.service).map_err(invalid)?;
-    validate_id("source", &req.source).map_err(invalid)?;
-    validate_id("destination", &req.destination).map_err(invalid)?;
-    if let Some(mobile) = &req.mobile {
+    validate_id("source", &route.source).map_err(invalid)?;
+    validate_id("destination", &route.destination).map_err(invalid)?;
+    for (i, mobile) in route.mobiles.iter().enumerate() {
         validate_id("mobile", mobile).map_err(invalid)?;
-        if mobile == &req.source || mobile == &req.destination {
+        if mobile == &route.source || mobile == &route.destination {
             return Err(TaskError::Invalid(format!(
                 "mobile agent '{mobile}' cannot also be the source or the destination"
             )));
         }
+        if route.mobiles[..i].contains(mobile) {
+            return Err(TaskError::Invalid(format!(
+                "mobile agent '{mobile}' is named twice"
+            )));
+        }
     }
-    if req.source == req.destination {
+    if route.source == route.destination {
         return Err(TaskError::Invalid(format!(
             "source and destination are both '{}': nothing to migrate",
-            req.source
+            route.source
         )));
     }
     if req.bandwidth_bytes_per_s == Some(BytesPerSec(0)) {
@@ -72,47 +114,16 @@ pub struct Gathered {
     pub described: Described,
 }
 
-/// Checks that every agent the request names is present, has a profile whose capability probe
-/// has run, and plays its part: source and destination are edge hosts, the mobile agent is a
-/// mobile device.
+/// Checks that every agent of the route is present, has a profile whose capability probe has
+/// run, and plays its part: source and destination are edge hosts, the mobiles mobile devices.
 pub fn check_agents(
-    req: &MigrationRequest,
+    route: &Route,
     lookup: impl Fn(&str) -> Option<AgentView>,
 ) -> Result<Participants, TaskError> {
-    let agent = |what: &str, id: &str, role: Role| -> Result<AgentView, TaskError> {
-        let view = lookup(id).ok_or_else(|| {
-            TaskError::Unknown(format!(
-                "{what} '{id}' is not a present agent (see GET /v1/agents)"
-            ))
-        })?;
-        let profile = view.profile.as_ref().ok_or_else(|| {
-            TaskError::NotReady(format!(
-                "{what} '{id}' has joined but its profile has not arrived yet; retry shortly"
-            ))
-        })?;
-        if profile.capabilities.is_none() {
-            return Err(TaskError::NotReady(format!(
-                "{what} '{id}' has not finished probing what its host can do (CRIU, dirty \
-                 tracking, OvS): a plan made now could pick a strategy it cannot run; retry in \
-                 a few seconds"
-            )));
-        }
-        if profile.role != role {
-            let why = match role {
-                Role::Edge => "only edge hosts run services",
-                Role::Mobile => "its client flow is what gets switched",
-            };
-            return Err(TaskError::Invalid(format!(
-                "{what} '{id}' is a {} agent, but must be {role}: {why}",
-                profile.role
-            )));
-        }
-        Ok(view)
-    };
-    let source = agent("source", &req.source, Role::Edge)?;
-    let destination = agent("destination", &req.destination, Role::Edge)?;
-    if let Some(mobile) = &req.mobile {
-        agent("mobile agent", mobile, Role::Mobile)?;
+    let source = check_agent("source", &route.source, Role::Edge, &lookup)?;
+    let destination = check_agent("destination", &route.destination, Role::Edge, &lookup)?;
+    for mobile in &route.mobiles {
+        check_agent("mobile agent", mobile, Role::Mobile, &lookup)?;
     }
     Ok(Participants {
         source,
@@ -120,23 +131,61 @@ pub fn check_agents(
     })
 }
 
+/// The agent `id`, present, profiled, probed and of `role`; `what` names its part in errors.
+pub fn check_agent(
+    what: &str,
+    id: &str,
+    role: Role,
+    lookup: impl Fn(&str) -> Option<AgentView>,
+) -> Result<AgentView, TaskError> {
+    let view = lookup(id).ok_or_else(|| {
+        TaskError::Unknown(format!(
+            "{what} '{id}' is not a present agent (see GET /v1/agents)"
+        ))
+    })?;
+    let profile = view.profile.as_ref().ok_or_else(|| {
+        TaskError::NotReady(format!(
+            "{what} '{id}' has joined but its profile has not arrived yet; retry shortly"
+        ))
+    })?;
+    if profile.capabilities.is_none() {
+        return Err(TaskError::NotReady(format!(
+            "{what} '{id}' has not finished probing what its host can do (CRIU, dirty \
+             tracking, OvS): a plan made now could pick a strategy it cannot run; retry in \
+             a few seconds"
+        )));
+    }
+    if profile.role != role {
+        let why = match role {
+            Role::Edge => "only edge hosts run services",
+            Role::Mobile => "its client flow is what gets switched",
+        };
+        return Err(TaskError::Invalid(format!(
+            "{what} '{id}' is a {} agent, but must be {role}: {why}",
+            profile.role
+        )));
+    }
+    Ok(view)
+}
+
 /// Plans the migration: host parameters from both profiles, M and the service's network from
 /// the source's Describe, R_max and L from the source's latest metrics. Every fallback is
 /// stated in the inputs' notes and at the head of the plan's explanation.
 pub fn design(
     req: &MigrationRequest,
+    route: &Route,
     gathered: &Gathered,
     default_bandwidth: BytesPerSec,
 ) -> Result<(Plan, PlanInputs), TaskError> {
     let who = &gathered.agents;
     let (described, state_bytes) = (&gathered.described.spec, gathered.described.state_bytes);
     let mut notes = Vec::new();
-    if let (None, Some(client)) = (&req.mobile, described.network.client_ip) {
+    if let (true, Some(client)) = (route.mobiles.is_empty(), described.network.clients.first())
+    {
         // Allowed (the client may reach the service another way), but rarely what is meant.
         notes.push(format!(
-            "'{}' has a client at {client} but no mobile agent was named: its flow will not be \
-             switched",
-            req.service
+            "'{}' has a client at {} but no mobile agent follows it: no flow will be switched",
+            req.service, client.ip
         ));
     }
     let params_of = |view: &AgentView, notes: &mut Vec<String>| match view
@@ -163,21 +212,21 @@ pub fn design(
     if dirty_rate.is_none() {
         notes.push(format!(
             "no dirty rate of '{}' measured on {}: planning with R_max = 0",
-            req.service, req.source
+            req.service, route.source
         ));
     }
     let dirty_rate = dirty_rate.unwrap_or_default();
 
     let link = req.bandwidth_bytes_per_s.or_else(|| {
         metrics
-            .and_then(|m| m.links.iter().find(|l| l.peer == req.destination))
+            .and_then(|m| m.links.iter().find(|l| l.peer == route.destination))
             .map(|l| l.bandwidth_bytes_per_s)
             .filter(|b| b.0 > 0)
     });
     if link.is_none() {
         notes.push(format!(
             "no bandwidth estimate {} → {}: assuming the configured default of {default_bandwidth}",
-            req.source, req.destination
+            route.source, route.destination
         ));
     }
     let bandwidth = link.unwrap_or(default_bandwidth);
@@ -187,7 +236,7 @@ pub fn design(
     if state_bytes == 0 {
         notes.push(format!(
             "{} reported no memory state for '{}': planning with one page",
-            req.source, req.service
+            route.source, req.service
         ));
     }
     let state_bytes = state_bytes.max(page);
@@ -230,7 +279,7 @@ mod tests {
     use super::*;
     use mose_protocol::messages::{
         AgentProfile, Capabilities, ContainerMetrics, HostMetrics, LinkEstimate, MetricsSample,
-        ServiceNetwork, ServiceSpec,
+        Peer, ServiceNetwork, ServiceSpec,
     };
     use std::net::Ipv4Addr;
 
@@ -239,11 +288,11 @@ mod tests {
             name: "counter".into(),
             image: "counter".into(),
             network: ServiceNetwork {
-                ip: Ipv4Addr::new(10, 0, 0, 10),
-                prefix_len: 24,
-                mac: [2, 0, 0, 0, 0, 10],
-                client_ip,
-                client_mac: None,
+                clients: client_ip
+                    .map(|ip| Peer { ip, mac: [2; 6] })
+                    .into_iter()
+                    .collect(),
+                ..ServiceNetwork::new(Ipv4Addr::new(10, 0, 0, 10), 24)
             },
         }
     }
@@ -253,9 +302,9 @@ mod tests {
     fn request() -> MigrationRequest {
         MigrationRequest {
             service: "counter".into(),
-            source: "edge1".into(),
+            source: Some("edge1".into()),
             destination: "edge2".into(),
-            mobile: Some("drone".into()),
+            mobiles: Some(vec!["drone".into()]),
             objective: Objective::Resources,
             target_downtime_ms: 2000.0,
             target_duration_ms: 5000.0,
@@ -314,10 +363,15 @@ mod tests {
         .collect()
     }
 
+    fn route(req: &MigrationRequest) -> Route {
+        resolve_route(req, None).unwrap()
+    }
+
     fn check(req: &MigrationRequest) -> Result<Participants, TaskError> {
-        check_request(req)?;
+        let route = resolve_route(req, None)?;
+        check_request(req, &route)?;
         let map = agents();
-        check_agents(req, |id| map.get(id).cloned())
+        check_agents(&route, |id| map.get(id).cloned())
     }
 
     fn refused(change: impl FnOnce(&mut MigrationRequest)) -> (u16, String) {
@@ -340,22 +394,30 @@ mod tests {
         assert_eq!(code, 400);
         assert!(msg.contains("both 'edge1'"), "{msg}");
 
-        let (code, msg) = refused(|r| r.source = "ghost".into());
+        let (code, msg) = refused(|r| r.source = Some("ghost".into()));
         assert_eq!(code, 422);
         assert!(msg.contains("source 'ghost'"), "{msg}");
 
         let (code, msg) = refused(|r| {
-            r.source = "drone".into();
-            r.mobile = None;
+            r.source = Some("drone".into());
+            r.mobiles = None;
         });
         assert_eq!(code, 400);
         assert!(msg.contains("mobile agent, but must be edge"), "{msg}");
 
-        let (code, msg) = refused(|r| r.mobile = Some("edge2".into()));
+        let (code, msg) = refused(|r| r.mobiles = Some(vec!["edge2".into()]));
         assert_eq!(code, 400, "{msg}");
 
-        let (code, msg) = refused(|r| r.mobile = Some("edge9".into()));
+        let (code, msg) = refused(|r| r.mobiles = Some(vec!["edge9".into()]));
         assert_eq!(code, 422, "{msg}");
+
+        let (code, msg) = refused(|r| r.mobiles = Some(vec!["drone".into(), "drone".into()]));
+        assert_eq!(code, 400);
+        assert!(msg.contains("named twice"), "{msg}");
+
+        let (code, msg) = refused(|r| r.source = None);
+        assert_eq!(code, 404, "no record, no source: {msg}");
+        assert!(msg.contains("name its source"), "{msg}");
 
         let (code, msg) = refused(|r| r.destination = "fresh".into());
         assert_eq!(code, 503);
@@ -386,6 +448,7 @@ mod tests {
         let who = check(&request()).unwrap();
         let (plan, inputs) = design(
             &request(),
+            &route(&request()),
             &gathered(&who, None, 10 << 20),
             BytesPerSec(125_000_000),
         )
@@ -428,6 +491,7 @@ mod tests {
         });
         let (plan, inputs) = design(
             &request(),
+            &route(&request()),
             &gathered(&who, None, 10 << 20),
             BytesPerSec(125_000_000),
         )
@@ -444,6 +508,7 @@ mod tests {
         };
         let (plan, inputs) = design(
             &req,
+            &route(&req),
             &gathered(&who, None, 1 << 20),
             BytesPerSec(125_000_000),
         )
@@ -457,7 +522,13 @@ mod tests {
             objective: Objective::Downtime,
             ..request()
         };
-        let (plan, _) = design(&req, &gathered(&who, None, 0), BytesPerSec(125_000_000)).unwrap();
+        let (plan, _) = design(
+            &req,
+            &route(&req),
+            &gathered(&who, None, 0),
+            BytesPerSec(125_000_000),
+        )
+        .unwrap();
         assert_eq!(plan.strategy, Strategy::Cold);
         assert!(
             plan.explanation.contains("one page"),
@@ -467,20 +538,64 @@ mod tests {
 
         // A client without a mobile agent to steer its flow is worth a word.
         let req = MigrationRequest {
-            mobile: None,
+            mobiles: None,
             ..request()
         };
         let client = Some(Ipv4Addr::new(10, 0, 0, 2));
-        let (plan, inputs) =
-            design(&req, &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
+        let (plan, inputs) = design(
+            &req,
+            &route(&req),
+            &gathered(&who, client, 1 << 20),
+            BytesPerSec(1),
+        )
+        .unwrap();
         assert_eq!(inputs.notes.len(), 1, "{:?}", inputs.notes);
         assert!(
             plan.explanation.contains("client at 10.0.0.2"),
             "{}",
             plan.explanation
         );
-        let (_, inputs) =
-            design(&request(), &gathered(&who, client, 1 << 20), BytesPerSec(1)).unwrap();
+        let (_, inputs) = design(
+            &request(),
+            &route(&request()),
+            &gathered(&who, client, 1 << 20),
+            BytesPerSec(1),
+        )
+        .unwrap();
         assert!(inputs.notes.is_empty(), "{:?}", inputs.notes);
+    }
+
+    fn deployed(host: &str) -> ServiceRecord {
+        ServiceRecord {
+            name: "counter".into(),
+            image: "counter".into(),
+            host: host.into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            mobiles: vec!["drone".into(), "car".into()],
+            network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, 100), 24),
+            status: crate::services::ServiceStatus::Running,
+            last_migration: None,
+            created_us: 0,
+            updated_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_deployed_service_brings_its_source_and_mobiles() {
+        let req = MigrationRequest {
+            source: None,
+            mobiles: None,
+            ..request()
+        };
+        let route = resolve_route(&req, Some(&deployed("edge1"))).unwrap();
+        assert_eq!(route.source, "edge1");
+        assert_eq!(route.mobiles, ["drone", "car"], "every mobile of the service");
+        // Named mobiles replace the service's; an asserted source must be right.
+        let route = resolve_route(&request(), Some(&deployed("edge1"))).unwrap();
+        assert_eq!(route.mobiles, ["drone"]);
+        let err = resolve_route(&request(), Some(&deployed("edge3"))).unwrap_err();
+        assert_eq!(err.status(), 409);
+        assert!(err.to_string().contains("runs on edge3, not on edge1"), "{err}");
     }
 }

@@ -15,9 +15,10 @@ use zenoh::sample::Locality;
 use zenoh::Session;
 
 use super::driver::{Driver, DriverConfig};
-use super::plan::{check_agents, check_request, design, Gathered};
+use super::plan::{check_agents, check_request, design, resolve_route, Gathered};
 use super::store::Store;
 use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
+use crate::services::ServiceStatus;
 use crate::registry::AgentsView;
 use crate::rpc::AgentRpc;
 
@@ -34,12 +35,14 @@ pub(crate) struct Shared {
     pub(crate) keys: KeySpace,
     pub(crate) agents: AgentsView,
     pub(crate) config: DriverConfig,
-    store: Store,
+    pub(crate) store: Store,
     active: Mutex<HashMap<String, Active>>,
 }
 
 impl Shared {
-    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+    /// The active tasks. Also the lock under which service records change state, so that a
+    /// service is never removed while a migration of it starts, nor migrated while removed.
+    pub(crate) fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
         // Records are changed by whole closures; a poisoned lock still holds consistent ones.
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -66,6 +69,28 @@ impl Shared {
             error!(task = id, error = %e, "cannot persist the task; a restart would reconcile from stale state");
         }
         Some(record.clone())
+    }
+
+    /// A migration of `service` passed its point of no return: its record (if MOSE deployed
+    /// it) says it runs on `host` now. A failure is logged, not fatal: the migration itself
+    /// succeeded, and the next Describe finds the service where it is.
+    pub(crate) fn move_service(&self, service: &str, host: &str) {
+        let _active = self.active();
+        let moved = self.store.service(service).and_then(|record| match record {
+            Some(mut record) => {
+                record.host = host.to_string();
+                record.updated_us = now_us();
+                self.store.save_service(&record).map(|()| true)
+            }
+            None => Ok(false),
+        });
+        match moved {
+            Ok(true) => info!(service, host, "service record moved"),
+            Ok(false) => {}
+            Err(e) => {
+                error!(service, host, error = %e, "cannot record where the service runs now")
+            }
+        }
     }
 
     /// An active task's record as it stands, without touching it (nor its file).
@@ -109,7 +134,7 @@ impl Drop for Listener {
 /// The migration service: validates, plans, persists and drives tasks. Cheap to clone.
 #[derive(Clone)]
 pub struct Migrations {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _listener: Arc<Listener>,
 }
 
@@ -169,17 +194,26 @@ impl Migrations {
     /// Validates, gathers the plan's inputs (agents, the source's Describe), plans once and
     /// starts a migration. Returns the task as accepted.
     pub async fn submit(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
-        check_request(&request)?;
+        let service = self.shared.store.service(&request.service)?;
+        let route = resolve_route(&request, service.as_ref())?;
+        check_request(&request, &route)?;
+        if let Some(s) = service.as_ref().filter(|s| s.status != ServiceStatus::Running) {
+            return Err(TaskError::Conflict(format!(
+                "service '{}' is {}, not running: it cannot be migrated now",
+                s.name, s.status
+            )));
+        }
         self.refuse_if_migrating(&request.service)?;
-        let agents = check_agents(&request, |id| self.shared.agents.get(id))?;
-        let id = new_task_id();
+        let agents = check_agents(&route, |id| self.shared.agents.get(id))?;
+        let id = new_op_id("m");
         let described = self
-            .describe(&id, &request)
+            .describe(&id, &request.service, &route.source)
             .instrument(info_span!("describe", task = %id, service = %request.service))
             .await?;
         let gathered = Gathered { agents, described };
         let (plan, inputs) = design(
             &request,
+            &route,
             &gathered,
             self.shared.config.default_bandwidth_bytes_per_s,
         )?;
@@ -187,6 +221,7 @@ impl Migrations {
         let record = TaskRecord {
             id: id.clone(),
             request,
+            route,
             spec: gathered.described.spec,
             inputs,
             plan,
@@ -207,6 +242,18 @@ impl Migrations {
             let mut active = self.shared.active();
             if let Some(other) = migrating(&active, &record.request.service) {
                 return Err(other);
+            }
+            // The service's record is checked and marked under the same lock a removal takes.
+            if let Some(mut service) = self.shared.store.service(&record.request.service)? {
+                if service.status != ServiceStatus::Running {
+                    return Err(TaskError::Conflict(format!(
+                        "service '{}' is {}, not running: it cannot be migrated now",
+                        service.name, service.status
+                    )));
+                }
+                service.last_migration = Some(id.clone());
+                service.updated_us = now;
+                self.shared.store.save_service(&service)?;
             }
             self.shared.store.save(&record)?;
             active.insert(
@@ -266,21 +313,32 @@ impl Migrations {
         }
     }
 
-    async fn describe(&self, id: &str, request: &MigrationRequest) -> Result<Described, TaskError> {
+    /// The Describe of `service` by the agent `source`, as step of `task`.
+    pub(crate) async fn describe(
+        &self,
+        task: &str,
+        service: &str,
+        source: &str,
+    ) -> Result<Described, TaskError> {
         let step = Describe {
-            service: request.service.clone(),
+            service: service.to_string(),
         };
         let timeout = self.shared.config.timeouts.describe;
-        Ok(self
-            .shared
-            .rpc
-            .call(&request.source, id, step, timeout)
-            .await?)
+        Ok(self.shared.rpc.call(source, task, step, timeout).await?)
+    }
+
+    /// The id of the active migration of `service`, if one is running.
+    pub(crate) fn migrating(&self, service: &str) -> Option<String> {
+        self.shared
+            .active()
+            .values()
+            .find(|a| a.record.request.service == service)
+            .map(|a| a.record.id.clone())
     }
 }
 
 /// A conflict if `service` is already being migrated.
-fn migrating(active: &HashMap<String, Active>, service: &str) -> Option<TaskError> {
+pub(crate) fn migrating(active: &HashMap<String, Active>, service: &str) -> Option<TaskError> {
     active
         .values()
         .find(|a| a.record.request.service == service)
@@ -292,10 +350,12 @@ fn migrating(active: &HashMap<String, Active>, service: &str) -> Option<TaskErro
         })
 }
 
-/// Task ids: creation time plus a counter, unique across restarts and valid as a key chunk.
-fn new_task_id() -> String {
+/// Ids of tasks (`m…`) and of the steps of service calls (`d…` deploy, `r…` remove, `i…`
+/// inspect): a kind letter, the creation time and a counter, unique across restarts and valid
+/// as a key chunk.
+pub(crate) fn new_op_id(kind: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("m{}-{}", now_us(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{kind}{}-{}", now_us(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Appends an agent's phase event to its task, if the task is active and the event speaks

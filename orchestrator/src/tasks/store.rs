@@ -1,4 +1,4 @@
-//! Tasks persisted in SQLite (one file under the state directory).
+//! Tasks and services persisted in SQLite (one file under the state directory).
 //!
 //! A record is stored whole as JSON next to the columns that are queried (status, creation
 //! time): the record changes shape as the product grows, and serde defaults carry old rows
@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
+
+use mose_api::ServiceRecord;
 
 use super::{TaskRecord, TaskStatus};
 
@@ -29,17 +31,17 @@ pub enum StoreError {
     #[error("task database: {0}")]
     Sql(#[from] rusqlite::Error),
     /// A stored record does not parse.
-    #[error("task database: record of task {id} is unreadable: {source}")]
+    #[error("task database: record of {id} is unreadable: {source}")]
     Corrupt {
-        /// The task's id.
+        /// The row (`task <id>`, `service <name>`).
         id: String,
         /// The JSON error.
         source: serde_json::Error,
     },
     /// A record could not be serialized.
-    #[error("task database: cannot encode task {id}: {source}")]
+    #[error("task database: cannot encode {id}: {source}")]
     Encode {
-        /// The task's id.
+        /// The row (`task <id>`, `service <name>`).
         id: String,
         /// The JSON error.
         source: serde_json::Error,
@@ -60,6 +62,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     record     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS services (
+    name   TEXT PRIMARY KEY,
+    ip     TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -97,7 +104,7 @@ impl Store {
     /// Inserts or replaces the task.
     pub fn save(&self, record: &TaskRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|source| StoreError::Encode {
-            id: record.id.clone(),
+            id: format!("task {}", record.id),
             source,
         })?;
         self.conn().execute(
@@ -122,7 +129,7 @@ impl Store {
                 row.get(0)
             })
             .optional()?;
-        json.map(|j| parse(id, &j)).transpose()
+        json.map(|j| parse(&format!("task {id}"), &j)).transpose()
     }
 
     /// Every task, newest first.
@@ -141,6 +148,56 @@ impl Store {
         )
     }
 
+    /// Inserts or replaces the service. Its address is a unique column: two services can
+    /// never be stored with one address, whatever the caller checked before.
+    pub fn save_service(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|source| StoreError::Encode {
+            id: format!("service {}", record.name),
+            source,
+        })?;
+        self.conn().execute(
+            "INSERT INTO services (name, ip, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET ip = excluded.ip, record = excluded.record",
+            params![record.name, record.network.ip.to_string(), json],
+        )?;
+        Ok(())
+    }
+
+    /// One service by name.
+    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT record FROM services WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        json.map(|j| parse(&format!("service {name}"), &j))
+            .transpose()
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, record FROM services ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, json) = row?;
+            out.push(parse(&format!("service {name}"), &json)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets the service, freeing its address; `false` when there was none.
+    pub fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM services WHERE name = ?1", [name])?
+            > 0)
+    }
+
     fn select(&self, sql: &str, args: &[&str]) -> Result<Vec<TaskRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(sql)?;
@@ -150,82 +207,28 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, json) = row?;
-            out.push(parse(&id, &json)?);
+            out.push(parse(&format!("task {id}"), &json)?);
         }
         Ok(out)
     }
 }
 
-fn parse(id: &str, json: &str) -> Result<TaskRecord, StoreError> {
+/// `what` names the row in errors (`task m1-0`, `service redis`).
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-        id: id.to_string(),
+        id: what.to_string(),
         source,
     })
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::tasks::{MigrationRequest, Progress, TaskStatus};
-    use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
-    use mose_protocol::model::{Objective, Plan, Strategy};
-    use mose_protocol::units::BytesPerSec;
+    use crate::tasks::TaskStatus;
+    use mose_api::fixtures::task_record as record;
+    use mose_api::{ServiceRecord, ServiceStatus};
+    use mose_protocol::messages::ServiceNetwork;
     use std::net::Ipv4Addr;
-
-    pub(crate) fn record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord {
-        TaskRecord {
-            id: id.into(),
-            request: MigrationRequest {
-                service: "counter".into(),
-                source: "edge1".into(),
-                destination: "edge2".into(),
-                mobile: Some("mobile1".into()),
-                objective: Objective::Resources,
-                target_downtime_ms: 1000.0,
-                target_duration_ms: 5000.0,
-                bandwidth_bytes_per_s: None,
-            },
-            spec: ServiceSpec {
-                name: "counter".into(),
-                image: "localhost/counter".into(),
-                network: ServiceNetwork {
-                    ip: Ipv4Addr::new(10, 77, 0, 10),
-                    prefix_len: 24,
-                    mac: [2, 0, 0, 0, 0, 10],
-                    client_ip: None,
-                    client_mac: None,
-                },
-            },
-            inputs: crate::tasks::PlanInputs {
-                state_bytes: 1 << 20,
-                dirty_rate_bytes_per_s: BytesPerSec(0),
-                bandwidth_bytes_per_s: BytesPerSec(125_000_000),
-                source_calibrated: false,
-                destination_calibrated: false,
-                notes: vec![],
-            },
-            plan: Plan {
-                strategy: Strategy::Cold,
-                objective: Objective::Resources,
-                bandwidth_bytes_per_s: BytesPerSec(1_000_000),
-                rounds: 0,
-                predicted_downtime_s: 0.9,
-                predicted_total_s: 0.9,
-                target_met: true,
-                explanation: "test".into(),
-            },
-            status,
-            phase: None,
-            progress: Progress::default(),
-            events: vec![],
-            faults: vec![],
-            error: None,
-            measurements: Default::default(),
-            created_us,
-            updated_us: created_us,
-            finished_us: None,
-        }
-    }
 
     #[test]
     fn saves_updates_lists_and_finds_unfinished() {
@@ -289,5 +292,40 @@ pub(crate) mod tests {
             .unwrap();
         let err = store.get("x").unwrap_err();
         assert!(err.to_string().contains("task x"), "{err}");
+    }
+
+    fn service(name: &str, last: u8) -> ServiceRecord {
+        ServiceRecord {
+            name: name.into(),
+            image: "localhost/redis".into(),
+            host: "edge1".into(),
+            args: vec![],
+            env: Default::default(),
+            mobiles: vec!["mobile1".into()],
+            network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, last), 24),
+            status: ServiceStatus::Running,
+            last_migration: None,
+            created_us: 1,
+            updated_us: 1,
+        }
+    }
+
+    #[test]
+    fn services_are_stored_by_name_with_unique_addresses() {
+        let store = Store::in_memory().unwrap();
+        store.save_service(&service("redis", 100)).unwrap();
+        store.save_service(&service("mqtt", 101)).unwrap();
+        let mut moved = service("redis", 100);
+        moved.host = "edge2".into();
+        store.save_service(&moved).unwrap();
+        assert_eq!(store.service("redis").unwrap(), Some(moved));
+        let names: Vec<_> = store.services().unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["mqtt", "redis"]);
+        // A second service on a taken address is refused by the database itself.
+        assert!(store.save_service(&service("other", 101)).is_err());
+        assert!(store.delete_service("mqtt").unwrap());
+        assert!(!store.delete_service("mqtt").unwrap());
+        store.save_service(&service("other", 101)).unwrap();
+        assert!(store.service("gone").unwrap().is_none());
     }
 }

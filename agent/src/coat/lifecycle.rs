@@ -1,0 +1,76 @@
+//! An edge host's part in a service's life outside migrations: Deploy creates it here, Remove
+//! (in `mod.rs`, shared with Abort and Release) takes it away.
+
+use std::collections::BTreeMap;
+
+use mose_overlay::netns::MacAddr;
+use mose_overlay::ServiceAddr;
+use mose_protocol::steps::{Deploy, Done};
+use tracing::{info, warn};
+
+use super::error::{overlay, runtime, CoatError, Result};
+use super::host::Host;
+use super::naming::{check_service, netns_name};
+use super::Inner;
+use crate::runtime::{CreateSpec, Netns};
+
+/// The label that marks a container MOSE deployed (its value is the service name).
+pub const SERVICE_LABEL: &str = "io.mose.service";
+
+impl<H: Host> Inner<H> {
+    /// The endpoint with the allocated identity, the local steering toward it, then the
+    /// container in it, created and started. A repeat finds the service running in its
+    /// namespace and changes nothing; any other container of that name is refused, never
+    /// replaced.
+    #[tracing::instrument(name = "coat.deploy", skip(self, d), fields(service = %d.spec.name))]
+    pub(super) async fn deploy(&self, d: &Deploy) -> Result<Done> {
+        let spec = &d.spec;
+        check_service(&spec.name)?;
+        let netns = self.host.netns_path(&netns_name(&spec.name));
+        if let Some(info) = self.container(&spec.name).await? {
+            let ours = info.netns_path().as_deref() == Some(netns.as_path());
+            return match (ours, info.state.running) {
+                (true, true) => Ok(Done),
+                _ => Err(CoatError::State(format!(
+                    "a container named {} already exists on this host ({}); remove it or \
+                     deploy under another name",
+                    spec.name, info.state.status
+                ))),
+            };
+        }
+        self.require_image(spec).await?;
+        let ofport = self.ensure_endpoint(spec).await?;
+        let net = &spec.network;
+        self.host
+            .steer(
+                ServiceAddr {
+                    ip: net.ip,
+                    mac: MacAddr(net.mac),
+                },
+                ofport,
+            )
+            .await
+            .map_err(overlay(format!(
+                "steer {} to the local port {ofport} of {}",
+                net.ip, spec.name
+            )))?;
+        let create = CreateSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            command: (!d.args.is_empty()).then(|| d.args.clone()),
+            env: d.env.clone(),
+            labels: BTreeMap::from([(SERVICE_LABEL.to_string(), spec.name.clone())]),
+            netns: Netns::Path(netns),
+            ..CreateSpec::default()
+        };
+        if let Err(e) = self.host.run_container(&create).await {
+            // A created but unstarted container would make every repeat refuse the name.
+            if let Err(cleanup) = self.host.remove(&spec.name).await {
+                warn!(error = %cleanup, "cannot remove the container that failed to start");
+            }
+            return Err(runtime(format!("start the container of {}", spec.name))(e));
+        }
+        info!(ip = %net.ip, ofport, image = %spec.image, "service deployed");
+        Ok(Done)
+    }
+}
