@@ -43,8 +43,8 @@ use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
 use mose_overlay::{connect_wire, HostOverlay};
 use mose_protocol::messages::{overlay_mac, Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
-    Abort, Checkpoint, Deploy, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release, Restore,
-    Resume, Step, StepKind, StepOutcome, StepReply, StepRequest, SwitchFlow,
+    Abort, Checkpoint, Deploy, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release,
+    Restore, Resume, Step, StepKind, StepOutcome, StepReply, StepRequest, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{decode, encode, KeySpace};
@@ -74,7 +74,6 @@ const COAT_TOOLS: &[&str] = &[
     "ip",
     "nsenter",
 ];
-
 
 fn client_netns() -> String {
     format!("{PREFIX}cli")

@@ -10,7 +10,7 @@ use crate::tasks::{MigrationRequest, PlanInputs, Progress, Route, TaskRecord, Ta
 
 /// A finished-looking task for tests of the rendering and the store.
 pub fn task_record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord {
-        TaskRecord {
+    TaskRecord {
         id: id.into(),
         request: MigrationRequest {
             service: "counter".into(),

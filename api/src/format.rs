@@ -8,6 +8,7 @@ use mose_protocol::messages::{now_us, PhaseEvent, PhaseStatus};
 use mose_protocol::units::{BitsPerSec, BytesPerSec};
 
 use crate::agents::AgentView;
+use crate::services::{ServiceRecord, ServiceView};
 use crate::tasks::TaskRecord;
 
 /// The agents as an aligned text table.
@@ -113,6 +114,89 @@ pub fn migrations_table(tasks: &[TaskRecord]) -> String {
         ]);
     }
     aligned(&rows)
+}
+
+/// The services as an aligned text table.
+pub fn services_table(services: &[ServiceRecord]) -> String {
+    let mut rows = vec![[
+        "NAME",
+        "HOST",
+        "STATUS",
+        "ADDRESS",
+        "IMAGE",
+        "MOBILES",
+        "LAST MIGRATION",
+    ]
+    .map(String::from)];
+    for s in services {
+        rows.push([
+            s.name.clone(),
+            s.host.clone(),
+            s.status.to_string(),
+            format!("{}/{}", s.network.ip, s.network.prefix_len),
+            s.image.clone(),
+            match s.mobiles.is_empty() {
+                true => "-".into(),
+                false => s.mobiles.join(","),
+            },
+            s.last_migration.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    aligned(&rows)
+}
+
+/// One service in a few lines: where it runs, its identity, its live state.
+pub fn service_summary(view: &ServiceView) -> String {
+    let s = &view.record;
+    let mut out = String::new();
+    let _ = writeln!(out, "service {}: {} on {}", s.name, s.status, s.host);
+    let _ = writeln!(out, "image:   {}", s.image);
+    let _ = writeln!(
+        out,
+        "address: {}/{} mac {}",
+        s.network.ip,
+        s.network.prefix_len,
+        mac(s.network.mac)
+    );
+    let mobiles = match s.mobiles.is_empty() {
+        true => "none".to_string(),
+        false => s.mobiles.join(", "),
+    };
+    let _ = writeln!(out, "mobiles: {mobiles}");
+    if let Some(bytes) = view.state_bytes {
+        let _ = writeln!(
+            out,
+            "state:   {:.1} MiB (M)",
+            bytes as f64 / f64::from(1 << 20)
+        );
+    }
+    if let Some(rate) = view.dirty_rate_bytes_per_s {
+        let _ = writeln!(
+            out,
+            "dirty:   {:.1} MiB/s (R)",
+            rate.0 as f64 / f64::from(1 << 20)
+        );
+    }
+    for c in &view.clients {
+        let _ = writeln!(out, "client:  {} mac {}", c.ip, mac(c.mac));
+    }
+    match (&view.migrating, &s.last_migration) {
+        (Some(task), _) => {
+            let _ = writeln!(out, "migrating: {task}");
+        }
+        (None, Some(task)) => {
+            let _ = writeln!(out, "last migration: {task}");
+        }
+        (None, None) => {}
+    }
+    for note in &view.notes {
+        let _ = writeln!(out, "note:    {note}");
+    }
+    out
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The plan in a few lines: strategy, bandwidth, rounds, predictions and why.

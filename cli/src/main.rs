@@ -1,29 +1,55 @@
 //! `mose`: the operator's command line, a client of the orchestrator's HTTP API. Built on
 //! `mose-api` only, so it links no Zenoh, axum or SQLite.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 use mose_api::format::{
     agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s,
-    parse_duration_ms, plan_summary,
+    parse_duration_ms, plan_summary, service_summary, services_table,
 };
-use mose_api::{ApiClient, MigrationRequest, TaskStatus};
+use mose_api::{ApiClient, DeployRequest, MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::units::BytesPerSec;
+use serde::Serialize;
 
-/// Operate MOSE-RS: list agents, migrate services, follow and list migrations.
+/// What the exit status says, for scripts.
+const EXIT_HELP: &str = "\
+Exit status:
+  0  the command succeeded (for a migration: the service runs at the destination)
+  1  usage error, the orchestrator unreachable, or a request it refused
+  3  the migration rolled back or was cancelled: the service runs safely at its source
+  4  the migration failed and an operator must look (see `mose migration ID`)";
+
+/// Operate MOSE-RS: deploy services, migrate them, follow and list migrations.
 #[derive(Debug, Parser)]
-#[command(name = "mose", version)]
+#[command(name = "mose", version, after_help = EXIT_HELP)]
 struct Cli {
     /// Base URL of the orchestrator's HTTP API
-    #[arg(long, env = "MOSE_API", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "MOSE_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
     api: String,
-    /// Print JSON instead of tables
-    #[arg(long, global = true)]
-    json: bool,
+    /// Output format
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Aligned tables and summaries for people
+    Table,
+    /// The API's JSON documents, pretty-printed
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,19 +78,59 @@ enum Command {
         /// Agent id
         id: String,
     },
+    /// Deploy a service on an edge host: its overlay address is allocated, its container
+    /// started in its own namespace, and the flows of its mobiles steered to it
+    #[command(
+        after_help = "Example:\n  mose deploy redis --image localhost/mose/redis:latest --on edge1 -- --save ''"
+    )]
+    Deploy {
+        /// Service name (letters, digits, '-', '_', '.')
+        name: String,
+        /// Container image, present on the host (podman load it there)
+        #[arg(long)]
+        image: String,
+        /// Edge agent to run it on
+        #[arg(long = "on", value_name = "HOST")]
+        host: String,
+        /// Environment variable of the container (repeatable)
+        #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Mobile agent whose device uses the service (repeatable) [default: every mobile
+        /// agent present]
+        #[arg(long = "mobile", value_name = "AGENT")]
+        mobiles: Vec<String>,
+        /// Arguments replacing the image's command
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// List the deployed services
+    Services,
+    /// Show one service: where it runs, its address, state size, dirty rate and clients
+    Service {
+        /// Service name
+        name: String,
+    },
+    /// Remove a service: its flows on the mobiles, its container and namespace on its host
+    Rm {
+        /// Service name
+        name: String,
+    },
     /// Migrate a service: show the plan, follow the phases, print predicted vs measured
     Migrate {
-        /// Service (container) name
+        /// Service name
         service: String,
         /// Destination edge agent
         #[arg(long)]
         to: String,
-        /// Source edge agent (where the service runs now)
+        /// Where the service runs now: known for a deployed service (given, it is only
+        /// checked); needed for a container MOSE did not deploy
         #[arg(long)]
-        from: String,
-        /// Mobile agent whose client flow follows the service
-        #[arg(long)]
-        mobile: Option<String>,
+        from: Option<String>,
+        /// Mobile agent whose client flow follows the service (repeatable) [default: the
+        /// service's own mobiles]
+        #[arg(long = "mobile", value_name = "AGENT")]
+        mobiles: Vec<String>,
+        /// What to minimise
         #[arg(long, value_enum, default_value = "downtime")]
         objective: ObjectiveArg,
         /// Downtime target θ_down (e.g. 500ms, 1s)
@@ -83,15 +149,23 @@ enum Command {
     },
     /// List past and running migrations, newest first
     Migrations,
-    /// Show one migration as JSON
+    /// Show one migration; with --follow, follow it to its end
     Migration {
         /// Task id
         id: String,
+        /// Follow the phases until the migration ends (exit status as for `migrate`)
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Cancel a running migration (it rolls back to the source)
     Cancel {
         /// Task id
         id: String,
+    },
+    /// Print a shell completion script (e.g. `mose completion bash > /etc/bash_completion.d/mose`)
+    Completion {
+        /// The shell
+        shell: Shell,
     },
 }
 
@@ -99,40 +173,89 @@ enum Command {
 const POLL: Duration = Duration::from_millis(200);
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    // `error: <cause chain>` and exit 1, never a backtrace (even with RUST_BACKTRACE set), like
-    // the other MOSE binaries (mose_protocol::cli::exit_with, which needs the Zenoh side).
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+async fn main() -> ExitCode {
+    // Usage errors exit 1 like every other refusal (clap's own default is 2); help and
+    // version are successes.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    // `error: <cause chain>`, never a backtrace (even with RUST_BACKTRACE set).
+    match run(cli).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&cli.api);
+    let out = cli.output;
     match cli.command {
         Command::Agents => {
             let agents = client.agents().await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&agents)?);
-            } else {
-                print!("{}", agents_table(&agents));
-            }
+            print_as(out, &agents, || agents_table(&agents))?;
         }
         Command::Agent { id } => {
-            let agent = client.agent(&id).await?;
             // One agent is best read as its full document.
-            println!("{}", serde_json::to_string_pretty(&agent)?);
+            print_json(&client.agent(&id).await?)?;
+        }
+        Command::Deploy {
+            name,
+            image,
+            host,
+            env,
+            mobiles,
+            args,
+        } => {
+            let request = DeployRequest {
+                name,
+                image,
+                host,
+                args,
+                env: env.into_iter().collect::<BTreeMap<_, _>>(),
+                mobiles: (!mobiles.is_empty()).then_some(mobiles),
+            };
+            let service = client.deploy(&request).await?;
+            print_as(out, &service, || {
+                format!(
+                    "deployed {} on {} at {}/{} (mobiles: {})\n",
+                    service.name,
+                    service.host,
+                    service.network.ip,
+                    service.network.prefix_len,
+                    match service.mobiles.is_empty() {
+                        true => "none".to_string(),
+                        false => service.mobiles.join(", "),
+                    }
+                )
+            })?;
+        }
+        Command::Services => {
+            let services = client.services().await?;
+            print_as(out, &services, || services_table(&services))?;
+        }
+        Command::Service { name } => {
+            let view = client.service(&name).await?;
+            print_as(out, &view, || service_summary(&view))?;
+        }
+        Command::Rm { name } => {
+            client.remove_service(&name).await?;
+            if out == Output::Table {
+                println!("removed {name}");
+            }
         }
         Command::Migrate {
             service,
             to,
             from,
-            mobile,
+            mobiles,
             objective,
             target_downtime,
             target_duration,
@@ -141,70 +264,188 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let request = MigrationRequest {
                 service,
-                source: from,
                 destination: to,
-                mobile,
+                source: from,
+                mobiles: (!mobiles.is_empty()).then_some(mobiles),
                 objective: objective.into(),
                 target_downtime_ms: target_downtime,
                 target_duration_ms: target_duration,
                 bandwidth_bytes_per_s: bandwidth,
             };
-            let mut task = client.submit(&request).await?;
-            if !cli.json {
+            let task = client.submit(&request).await?;
+            if out == Output::Table {
                 print!("{}", plan_summary(&task));
             }
             if no_wait {
-                if cli.json {
-                    println!("{}", serde_json::to_string_pretty(&task)?);
+                if out == Output::Json {
+                    print_json(&task)?;
                 }
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
-            // Progress: every new phase event as it appears (events only ever get appended),
-            // until the task ends.
-            let mut shown = 0;
-            loop {
-                if !cli.json {
-                    for event in task.events.iter().skip(shown) {
-                        println!("{}", event_line(event, task.created_us));
-                    }
-                }
-                shown = task.events.len();
-                if task.status.is_finished() {
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-                task = client.migration(&task.id).await?;
-            }
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&task)?);
-            } else {
-                print!("\n{}", kpi_table(&task));
-            }
-            if task.status != TaskStatus::Succeeded {
-                anyhow::bail!("migration {} ended {}", task.id, task.status);
-            }
+            return follow(&client, task, out).await;
         }
         Command::Migrations => {
             let tasks = client.migrations().await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&tasks)?);
-            } else {
-                print!("{}", migrations_table(&tasks));
-            }
+            print_as(out, &tasks, || migrations_table(&tasks))?;
         }
-        Command::Migration { id } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&client.migration(&id).await?)?
-            );
+        Command::Migration { id, follow: true } => {
+            let task = client.migration(&id).await?;
+            if out == Output::Table {
+                print!("{}", plan_summary(&task));
+            }
+            return follow(&client, task, out).await;
+        }
+        Command::Migration { id, follow: false } => {
+            let task = client.migration(&id).await?;
+            match out {
+                Output::Json => print_json(&task)?,
+                Output::Table => {
+                    print!("{}", plan_summary(&task));
+                    print!("{}", kpi_table(&task));
+                }
+            }
         }
         Command::Cancel { id } => {
             let task = client.cancel(&id).await?;
-            println!(
-                "cancel requested for {}: it rolls back to {}",
-                task.id, task.request.source
-            );
+            print_as(out, &task, || {
+                format!(
+                    "cancel requested for {}: it rolls back to {}\n",
+                    task.id, task.route.source
+                )
+            })?;
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mose", &mut std::io::stdout());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints every new phase event as it appears (events only ever get appended) until the task
+/// ends, then the KPIs; the exit status says how it ended. Interrupted, the migration goes on:
+/// `mose migration ID --follow` picks it up again.
+async fn follow(client: &ApiClient, mut task: TaskRecord, out: Output) -> anyhow::Result<ExitCode> {
+    let id = task.id.clone();
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
+    let mut shown = 0;
+    loop {
+        if out == Output::Table {
+            for event in task.events.iter().skip(shown) {
+                println!("{}", event_line(event, task.created_us));
+            }
+            let _ = std::io::stdout().flush();
+        }
+        shown = task.events.len();
+        if task.status.is_finished() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = &mut interrupted => {
+                eprintln!(
+                    "\ninterrupted: migration {id} goes on without you; follow it again with \
+                     `mose migration {id} --follow`, or roll it back with `mose cancel {id}`"
+                );
+                return Ok(ExitCode::from(130));
+            }
+        }
+        task = client.migration(&id).await?;
+    }
+    match out {
+        Output::Json => print_json(&task)?,
+        Output::Table => print!("\n{}", kpi_table(&task)),
+    }
+    Ok(ExitCode::from(exit_status(task.status)))
+}
+
+/// The exit status of a finished migration (see [`EXIT_HELP`]).
+fn exit_status(status: TaskStatus) -> u8 {
+    match status {
+        TaskStatus::Succeeded => 0,
+        TaskStatus::RolledBack | TaskStatus::Cancelled => 3,
+        TaskStatus::Failed => 4,
+        // Not finished: `follow` only returns for finished tasks.
+        TaskStatus::Queued | TaskStatus::Running => 1,
+    }
+}
+
+fn print_as<T: Serialize>(
+    out: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match out {
+        Output::Json => print_json(value),
+        Output::Table => {
+            print!("{}", table());
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// `K=V` of `--env`.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{text}' is not K=V")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_tell_a_script_where_the_service_is() {
+        assert_eq!(exit_status(TaskStatus::Succeeded), 0);
+        assert_eq!(exit_status(TaskStatus::RolledBack), 3);
+        assert_eq!(exit_status(TaskStatus::Cancelled), 3);
+        assert_eq!(exit_status(TaskStatus::Failed), 4);
+    }
+
+    #[test]
+    fn the_command_line_parses_as_documented() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "mose", "-o", "json", "deploy", "redis", "--image", "r:1", "--on", "edge1", "-e",
+            "A=1", "--mobile", "m1", "--", "--port", "7000",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Deploy {
+                env, mobiles, args, ..
+            } => {
+                assert_eq!(env, [("A".to_string(), "1".to_string())]);
+                assert_eq!(
+                    (mobiles, args),
+                    (
+                        vec!["m1".to_string()],
+                        vec!["--port".to_string(), "7000".to_string()]
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.output, Output::Json);
+        let cli = Cli::try_parse_from(["mose", "migrate", "redis", "--to", "edge2"]).unwrap();
+        assert!(matches!(cli.command, Command::Migrate { from: None, .. }));
+        assert!(Cli::try_parse_from([
+            "mose", "deploy", "x", "--image", "i", "--on", "h", "-e", "novalue"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["mose", "migrate", "redis"]).is_err(),
+            "--to is required"
+        );
+    }
 }

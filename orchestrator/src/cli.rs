@@ -296,7 +296,9 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "[services]\npool = \"10.5.0.10-10.5.0.20/16\"").unwrap();
         let path = f.path().to_str().unwrap();
-        let cfg = Cli::parse_from(["mose-orchestrator", "-c", path]).settle().unwrap();
+        let cfg = Cli::parse_from(["mose-orchestrator", "-c", path])
+            .settle()
+            .unwrap();
         assert_eq!(cfg.service_pool.to_string(), "10.5.0.10-10.5.0.20/16");
         let cfg = Cli::parse_from([
             "mose-orchestrator",
@@ -314,7 +316,11 @@ mod tests {
         let err = Cli::parse_from(["mose-orchestrator", "-c", f.path().to_str().unwrap()])
             .settle()
             .unwrap_err();
-        assert!(err.to_string().contains("[services] invalid service address pool"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("[services] invalid service address pool"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_api::{ApiClient, ClientError};
 use mose_orchestrator::api::{self, ApiState};
-use mose_orchestrator::services::{AddressPool, Services};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
+use mose_orchestrator::services::{AddressPool, Services};
 use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
 use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role,

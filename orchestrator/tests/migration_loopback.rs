@@ -28,8 +28,8 @@ use mose_orchestrator::tasks::{
     DriverConfig, MigrationRequest, Migrations, StepTimeouts, Store, TaskRecord, TaskStatus,
 };
 use mose_protocol::messages::{
-    now_us, AgentProfile, Capabilities, CriuStats, Phase, PhaseEvent, PhaseStatus, Role,
-    Peer, ServiceNetwork, ServiceSpec, Task,
+    now_us, AgentProfile, Capabilities, CriuStats, Peer, Phase, PhaseEvent, PhaseStatus, Role,
+    ServiceNetwork, ServiceSpec, Task,
 };
 use mose_protocol::model::Objective;
 use mose_protocol::steps::{
@@ -939,7 +939,11 @@ async fn a_deployed_service_migrates_by_name_and_its_record_follows() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
     let svc = rig.deploy(&deploy_request("counter")).await.unwrap();
     assert_eq!(svc.status, ServiceStatus::Running);
-    assert_eq!(svc.network.ip, Ipv4Addr::new(10, 88, 0, 100), "first of the pool");
+    assert_eq!(
+        svc.network.ip,
+        Ipv4Addr::new(10, 88, 0, 100),
+        "first of the pool"
+    );
     assert_eq!(svc.network.mac, [2, 0, 10, 88, 0, 100]);
     assert_eq!(svc.mobiles, ["drone"], "every mobile present by default");
     let calls = all_calls(&rig.world);
@@ -950,7 +954,11 @@ async fn a_deployed_service_migrates_by_name_and_its_record_follows() {
     );
     assert_eq!(rig.client.services().await.unwrap(), vec![svc.clone()]);
     let view = rig.client.service("counter").await.unwrap();
-    assert_eq!(view.state_bytes, Some(10 << 20), "live from the host's Describe");
+    assert_eq!(
+        view.state_bytes,
+        Some(10 << 20),
+        "live from the host's Describe"
+    );
     assert_eq!(view.clients.len(), 1, "{view:?}");
     assert_eq!(view.migrating, None);
 
@@ -971,7 +979,11 @@ async fn a_deployed_service_migrates_by_name_and_its_record_follows() {
     assert_eq!(moved.host, "edge2", "the record moved with the service");
     assert_eq!(moved.last_migration.as_deref(), Some(task.id.as_str()));
     // A source that is no longer right is refused, not obeyed.
-    assert_refused(rig.client.submit(&request()).await, 409, "runs on edge2, not on edge1");
+    assert_refused(
+        rig.client.submit(&request()).await,
+        409,
+        "runs on edge2, not on edge1",
+    );
 
     rig.client.remove_service("counter").await.unwrap();
     let calls = all_calls(&rig.world);
@@ -981,8 +993,16 @@ async fn a_deployed_service_migrates_by_name_and_its_record_follows() {
         "removed where it runs now: {calls:?}"
     );
     assert!(rig.client.services().await.unwrap().is_empty());
-    assert_refused(rig.client.service("counter").await, 404, "no service 'counter'");
-    assert_refused(rig.client.remove_service("counter").await, 404, "no service");
+    assert_refused(
+        rig.client.service("counter").await,
+        404,
+        "no service 'counter'",
+    );
+    assert_refused(
+        rig.client.remove_service("counter").await,
+        404,
+        "no service",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -990,7 +1010,11 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
     let pool: AddressPool = "10.88.0.100-10.88.0.100/24".parse().unwrap();
     let rig = Rig::start_with(Store::in_memory().unwrap(), test_config(), false, pool).await;
     rig.deploy(&deploy_request("counter")).await.unwrap();
-    assert_refused(rig.deploy(&deploy_request("counter")).await, 409, "already exists");
+    assert_refused(
+        rig.deploy(&deploy_request("counter")).await,
+        409,
+        "already exists",
+    );
     assert_refused(rig.deploy(&deploy_request("other")).await, 409, "exhausted");
     let on = |host: &str| DeployRequest {
         host: host.into(),
@@ -998,7 +1022,11 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
     };
     assert_refused(rig.deploy(&on("edge9")).await, 422, "not a present agent");
     assert_refused(rig.deploy(&on("drone")).await, 400, "must be edge");
-    assert_refused(rig.deploy(&deploy_request("a/b")).await, 400, "service name");
+    assert_refused(
+        rig.deploy(&deploy_request("a/b")).await,
+        400,
+        "service name",
+    );
     let no_image = DeployRequest {
         image: " ".into(),
         ..deploy_request("other")
@@ -1012,7 +1040,11 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
         fail: vec![("edge1".into(), "deploy".into())],
         ..Script::default()
     });
-    assert_refused(rig.deploy(&deploy_request("counter")).await, 502, "scripted failure");
+    assert_refused(
+        rig.deploy(&deploy_request("counter")).await,
+        502,
+        "scripted failure",
+    );
     assert!(rig.client.services().await.unwrap().is_empty());
     assert_eq!(
         all_calls(&rig.world).last().map(String::as_str),

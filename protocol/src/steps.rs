@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, MessageKind};
-use crate::messages::{CriuStats, ServiceNetwork, ServiceSpec};
 #[cfg(test)]
 use crate::messages::Peer;
+use crate::messages::{CriuStats, ServiceNetwork, ServiceSpec};
 
 /// A checkpoint image of one task, by its role: a pre-copy round or the final dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mose_agent::coat::{host_ifname, netns_name};
-use mose_api::{TaskRecord, TaskStatus};
+use mose_api::{ClientError, TaskRecord, TaskStatus};
 use mose_overlay::ServiceAddr;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -125,6 +125,7 @@ pub async fn run(
 ) -> Result<BenchOutcome> {
     let mut migrations = Vec::new();
     let mut floor = Vec::new();
+    place_by_hand(tb, BTreeMap::new()).await?;
     let mut stopped = floor_comparison(tb, cfg, &mut migrations, &mut floor, out_dir, progress)
         .await
         .err()
@@ -151,6 +152,28 @@ pub async fn run(
         mose_runs,
         stopped,
     })
+}
+
+/// The floor moves the service behind the orchestrator's back, which would leave a deployed
+/// service's record pointing at the wrong host. So the bench runs the counter as a container
+/// placed by hand (its migrations name their source), as an operator's pre-existing container
+/// would be: the deployed one is removed through the API first.
+async fn place_by_hand(tb: &FourHost, env: BTreeMap<String, String>) -> Result<()> {
+    match tb.state().api().remove_service(SERVICE).await {
+        Ok(()) | Err(ClientError::Api { status: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tb.place_endpoint(EDGE1).await?;
+    tb.start_service(EDGE1, COUNTER.reference, env).await?;
+    let mobile = tb.overlay(MOBILE)?;
+    let service = ServiceAddr {
+        ip: SERVICE_IP,
+        mac: overlay_mac(SERVICE_IP),
+    };
+    mobile
+        .steer(service, mobile.ofport(&port_toward(EDGE1)).await?)
+        .await?;
+    Ok(())
 }
 
 /// Part 1: `runs` × (MOSE edge1 → edge2, floor edge2 → edge1) under one live client.

@@ -56,9 +56,11 @@ pub async fn migrate(
     let api = state.api();
     let request = MigrationRequest {
         service: state.service.clone(),
-        source: from.into(),
+        // Named although a deployed service brings both: the bench migrates a container it
+        // placed by hand, and for a deployed one they are checked against its record.
+        source: Some(from.into()),
         destination: to.into(),
-        mobile: Some(MOBILE.into()),
+        mobiles: Some(vec![MOBILE.into()]),
         objective: targets.objective,
         target_downtime_ms: targets.downtime_ms,
         target_duration_ms: targets.duration_ms,

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use mose_agent::coat::{host_ifname, netns_name};
 use mose_agent::runtime::{CreateSpec, Netns, Podman};
-use mose_api::{AgentView, ApiClient};
+use mose_api::{AgentView, ApiClient, ClientError, DeployRequest};
 use mose_command::Cmd;
 use mose_overlay::{connect_wire, EndpointSpec, HostOverlay, MacAddr, Neighbour, ServiceAddr};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,9 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(90);
 pub fn port_toward(edge: &str) -> String {
     format!("to-{edge}")
 }
+/// How long `up` retries a deployment the agents cannot take yet.
+const DEPLOY_RETRY: Duration = Duration::from_secs(10);
+
 /// The edge bridges' port toward the mobile host.
 const PORT_TO_MOBILE: &str = "to-mobile";
 
@@ -852,12 +855,38 @@ impl FourHost {
         }
     }
 
-    /// The counter on edge1 in its service namespace, the mobile flow toward edge1, and the
-    /// client's namespace on the mobile host.
+    /// The counter deployed on edge1 through the orchestrator's service API (its namespace,
+    /// flows and container; the mobile's flow toward it), and the client's namespace on the
+    /// mobile host.
     async fn deploy_service(&mut self, counter: &BuiltImage) -> Result<()> {
-        self.place_endpoint(EDGE1).await?;
-        self.start_service(EDGE1, &counter.reference, BTreeMap::new())
-            .await?;
+        let request = DeployRequest {
+            name: SERVICE.into(),
+            image: counter.reference.clone(),
+            host: EDGE1.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            mobiles: Some(vec![MOBILE.into()]),
+        };
+        let api = self.state.api();
+        let t = Instant::now();
+        let record = loop {
+            match api.deploy(&request).await {
+                Ok(record) => break record,
+                // Right after discovery a first query can find no step queryable yet.
+                Err(ClientError::Api { status: 502, .. }) if t.elapsed() < DEPLOY_RETRY => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The client's namespace is made for the service's address: a fresh orchestrator
+        // hands out the first of its pool, which is that address.
+        if record.network.ip != SERVICE_IP {
+            return Err(TestbedError::State(format!(
+                "the orchestrator deployed {SERVICE} at {}, but the testbed's client expects {SERVICE_IP}",
+                record.network.ip
+            )));
+        }
 
         let mobile = overlay_of(self.host(MOBILE)?)?;
         let netns = format!("{}{CLIENT_NETNS_SUFFIX}", self.cfg.prefix);

@@ -1013,7 +1013,7 @@ async fn demo(
     target_duration_ms: f64,
     workload: DemoWorkload,
 ) -> anyhow::Result<()> {
-    use crate::fourhost::{self as fh, Placement, SERVICE, SERVICE_IP, SERVICE_PORT};
+    use crate::fourhost::{self as fh, SERVICE, SERVICE_IP, SERVICE_PORT};
     use crate::report::{MigrationReport, Report};
     use mose_api::tasks::TaskStatus;
     use mose_protocol::model::Objective;
@@ -1021,19 +1021,28 @@ async fn demo(
     let (edge1, mobile) = (st.vm("edge1")?, st.vm("mobile")?);
     let long = Duration::from_secs(180);
     let t = Instant::now();
-    // 1. The service endpoint on edge1 and the container in it.
-    let placement = Placement::of_service(GUEST_OVSDB.into(), GUEST_OVS_RUNDIR.into());
-    let json = serde_json::to_string(&placement)?;
-    ssh(
-        edge1,
-        &format!("/usr/local/bin/mose-testbed place-endpoint '{json}'"),
-        long,
-    )
-    .await?;
-    let image = crate::images::COUNTER.reference;
-    ssh(edge1, &format!(
-        "podman create --name {SERVICE} --network ns:/run/netns/{} {image} --state-mib {} --dirty-mib-per-sec {} >/dev/null && podman start {SERVICE} >/dev/null",
-        placement.netns, workload.state_mib, workload.dirty_mib_per_s), long).await?;
+    // 1. The counter deployed on edge1 through the orchestrator's service API.
+    let api = mose_api::ApiClient::new(&st.api_url);
+    let deploy = mose_api::DeployRequest {
+        name: SERVICE.into(),
+        image: crate::images::COUNTER.reference.into(),
+        host: "edge1".into(),
+        args: vec![
+            "--state-mib".into(),
+            workload.state_mib.to_string(),
+            "--dirty-mib-per-sec".into(),
+            workload.dirty_mib_per_s.to_string(),
+        ],
+        env: std::collections::BTreeMap::new(),
+        mobiles: Some(vec!["mobile".into()]),
+    };
+    let record = api.deploy(&deploy).await?;
+    if record.network.ip != SERVICE_IP {
+        bail!(
+            "the orchestrator deployed {SERVICE} at {}, but the guest client expects {SERVICE_IP}",
+            record.network.ip
+        );
+    }
     // 2. The mobile side and the live client.
     ssh(mobile, "/usr/local/bin/mose-testbed vm guest-mobile", long).await?;
     ssh(

@@ -34,7 +34,7 @@ use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::steps::ImageId;
 use mose_testbed::client::LiveClient;
-use mose_testbed::fourhost::{Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2, MOBILE};
+use mose_testbed::fourhost::{Config, FourHost, AGENT_WORK_DIR, EDGE1, EDGE2};
 
 use common::*;
 
@@ -97,9 +97,10 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         .expect("client connects and is served");
     let request = MigrationRequest {
         service: state.service.clone(),
-        source: EDGE1.into(),
+        // A deployed service: its source and mobiles come from its record.
+        source: None,
         destination: EDGE2.into(),
-        mobile: Some(MOBILE.into()),
+        mobiles: None,
         objective: Objective::Downtime,
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,

@@ -130,9 +130,10 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     let api = state.api();
     let back = MigrationRequest {
         service: state.service.clone(),
-        source: EDGE2.into(),
+        // A deployed service: its source and mobiles come from its record.
+        source: None,
         destination: EDGE1.into(),
-        mobile: Some(MOBILE.into()),
+        mobiles: None,
         objective: Objective::Downtime,
         target_downtime_ms: 1000.0,
         target_duration_ms: 5000.0,

@@ -20,8 +20,8 @@ use super::naming::{host_ifname, netns_name};
 use super::netinfo::NetIdentity;
 use crate::runtime::container::{ContainerState, HostConfig};
 use crate::runtime::{
-    CheckpointOptions, CheckpointReport, ContainerInfo, CreateSpec, CriuDumpStats, CriuRestoreStats, Op,
-    Netns, PreDumpReport, RestoreOptions, RestoreReport, RuntimeError,
+    CheckpointOptions, CheckpointReport, ContainerInfo, CreateSpec, CriuDumpStats,
+    CriuRestoreStats, Netns, Op, PreDumpReport, RestoreOptions, RestoreReport, RuntimeError,
 };
 
 /// The anonymous memory every fake container reports.

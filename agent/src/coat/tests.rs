@@ -1327,12 +1327,20 @@ async fn deploy_builds_endpoint_flows_and_container_and_a_repeat_changes_nothing
     {
         let w = a.host.world();
         let port = w.ports[&host_ifname(SERVICE)];
-        assert_eq!(w.flows.get(&spec().network.ip), Some(&port), "steered locally");
+        assert_eq!(
+            w.flows.get(&spec().network.ip),
+            Some(&port),
+            "steered locally"
+        );
         assert_eq!(w.netns[&netns_name(SERVICE)].ip, spec().network.ip);
         assert_eq!(w.count("run_container"), 1);
     }
     a.ok("d1", deploy()).await;
-    assert_eq!(a.host.world().count("run_container"), 1, "a repeat runs nothing");
+    assert_eq!(
+        a.host.world().count("run_container"),
+        1,
+        "a repeat runs nothing"
+    );
     assert_eq!(a.host.world().count("add_endpoint"), 1);
 }
 
@@ -1341,10 +1349,17 @@ async fn deploy_refuses_a_foreign_container_of_that_name_and_cleans_up_a_failed_
     let lab = Lab::new().await;
     let a = lab.agent("a");
     a.host.world().images.insert(spec().image);
-    a.host.world().failures.insert("run_container", "no such file".into());
+    a.host
+        .world()
+        .failures
+        .insert("run_container", "no such file".into());
     let f = a.fail("d1", deploy()).await;
     assert_eq!(f.kind, FailureKind::Runtime, "{f}");
-    assert_eq!(a.host.world().count("remove counter"), 1, "the half-made container goes");
+    assert_eq!(
+        a.host.world().count("remove counter"),
+        1,
+        "the half-made container goes"
+    );
     // The retry goes through.
     a.ok("d1", deploy()).await;
     assert!(a.running());
@@ -1371,7 +1386,11 @@ async fn remove_takes_everything_away_even_without_the_namespace_and_repeats() {
     a.ok("r1", remove.clone()).await;
     {
         let w = a.host.world();
-        assert!(w.containers.is_empty() && w.flows.is_empty(), "{:?}", w.calls);
+        assert!(
+            w.containers.is_empty() && w.flows.is_empty(),
+            "{:?}",
+            w.calls
+        );
         assert!(!w.netns.contains_key(&netns_name(SERVICE)));
     }
     // The namespace is gone, but a flow of the address is still removed by its address.

@@ -81,7 +81,9 @@ impl Services {
                 }
             },
             other => {
-                notes.push(format!("it is {other}: its host was not asked for its state"));
+                notes.push(format!(
+                    "it is {other}: its host was not asked for its state"
+                ));
                 (None, Vec::new())
             }
         };
@@ -122,7 +124,11 @@ impl Services {
         let record = self.reserve(&request, mobiles)?;
         let op = new_op_id("d");
         let span = info_span!("deploy", service = %record.name, host = %record.host, ip = %record.network.ip);
-        match self.bring_up(&op, &record, &request).instrument(span.clone()).await {
+        match self
+            .bring_up(&op, &record, &request)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => {
                 let mut running = record;
                 running.status = ServiceStatus::Running;
@@ -157,7 +163,10 @@ impl Services {
         let shared = &self.migrations.shared;
         let record = {
             let active = shared.active();
-            let mut record = shared.store.service(name)?.ok_or_else(|| no_service(name))?;
+            let mut record = shared
+                .store
+                .service(name)?
+                .ok_or_else(|| no_service(name))?;
             if let Some(conflict) = migrating(&active, name) {
                 return Err(conflict);
             }
@@ -234,10 +243,7 @@ impl Services {
             args: request.args.clone(),
             env: request.env.clone(),
         };
-        shared
-            .rpc
-            .call(&record.host, op, deploy, t.prepare)
-            .await?;
+        shared.rpc.call(&record.host, op, deploy, t.prepare).await?;
         let switches = record.mobiles.iter().map(|mobile| {
             let step = SwitchFlow {
                 network: record.network.clone(),
@@ -274,10 +280,7 @@ impl Services {
             service: record.name.clone(),
             ip: record.network.ip,
         };
-        shared
-            .rpc
-            .call(&record.host, op, remove, t.release)
-            .await?;
+        shared.rpc.call(&record.host, op, remove, t.release).await?;
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -317,7 +320,9 @@ fn check_deploy(request: &DeployRequest) -> Result<(), TaskError> {
         for (i, m) in mobiles.iter().enumerate() {
             validate_id("mobile", m).map_err(invalid)?;
             if mobiles[..i].contains(m) {
-                return Err(TaskError::Invalid(format!("mobile agent '{m}' is named twice")));
+                return Err(TaskError::Invalid(format!(
+                    "mobile agent '{m}' is named twice"
+                )));
             }
         }
     }

@@ -56,7 +56,11 @@ impl FromStr for AddressPool {
         };
         let (range, prefix) = s.split_once('/').ok_or_else(|| err("no /PREFIX"))?;
         let (first, last) = range.split_once('-').ok_or_else(|| err("no FIRST-LAST"))?;
-        let parse = |a: &str| a.trim().parse::<Ipv4Addr>().map_err(|e| err(&e.to_string()));
+        let parse = |a: &str| {
+            a.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|e| err(&e.to_string()))
+        };
         let (first, last) = (parse(first)?, parse(last)?);
         let prefix_len: u8 = prefix
             .trim()
@@ -71,7 +75,9 @@ impl FromStr for AddressPool {
         let mask = u32::MAX << (32 - u32::from(prefix_len));
         let net = u32::from(first) & mask;
         if u32::from(last) & mask != net {
-            return Err(err("FIRST and LAST are in different subnets of that prefix"));
+            return Err(err(
+                "FIRST and LAST are in different subnets of that prefix",
+            ));
         }
         if u32::from(first) == net || u32::from(last) == net | !mask {
             return Err(err(
@@ -125,7 +131,11 @@ mod tests {
         }
         assert_eq!(p.allocate(&used), None, "exhausted");
         used.remove(&Ipv4Addr::new(10, 9, 0, 11));
-        assert_eq!(p.allocate(&used), Some(Ipv4Addr::new(10, 9, 0, 11)), "freed, reused");
+        assert_eq!(
+            p.allocate(&used),
+            Some(Ipv4Addr::new(10, 9, 0, 11)),
+            "freed, reused"
+        );
     }
 
     #[test]

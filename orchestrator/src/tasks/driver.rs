@@ -14,13 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use mose_protocol::messages::{now_us, Phase, PhaseEvent, PhaseStatus, Task};
 use mose_protocol::steps::{
     Abort, Checkpoint, Fault, Fetch, PreDump, Prepare, Release, Resend, Restore, Resume, StepKind,
     SwitchFlow,
 };
 use mose_protocol::units::BytesPerSec;
-use futures::future::join_all;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -450,9 +450,10 @@ impl Driver {
                 network: r.spec.network.clone(),
                 to: source.clone(),
             };
-            let backs = r.route.mobiles.iter().map(|mobile| {
-                self.retry(mobile, back.clone(), Phase::Rollback, t, Absent::Wait)
-            });
+            let backs =
+                r.route.mobiles.iter().map(|mobile| {
+                    self.retry(mobile, back.clone(), Phase::Rollback, t, Absent::Wait)
+                });
             for result in join_all(backs).await {
                 if let Err(e) = result {
                     flow_back = false;

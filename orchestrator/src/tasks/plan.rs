@@ -10,9 +10,9 @@ use mose_protocol::steps::Described;
 use mose_protocol::units::BytesPerSec;
 
 use super::{MigrationRequest, PlanInputs, Route, TaskError};
-use crate::services::ServiceRecord;
 use crate::designer::{configure, pair_params, DesignRequest};
 use crate::registry::AgentView;
+use crate::services::ServiceRecord;
 
 /// Who takes part. A service MOSE deployed runs where its record says, so that is the source
 /// (a `source` in the request only asserts it), and its mobiles follow it unless the request
@@ -29,7 +29,10 @@ pub fn resolve_route(
                     record.name, record.host
                 )));
             }
-            let mobiles = req.mobiles.clone().unwrap_or_else(|| record.mobiles.clone());
+            let mobiles = req
+                .mobiles
+                .clone()
+                .unwrap_or_else(|| record.mobiles.clone());
             (record.host.clone(), mobiles)
         }
         None => {
@@ -180,8 +183,7 @@ pub fn design(
     let who = &gathered.agents;
     let (described, state_bytes) = (&gathered.described.spec, gathered.described.state_bytes);
     let mut notes = Vec::new();
-    if let (true, Some(client)) = (route.mobiles.is_empty(), described.network.clients.first())
-    {
+    if let (true, Some(client)) = (route.mobiles.is_empty(), described.network.clients.first()) {
         // Allowed (the client may reach the service another way), but rarely what is meant.
         notes.push(format!(
             "'{}' has a client at {} but no mobile agent follows it: no flow will be switched",
@@ -590,12 +592,19 @@ mod tests {
         };
         let route = resolve_route(&req, Some(&deployed("edge1"))).unwrap();
         assert_eq!(route.source, "edge1");
-        assert_eq!(route.mobiles, ["drone", "car"], "every mobile of the service");
+        assert_eq!(
+            route.mobiles,
+            ["drone", "car"],
+            "every mobile of the service"
+        );
         // Named mobiles replace the service's; an asserted source must be right.
         let route = resolve_route(&request(), Some(&deployed("edge1"))).unwrap();
         assert_eq!(route.mobiles, ["drone"]);
         let err = resolve_route(&request(), Some(&deployed("edge3"))).unwrap_err();
         assert_eq!(err.status(), 409);
-        assert!(err.to_string().contains("runs on edge3, not on edge1"), "{err}");
+        assert!(
+            err.to_string().contains("runs on edge3, not on edge1"),
+            "{err}"
+        );
     }
 }

@@ -18,9 +18,9 @@ use super::driver::{Driver, DriverConfig};
 use super::plan::{check_agents, check_request, design, resolve_route, Gathered};
 use super::store::Store;
 use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
-use crate::services::ServiceStatus;
 use crate::registry::AgentsView;
 use crate::rpc::AgentRpc;
+use crate::services::ServiceStatus;
 
 /// A task the driver is working on.
 pub(crate) struct Active {
@@ -197,7 +197,10 @@ impl Migrations {
         let service = self.shared.store.service(&request.service)?;
         let route = resolve_route(&request, service.as_ref())?;
         check_request(&request, &route)?;
-        if let Some(s) = service.as_ref().filter(|s| s.status != ServiceStatus::Running) {
+        if let Some(s) = service
+            .as_ref()
+            .filter(|s| s.status != ServiceStatus::Running)
+        {
             return Err(TaskError::Conflict(format!(
                 "service '{}' is {}, not running: it cannot be migrated now",
                 s.name, s.status
@@ -355,7 +358,11 @@ pub(crate) fn migrating(active: &HashMap<String, Active>, service: &str) -> Opti
 /// as a key chunk.
 pub(crate) fn new_op_id(kind: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{kind}{}-{}", now_us(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{kind}{}-{}",
+        now_us(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Appends an agent's phase event to its task, if the task is active and the event speaks

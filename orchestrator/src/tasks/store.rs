@@ -167,9 +167,11 @@ impl Store {
     pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
         let json: Option<String> = self
             .conn()
-            .query_row("SELECT record FROM services WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT record FROM services WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
             .optional()?;
         json.map(|j| parse(&format!("service {name}"), &j))
             .transpose()
@@ -319,7 +321,12 @@ mod tests {
         moved.host = "edge2".into();
         store.save_service(&moved).unwrap();
         assert_eq!(store.service("redis").unwrap(), Some(moved));
-        let names: Vec<_> = store.services().unwrap().into_iter().map(|s| s.name).collect();
+        let names: Vec<_> = store
+            .services()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         assert_eq!(names, ["mqtt", "redis"]);
         // A second service on a taken address is refused by the database itself.
         assert!(store.save_service(&service("other", 101)).is_err());
