@@ -46,7 +46,7 @@ readonly RUNTIME_PKGS=(
   podman runc conmon catatonit uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
   iproute2 ethtool iptables nftables util-linux procps kmod
   openvswitch-switch openvswitch-common
-  iperf3 memcached mosquitto mosquitto-clients
+  iperf3 memcached mosquitto mosquitto-clients redis-server redis-tools
   sqlite3 libsqlite3-dev python3 busybox-static xz-utils ca-certificates
 )
 # What a plain `make criu` of CRIU 4.2 needs on bookworm (all from bookworm itself).
@@ -139,7 +139,7 @@ apt_update_once() {
 }
 
 # Prevent package maintainer scripts from starting daemons (ovsdb-server, ovs-vswitchd,
-# memcached, mosquitto): MOSE starts its own instances per emulated host. policy-rc.d is
+# memcached, mosquitto, redis): MOSE starts its own instances per emulated host. policy-rc.d is
 # honoured by invoke-rc.d and deb-systemd-invoke alike. An existing policy is left alone.
 guard_service_starts() {
   [[ -e /usr/sbin/policy-rc.d ]] && return 0
@@ -222,7 +222,7 @@ preflight() {
 install_packages() {
   section "packages"
   local p present=()
-  for p in podman runc conmon openvswitch-switch iperf3 memcached mosquitto python3; do
+  for p in podman runc conmon openvswitch-switch iperf3 memcached mosquitto redis-server python3; do
     pkg_installed "$p" && present+=("$p=$(pkg_version "$p")")
   done
   ((${#present[@]})) && log "already installed: ${present[*]}"
@@ -636,12 +636,13 @@ verify_tools() {
   v+=("iperf3 $({ iperf3 --version || true; } | awk 'NR==1{print $2}')")
   v+=("memcached $({ memcached -V 2>&1 || true; } | awk '{print $2}')")
   v+=("mosquitto $({ mosquitto -h 2>&1 || true; } | awk '/version/{print $3; exit}')")
+  v+=("redis $({ redis-server --version || true; } | awk '{print $3}')")
   v+=("sqlite3 $({ sqlite3 --version || true; } | awk '{print $1}')")
   v+=("python3 $("$SYS_PY" -c 'import platform; print(platform.python_version())')")
   v+=("iproute2 $({ ip -V || true; } | awk '{print $NF}')")
   v+=("busybox $({ busybox || true; } | awk 'NR==1{print $2}')")
   local x
-  for x in iperf3 memcached mosquitto sqlite3 busybox; do
+  for x in iperf3 memcached mosquitto redis-server redis-cli sqlite3 busybox; do
     command -v "$x" >/dev/null || die "$x is not installed"
   done
   log "${v[*]}"

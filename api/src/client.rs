@@ -1,5 +1,5 @@
 //! [`ApiClient`]: the orchestrator's HTTP API from the caller's side (the `mose` CLI, the
-//! testbed), with the server's `{"error": ...}` answers decoded into [`ClientError`].
+//! testbed), with the server's problem answers decoded into [`ClientError`].
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::agents::AgentView;
+use crate::problem::{Problem, Reason};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView};
 use crate::tasks::{MigrationRequest, TaskRecord};
 
@@ -24,14 +25,16 @@ pub enum ClientError {
         reason: String,
     },
     /// The orchestrator answered with an error status.
-    #[error("{url}: {status}: {message}")]
+    #[error("{url}: {status}{}: {message}", reason.map(|r| format!(" ({r})")).unwrap_or_default())]
     Api {
         /// The URL called.
         url: String,
         /// The HTTP status code.
         status: u16,
-        /// The `error` of the answer's body, or the body itself.
+        /// The `detail` of the problem answered, or the body itself.
         message: String,
+        /// The problem's reason, when the answer was one.
+        reason: Option<Reason>,
     },
     /// The answer was not the JSON expected.
     #[error("{url}: unexpected answer: {reason}")]
@@ -120,6 +123,12 @@ impl ApiClient {
             .await
     }
 
+    /// The plan a migration would follow, with its predictions, without running it.
+    pub async fn plan(&self, request: &MigrationRequest) -> Result<TaskRecord, ClientError> {
+        self.json(Method::POST, "/v1/migrations?dry_run=true", Some(request))
+            .await
+    }
+
     /// Asks a running migration to roll back.
     pub async fn cancel(&self, id: &str) -> Result<TaskRecord, ClientError> {
         self.json(Method::DELETE, &format!("/v1/migrations/{id}"), None::<&()>)
@@ -169,23 +178,18 @@ impl ApiClient {
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            // Our API answers {"error": "..."}; anything else is shown as text.
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            // Our API answers problem details; anything else is shown as text.
+            let (message, reason) = match serde_json::from_slice::<Problem>(&body) {
+                Ok(p) => (p.detail, Some(p.reason)),
+                Err(_) => (String::from_utf8_lossy(&body).into_owned(), None),
+            };
             return Err(ClientError::Api {
                 url,
                 status: status.as_u16(),
                 message,
+                reason,
             });
         }
         Ok((url, body.to_vec()))
     }
-}
-
-/// Every error answer of the API: `{"error": "..."}` with a 4xx/5xx status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong, in one sentence.
-    pub error: String,
 }

@@ -6,6 +6,7 @@
 //! * [`services`]: [`DeployRequest`] (`POST /v1/services`), [`ServiceRecord`] and
 //!   [`ServiceView`] (the service calls' answers).
 //! * [`agents`]: [`AgentView`] (`GET /v1/agents`).
+//! * [`problem`]: every error answer, RFC 9457 [`Problem`] with a stable [`Reason`].
 //! * [`client`]: [`ApiClient`] over reqwest; failures as [`ClientError`].
 //! * [`format`]: the tables and summaries the `mose` CLI prints, and the parsers of the
 //!   durations and rates it accepts.
@@ -19,11 +20,13 @@ pub mod client;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod format;
+pub mod problem;
 pub mod services;
 pub mod tasks;
 
 pub use agents::AgentView;
-pub use client::{ApiClient, ClientError, ErrorBody};
+pub use client::{ApiClient, ClientError};
+pub use problem::{Problem, Reason, PROBLEM_JSON};
 pub use services::{DeployRequest, ServiceRecord, ServiceStatus, ServiceView};
 pub use tasks::{
     Measurements, MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus,

@@ -146,6 +146,9 @@ enum Command {
         /// Print the plan and return at once instead of following the migration
         #[arg(long)]
         no_wait: bool,
+        /// Only plan: print the strategy and its predictions, run nothing
+        #[arg(long, conflicts_with = "no_wait")]
+        dry_run: bool,
     },
     /// List past and running migrations, newest first
     Migrations,
@@ -261,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target_duration,
             bandwidth,
             no_wait,
+            dry_run,
         } => {
             let request = MigrationRequest {
                 service,
@@ -272,6 +276,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 target_duration_ms: target_duration,
                 bandwidth_bytes_per_s: bandwidth,
             };
+            if dry_run {
+                let plan = client.plan(&request).await?;
+                print_as(out, &plan, || {
+                    plan_summary(&plan).replacen("migration ", "plan of ", 1)
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let task = client.submit(&request).await?;
             if out == Output::Table {
                 print!("{}", plan_summary(&task));

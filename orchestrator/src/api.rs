@@ -1,18 +1,18 @@
 //! The orchestrator's HTTP API, whose paths are fixed (documented in docs/protocol.md#http-api).
 //!
-//! JSON in and out; every error is `{"error": "..."}` with a 4xx/5xx status that says whose
-//! fault it is.
+//! JSON in and out; every error is an RFC 9457 problem document (`application/problem+json`)
+//! with a 4xx/5xx status that says whose fault it is and a stable `reason`.
 
 use std::future::Future;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mose_api::ErrorBody;
-use serde::Serialize;
+use mose_api::{Problem, Reason, PROBLEM_JSON};
+use serde::{Deserialize, Serialize};
 
 use crate::registry::{AgentView, AgentsView};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView, Services};
@@ -29,43 +29,48 @@ pub struct ApiState {
     pub services: Services,
 }
 
-/// An error answer.
+/// An error answer: a problem document (RFC 9457) with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// The HTTP status of the answer.
-    pub status: StatusCode,
-    /// The `error` of its body.
-    pub message: String,
-}
+pub struct ApiError(pub Problem);
 
 impl ApiError {
-    /// A 404 with `message`.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
+    /// A problem of `status` and `reason`, explained by `detail`.
+    pub fn new(status: StatusCode, reason: Reason, detail: impl Into<String>) -> Self {
+        ApiError(Problem {
+            kind: "about:blank".into(),
+            title: crate::tasks::title_of(status.as_u16()).into(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            reason,
+        })
+    }
+
+    /// A 404 with `reason`.
+    pub fn not_found(reason: Reason, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, reason, detail)
+    }
+
+    /// A 400 for a body that is not the document expected.
+    fn bad_body(what: &str, e: &JsonRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            Reason::InvalidRequest,
+            format!("invalid {what}: {}", e.body_text()),
+        )
     }
 }
 
 impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> Self {
-        Self {
-            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            message: e.to_string(),
-        }
+        ApiError(e.problem())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(self.0)).into_response()
     }
 }
 
@@ -97,7 +102,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
+        .fallback(|| async {
+            ApiError::not_found(
+                Reason::NoSuchEndpoint,
+                "no such endpoint; see GET /openapi.json",
+            )
+        })
         .with_state(state)
 }
 
@@ -128,21 +138,16 @@ async fn get_agent(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    state
-        .agents
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no agent '{id}' is present")))
+    state.agents.get(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(Reason::NoSuchAgent, format!("no agent '{id}' is present"))
+    })
 }
 
 async fn deploy_service(
     State(state): State<ApiState>,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        message: format!("invalid deploy request: {}", e.body_text()),
-    })?;
+    let Json(request) = body.map_err(|e| ApiError::bad_body("deploy request", &e))?;
     let service = state.services.deploy(request).await?;
     let location = format!("/v1/services/{}", service.name);
     Ok((
@@ -174,15 +179,31 @@ async fn remove_service(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/migrations?dry_run=true`: plan only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SubmitParams {
+    dry_run: bool,
+}
+
 async fn submit_migration(
     State(state): State<ApiState>,
+    params: Result<Query<SubmitParams>, QueryRejection>,
     body: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    // axum's own rejection is plain text; every error of this API is {"error": ...}.
-    let Json(request) = body.map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        message: format!("invalid migration request: {}", e.body_text()),
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Reason::InvalidRequest,
+            format!("invalid query: {}", e.body_text()),
+        )
     })?;
+    // axum's own rejection is plain text; every error of this API is a problem document.
+    let Json(request) = body.map_err(|e| ApiError::bad_body("migration request", &e))?;
+    if params.dry_run {
+        // The plan the migration would follow; nothing is stored or run.
+        return Ok(Json(state.migrations.plan(request).await?).into_response());
+    }
     let task = state.migrations.submit(request).await?;
     let location = format!("/v1/migrations/{}", task.id);
     Ok((

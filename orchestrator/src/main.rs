@@ -41,7 +41,9 @@ async fn run() -> anyhow::Result<()> {
         config.driver.clone(),
     )
     .await?;
-    let rpc_server = QueryServer::start(&session, &config.keys, migrations.clone()).await?;
+    let services = Services::new(migrations.clone(), config.service_pool);
+    let rpc_server =
+        QueryServer::start(&session, &config.keys, migrations.clone(), services.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {} for the HTTP API", config.http))?;
@@ -54,7 +56,7 @@ async fn run() -> anyhow::Result<()> {
     );
     let state = ApiState {
         agents: registry.view(),
-        services: Services::new(migrations.clone(), config.service_pool),
+        services,
         migrations,
     };
     let shutdown = async {

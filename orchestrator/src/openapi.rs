@@ -8,7 +8,9 @@ use mose_protocol::steps::{FailureKind, Op};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::services::ServiceStatus;
 use crate::tasks::TaskStatus;
+use mose_api::Reason;
 
 /// The names serde gives `values` (unit variants serialise as strings).
 fn names<T: Serialize>(values: &[T]) -> Vec<Value> {
@@ -21,7 +23,7 @@ fn names<T: Serialize>(values: &[T]) -> Vec<Value> {
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     })
 }
 
@@ -41,6 +43,9 @@ pub fn document() -> Value {
     });
     let agent_id =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let service_name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let reasons: Vec<Value> = Reason::ALL.iter().map(|r| json!(r.as_str())).collect();
     let phases: Vec<Value> = Phase::ALL.iter().map(|p| json!(p.as_str())).collect();
     let ops: Vec<Value> = Op::ALL.iter().map(|op| json!(op.as_str())).collect();
     let kinds: Vec<Value> = FailureKind::ALL.iter().map(|k| json!(k.as_str())).collect();
@@ -49,8 +54,9 @@ pub fn document() -> Value {
         "info": {
             "title": "MOSE-RS orchestrator",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Agents on the edge LAN and live migration tasks (docs/protocol.md). \
-                            Every error is {\"error\": \"...\"} with a 4xx/5xx status."
+            "description": "Agents on the edge LAN, the services deployed on them and live \
+                            migration tasks (docs/protocol.md). Every error is an RFC 9457 \
+                            problem document with a stable reason."
         },
         "paths": {
             "/healthz": {"get": {
@@ -70,6 +76,46 @@ pub fn document() -> Value {
                     "404": error_response("no such agent is present")
                 }
             }},
+            "/v1/services": {
+                "post": {
+                    "summary": "Deploy a service: address allocated, container started, mobiles steered",
+                    "requestBody": {"required": true, "content": {"application/json": {
+                        "schema": schema_ref("DeployRequest")}}},
+                    "responses": {
+                        "201": json_response("the running service", schema_ref("Service")),
+                        "400": error_response("bad JSON or name, an agent in the wrong role"),
+                        "409": error_response("name taken, address pool exhausted, image missing on the host"),
+                        "422": error_response("unknown agent"),
+                        "502": error_response("the host or a mobile failed the deployment (nothing is left)"),
+                        "503": error_response("an agent has not finished probing")
+                    }
+                },
+                "get": {
+                    "summary": "Every service, by name",
+                    "responses": {"200": json_response("services",
+                        json!({"type": "array", "items": schema_ref("Service")}))}
+                }
+            },
+            "/v1/services/{name}": {
+                "get": {
+                    "summary": "One service with its live state (state size, dirty rate, clients)",
+                    "parameters": [service_name.clone()],
+                    "responses": {
+                        "200": json_response("the service", schema_ref("Service")),
+                        "404": error_response("no such service")
+                    }
+                },
+                "delete": {
+                    "summary": "Remove a service from its mobiles and its host",
+                    "parameters": [service_name],
+                    "responses": {
+                        "204": {"description": "removed; its address is free"},
+                        "404": error_response("no such service"),
+                        "409": error_response("it is migrating"),
+                        "502": error_response("its host did not confirm (repeat the call)")
+                    }
+                }
+            },
             "/v1/migrations": {
                 "post": {
                     "summary": "Plan and start a migration",
@@ -124,9 +170,50 @@ pub fn document() -> Value {
             }}
         },
         "components": {"schemas": {
-            "Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {"type": "string"}}
+            "Problem": {
+                "type": "object", "required": ["type", "title", "status", "detail", "reason"],
+                "properties": {
+                    "type": {"type": "string", "example": "about:blank"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "reason": {"type": "string", "enum": reasons}
+                }
+            },
+            "DeployRequest": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["name", "image", "host"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "image": {"type": "string", "description": "present on the host"},
+                    "host": {"type": "string", "description": "edge agent"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "mobiles": {"type": "array", "items": {"type": "string"}, "nullable": true,
+                                "description": "default: every mobile agent present"}
+                }
+            },
+            "Service": {
+                "type": "object",
+                "required": ["name", "image", "host", "network", "status"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "image": {"type": "string"},
+                    "host": {"type": "string"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "mobiles": {"type": "array", "items": {"type": "string"}},
+                    "network": {"type": "object", "description": "ip, prefix_len, mac, clients"},
+                    "status": {"type": "string", "enum": names(&[ServiceStatus::Deploying,
+                        ServiceStatus::Running, ServiceStatus::Removing])},
+                    "last_migration": {"type": "string", "nullable": true},
+                    "migrating": {"type": "string", "nullable": true, "description": "GET one only"},
+                    "state_bytes": {"type": "integer", "nullable": true, "description": "GET one only"},
+                    "dirty_rate_bytes_per_s": {"type": "integer", "nullable": true},
+                    "clients": {"type": "array", "items": {"type": "object"}},
+                    "notes": {"type": "array", "items": {"type": "string"}}
+                }
             },
             "Agent": {
                 "type": "object",
@@ -144,14 +231,16 @@ pub fn document() -> Value {
             "MigrationRequest": {
                 "type": "object",
                 "additionalProperties": false,
-                "required": ["service", "source", "destination", "target_downtime_ms",
-                             "target_duration_ms"],
+                "required": ["service", "destination", "target_downtime_ms", "target_duration_ms"],
                 "properties": {
-                    "service": {"type": "string", "description": "container name"},
-                    "source": {"type": "string", "description": "edge agent it runs on"},
+                    "service": {"type": "string", "description": "service (container) name"},
                     "destination": {"type": "string", "description": "edge agent it moves to"},
-                    "mobile": {"type": "string", "nullable": true,
-                               "description": "mobile agent whose client flow follows"},
+                    "source": {"type": "string", "nullable": true,
+                               "description": "edge agent it runs on: checked for a deployed \
+                                               service, needed for any other container"},
+                    "mobiles": {"type": "array", "items": {"type": "string"}, "nullable": true,
+                                "description": "mobile agents whose flows follow (default: the \
+                                                service's)"},
                     "objective": {"type": "string", "enum": names(&[Objective::Downtime, Objective::Resources]),
                                   "default": "downtime"},
                     "target_downtime_ms": {"type": "number", "exclusiveMinimum": true, "minimum": 0},
@@ -180,6 +269,7 @@ pub fn document() -> Value {
                 "properties": {
                     "id": {"type": "string"},
                     "request": schema_ref("MigrationRequest"),
+                    "route": {"type": "object", "description": "source, destination, mobiles"},
                     "spec": {"type": "object", "description": "the service as the source described it"},
                     "inputs": {"type": "object", "description": "M, R_max, L and fallback notes"},
                     "plan": schema_ref("Plan"),
@@ -229,6 +319,8 @@ mod tests {
             "/healthz",
             "/v1/agents",
             "/v1/agents/{id}",
+            "/v1/services",
+            "/v1/services/{name}",
             "/v1/migrations",
             "/v1/migrations/{id}",
             "/openapi.json",

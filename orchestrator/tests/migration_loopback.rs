@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::steps::{StepExecutor, StepServer};
-use mose_api::{ApiClient, ClientError};
+use mose_api::{ApiClient, ClientError, Reason};
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::services::{
@@ -287,6 +287,7 @@ struct Rig {
     endpoint: String,
     client: ApiClient,
     migrations: Migrations,
+    services: Services,
     _agents: Vec<(AgentNode, StepServer)>,
 }
 
@@ -331,13 +332,14 @@ impl Rig {
         let migrations = Migrations::start(orch.clone(), keys.clone(), view.clone(), store, config)
             .await
             .unwrap();
+        let services = Services::new(migrations.clone(), pool);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
         tokio::spawn(api::serve(
             listener,
             ApiState {
                 agents: view,
-                services: Services::new(migrations.clone(), pool),
+                services: services.clone(),
                 migrations: migrations.clone(),
             },
             std::future::pending(),
@@ -350,6 +352,7 @@ impl Rig {
             endpoint,
             client: ApiClient::new(&format!("http://{http}")),
             migrations,
+            services,
             _agents: agents,
         }
     }
@@ -832,9 +835,14 @@ async fn bad_submissions_get_clear_4xx() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_calls_work_over_zenoh() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
-    let _server = QueryServer::start(&rig.orch, &rig.keys, rig.migrations.clone())
-        .await
-        .unwrap();
+    let _server = QueryServer::start(
+        &rig.orch,
+        &rig.keys,
+        rig.migrations.clone(),
+        rig.services.clone(),
+    )
+    .await
+    .unwrap();
     let caller = ZenohOptions::explicit(vec![], vec![rig.endpoint.clone()])
         .open()
         .await
@@ -878,10 +886,39 @@ async fn the_same_calls_work_over_zenoh() {
     assert_eq!(list.len(), 1);
     let err: serde_json::Value =
         serde_json::from_slice(&ask("cancel", id).await.unwrap_err()).unwrap();
-    assert_eq!(err["status"], 409, "{err}");
+    assert_eq!(
+        (err["status"].as_u64(), err["reason"].as_str()),
+        (Some(409), Some("finished")),
+        "{err}"
+    );
     let err: serde_json::Value =
         serde_json::from_slice(&ask("submit", b"{not json".to_vec()).await.unwrap_err()).unwrap();
     assert_eq!(err["status"], 400, "{err}");
+    assert_eq!(err["reason"], "invalid_request", "{err}");
+
+    // The service calls.
+    let deployed: ServiceRecord = serde_json::from_slice(
+        &ask("deploy", serde_json::to_vec(&deploy_request("kv")).unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(deployed.status, ServiceStatus::Running);
+    let all: Vec<ServiceRecord> =
+        serde_json::from_slice(&ask("services", vec![]).await.unwrap()).unwrap();
+    assert_eq!(all, vec![deployed]);
+    let name = serde_json::to_vec(&BTreeMap::from([("name", "kv")])).unwrap();
+    let view: serde_json::Value =
+        serde_json::from_slice(&ask("service", name.clone()).await.unwrap()).unwrap();
+    assert_eq!(view["host"], "edge1", "{view}");
+    ask("remove", name.clone()).await.unwrap();
+    let err: serde_json::Value =
+        serde_json::from_slice(&ask("remove", name).await.unwrap_err()).unwrap();
+    assert_eq!(
+        (err["status"].as_u64(), err["reason"].as_str()),
+        (Some(404), Some("no_such_service")),
+        "{err}"
+    );
 }
 
 /// Every call any agent received, as "agent:op", in order.
@@ -906,12 +943,23 @@ fn deploy_request(name: &str) -> DeployRequest {
     }
 }
 
-/// Asserts `r` is an API error with `status` whose message contains `needle`.
-fn assert_refused<T: std::fmt::Debug>(r: Result<T, ClientError>, status: u16, needle: &str) {
+/// Asserts `r` is an API error with `status` whose message contains `needle`; returns its
+/// reason.
+fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, ClientError>,
+    status: u16,
+    needle: &str,
+) -> Option<Reason> {
     match r {
         Err(ClientError::Api {
-            status: s, message, ..
-        }) if s == status => assert!(message.contains(needle), "{message}"),
+            status: s,
+            message,
+            reason,
+            ..
+        }) if s == status => {
+            assert!(message.contains(needle), "{message}");
+            reason
+        }
         other => panic!("expected {status} containing '{needle}', got {other:?}"),
     }
 }
@@ -1020,7 +1068,8 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
         host: host.into(),
         ..deploy_request("other")
     };
-    assert_refused(rig.deploy(&on("edge9")).await, 422, "not a present agent");
+    let unknown = assert_refused(rig.deploy(&on("edge9")).await, 422, "not a present agent");
+    assert_eq!(unknown, Some(Reason::NoSuchAgent));
     assert_refused(rig.deploy(&on("drone")).await, 400, "must be edge");
     assert_refused(
         rig.deploy(&deploy_request("a/b")).await,
@@ -1053,4 +1102,40 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
     rig.world.set(Script::default());
     let again = rig.deploy(&deploy_request("counter")).await.unwrap();
     assert_eq!(again.network.ip, Ipv4Addr::new(10, 88, 0, 100), "reused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_plans_without_running_or_storing() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let start = Instant::now();
+    let plan = loop {
+        match rig.client.plan(&request()).await {
+            Ok(plan) => break plan,
+            Err(ClientError::Api { status: 502, .. })
+                if start.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("dry run: {e}"),
+        }
+    };
+    assert_eq!(plan.status, TaskStatus::Queued);
+    assert!(plan.plan.predicted_downtime_s > 0.0, "{:?}", plan.plan);
+    assert_eq!(
+        plan.inputs.state_bytes,
+        10 << 20,
+        "M from the source's Describe"
+    );
+    assert!(
+        rig.client.migrations().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    let calls = rig.world.calls(&plan.id);
+    assert_eq!(calls, ["edge1:describe"], "only the Describe ran");
+    // A dry run is checked like a submission.
+    let bad = MigrationRequest {
+        destination: "edge1".into(),
+        ..request()
+    };
+    assert_refused(rig.client.plan(&bad).await, 400, "nothing to migrate");
 }

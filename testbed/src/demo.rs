@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mose_api::format::event_line;
-use mose_api::{ApiClient, ClientError, MigrationRequest, TaskRecord, TaskStatus};
+use mose_api::{ApiClient, MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{PhaseEvent, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::units::BytesPerSec;
@@ -66,20 +66,7 @@ pub async fn migrate(
         target_duration_ms: targets.duration_ms,
         bandwidth_bytes_per_s: targets.bandwidth_bytes_per_s,
     };
-    let task = match api.submit(&request).await {
-        Ok(t) => t,
-        // An orchestrator without the task API answers our fallback 404.
-        Err(ClientError::Api {
-            status: 404 | 405,
-            message,
-            url,
-        }) => {
-            return Err(TestbedError::State(format!(
-                "migrations are not available yet: {url} answered: {message}"
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let task = api.submit(&request).await?;
     progress(mose_api::format::plan_summary(&task).trim_end());
     let t = Instant::now();
     let mut shown = 0;

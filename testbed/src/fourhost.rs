@@ -744,20 +744,25 @@ impl FourHost {
     /// address, and task directories (checkpoint archives) in the agent's work directory. Empty
     /// when the host is clean.
     pub async fn service_traces(&self, host: &str) -> Result<Vec<String>> {
+        self.traces_of(host, SERVICE, SERVICE_IP).await
+    }
+
+    /// [`FourHost::service_traces`] of any service `service` at `ip`.
+    pub async fn traces_of(&self, host: &str, service: &str, ip: Ipv4Addr) -> Result<Vec<String>> {
         let h = self.host(host)?;
         let mut found = Vec::new();
         let podman = Podman::new(h.podman_socket())
             .map_err(|e| TestbedError::State(format!("podman client for {host}: {e}")))?;
-        match podman.exists(SERVICE).await {
+        match podman.exists(service).await {
             Ok(false) => {}
-            Ok(true) => found.push(format!("container {SERVICE}")),
+            Ok(true) => found.push(format!("container {service}")),
             Err(e) => found.push(format!("podman on {host} cannot tell: {e}")),
         }
-        let netns = Path::new(mose_overlay::netns::NETNS_DIR).join(netns_name(SERVICE));
+        let netns = Path::new(mose_overlay::netns::NETNS_DIR).join(netns_name(service));
         if h.outside_path(&netns).is_some_and(|p| p.exists()) {
             found.push(format!("namespace {}", netns.display()));
         }
-        let ifname = host_ifname(SERVICE);
+        let ifname = host_ifname(service);
         let links = h.run("ip", ["-o", "link", "show"]).await?;
         if links
             .lines()
@@ -766,9 +771,9 @@ impl FourHost {
         {
             found.push(format!("interface {ifname}"));
         }
-        let flows = overlay_of(h)?.steering().flows(SERVICE_IP).await?;
+        let flows = overlay_of(h)?.steering().flows(ip).await?;
         if !flows.is_empty() {
-            found.push(format!("flows for {SERVICE_IP}: {flows:?}"));
+            found.push(format!("flows for {ip}: {flows:?}"));
         }
         if let Some(dir) = h.outside_path(AGENT_WORK_DIR) {
             for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -3,7 +3,8 @@
 //! Two kinds of image, one writer:
 //! * **workloads** ([`ImageSource::Workload`]): one static binary of `mose-workloads`
 //!   (`counter-service`, `memload`) at `/<binary>`;
-//! * **Debian programs** ([`ImageSource::Debian`]: `memcached`, `iperf3`, the papers' workloads):
+//! * **Debian programs** ([`ImageSource::Debian`]: `memcached`, `iperf3`, `redis-server`, the
+//!   papers' workloads):
 //!   the program of a Debian 12 package installed on this machine (`testbed/setup-host.sh`
 //!   installs them) plus exactly the shared libraries it loads, as `ldd` resolves them, at the
 //!   paths the dynamic loader looks them up. The versions of the packages they came from are
@@ -110,6 +111,32 @@ pub const MEMCACHED: ImageSpec = ImageSpec {
     tcp_ports: &[11211],
 };
 
+/// The Redis 7.0 server (Debian 12) on TCP 6379, in memory only (`--save ''`, no AOF), serving
+/// the overlay without a password (`--protected-mode no`: the service namespace is reachable
+/// only through the overlay's flows).
+pub const REDIS: ImageSpec = ImageSpec {
+    name: "redis",
+    reference: "localhost/mose/redis:latest",
+    source: ImageSource::Debian {
+        package: "redis-server",
+        program: "/usr/bin/redis-server",
+    },
+    entry_args: &[
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ],
+    default_args: &[],
+    tcp_ports: &[6379],
+};
+
 /// The iperf3 3.12 server (Debian 12) on TCP 5201; arguments given to `podman run` are added
 /// (e.g. `-1` to serve one test and exit).
 pub const IPERF3: ImageSpec = ImageSpec {
@@ -130,7 +157,7 @@ pub const ALL: &[ImageSpec] = &[COUNTER, MEMLOAD];
 /// The images of Debian programs, built on demand ([`ImageBuilder::build`]): they are ≈ 8 MB
 /// each (glibc, OpenSSL), and loading them on every host of every testbed would slow down
 /// `FourHost::up` for tests that never use them (measured in `docs/testbed.md`, "Workloads").
-pub const DEBIAN: &[ImageSpec] = &[MEMCACHED, IPERF3];
+pub const DEBIAN: &[ImageSpec] = &[MEMCACHED, IPERF3, REDIS];
 
 /// A built image archive, ready for [`crate::Host::load_image`].
 #[derive(Debug, Clone, PartialEq, Eq)]

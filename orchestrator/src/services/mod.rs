@@ -26,6 +26,7 @@ use crate::rpc::RpcError;
 use crate::tasks::plan::check_agent;
 use crate::tasks::service::{migrating, new_op_id};
 use crate::tasks::{Migrations, TaskError};
+use mose_api::Reason;
 
 /// The service calls. Cheap to clone; shares the agents, the RPC client and the database with
 /// the migrations.
@@ -144,11 +145,14 @@ impl Services {
                     let mut removing = record;
                     removing.status = ServiceStatus::Removing;
                     shared.store.save_service(&removing)?;
-                    return Err(TaskError::Conflict(format!(
+                    return Err(TaskError::Conflict(
+                        Reason::RemovalIncomplete,
+                        format!(
                         "deploying {} failed ({e}), and so did removing what was made ({left}); \
                          repeat DELETE /v1/services/{} once the agents are back",
                         removing.name, removing.name
-                    )));
+                    ),
+                    ));
                 }
                 shared.store.delete_service(&record.name)?;
                 Err(e)
@@ -197,19 +201,25 @@ impl Services {
         let _active = shared.active();
         let services = shared.store.services()?;
         if services.iter().any(|s| s.name == request.name) {
-            return Err(TaskError::Conflict(format!(
-                "a service named '{}' already exists (see GET /v1/services/{})",
-                request.name, request.name
-            )));
+            return Err(TaskError::Conflict(
+                Reason::NameTaken,
+                format!(
+                    "a service named '{}' already exists (see GET /v1/services/{})",
+                    request.name, request.name
+                ),
+            ));
         }
         let used: BTreeSet<_> = services.iter().map(|s| s.network.ip).collect();
         let ip = self.pool.allocate(&used).ok_or_else(|| {
-            TaskError::Conflict(format!(
-                "the service address pool {} is exhausted ({} services): remove one or \
+            TaskError::Conflict(
+                Reason::PoolExhausted,
+                format!(
+                    "the service address pool {} is exhausted ({} services): remove one or \
                  configure a larger [services] pool",
-                self.pool,
-                self.pool.size()
-            ))
+                    self.pool,
+                    self.pool.size()
+                ),
+            )
         })?;
         let now = now_us();
         let record = ServiceRecord {

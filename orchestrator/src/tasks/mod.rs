@@ -17,6 +17,7 @@ pub mod queryables;
 pub mod service;
 pub mod store;
 
+use mose_api::{Problem, Reason};
 use mose_protocol::steps::FailureKind;
 use thiserror::Error;
 
@@ -41,10 +42,10 @@ pub enum TaskError {
     /// A named agent is present but not ready (no profile yet): try again shortly.
     #[error("{0}")]
     NotReady(String),
-    /// The call conflicts with the task's state (finished, past the point of no return, the
-    /// service already migrating).
-    #[error("{0}")]
-    Conflict(String),
+    /// The call conflicts with the state of the task or the service (finished, past the point
+    /// of no return, already migrating, name taken, pool exhausted…); the reason says which.
+    #[error("{1}")]
+    Conflict(Reason, String),
     /// No task has this id.
     #[error("no migration '{0}'")]
     NotFound(String),
@@ -71,12 +72,67 @@ impl TaskError {
         match self {
             Self::Invalid(_) => 400,
             Self::NotFound(_) | Self::NoService(_) => 404,
-            Self::Conflict(_) => 409,
+            Self::Conflict(..) => 409,
             Self::Unknown(_) | Self::Design(_) => 422,
             Self::Agent(e) => status_of_failure(e.kind()),
             Self::NotReady(_) => 503,
             Self::Store(_) | Self::Internal(_) => 500,
         }
+    }
+
+    /// The stable reason of the problem answer.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Invalid(_) => Reason::InvalidRequest,
+            Self::Unknown(_) => Reason::NoSuchAgent,
+            Self::NotReady(_) => Reason::AgentNotReady,
+            Self::Conflict(reason, _) => *reason,
+            Self::NotFound(_) => Reason::NoSuchMigration,
+            Self::NoService(_) => Reason::NoSuchService,
+            Self::Agent(e) => reason_of_failure(e.kind()),
+            Self::Design(_) => Reason::PlanRefused,
+            Self::Store(_) | Self::Internal(_) => Reason::Internal,
+        }
+    }
+
+    /// The problem answer of this error, for the HTTP and the Zenoh API alike.
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        Problem {
+            kind: "about:blank".into(),
+            title: title_of(status).into(),
+            status,
+            detail: self.to_string(),
+            reason: self.reason(),
+        }
+    }
+}
+
+/// The name of an HTTP status, as a problem's title.
+pub fn title_of(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        422 => "Unprocessable Content",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// The reason of a step that failed with `kind` (its status: [`status_of_failure`]).
+pub fn reason_of_failure(kind: FailureKind) -> Reason {
+    match kind {
+        FailureKind::InvalidRequest => Reason::AgentInvalidRequest,
+        FailureKind::WrongState => Reason::AgentWrongState,
+        FailureKind::Runtime => Reason::AgentRuntime,
+        FailureKind::Network => Reason::AgentNetwork,
+        FailureKind::Transfer => Reason::AgentTransfer,
+        FailureKind::Timeout => Reason::AgentTimeout,
+        FailureKind::Internal => Reason::AgentInternal,
     }
 }
 
@@ -111,5 +167,25 @@ mod tests {
         );
         assert_eq!(status_of_failure(FailureKind::InvalidRequest), 422);
         assert_eq!(status_of_failure(FailureKind::WrongState), 409);
+        let reasons: std::collections::HashSet<_> = FailureKind::ALL
+            .iter()
+            .map(|&k| reason_of_failure(k))
+            .collect();
+        assert_eq!(reasons.len(), FailureKind::ALL.len(), "one reason per kind");
+    }
+
+    #[test]
+    fn a_problem_carries_status_title_detail_and_reason() {
+        let e = TaskError::Conflict(Reason::NameTaken, "a service named 'x' exists".into());
+        let p = e.problem();
+        assert_eq!((p.status, p.title.as_str()), (409, "Conflict"));
+        assert_eq!(
+            (p.reason, p.detail.as_str()),
+            (Reason::NameTaken, "a service named 'x' exists")
+        );
+        assert_eq!(
+            TaskError::NoService("no".into()).problem().reason,
+            Reason::NoSuchService
+        );
     }
 }

@@ -13,6 +13,7 @@ use super::{MigrationRequest, PlanInputs, Route, TaskError};
 use crate::designer::{configure, pair_params, DesignRequest};
 use crate::registry::AgentView;
 use crate::services::ServiceRecord;
+use mose_api::Reason;
 
 /// Who takes part. A service MOSE deployed runs where its record says, so that is the source
 /// (a `source` in the request only asserts it), and its mobiles follow it unless the request
@@ -24,10 +25,13 @@ pub fn resolve_route(
     let (source, mobiles) = match service {
         Some(record) => {
             if let Some(asserted) = req.source.as_ref().filter(|s| **s != record.host) {
-                return Err(TaskError::Conflict(format!(
-                    "service '{}' runs on {}, not on {asserted}",
-                    record.name, record.host
-                )));
+                return Err(TaskError::Conflict(
+                    Reason::WrongSource,
+                    format!(
+                        "service '{}' runs on {}, not on {asserted}",
+                        record.name, record.host
+                    ),
+                ));
             }
             let mobiles = req
                 .mobiles

@@ -1,4 +1,5 @@
-//! The task calls over Zenoh (`{prefix}/orchestrator/rpc/{op}`), mapped onto [`Migrations`].
+//! The task and service calls over Zenoh (`{prefix}/orchestrator/rpc/{op}`), mapped onto
+//! [`Migrations`] and [`Services`].
 //!
 //! Payloads are JSON, the same documents as the HTTP API (docs/protocol.md):
 //!
@@ -8,8 +9,12 @@
 //! | `inspect` | `{"id": "..."}` | the task |
 //! | `list` | none | every task, newest first |
 //! | `cancel` | `{"id": "..."}` | the task, rolling back |
+//! | `deploy` | a deploy request | the running service |
+//! | `services` | none | every service |
+//! | `service` | `{"name": "..."}` | the service with its live state |
+//! | `remove` | `{"name": "..."}` | `null` once removed |
 //!
-//! A refused call gets an error reply `{"error": "...", "status": <HTTP status>}`.
+//! A refused call gets an error reply: the problem document the HTTP API answers.
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -17,11 +22,14 @@ use zenoh::query::Query;
 use zenoh::Session;
 
 use super::{Migrations, TaskError};
+use crate::services::Services;
 use mose_protocol::transport::QueryService;
 use mose_protocol::KeySpace;
 
 /// The operations served, which are also the last key chunk.
-pub const OPS: [&str; 4] = ["submit", "inspect", "list", "cancel"];
+pub const OPS: [&str; 8] = [
+    "submit", "inspect", "list", "cancel", "deploy", "services", "service", "remove",
+];
 
 /// `inspect` and `cancel` name one task.
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,13 +39,12 @@ pub struct TaskRef {
     pub id: String,
 }
 
-/// An error reply.
+/// `service` and `remove` name one service.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorReply {
-    /// What went wrong.
-    pub error: String,
-    /// The HTTP status the same error gets in the API.
-    pub status: u16,
+#[serde(deny_unknown_fields)]
+pub struct ServiceRef {
+    /// The service's name.
+    pub name: String,
 }
 
 /// Serves the queryables while it lives.
@@ -51,10 +58,11 @@ impl QueryServer {
         session: &Session,
         keys: &KeySpace,
         migrations: Migrations,
+        services: Services,
     ) -> Result<Self, TaskError> {
         let key = keys.orchestrator_rpc("*");
         let service = QueryService::start(session, &key, move |query| {
-            answer(query, migrations.clone())
+            answer(query, migrations.clone(), services.clone())
         })
         .await
         .map_err(|e| TaskError::Internal(format!("cannot declare queryable {key}: {e}")))?;
@@ -62,22 +70,20 @@ impl QueryServer {
     }
 }
 
-async fn answer(query: Query, migrations: Migrations) {
+async fn answer(query: Query, migrations: Migrations, services: Services) {
     let key = query.key_expr().clone();
     let op = mose_protocol::keys::rpc_op(key.as_str()).to_string();
     let payload = query
         .payload()
         .map(|p| p.to_bytes().into_owned())
         .unwrap_or_default();
-    let result = call(&migrations, &op, &payload).await;
+    let result = call(&migrations, &services, &op, &payload).await;
     let sent = match result {
         Ok(json) => query.reply(key, json).await,
         Err(e) => {
-            let body = ErrorReply {
-                error: e.to_string(),
-                status: e.status(),
-            };
-            let text = serde_json::to_string(&body).unwrap_or_else(|_| body.error.clone());
+            // The same problem document the HTTP API answers.
+            let problem = e.problem();
+            let text = serde_json::to_string(&problem).unwrap_or_else(|_| problem.detail.clone());
             query.reply_err(text).await
         }
     };
@@ -86,12 +92,30 @@ async fn answer(query: Query, migrations: Migrations) {
     }
 }
 
-async fn call(migrations: &Migrations, op: &str, payload: &[u8]) -> Result<Vec<u8>, TaskError> {
+async fn call(
+    migrations: &Migrations,
+    services: &Services,
+    op: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, TaskError> {
     match op {
         "submit" => to_json(&migrations.submit(parse(op, payload)?).await?),
         "inspect" => to_json(&migrations.get(&parse::<TaskRef>(op, payload)?.id)?),
         "list" => to_json(&migrations.list()?),
         "cancel" => to_json(&migrations.cancel(&parse::<TaskRef>(op, payload)?.id)?),
+        "deploy" => to_json(&services.deploy(parse(op, payload)?).await?),
+        "services" => to_json(&services.list()?),
+        "service" => to_json(
+            &services
+                .view(&parse::<ServiceRef>(op, payload)?.name)
+                .await?,
+        ),
+        "remove" => {
+            services
+                .remove(&parse::<ServiceRef>(op, payload)?.name)
+                .await?;
+            to_json(&())
+        }
         other => {
             warn!(op = other, "unknown orchestrator rpc");
             Err(TaskError::Invalid(format!(

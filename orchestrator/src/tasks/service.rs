@@ -21,6 +21,7 @@ use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
 use crate::registry::AgentsView;
 use crate::rpc::AgentRpc;
 use crate::services::ServiceStatus;
+use mose_api::Reason;
 
 /// A task the driver is working on.
 pub(crate) struct Active {
@@ -191,9 +192,10 @@ impl Migrations {
         })
     }
 
-    /// Validates, gathers the plan's inputs (agents, the source's Describe), plans once and
-    /// starts a migration. Returns the task as accepted.
-    pub async fn submit(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
+    /// What [`Migrations::submit`] would accept, without running it: every check, the
+    /// source's Describe and the plan with its predictions (`POST /v1/migrations?dry_run=true`).
+    /// Nothing is stored.
+    pub async fn plan(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
         let service = self.shared.store.service(&request.service)?;
         let route = resolve_route(&request, service.as_ref())?;
         check_request(&request, &route)?;
@@ -201,10 +203,13 @@ impl Migrations {
             .as_ref()
             .filter(|s| s.status != ServiceStatus::Running)
         {
-            return Err(TaskError::Conflict(format!(
-                "service '{}' is {}, not running: it cannot be migrated now",
-                s.name, s.status
-            )));
+            return Err(TaskError::Conflict(
+                Reason::NotRunning,
+                format!(
+                    "service '{}' is {}, not running: it cannot be migrated now",
+                    s.name, s.status
+                ),
+            ));
         }
         self.refuse_if_migrating(&request.service)?;
         let agents = check_agents(&route, |id| self.shared.agents.get(id))?;
@@ -221,8 +226,8 @@ impl Migrations {
             self.shared.config.default_bandwidth_bytes_per_s,
         )?;
         let now = now_us();
-        let record = TaskRecord {
-            id: id.clone(),
+        Ok(TaskRecord {
+            id,
             request,
             route,
             spec: gathered.described.spec,
@@ -238,7 +243,14 @@ impl Migrations {
             created_us: now,
             updated_us: now,
             finished_us: None,
-        };
+        })
+    }
+
+    /// Validates, gathers the plan's inputs (agents, the source's Describe), plans once and
+    /// starts a migration. Returns the task as accepted.
+    pub async fn submit(&self, request: MigrationRequest) -> Result<TaskRecord, TaskError> {
+        let record = self.plan(request).await?;
+        let (id, now) = (record.id.clone(), record.created_us);
         let (cancel, rx) = watch::channel(false);
         {
             // Checked again under the lock: two submissions may have raced past the first check.
@@ -249,10 +261,13 @@ impl Migrations {
             // The service's record is checked and marked under the same lock a removal takes.
             if let Some(mut service) = self.shared.store.service(&record.request.service)? {
                 if service.status != ServiceStatus::Running {
-                    return Err(TaskError::Conflict(format!(
-                        "service '{}' is {}, not running: it cannot be migrated now",
-                        service.name, service.status
-                    )));
+                    return Err(TaskError::Conflict(
+                        Reason::NotRunning,
+                        format!(
+                            "service '{}' is {}, not running: it cannot be migrated now",
+                            service.name, service.status
+                        ),
+                    ));
                 }
                 service.last_migration = Some(id.clone());
                 service.updated_us = now;
@@ -292,10 +307,13 @@ impl Migrations {
             let active = self.shared.active();
             if let Some(task) = active.get(id) {
                 if task.record.progress.past_point_of_no_return() {
-                    return Err(TaskError::Conflict(format!(
-                        "migration {id} has passed its point of no return (restored and flow \
+                    return Err(TaskError::Conflict(
+                        Reason::PastPointOfNoReturn,
+                        format!(
+                            "migration {id} has passed its point of no return (restored and flow \
                          switched); it completes by releasing the source"
-                    )));
+                        ),
+                    ));
                 }
                 task.cancel.send_replace(true);
                 info!(task = id, "cancel requested: rolling back");
@@ -303,10 +321,10 @@ impl Migrations {
             }
         }
         let finished = self.get(id)?;
-        Err(TaskError::Conflict(format!(
-            "migration {id} has already finished ({})",
-            finished.status
-        )))
+        Err(TaskError::Conflict(
+            Reason::Finished,
+            format!("migration {id} has already finished ({})", finished.status),
+        ))
     }
 
     fn refuse_if_migrating(&self, service: &str) -> Result<(), TaskError> {
@@ -346,10 +364,13 @@ pub(crate) fn migrating(active: &HashMap<String, Active>, service: &str) -> Opti
         .values()
         .find(|a| a.record.request.service == service)
         .map(|a| {
-            TaskError::Conflict(format!(
-                "service '{service}' is already being migrated by task {}",
-                a.record.id
-            ))
+            TaskError::Conflict(
+                Reason::Migrating,
+                format!(
+                    "service '{service}' is already being migrated by task {}",
+                    a.record.id
+                ),
+            )
         })
 }
 
