@@ -3,20 +3,26 @@
 //! JSON in and out; every error is an RFC 9457 problem document (`application/problem+json`)
 //! with a 4xx/5xx status that says whose fault it is and a stable `reason`.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::Stream;
 use mose_api::{Problem, Reason, PROBLEM_JSON};
+use mose_protocol::messages::PhaseEvent;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::registry::{AgentView, AgentsView};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView, Services};
-use crate::tasks::{MigrationRequest, Migrations, TaskError, TaskRecord};
+use crate::tasks::{MigrationRequest, Migrations, TaskChange, TaskError, TaskRecord};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -100,6 +106,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/migrations/{id}",
             get(get_migration).delete(cancel_migration),
         )
+        .route("/v1/migrations/{id}/events", get(migration_events))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -223,6 +230,95 @@ async fn get_migration(
     Path(id): Path<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     Ok(Json(state.migrations.get(&id)?))
+}
+
+/// `GET /v1/migrations/{id}/events`: server-sent events. Every phase event of the task from
+/// the first (`event: phase`, `id:` its index in the task's `events`, data the event), then
+/// each new one as the agents and the driver report it, and `event: end` with the finished
+/// task, after which the stream closes. A client that falls too far behind gets `event:
+/// lagged` and should read the task instead.
+async fn migration_events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (record, changes) = state.migrations.watch(&id)?;
+    let mut backlog: VecDeque<Event> = record
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| phase_event(i, e))
+        .collect();
+    let done = record.status.is_finished();
+    if done {
+        backlog.push_back(end_event(&record));
+    }
+    let stream = EventStream {
+        id,
+        backlog,
+        changes,
+        next: record.events.len(),
+        done,
+    };
+    Ok(Sse::new(futures::stream::unfold(stream, EventStream::next))
+        .keep_alive(KeepAlive::default()))
+}
+
+/// The state of one event stream.
+struct EventStream {
+    id: String,
+    backlog: VecDeque<Event>,
+    changes: broadcast::Receiver<TaskChange>,
+    /// The index of the next event not sent yet.
+    next: usize,
+    done: bool,
+}
+
+impl EventStream {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                return Some((Ok(event), self));
+            }
+            if self.done {
+                return None;
+            }
+            match self.changes.recv().await {
+                Ok(TaskChange::Event { task, index, event })
+                    if task == self.id && index >= self.next =>
+                {
+                    self.next = index + 1;
+                    return Some((Ok(phase_event(index, &event)), self));
+                }
+                Ok(TaskChange::Finished { record }) if record.id == self.id => {
+                    self.done = true;
+                    return Some((Ok(end_event(&record)), self));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.done = true;
+                    let note = format!(
+                        "{missed} changes missed; read GET /v1/migrations/{}",
+                        self.id
+                    );
+                    return Some((Ok(Event::default().event("lagged").data(note)), self));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn phase_event(index: usize, event: &PhaseEvent) -> Event {
+    let data = serde_json::to_string(event).unwrap_or_default();
+    Event::default()
+        .event("phase")
+        .id(index.to_string())
+        .data(data)
+}
+
+fn end_event(record: &TaskRecord) -> Event {
+    let data = serde_json::to_string(record).unwrap_or_default();
+    Event::default().event("end").data(data)
 }
 
 async fn cancel_migration(

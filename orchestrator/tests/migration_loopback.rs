@@ -286,6 +286,7 @@ struct Rig {
     registry: Registry,
     endpoint: String,
     client: ApiClient,
+    http: std::net::SocketAddr,
     migrations: Migrations,
     services: Services,
     _agents: Vec<(AgentNode, StepServer)>,
@@ -351,6 +352,7 @@ impl Rig {
             registry,
             endpoint,
             client: ApiClient::new(&format!("http://{http}")),
+            http,
             migrations,
             services,
             _agents: agents,
@@ -1138,4 +1140,90 @@ async fn a_dry_run_plans_without_running_or_storing() {
         ..request()
     };
     assert_refused(rig.client.plan(&bad).await, 400, "nothing to migrate");
+}
+
+/// Reads `GET path` as server-sent events until the stream closes: (event, id, data) each.
+async fn read_sse(
+    http: std::net::SocketAddr,
+    path: &str,
+    events: tokio::sync::mpsc::UnboundedSender<(String, String, String)>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut conn = tokio::net::TcpStream::connect(http).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    let (mut event, mut id) = (String::new(), String::new());
+    while let Ok(Some(line)) = lines.next_line().await {
+        // Chunked transfer framing and headers interleave with the event lines; only the
+        // `field: value` lines of the events matter here.
+        if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let done = event == "end";
+            events
+                .send((event.clone(), id.clone(), data.to_string()))
+                .unwrap();
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migrations_events_stream_while_it_runs_and_end_with_it() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    // The restore hangs until its timeout: the task runs for seconds, then rolls back.
+    rig.world.set(Script {
+        hang: Some(("edge2".into(), "restore".into())),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let path = format!("/v1/migrations/{}/events", task.id);
+    let (http, stream_path) = (rig.http, path.clone());
+    tokio::spawn(async move { read_sse(http, &stream_path, tx).await });
+    let (event, id, data) = rx.recv().await.expect("a first event");
+    assert_eq!((event.as_str(), id.as_str()), ("phase", "0"), "{data}");
+    let first: PhaseEvent = serde_json::from_str(&data).unwrap();
+    assert_eq!(first.phase, Phase::Prepare);
+    assert!(
+        !rig.client
+            .migration(&task.id)
+            .await
+            .unwrap()
+            .status
+            .is_finished(),
+        "the first event arrived while the migration ran"
+    );
+    let mut phases = 1;
+    let end = loop {
+        let (event, id, data) = rx.recv().await.expect("the stream ends with `end`");
+        match event.as_str() {
+            "phase" => {
+                assert_eq!(id, phases.to_string(), "in order, none missed");
+                phases += 1;
+            }
+            "end" => break serde_json::from_str::<TaskRecord>(&data).unwrap(),
+            other => panic!("unexpected event {other}: {data}"),
+        }
+    };
+    assert_eq!(end.status, TaskStatus::RolledBack, "{end:#?}");
+    assert_eq!(phases, end.events.len(), "every event of the task, once");
+    // A finished task's stream replays its events and ends at once.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    read_sse(rig.http, &path, tx).await;
+    let mut replayed = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        replayed.push(e.0);
+    }
+    assert_eq!(replayed.len(), end.events.len() + 1);
+    assert_eq!(replayed.last().map(String::as_str), Some("end"));
+    assert_refused(rig.client.migration("nope").await, 404, "no migration");
 }

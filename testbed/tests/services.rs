@@ -74,6 +74,22 @@ impl RedisCli {
     }
 }
 
+/// The `mose` CLI of the profile this test was built in.
+fn mose_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("mose"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is not built (cargo build -p mose-cli)",
+        path.display()
+    );
+    path
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_removed() {
     mose_testkit::root_test!(TESTBED_TOOLS);
@@ -226,7 +242,7 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
         "its client, seen by edge2: {moved:?}"
     );
 
-    // Removal: the host and the mobile keep nothing of it, the address is free again.
+    // Removal: the hosts and the mobile keep nothing of it, the address is free again.
     drop(cli);
     api.remove_service("redis")
         .await

@@ -26,7 +26,7 @@ pub use driver::{DriverConfig, StepTimeouts};
 pub use mose_api::tasks::{
     Measurements, MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus,
 };
-pub use service::Migrations;
+pub use service::{Migrations, TaskChange};
 pub use store::{Store, StoreError};
 
 /// Why a task call was refused. [`TaskError::status`] is the HTTP status for it, also sent

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use mose_protocol::messages::{now_us, PhaseEvent};
 use mose_protocol::steps::{Describe, Described};
 use mose_protocol::{decode, encode, KeySpace, Message};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use zenoh::sample::Locality;
@@ -38,6 +38,37 @@ pub(crate) struct Shared {
     pub(crate) config: DriverConfig,
     pub(crate) store: Store,
     active: Mutex<HashMap<String, Active>>,
+    /// Every change of an active task's events or status, for the event streams.
+    changes: broadcast::Sender<TaskChange>,
+}
+
+/// What an event stream hears of a task: an event appended at `index`, or the task's end.
+#[derive(Debug, Clone)]
+pub enum TaskChange {
+    /// `events[index]` of the task is `event`.
+    Event {
+        /// The task.
+        task: String,
+        /// The event's position in the task's `events`.
+        index: usize,
+        /// The event.
+        event: PhaseEvent,
+    },
+    /// The task has finished.
+    Finished {
+        /// The task as it ended.
+        record: Box<TaskRecord>,
+    },
+}
+
+impl TaskChange {
+    /// The task it is about.
+    pub fn task(&self) -> &str {
+        match self {
+            TaskChange::Event { task, .. } => task,
+            TaskChange::Finished { record } => &record.id,
+        }
+    }
 }
 
 impl Shared {
@@ -57,12 +88,27 @@ impl Shared {
     ) -> Option<TaskRecord> {
         let mut active = self.active();
         let record = &mut active.get_mut(id)?.record;
+        let (events_before, finished_before) = (record.events.len(), record.status.is_finished());
         change(record);
         record.updated_us = now_us();
+        // Sent under the lock, so streams see changes in the order they were made. Nobody
+        // listening is fine.
+        for (index, event) in record.events.iter().enumerate().skip(events_before) {
+            let _ = self.changes.send(TaskChange::Event {
+                task: id.to_string(),
+                index,
+                event: event.clone(),
+            });
+        }
         let (created, finished) = (record.created_us, record.finished_us);
         record
             .measurements
             .update_from(created, finished, &record.events);
+        if !finished_before && record.status.is_finished() {
+            let _ = self.changes.send(TaskChange::Finished {
+                record: Box::new(record.clone()),
+            });
+        }
         // Saved under the lock, so the file sees changes in the order they were made.
         if let Err(e) = self.store.save(record) {
             // The migration goes on (stopping mid-way is worse), but a restart would act on
@@ -123,6 +169,9 @@ impl Shared {
     }
 }
 
+/// How many changes a slow event stream may fall behind before it is told it lagged.
+const CHANGES_BACKLOG: usize = 1024;
+
 /// Aborts the agent-event listener when the last [`Migrations`] handle goes.
 struct Listener(JoinHandle<()>);
 
@@ -166,6 +215,7 @@ impl Migrations {
             config,
             store,
             active: Mutex::default(),
+            changes: broadcast::channel(CHANGES_BACKLOG).0,
         });
         let weak = Arc::downgrade(&shared);
         let listener = tokio::spawn(async move {
@@ -346,6 +396,22 @@ impl Migrations {
         };
         let timeout = self.shared.config.timeouts.describe;
         Ok(self.shared.rpc.call(source, task, step, timeout).await?)
+    }
+
+    /// The task's events from the first, then each new one as it happens, until it ends: the
+    /// record as it stands and a receiver of what changes after it. Subscribed before the
+    /// record is read, so nothing falls between the two; the caller skips events it already
+    /// has by their index.
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<(TaskRecord, broadcast::Receiver<TaskChange>), TaskError> {
+        let changes = self.shared.changes.subscribe();
+        let record = match self.shared.read(id) {
+            Some(active) => active,
+            None => self.get(id)?,
+        };
+        Ok((record, changes))
     }
 
     /// The id of the active migration of `service`, if one is running.
