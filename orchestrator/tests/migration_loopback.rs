@@ -33,8 +33,8 @@ use mose_protocol::messages::{
 };
 use mose_protocol::model::Objective;
 use mose_protocol::steps::{
-    Described, Done, Dumped, FailureKind, Fetched, ImageId, Resent, Restored, Step, StepFailure,
-    StepOutcome,
+    Described, Done, Dumped, Exported, FailureKind, Fetched, ImageId, Prepared, Resent, Restored,
+    Step, StepFailure, StepOutcome,
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::units::BytesPerSec;
@@ -58,6 +58,8 @@ struct Script {
     hang: Option<(String, String)>,
     /// (agent, op) during which the agent dies: its session closes, nothing answers.
     die: Option<(String, String)>,
+    /// The agent whose Prepare finds the service's image missing.
+    image_absent: Option<String>,
 }
 
 /// One call an agent received: (task, agent, op with detail).
@@ -197,8 +199,15 @@ impl StepExecutor for Scripted {
                 .into()
             }
             Step::Resend(_) => Resent { nudges: 1 }.into(),
-            Step::Prepare(_)
-            | Step::SwitchFlow(_)
+            Step::Prepare(_) => Prepared {
+                image_present: script.image_absent.as_deref() != Some(self.agent.as_str()),
+            }
+            .into(),
+            Step::ExportImage(_) => Exported {
+                image_bytes: 8 << 20,
+            }
+            .into(),
+            Step::SwitchFlow(_)
             | Step::Resume(_)
             | Step::Abort(_)
             | Step::Release(_)
@@ -1226,4 +1235,34 @@ async fn a_migrations_events_stream_while_it_runs_and_end_with_it() {
     assert_eq!(replayed.len(), end.events.len() + 1);
     assert_eq!(replayed.last().map(String::as_str), Some("end"));
     assert_refused(rig.client.migration("nope").await, 404, "no migration");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_without_the_image_gets_it_before_the_freeze() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    rig.world.set(Script {
+        image_absent: Some("edge2".into()),
+        ..Script::default()
+    });
+    let task = rig.submit().await;
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:#?}");
+    let calls = rig.world.calls(&done.id);
+    let at = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c}: {calls:?}"))
+    };
+    assert!(at("edge2:prepare") < at("edge1:export-image"));
+    assert!(at("edge1:export-image") < at("edge2:fetch(container)"));
+    assert!(
+        at("edge2:fetch(container)") < at("edge1:checkpoint"),
+        "the image moves before the freeze: {calls:?}"
+    );
+    assert!(
+        done.measurements.phases_ms.contains_key(&Phase::Image),
+        "{:?}",
+        done.measurements
+    );
 }

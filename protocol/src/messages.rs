@@ -245,6 +245,9 @@ pub struct CriuStats {
 pub enum Phase {
     /// Destination readiness before the freeze (its namespace is [`Phase::Netns`]).
     Prepare,
+    /// Moving the service's container image to a destination that lacks it, before the
+    /// freeze.
+    Image,
     /// Pre-copy rounds and their fetches, the service running.
     PreCopy,
     /// The final dump.
@@ -267,6 +270,7 @@ impl Phase {
     /// Every phase, in the order of a migration.
     pub const ALL: &'static [Phase] = &[
         Phase::Prepare,
+        Phase::Image,
         Phase::PreCopy,
         Phase::Checkpoint,
         Phase::Transfer,
@@ -281,6 +285,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Prepare => "prepare",
+            Phase::Image => "image",
             Phase::PreCopy => "pre_copy",
             Phase::Checkpoint => "checkpoint",
             Phase::Transfer => "transfer",
@@ -463,7 +468,7 @@ mod tests {
         let mut names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 10);
     }
 
     #[test]

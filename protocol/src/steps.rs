@@ -27,6 +27,9 @@ pub enum ImageId {
     Round(u32),
     /// The final dump, taken with the service frozen, built on every round before it.
     Final,
+    /// The service's container image, for a destination that lacks it (moved before the
+    /// freeze).
+    Container,
 }
 
 impl ImageId {
@@ -35,6 +38,7 @@ impl ImageId {
         match self {
             ImageId::Round(n) => format!("round-{n}"),
             ImageId::Final => "final".to_string(),
+            ImageId::Container => "container".to_string(),
         }
     }
 
@@ -51,6 +55,7 @@ impl fmt::Display for ImageId {
         match self {
             ImageId::Round(n) => write!(f, "pre-copy round {n}"),
             ImageId::Final => f.write_str("final dump"),
+            ImageId::Container => f.write_str("container image"),
         }
     }
 }
@@ -85,6 +90,8 @@ ops! {
     Describe = "describe",
     /// Destination: everything that can happen before the freeze.
     Prepare = "prepare",
+    /// Source: serve the service's container image, for a destination that lacks it.
+    ExportImage = "export-image",
     /// Source: one pre-copy round while the service runs.
     PreDump = "pre-dump",
     /// Destination: fetch a pre-copy round while the service still runs at the source.
@@ -129,6 +136,14 @@ pub struct Describe {
 pub struct Prepare {
     /// What the destination recreates.
     pub spec: ServiceSpec,
+}
+
+/// Source: export the service's container image and serve it as [`ImageId::Container`] until
+/// the task's resume or release, for a destination whose Prepare found it missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportImage {
+    /// The service (container) name.
+    pub service: String,
 }
 
 /// Source: pre-copy round `round` of the running service, on top of round `round - 1`.
@@ -241,6 +256,21 @@ pub struct ClearFlow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done;
 
+/// The destination is ready for the freeze, but for its image if it lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepared {
+    /// The service's image is on this host. When not, the caller moves it (ExportImage on the
+    /// source, then Fetch of [`ImageId::Container`] here) before the freeze.
+    pub image_present: bool,
+}
+
+/// The source serves the container image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exported {
+    /// Size of the image archive.
+    pub image_bytes: u64,
+}
+
 /// What Describe found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Described {
@@ -322,7 +352,8 @@ macro_rules! steps {
 
 steps! {
     Describe => Described,
-    Prepare => Done,
+    Prepare => Prepared,
+    ExportImage => Exported,
     PreDump => Dumped,
     Fetch => Fetched,
     Checkpoint => Dumped,
@@ -362,7 +393,7 @@ macro_rules! outcomes {
     };
 }
 
-outcomes!(Done, Described, Dumped, Fetched, Restored, Resent);
+outcomes!(Done, Described, Prepared, Exported, Dumped, Fetched, Restored, Resent);
 
 /// What kind of failure a step met: what the caller may conclude from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -514,6 +545,7 @@ mod tests {
         vec![
             Describe { service: service() }.into(),
             Prepare { spec: spec() }.into(),
+            ExportImage { service: service() }.into(),
             PreDump {
                 service: service(),
                 round: 1,
@@ -615,6 +647,14 @@ mod tests {
             }
             .into(),
             Resent { nudges: 1 }.into(),
+            Prepared {
+                image_present: false,
+            }
+            .into(),
+            Exported {
+                image_bytes: 8 << 20,
+            }
+            .into(),
         ];
         let failures = FailureKind::ALL.iter().map(|&kind| StepFailure {
             op: Op::Restore,

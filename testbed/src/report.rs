@@ -89,6 +89,9 @@ pub struct MigrationReport {
 pub struct Phases {
     /// Destination readiness.
     pub prepare: Option<f64>,
+    /// Moving the container image to a destination that lacked it (absent when none moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<f64>,
     /// Pre-copy only (absent for cold): the rounds, dumps and their fetches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_copy: Option<f64>,
@@ -142,6 +145,7 @@ impl MigrationReport {
             state_continuous: client.state_continuous,
             phases_ms: Phases {
                 prepare: phase("prepare"),
+                image: phase("image"),
                 pre_copy: phase("pre_copy"),
                 checkpoint: phase("checkpoint"),
                 transfer: phase("transfer"),
@@ -298,6 +302,7 @@ mod tests {
                 state_continuous: true,
                 phases_ms: Phases {
                     prepare: Some(100.0),
+                    image: None,
                     pre_copy: None,
                     checkpoint: Some(398.0),
                     transfer: None,

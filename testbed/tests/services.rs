@@ -1,9 +1,10 @@
 //! Root integration test of a service an operator deploys: on the four-host testbed, a Redis
-//! (Debian's redis-server, built locally) is deployed on edge1 through `POST /v1/services`, a
-//! `redis-cli` on the mobile host writes keys over one connection while the service is migrated
-//! to edge2 by name only (`mose migrate redis --to edge2`: no source, no mobile named), and
-//! afterwards the same connection reads every key back. Then the deployment errors an operator
-//! meets, and `DELETE` leaving nothing on the host.
+//! (Debian's redis-server, built locally, loaded on edge1 only) is deployed on edge1 through
+//! `POST /v1/services`, a `redis-cli` on the mobile host writes keys over one connection while
+//! the service is migrated to edge2 by name only (no source, no mobile named; its image moves
+//! before the freeze), and the same connection reads every key back. Then the `mose` CLI's exit
+//! statuses (3 for a rollback, 0, 1), the deployment errors an operator meets, and `DELETE`
+//! leaving nothing on the hosts.
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh` (redis-server, redis-tools), and
 //! `mose-agent` + `mose-orchestrator` built in the same profile.
@@ -19,6 +20,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mose_api::{ClientError, DeployRequest, MigrationRequest, TaskStatus};
+use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_testbed::fourhost::{Config, FourHost, EDGE1, EDGE2, MOBILE};
 use mose_testbed::images::{ImageBuilder, REDIS};
@@ -105,19 +107,17 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
     let (tb, _) = FourHost::up(cfg).await.expect("four hosts up");
     let api = tb.state().api();
 
-    // The image on both edges: MOSE does not move images yet.
+    // The image on edge1 only: the migration to edge2 moves it.
     let redis = ImageBuilder::default()
         .build(&[REDIS])
         .await
         .expect("build the redis image")
         .remove(0);
-    for edge in [EDGE1, EDGE2] {
-        tb.host(edge)
-            .unwrap()
-            .load_image(&redis)
-            .await
-            .expect("load redis");
-    }
+    tb.host(EDGE1)
+        .unwrap()
+        .load_image(&redis)
+        .await
+        .expect("load redis");
 
     let request = DeployRequest {
         name: "redis".into(),
@@ -218,6 +218,26 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
     let done = wait_finished(&api, &task.id, t).await;
     assert_eq!(done.status, TaskStatus::Succeeded, "{done:#?}");
     write(&mut cli, 100, &mut gaps).await;
+    // The image travelled before the freeze: its phase ended before the checkpoint began.
+    let at = |phase: Phase, status: fn(&PhaseStatus) -> bool| {
+        done.events
+            .iter()
+            .filter(|e| e.phase == phase && status(&e.status))
+            .map(|e| e.at_us)
+            .min()
+            .unwrap_or_else(|| panic!("no {phase} event: {:?}", done.events))
+    };
+    let image_done = done
+        .events
+        .iter()
+        .filter(|e| e.phase == Phase::Image && matches!(e.status, PhaseStatus::Finished))
+        .map(|e| e.at_us)
+        .max()
+        .expect("the image phase finished");
+    assert!(
+        image_done <= at(Phase::Checkpoint, |s| matches!(s, PhaseStatus::Started)),
+        "the image moved outside the downtime"
+    );
 
     // Same connection, every key written before and during the migration there.
     assert_eq!(
@@ -240,6 +260,64 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
         moved.clients.len(),
         1,
         "its client, seen by edge2: {moved:?}"
+    );
+
+    // The CLI's exit status tells a script where the service is. Another container named
+    // redis running on edge1 makes the way back's restore refuse (it never replaces a container
+    // it did not restore) and the migration roll back: 3, the service safe on edge2.
+    tb.host(EDGE1)
+        .unwrap()
+        .podman_output(
+            [
+                "run",
+                "-d",
+                "--name",
+                "redis",
+                "--network",
+                "none",
+                mose_testbed::images::COUNTER.reference,
+            ],
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("a squatter named redis on edge1");
+    let mose = |args: &[&str]| {
+        let mut c = Command::new(mose_binary());
+        c.args(["--api", &tb.state().api_url]).args(args);
+        c
+    };
+    let back = ["migrate", "redis", "--to", EDGE1];
+    let status = mose(&back).status().await.expect("run mose");
+    assert_eq!(status.code(), Some(3), "rolled back: exit 3");
+    assert_eq!(api.service("redis").await.unwrap().record.host, EDGE2);
+    assert_eq!(
+        cli.ask("GET k0").await,
+        "v0",
+        "served at the source throughout"
+    );
+    // The squatter gone (the rollback's abort removed it), the way back succeeds: 0, and the
+    // same connection still has every key.
+    let _ = tb
+        .host(EDGE1)
+        .unwrap()
+        .podman_output(["rm", "--force", "redis"], Duration::from_secs(60))
+        .await;
+    let status = mose(&back).status().await.expect("run mose");
+    assert_eq!(status.code(), Some(0), "succeeded: exit 0");
+    assert_eq!(api.service("redis").await.unwrap().record.host, EDGE1);
+    assert_eq!(
+        cli.ask("CLIENT ID").await,
+        id_before,
+        "one connection, two migrations"
+    );
+    for i in (0..written).step_by(50) {
+        assert_eq!(cli.ask(&format!("GET k{i}")).await, format!("v{i}"), "k{i}");
+    }
+    let status = mose(&back).status().await.expect("run mose");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "refused (nothing to migrate): exit 1"
     );
 
     // Removal: the hosts and the mobile keep nothing of it, the address is free again.

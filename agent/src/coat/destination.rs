@@ -9,7 +9,7 @@ use mose_overlay::netns::{EndpointSpec, MacAddr, Neighbour};
 use mose_overlay::ServiceAddr;
 use mose_protocol::blob::fetch_to_file;
 use mose_protocol::messages::{CriuStats, Phase, ServiceSpec};
-use mose_protocol::steps::{Done, Fetched, ImageId, Resent, Restored};
+use mose_protocol::steps::{Done, Fetched, ImageId, Prepared, Resent, Restored};
 use tracing::{info, warn};
 
 use super::error::{blob, overlay, runtime, CoatError, Result};
@@ -22,10 +22,11 @@ impl<H: Host> Inner<H> {
     /// Image present, namespace with the service's identity, explicit flows to it. Returns the
     /// OpenFlow port of the service's veth.
     #[tracing::instrument(name = "coat.prepare", skip(self, spec), fields(service = %spec.name))]
-    pub(super) async fn prepare(&self, task: &str, spec: &ServiceSpec) -> Result<u32> {
+    pub(super) async fn prepare(&self, task: &str, spec: &ServiceSpec) -> Result<Prepared> {
         check_service(&spec.name)?;
         let t0 = Instant::now();
-        self.require_image(spec).await?;
+        // A missing image is not a failure: the caller moves it before the freeze.
+        let image_present = self.has_image(spec).await?;
         let ofport = self
             .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
             .await?;
@@ -54,22 +55,25 @@ impl<H: Host> Inner<H> {
         }
         info!(
             ms = mose_protocol::units::millis(t0.elapsed()),
-            ofport, "prepared"
+            ofport, image_present, "prepared"
         );
-        Ok(ofport)
+        Ok(Prepared { image_present })
     }
 
-    /// Fails with `wrong_state` unless the image of `spec` is on this host.
-    pub(super) async fn require_image(&self, spec: &ServiceSpec) -> Result<()> {
-        let present = self
-            .host
+    /// Whether the image of `spec` is on this host.
+    async fn has_image(&self, spec: &ServiceSpec) -> Result<bool> {
+        self.host
             .image_exists(&spec.image)
             .await
             .map_err(runtime(format!(
                 "check that image {} of {} is here",
                 spec.image, spec.name
-            )))?;
-        match present {
+            )))
+    }
+
+    /// Fails with `wrong_state` unless the image of `spec` is on this host.
+    pub(super) async fn require_image(&self, spec: &ServiceSpec) -> Result<()> {
+        match self.has_image(spec).await? {
             true => Ok(()),
             false => Err(CoatError::State(format!(
                 "image {} of service {} is not present on this host; load it first \
@@ -182,10 +186,19 @@ impl<H: Host> Inner<H> {
         let t0 = Instant::now();
         let image_bytes = self.fetch_image(task, image, &path, from).await?;
         info!(
+            %image,
             image_bytes,
             ms = mose_protocol::units::millis(t0.elapsed()),
-            "pre-copy image fetched"
+            "image fetched"
         );
+        if image == ImageId::Container {
+            // Loaded now, before the freeze; the archive is not needed after that.
+            self.host
+                .load_image(&path)
+                .await
+                .map_err(runtime(format!("load the image of {service}")))?;
+            let _ = tokio::fs::remove_file(&path).await;
+        }
         let done = Fetched { image, image_bytes };
         state.record_fetched(done);
         self.save_state(&state)?;
@@ -254,7 +267,13 @@ impl<H: Host> Inner<H> {
         }
         if !self.host.netns_path(&netns_name(service)).exists() {
             warn!("restore without a prepared namespace: preparing now (inside the downtime)");
-            self.prepare(task, spec).await?;
+            if !self.prepare(task, spec).await?.image_present {
+                return Err(CoatError::State(format!(
+                    "image {} of {service} is not on this host: it must be moved before the \
+                     restore (export-image at the source, fetch of the container image here)",
+                    spec.image
+                )));
+            }
         }
 
         let final_path = self.image_path(task, ImageId::Final);
@@ -353,11 +372,13 @@ impl<H: Host> Inner<H> {
 }
 
 /// The record of `image` in `state`, if its file is still on disk.
+/// A fetch the state records, whose result is still here: a round's archive on disk, or the
+/// container image (loaded, its archive gone).
 fn fetched(state: &ServiceState, image: ImageId, path: &Path) -> Option<Fetched> {
     state
         .fetched
         .iter()
         .find(|f| f.image == image)
-        .filter(|_| path.is_file())
+        .filter(|_| image == ImageId::Container || path.is_file())
         .copied()
 }

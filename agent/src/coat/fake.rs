@@ -399,6 +399,33 @@ impl Host for FakeHost {
         self.restored(&name, seq, bytes.len() as u64)
     }
 
+    async fn export_image(
+        &self,
+        reference: &str,
+        sink: &mut tokio::fs::File,
+    ) -> Result<u64, RuntimeError> {
+        self.record(format!("export_image {reference}"));
+        self.enter("export_image", reference).await?;
+        if !self.world().images.contains(reference) {
+            return Err(podman_error(Op::ImageExport, reference, "image not known"));
+        }
+        let bytes = format!("IMAGE {reference}\n").into_bytes();
+        sink.write_all(&bytes).await.unwrap();
+        Ok(bytes.len() as u64)
+    }
+
+    async fn load_image(&self, path: &Path) -> Result<(), RuntimeError> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let reference = text
+            .strip_prefix("IMAGE ")
+            .map(str::trim)
+            .ok_or_else(|| podman_error(Op::ImageLoad, "?", "not an image archive"))?;
+        self.record(format!("load_image {reference}"));
+        self.enter("load_image", reference).await?;
+        self.world().images.insert(reference.to_string());
+        Ok(())
+    }
+
     async fn run_container(&self, spec: &CreateSpec) -> Result<(), RuntimeError> {
         self.record(format!("run_container {}", spec.name));
         self.enter("run_container", &spec.name).await?;

@@ -22,6 +22,9 @@ use crate::runtime::{
 };
 
 type RtResult<T> = Result<T, RuntimeError>;
+
+/// How long exporting or loading a container image may take (images of tens of MB: seconds).
+const IMAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 type NetResult<T> = Result<T, OverlayError>;
 
 /// The host operations of the COAT steps.
@@ -63,6 +66,14 @@ pub trait Host: Send + Sync + 'static {
         previous: &Path,
         archive: &Path,
     ) -> impl Future<Output = RtResult<RestoreReport>> + Send;
+    /// Exports the image `reference` as a docker-archive into `sink`; its size.
+    fn export_image(
+        &self,
+        reference: &str,
+        sink: &mut tokio::fs::File,
+    ) -> impl Future<Output = RtResult<u64>> + Send;
+    /// Loads the image archive at `path`.
+    fn load_image(&self, path: &Path) -> impl Future<Output = RtResult<()>> + Send;
     /// Creates the container of `spec` (with the host's ulimits) and starts it.
     fn run_container(&self, spec: &CreateSpec) -> impl Future<Output = RtResult<()>> + Send;
     /// Removes the container `name` (stopping it); `false` when there was none.
@@ -179,6 +190,24 @@ impl Host for PodmanHost {
         self.podman
             .restore_with_previous(opts, previous, archive)
             .await
+    }
+
+    async fn export_image(&self, reference: &str, sink: &mut tokio::fs::File) -> RtResult<u64> {
+        self.podman
+            .image_export(reference, sink, IMAGE_DEADLINE)
+            .await
+    }
+
+    async fn load_image(&self, path: &Path) -> RtResult<()> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| RuntimeError::ArchiveIo {
+                op: crate::runtime::Op::ImageLoad,
+                target: path.display().to_string(),
+                bytes: 0,
+                source,
+            })?;
+        self.podman.image_load(file, IMAGE_DEADLINE).await.map(drop)
     }
 
     async fn run_container(&self, spec: &CreateSpec) -> RtResult<()> {

@@ -221,6 +221,7 @@ impl<H: Host> Inner<H> {
         match step {
             Step::Describe(s) => s.service.clone(),
             Step::Prepare(s) => s.spec.name.clone(),
+            Step::ExportImage(s) => s.service.clone(),
             Step::PreDump(s) => s.service.clone(),
             Step::Checkpoint(s) => s.service.clone(),
             Step::Restore(s) => s.spec.name.clone(),
@@ -245,10 +246,8 @@ impl<H: Host> Inner<H> {
         check_task(task)?;
         Ok(match step {
             Step::Describe(s) => self.describe(&s.service).await?.into(),
-            Step::Prepare(s) => {
-                self.prepare(task, &s.spec).await?;
-                Done.into()
-            }
+            Step::Prepare(s) => self.prepare(task, &s.spec).await?.into(),
+            Step::ExportImage(s) => self.export_image(task, &s.service).await?.into(),
             Step::PreDump(s) => self.pre_dump(task, &s.service, s.round).await?.into(),
             Step::Fetch(s) => self.fetch(task, &s.from, s.image).await?.into(),
             Step::Checkpoint(s) => self.checkpoint(task, &s.service, s.rounds).await?.into(),

@@ -3,9 +3,10 @@
 //! deletes it but release, and resume can always bring it back from what the state lists.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec};
-use mose_protocol::steps::{Described, Done, Dumped, ImageId};
+use mose_protocol::steps::{Described, Done, Dumped, Exported, ImageId};
 use tracing::info;
 
 use super::error::{io, overlay, runtime, CoatError, Result};
@@ -196,6 +197,47 @@ impl<H: Host> Inner<H> {
         self.save_state(&state)?;
         self.serve(task, service, ImageId::Final).await?;
         Ok(dumped)
+    }
+
+    /// For a destination that lacks the image: the running service's image exported as a
+    /// docker-archive into the task's directory (written as `.partial`, renamed when complete,
+    /// so a named archive is whole) and served as [`ImageId::Container`]. A repeat, or a
+    /// restarted agent, serves the archive it already has.
+    #[tracing::instrument(name = "coat.export_image", skip(self))]
+    pub(super) async fn export_image(&self, task: &str, service: &str) -> Result<Exported> {
+        check_service(service)?;
+        let path = self.image_path(task, ImageId::Container);
+        if !path.is_file() {
+            let info = self.inspect(service).await?;
+            let image = match info.image_name.is_empty() {
+                true => info.image.clone(),
+                false => info.image_name.clone(),
+            };
+            create_task_dir(&path).await?;
+            let partial = path.with_extension("tar.partial");
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(io("create the image archive", &partial))?;
+            let t0 = Instant::now();
+            if let Err(e) = self.host.export_image(&image, &mut file).await {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(runtime(format!("export the image {image} of {service}"))(e));
+            }
+            file.sync_all()
+                .await
+                .map_err(io("flush the image archive", &partial))?;
+            tokio::fs::rename(&partial, &path)
+                .await
+                .map_err(io("name the finished image archive", &path))?;
+            info!(
+                image,
+                ms = mose_protocol::units::millis(t0.elapsed()),
+                "image exported"
+            );
+        }
+        let image_bytes = file_len(&path)?;
+        self.serve(task, service, ImageId::Container).await?;
+        Ok(Exported { image_bytes })
     }
 
     /// Checkpoint into `path`, written as `path.partial` and renamed when complete.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use mose_protocol::blob::FetchOptions;
 use mose_protocol::messages::{Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
-    Abort, Checkpoint, ClearFlow, Deploy, Describe, Done, Dumped, FailureKind, Fetch, Fetched,
-    ImageId, PreDump, Prepare, Release, Remove, Resend, Resent, Restore, Restored, Resume,
+    Abort, Checkpoint, ClearFlow, Deploy, Describe, Done, Dumped, ExportImage, FailureKind, Fetch,
+    Fetched, ImageId, PreDump, Prepare, Release, Remove, Resend, Resent, Restore, Restored, Resume,
     StepFailure, StepKind, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
@@ -266,14 +266,43 @@ async fn prepare_never_replaces_the_network_of_a_running_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepare_without_the_image_is_wrong_state() {
+async fn a_missing_image_is_exported_by_the_source_and_loaded_before_the_freeze() {
     let lab = Lab::new().await;
-    let b = lab.agent("b");
-    let f = b.fail("t1", Prepare { spec: spec() }).await;
-    assert_eq!(f.kind, FailureKind::WrongState);
-    assert!(f.reason.contains("not present on this host"), "{f}");
-    assert!(b.host.world().calls.is_empty());
-    assert_eq!(b.state(&lab, "t1"), None);
+    let (a, b) = (lab.agent("a"), lab.agent("b"));
+    a.host.run_service(&spec(), SEQ);
+    // Prepare says what is missing instead of failing: the endpoint is ready all the same.
+    let p = b.ok("t1", Prepare { spec: spec() }).await;
+    assert!(!p.image_present);
+    assert_eq!(b.calls("add_endpoint"), 1);
+
+    let exported = a.ok("t1", ExportImage { service: service() }).await;
+    assert!(exported.image_bytes > 0);
+    let fetch = Fetch {
+        from: "a".into(),
+        image: ImageId::Container,
+    };
+    let fetched = b.ok("t1", fetch.clone()).await;
+    assert_eq!(
+        fetched.image_bytes, exported.image_bytes,
+        "what the source served"
+    );
+    assert!(b.host.world().images.contains(&spec().image), "loaded");
+    assert!(
+        !image_path(&lab.work_dir("b"), "t1", ImageId::Container).exists(),
+        "the archive goes once loaded"
+    );
+    // Repeats: the source serves what it exported, the destination loads nothing twice.
+    a.ok("t1", ExportImage { service: service() }).await;
+    assert_eq!(a.calls("export_image"), 1);
+    b.ok("t1", fetch).await;
+    assert_eq!(b.calls("load_image"), 1);
+    // Prepared again, the image is there.
+    assert!(b.ok("t1", Prepare { spec: spec() }).await.image_present);
+
+    // A source without the service cannot export it.
+    let c = lab.agent("c");
+    let f = c.fail("t2", ExportImage { service: service() }).await;
+    assert_eq!(f.kind, FailureKind::WrongState, "{f}");
 }
 
 // --- pre-dump and checkpoint ---------------------------------------------------------------

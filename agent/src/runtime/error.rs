@@ -30,6 +30,8 @@ pub enum Op {
     Remove,
     /// Loading an image archive.
     ImageLoad,
+    /// Exporting an image archive.
+    ImageExport,
     /// Asking whether an image exists.
     ImageExists,
     /// Checkpointing a container (final dump).
@@ -54,6 +56,7 @@ impl fmt::Display for Op {
             Op::Stop => "stop",
             Op::Remove => "remove",
             Op::ImageLoad => "image load",
+            Op::ImageExport => "image export",
             Op::ImageExists => "image exists",
             Op::Checkpoint => "checkpoint",
             Op::PreDump => "pre-dump",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::container::{
@@ -308,6 +308,64 @@ impl Podman {
             reference,
             &format!("/images/{reference}/exists"),
         )
+        .await
+    }
+
+    /// `podman save` of image `reference` as a docker-archive tar, streamed into `sink`;
+    /// returns its size. What was written when it fails is a partial archive the caller
+    /// discards. The export must finish within `deadline`.
+    #[tracing::instrument(level = "debug", skip(self, sink))]
+    pub async fn image_export<W>(
+        &self,
+        reference: &str,
+        sink: &mut W,
+        deadline: Duration,
+    ) -> Result<u64>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let op = Op::ImageExport;
+        check_reference(op, reference)?;
+        let req = self
+            .http
+            .get(self.url(&format!("/images/{reference}/get")))
+            .query(&[("format", "docker-archive")]);
+        self.within(op, reference, deadline, async {
+            let mut resp = self.exchange(op, reference, req).await?;
+            let mut bytes = 0u64;
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(RuntimeError::ArchiveIncomplete {
+                            op,
+                            target: reference.into(),
+                            bytes,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                sink.write_all(&chunk)
+                    .await
+                    .map_err(|source| RuntimeError::ArchiveIo {
+                        op,
+                        target: reference.into(),
+                        bytes,
+                        source,
+                    })?;
+                bytes += chunk.len() as u64;
+            }
+            sink.flush()
+                .await
+                .map_err(|source| RuntimeError::ArchiveIo {
+                    op,
+                    target: reference.into(),
+                    bytes,
+                    source,
+                })?;
+            Ok(bytes)
+        })
         .await
     }
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use mose_protocol::messages::{now_us, Phase, PhaseEvent, PhaseStatus, Task};
 use mose_protocol::steps::{
-    Abort, Checkpoint, Fault, Fetch, PreDump, Prepare, Release, Resend, Restore, Resume, StepKind,
-    SwitchFlow,
+    Abort, Checkpoint, ExportImage, Fault, Fetch, ImageId, PreDump, Prepare, Release, Resend,
+    Restore, Resume, StepKind, SwitchFlow,
 };
 use mose_protocol::units::BytesPerSec;
 use tokio::sync::watch;
@@ -229,8 +229,25 @@ impl Driver {
         let prepare = Prepare {
             spec: r.spec.clone(),
         };
-        self.step(destination, prepare, Phase::Prepare, t.prepare)
+        let prepared = self
+            .step(destination, prepare, Phase::Prepare, t.prepare)
             .await?;
+        if !prepared.image_present {
+            // The destination lacks the image: it travels now, while the service still runs,
+            // so its time is the migration's but never the client's.
+            let export = ExportImage {
+                service: service.clone(),
+            };
+            let exported = self
+                .step(source, export, Phase::Image, t.checkpoint)
+                .await?;
+            let fetch = Fetch {
+                from: source.clone(),
+                image: ImageId::Container,
+            };
+            let timeout = t.prepare + transfer_allowance(exported.image_bytes, bandwidth);
+            self.step(destination, fetch, Phase::Image, timeout).await?;
+        }
 
         // Pre-copy: each round dumps what was dirtied since the round before (the first:
         // everything) while the service runs, and the destination fetches it before the next
