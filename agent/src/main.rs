@@ -56,6 +56,12 @@ async fn run() -> anyhow::Result<()> {
         config.keys.clone(),
         settings,
     );
+    // Flows live in ovs-vswitchd's memory only: what this agent steered before it (or the
+    // switch, or the host) restarted is installed again before any step runs.
+    executor
+        .reassert_steering()
+        .await
+        .context("reasserting the steering flows of the work directory")?;
     // Steps are served before the profile is announced: whoever sees the agent can use it.
     let _steps = StepServer::start(&session, &config.keys, &config.id, Arc::new(executor)).await?;
     let profile = AgentProfile {

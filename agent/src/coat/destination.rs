@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mose_overlay::netns::{EndpointSpec, MacAddr, Neighbour};
-use mose_overlay::ServiceAddr;
 use mose_protocol::blob::fetch_to_file;
 use mose_protocol::messages::{CriuStats, Phase, ServiceSpec};
 use mose_protocol::steps::{Done, Fetched, ImageId, Prepared, Resent, Restored};
@@ -31,19 +30,8 @@ impl<H: Host> Inner<H> {
             .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
             .await?;
         let net = &spec.network;
-        self.host
-            .steer(
-                ServiceAddr {
-                    ip: net.ip,
-                    mac: MacAddr(net.mac),
-                },
-                ofport,
-            )
-            .await
-            .map_err(overlay(format!(
-                "steer {} to the local port {ofport} of {}",
-                net.ip, spec.name
-            )))?;
+        self.steer_to(net.ip, net.mac, &host_ifname(&spec.name))
+            .await?;
         // The task's fetches name no service: they find it by this state. A host that is the
         // source of this task (a prepare where the service runs) keeps its source state.
         if self.load_state(task, &spec.name)?.is_none() {

@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use mose_overlay::netns::MacAddr;
-use mose_overlay::ServiceAddr;
 use mose_protocol::steps::{Deploy, Done};
 use tracing::{info, warn};
 
-use super::error::{overlay, runtime, CoatError, Result};
+use super::error::{runtime, CoatError, Result};
 use super::host::Host;
-use super::naming::{check_service, netns_name};
+use super::naming::{check_service, host_ifname, netns_name};
 use super::Inner;
 use crate::runtime::{CreateSpec, Netns};
 
@@ -41,19 +39,8 @@ impl<H: Host> Inner<H> {
         self.require_image(spec).await?;
         let ofport = self.ensure_endpoint(spec).await?;
         let net = &spec.network;
-        self.host
-            .steer(
-                ServiceAddr {
-                    ip: net.ip,
-                    mac: MacAddr(net.mac),
-                },
-                ofport,
-            )
-            .await
-            .map_err(overlay(format!(
-                "steer {} to the local port {ofport} of {}",
-                net.ip, spec.name
-            )))?;
+        self.steer_to(net.ip, net.mac, &host_ifname(&spec.name))
+            .await?;
         let create = CreateSpec {
             name: spec.name.clone(),
             image: spec.image.clone(),

@@ -4,13 +4,11 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use mose_overlay::netns::MacAddr;
-use mose_overlay::ServiceAddr;
 use mose_protocol::messages::ServiceNetwork;
 use mose_protocol::steps::Done;
 use tracing::info;
 
-use super::error::{overlay, CoatError, Result};
+use super::error::{CoatError, Result};
 use super::host::Host;
 use super::Inner;
 
@@ -25,26 +23,10 @@ impl<H: Host> Inner<H> {
                 self.settings.flow_ports.keys().collect::<Vec<_>>()
             ))
         })?;
-        // Looked up at every switch (≈1 ms), so a re-wired port needs no restart.
-        let ofport = self
-            .host
-            .ofport(port)
-            .await
-            .map_err(overlay(format!("find the port {port} toward {to}")))?;
+        // The port's number is looked up at every switch (≈1 ms), so a re-wired port needs no
+        // restart.
         let t0 = Instant::now();
-        self.host
-            .steer(
-                ServiceAddr {
-                    ip: network.ip,
-                    mac: MacAddr(network.mac),
-                },
-                ofport,
-            )
-            .await
-            .map_err(overlay(format!(
-                "steer {} to {port} (toward {to})",
-                network.ip
-            )))?;
+        let ofport = self.steer_to(network.ip, network.mac, port).await?;
         info!(port = %port, ofport, ms = mose_protocol::units::millis(t0.elapsed()), "client flow switched");
         Ok(Done)
     }
@@ -52,10 +34,7 @@ impl<H: Host> Inner<H> {
     /// Removes the flows of a deleted service; none there is fine, so a repeat succeeds.
     #[tracing::instrument(name = "coat.clear_flow", skip(self))]
     pub(super) async fn clear_flow(&self, ip: Ipv4Addr) -> Result<Done> {
-        self.host
-            .unsteer(ip)
-            .await
-            .map_err(overlay(format!("remove the flows of {ip}")))?;
+        self.unsteer(ip).await?;
         info!("client flow removed");
         Ok(Done)
     }

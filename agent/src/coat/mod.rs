@@ -31,6 +31,7 @@ mod netinfo;
 pub mod resend;
 mod source;
 mod state;
+mod steering;
 
 #[cfg(test)]
 // Test double: its fixtures cast small lengths and varint bytes.
@@ -129,6 +130,8 @@ struct Inner<H> {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Images being served, by service (one task at a time).
     served: Mutex<HashMap<String, Served>>,
+    /// Serializes the changes of the persisted steering table (`steering.rs`).
+    steering: tokio::sync::Mutex<()>,
 }
 
 /// Locks a std mutex whose data stays consistent even if a holder panicked (plain inserts).
@@ -146,10 +149,19 @@ impl<H: Host> CoatExecutor<H> {
             settings,
             locks: Mutex::default(),
             served: Mutex::default(),
+            steering: tokio::sync::Mutex::default(),
         };
         CoatExecutor {
             inner: Arc::new(inner),
         }
+    }
+}
+
+impl<H: Host> CoatExecutor<H> {
+    /// Installs again every steering this agent made and did not remove (see `steering.rs`):
+    /// run at start, before the steps are served. Returns how many were reasserted.
+    pub async fn reassert_steering(&self) -> std::result::Result<usize, CoatError> {
+        self.inner.reassert_steering().await
     }
 }
 
@@ -535,9 +547,7 @@ impl<H: Host> Inner<H> {
                 "{why}: remove the namespace {name} of {service}"
             )))?;
         if let Some(ip) = ip {
-            self.host.unsteer(ip).await.map_err(error::overlay(format!(
-                "{why}: remove the flows of {service} ({ip})"
-            )))?;
+            self.unsteer(ip).await?;
         }
         self.remove_service_files(task, service);
         info!(

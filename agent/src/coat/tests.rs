@@ -1446,3 +1446,34 @@ async fn clear_flow_removes_the_mobile_steering_and_repeats() {
     m.ok("r1", ClearFlow { ip }).await;
     assert!(m.host.world().flows.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_reasserts_the_flows_it_made_and_not_the_removed_ones() {
+    let lab = Lab::new().await;
+    let m = lab.agent("m");
+    let (one, two) = (
+        spec().network,
+        ServiceNetwork::new(Ipv4Addr::new(10, 77, 0, 101), 24),
+    );
+    for network in [one.clone(), two.clone()] {
+        m.ok(
+            "d1",
+            SwitchFlow {
+                network,
+                to: "b".into(),
+            },
+        )
+        .await;
+    }
+    m.ok("r1", ClearFlow { ip: two.ip }).await;
+    // ovs-vswitchd restarted: every flow is gone, and the agent with it.
+    m.host.world().flows.clear();
+    let m = lab.restart(m);
+    assert_eq!(m.exec.reassert_steering().await.unwrap(), 1);
+    let w = m.host.world();
+    assert_eq!(w.flows.get(&one.ip), Some(&2), "toward b again");
+    assert!(
+        !w.flows.contains_key(&two.ip),
+        "a cleared flow stays cleared"
+    );
+}
