@@ -111,17 +111,8 @@ impl FakeHost {
         w.images.insert(spec.image.clone());
         w.links.insert(host_ifname(&spec.name));
         w.port(&host_ifname(&spec.name));
-        w.containers.insert(
-            spec.name.clone(),
-            FakeContainer {
-                running: true,
-                checkpointed: false,
-                restored: false,
-                netns: name,
-                image: spec.image.clone(),
-                inq_seq,
-            },
-        );
+        w.containers
+            .insert(spec.name.clone(), running(name, &spec.image, inq_seq));
     }
 
     pub fn create_netns(&self, name: &str, id: NetIdentity) {
@@ -153,6 +144,18 @@ impl FakeHost {
 
     fn bundle(&self, name: &str) -> PathBuf {
         self.root.join("bundles").join(name)
+    }
+}
+
+/// A container running in the namespace `netns`, never checkpointed.
+fn running(netns: String, image: &str, inq_seq: u32) -> FakeContainer {
+    FakeContainer {
+        running: true,
+        checkpointed: false,
+        restored: false,
+        netns,
+        image: image.to_string(),
+        inq_seq,
     }
 }
 
@@ -437,17 +440,8 @@ impl Host for FakeHost {
         if !w.images.contains(&spec.image) {
             return Err(podman_error(Op::Create, &spec.name, "image not known"));
         }
-        w.containers.insert(
-            spec.name.clone(),
-            FakeContainer {
-                running: true,
-                checkpointed: false,
-                restored: false,
-                netns,
-                image: spec.image.clone(),
-                inq_seq: 0,
-            },
-        );
+        w.containers
+            .insert(spec.name.clone(), running(netns, &spec.image, 0));
         Ok(())
     }
 

@@ -650,7 +650,7 @@ fn dump_stats(name: &str, wanted: bool, kept: &[Member]) -> Option<CriuDumpStats
 }
 
 /// Writing the archive failed after `bytes` bytes.
-fn archive_io(
+pub(crate) fn archive_io(
     op: Op,
     target: &str,
     bytes: u64,
@@ -663,7 +663,7 @@ fn archive_io(
     }
 }
 
-fn incomplete(op: Op, target: &str, bytes: u64, reason: String) -> RuntimeError {
+pub(crate) fn incomplete(op: Op, target: &str, bytes: u64, reason: String) -> RuntimeError {
     RuntimeError::ArchiveIncomplete {
         op,
         target: target.into(),

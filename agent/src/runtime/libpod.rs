@@ -11,6 +11,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::checkpoint::{archive_io, incomplete};
 use tokio_util::io::ReaderStream;
 
 use super::container::{
@@ -337,33 +339,16 @@ impl Podman {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
-                    Err(e) => {
-                        return Err(RuntimeError::ArchiveIncomplete {
-                            op,
-                            target: reference.into(),
-                            bytes,
-                            reason: e.to_string(),
-                        })
-                    }
+                    Err(e) => return Err(incomplete(op, reference, bytes, e.to_string())),
                 };
                 sink.write_all(&chunk)
                     .await
-                    .map_err(|source| RuntimeError::ArchiveIo {
-                        op,
-                        target: reference.into(),
-                        bytes,
-                        source,
-                    })?;
+                    .map_err(archive_io(op, reference, bytes))?;
                 bytes += chunk.len() as u64;
             }
             sink.flush()
                 .await
-                .map_err(|source| RuntimeError::ArchiveIo {
-                    op,
-                    target: reference.into(),
-                    bytes,
-                    source,
-                })?;
+                .map_err(archive_io(op, reference, bytes))?;
             Ok(bytes)
         })
         .await

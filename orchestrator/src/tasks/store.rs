@@ -135,6 +135,7 @@ impl Store {
     /// Every task, newest first.
     pub fn list(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.select(
+            "task",
             "SELECT id, record FROM tasks ORDER BY created_us DESC, id DESC",
             &[],
         )
@@ -143,6 +144,7 @@ impl Store {
     /// Tasks the driver had not finished (queued or running), oldest first.
     pub fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.select(
+            "task",
             "SELECT id, record FROM tasks WHERE status IN (?1, ?2) ORDER BY created_us, id",
             &[TaskStatus::Queued.as_str(), TaskStatus::Running.as_str()],
         )
@@ -179,17 +181,11 @@ impl Store {
 
     /// Every service, by name.
     pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, record FROM services ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, json) = row?;
-            out.push(parse(&format!("service {name}"), &json)?);
-        }
-        Ok(out)
+        self.select(
+            "service",
+            "SELECT name, record FROM services ORDER BY name",
+            &[],
+        )
     }
 
     /// Forgets the service, freeing its address; `false` when there was none.
@@ -200,7 +196,13 @@ impl Store {
             > 0)
     }
 
-    fn select(&self, sql: &str, args: &[&str]) -> Result<Vec<TaskRecord>, StoreError> {
+    /// The records of `(key, record)` rows; `kind` names them in errors.
+    fn select<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        sql: &str,
+        args: &[&str],
+    ) -> Result<Vec<T>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
@@ -208,8 +210,8 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, json) = row?;
-            out.push(parse(&format!("task {id}"), &json)?);
+            let (key, json) = row?;
+            out.push(parse(&format!("{kind} {key}"), &json)?);
         }
         Ok(out)
     }
