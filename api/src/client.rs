@@ -112,6 +112,42 @@ impl ApiClient {
         self.get("/v1/migrations").await
     }
 
+    /// `GET /v1/migrations?…`: one page of tasks (newest first) matching `query` (pairs such
+    /// as `("service", "redis")`, `("status", "running")`, `("limit", "20")`, `("after",
+    /// token)`), and the token of the next page from the answer's `Link` header.
+    pub async fn migrations_page(
+        &self,
+        query: &[(&str, &str)],
+    ) -> Result<(Vec<TaskRecord>, Option<String>), ClientError> {
+        let url = format!("{}/v1/migrations", self.base);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let response = self
+            .http
+            .get(&url)
+            .query(query)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|l| l.to_str().ok())
+            .and_then(next_token);
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(api_error(url, status.as_u16(), &body));
+        }
+        let tasks = serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })?;
+        Ok((tasks, next))
+    }
+
     /// `GET /v1/migrations/{id}`.
     pub async fn migration(&self, id: &str) -> Result<TaskRecord, ClientError> {
         self.get(&format!("/v1/migrations/{id}")).await
@@ -178,18 +214,51 @@ impl ApiClient {
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            // Our API answers problem details; anything else is shown as text.
-            let (message, reason) = match serde_json::from_slice::<Problem>(&body) {
-                Ok(p) => (p.detail, Some(p.reason)),
-                Err(_) => (String::from_utf8_lossy(&body).into_owned(), None),
-            };
-            return Err(ClientError::Api {
-                url,
-                status: status.as_u16(),
-                message,
-                reason,
-            });
+            return Err(api_error(url, status.as_u16(), &body));
         }
         Ok((url, body.to_vec()))
+    }
+}
+
+/// The error of a non-2xx answer: our API answers problem details; anything else is shown as
+/// text.
+fn api_error(url: String, status: u16, body: &[u8]) -> ClientError {
+    let (message, reason) = match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => (p.detail, Some(p.reason)),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    };
+    ClientError::Api {
+        url,
+        status,
+        message,
+        reason,
+    }
+}
+
+/// The `after` token of a `Link: <…&after=TOKEN…>; rel="next"` header.
+fn next_token(link: &str) -> Option<String> {
+    let target = link.split(';').next()?.trim();
+    let query = target
+        .strip_prefix('<')?
+        .strip_suffix('>')?
+        .split_once('?')?
+        .1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("after="))
+        .map(String::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_token_comes_from_the_link_header() {
+        assert_eq!(
+            next_token("</v1/migrations?limit=2&after=17.m1-0&status=running>; rel=\"next\""),
+            Some("17.m1-0".into())
+        );
+        assert_eq!(next_token("garbage"), None);
     }
 }

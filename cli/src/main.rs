@@ -150,8 +150,22 @@ enum Command {
         #[arg(long, conflicts_with = "no_wait")]
         dry_run: bool,
     },
-    /// List past and running migrations, newest first
-    Migrations,
+    /// List past and running migrations, newest first, one page at a time
+    Migrations {
+        /// Only migrations of this service
+        #[arg(long)]
+        service: Option<String>,
+        /// Only migrations in this status (queued, running, succeeded, failed, rolled_back,
+        /// cancelled)
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1-1000)
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The page after this token (printed under a full page)
+        #[arg(long)]
+        after: Option<String>,
+    },
     /// Show one migration; with --follow, follow it to its end
     Migration {
         /// Task id
@@ -295,9 +309,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return follow(&client, task, out).await;
         }
-        Command::Migrations => {
-            let tasks = client.migrations().await?;
+        Command::Migrations {
+            service,
+            status,
+            limit,
+            after,
+        } => {
+            let limit = limit.to_string();
+            let mut query = vec![("limit", limit.as_str())];
+            let filters = [("service", &service), ("status", &status), ("after", &after)];
+            query.extend(filters.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+            let (tasks, next) = client.migrations_page(&query).await?;
             print_as(out, &tasks, || migrations_table(&tasks))?;
+            if let (Some(token), Output::Table) = (next, out) {
+                println!("(more: mose migrations --after {token})");
+            }
         }
         Command::Migration { id, follow: true } => {
             let task = client.migration(&id).await?;

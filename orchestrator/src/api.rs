@@ -22,7 +22,9 @@ use tokio::sync::broadcast;
 
 use crate::registry::{AgentView, AgentsView};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView, Services};
-use crate::tasks::{MigrationRequest, Migrations, TaskChange, TaskError, TaskRecord};
+use crate::tasks::{
+    MigrationRequest, Migrations, TaskChange, TaskError, TaskFilter, TaskRecord, TaskStatus,
+};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -221,8 +223,57 @@ async fn submit_migration(
         .into_response())
 }
 
-async fn list_migrations(State(state): State<ApiState>) -> Result<Json<Vec<TaskRecord>>, ApiError> {
-    Ok(Json(state.migrations.list()?))
+/// `GET /v1/migrations?service=&status=&limit=&after=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    service: Option<String>,
+    status: Option<TaskStatus>,
+    #[serde(default = "default_page")]
+    limit: usize,
+    after: Option<String>,
+}
+
+fn default_page() -> usize {
+    DEFAULT_PAGE
+}
+
+/// Tasks per page when the caller does not say.
+const DEFAULT_PAGE: usize = 100;
+
+/// A page of tasks, newest first; a `Link: <…>; rel="next"` header points at the next page.
+async fn list_migrations(
+    State(state): State<ApiState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Reason::InvalidRequest,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let filter = TaskFilter {
+        service: p.service.clone(),
+        status: p.status,
+        limit: p.limit,
+        after: p.after,
+    };
+    let (tasks, next) = state.migrations.page(&filter)?;
+    let mut response = Json(tasks).into_response();
+    if let Some(token) = next {
+        let mut query = format!("limit={}&after={token}", p.limit);
+        if let Some(service) = &p.service {
+            query.push_str(&format!("&service={service}"));
+        }
+        if let Some(status) = p.status {
+            query.push_str(&format!("&status={status}"));
+        }
+        if let Ok(link) = format!("</v1/migrations?{query}>; rel=\"next\"").parse() {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 async fn get_migration(

@@ -69,6 +69,8 @@ pub struct ConfigFile {
     pub steps: StepsFile,
     /// Deployed services (`[services]`).
     pub services: ServicesFile,
+    /// Task records (`[tasks]`).
+    pub tasks: TasksFile,
     /// Zenoh session settings (`[zenoh]`).
     pub zenoh: ZenohOptions,
 }
@@ -146,6 +148,17 @@ pub struct ServicesFile {
     pub pool: Option<String>,
 }
 
+/// The `[tasks]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksFile {
+    /// How long finished task records are kept, in hours (0: forever).
+    pub retention_hours: Option<u64>,
+}
+
+/// Finished task records are kept a week unless configured otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The settled configuration.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -159,6 +172,8 @@ pub struct OrchestratorConfig {
     pub driver: DriverConfig,
     /// Overlay addresses of deployed services.
     pub service_pool: AddressPool,
+    /// How long finished task records are kept; `None`: forever.
+    pub task_retention: Option<Duration>,
     /// Zenoh session settings.
     pub zenoh: ZenohOptions,
 }
@@ -242,6 +257,11 @@ impl Cli {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             driver,
             service_pool,
+            task_retention: match file.tasks.retention_hours {
+                Some(0) => None,
+                Some(hours) => Some(Duration::from_secs(hours.saturating_mul(3600))),
+                None => Some(DEFAULT_RETENTION),
+            },
             zenoh: file.zenoh,
         })
     }
@@ -289,6 +309,14 @@ mod tests {
         assert_eq!(cfg.keys.prefix(), "site");
         assert_eq!(cfg.zenoh.lease_ms, 2000);
         assert_eq!(cfg.service_pool, AddressPool::default());
+        assert_eq!(cfg.task_retention, Some(DEFAULT_RETENTION));
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[tasks]\nretention_hours = 0").unwrap();
+        let path = f.path().to_str().unwrap();
+        let cfg = Cli::parse_from(["mose-orchestrator", "-c", path])
+            .settle()
+            .unwrap();
+        assert_eq!(cfg.task_retention, None, "0 keeps them forever");
     }
 
     #[test]

@@ -41,6 +41,9 @@ async fn run() -> anyhow::Result<()> {
         config.driver.clone(),
     )
     .await?;
+    if let Some(retention) = config.task_retention {
+        tokio::spawn(prune(migrations.clone(), retention));
+    }
     let services = Services::new(migrations.clone(), config.service_pool);
     let rpc_server =
         QueryServer::start(&session, &config.keys, migrations.clone(), services.clone()).await?;
@@ -75,4 +78,20 @@ async fn run() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("closing zenoh: {e}"))?;
     Ok(())
+}
+
+/// Forgets finished task records older than `retention`, at start and every hour.
+async fn prune(migrations: Migrations, retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match migrations.prune(retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pruned = n,
+                "finished task records past their retention removed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot prune finished task records"),
+        }
+    }
 }

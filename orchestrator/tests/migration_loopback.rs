@@ -1266,3 +1266,55 @@ async fn a_destination_without_the_image_gets_it_before_the_freeze() {
         done.measurements
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_list_pages_and_filters() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let first = rig.submit().await;
+    rig.wait_finished(&first.id).await;
+    let back = MigrationRequest {
+        source: Some("edge2".into()),
+        destination: "edge1".into(),
+        ..request()
+    };
+    let second = rig.client.submit(&back).await.unwrap();
+    rig.wait_finished(&second.id).await;
+
+    let (page, next) = rig.client.migrations_page(&[("limit", "1")]).await.unwrap();
+    assert_eq!(page.iter().map(|t| &t.id).collect::<Vec<_>>(), [&second.id]);
+    let token = next.expect("a next page");
+    let (page, next) = rig
+        .client
+        .migrations_page(&[("limit", "1"), ("after", &token)])
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|t| &t.id).collect::<Vec<_>>(), [&first.id]);
+    assert_eq!(next, None, "the last page");
+    let (page, _) = rig
+        .client
+        .migrations_page(&[("status", "succeeded"), ("service", "counter")])
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    let (page, _) = rig
+        .client
+        .migrations_page(&[("service", "other")])
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+    let bad = rig.client.migrations_page(&[("limit", "0")]).await;
+    assert_eq!(
+        assert_refused(bad, 400, "limit"),
+        Some(Reason::InvalidRequest)
+    );
+    let bad = rig.client.migrations_page(&[("after", "x")]).await;
+    assert_eq!(
+        assert_refused(bad, 400, "page token"),
+        Some(Reason::InvalidRequest)
+    );
+    let bad = rig.client.migrations_page(&[("status", "sleeping")]).await;
+    assert_refused(bad, 400, "invalid query");
+    // Retention: finished records older than it go, here all of them.
+    assert_eq!(rig.migrations.prune(Duration::ZERO).unwrap(), 2);
+    assert!(rig.client.migrations().await.unwrap().is_empty());
+}

@@ -26,8 +26,8 @@ pub use driver::{DriverConfig, StepTimeouts};
 pub use mose_api::tasks::{
     Measurements, MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus,
 };
-pub use service::{Migrations, TaskChange};
-pub use store::{Store, StoreError};
+pub use service::{Migrations, TaskChange, MAX_PAGE};
+pub use store::{Store, StoreError, TaskFilter};
 
 /// Why a task call was refused. [`TaskError::status`] is the HTTP status for it, also sent
 /// with Zenoh error replies so both APIs say the same.

@@ -16,7 +16,7 @@ use zenoh::Session;
 
 use super::driver::{Driver, DriverConfig};
 use super::plan::{check_agents, check_request, design, resolve_route, Gathered};
-use super::store::Store;
+use super::store::{Store, StoreError, TaskFilter};
 use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
 use crate::registry::AgentsView;
 use crate::rpc::AgentRpc;
@@ -168,6 +168,9 @@ impl Shared {
         }
     }
 }
+
+/// The largest page `GET /v1/migrations` answers.
+pub const MAX_PAGE: usize = 1000;
 
 /// How many changes a slow event stream may fall behind before it is told it lagged.
 const CHANGES_BACKLOG: usize = 1024;
@@ -348,6 +351,33 @@ impl Migrations {
     /// Every task, newest first.
     pub fn list(&self) -> Result<Vec<TaskRecord>, TaskError> {
         Ok(self.shared.store.list()?)
+    }
+
+    /// One page of tasks, newest first, and the token of the next (`GET /v1/migrations`).
+    pub fn page(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<String>), TaskError> {
+        if let Some(service) = &filter.service {
+            mose_protocol::keys::validate_id("service", service)
+                .map_err(|e| TaskError::Invalid(e.to_string()))?;
+        }
+        if filter.limit == 0 || filter.limit > MAX_PAGE {
+            return Err(TaskError::Invalid(format!(
+                "limit must be between 1 and {MAX_PAGE}, got {}",
+                filter.limit
+            )));
+        }
+        self.shared.store.page(filter).map_err(|e| match e {
+            StoreError::BadToken(_) => TaskError::Invalid(e.to_string()),
+            other => other.into(),
+        })
+    }
+
+    /// Forgets finished tasks older than `retention`; how many. Unfinished ones stay.
+    pub fn prune(&self, retention: std::time::Duration) -> Result<usize, TaskError> {
+        let before = now_us().saturating_sub(mose_protocol::units::micros(retention));
+        Ok(self.shared.store.prune_finished(before)?)
     }
 
     /// Asks a running task to roll back. Refused once it has passed the point of no return

@@ -38,6 +38,9 @@ pub enum StoreError {
         /// The JSON error.
         source: serde_json::Error,
     },
+    /// A page token that this store did not hand out.
+    #[error("'{0}' is not a page token of this list (use the one a previous page gave)")]
+    BadToken(String),
     /// A record could not be serialized.
     #[error("task database: cannot encode {id}: {source}")]
     Encode {
@@ -141,6 +144,63 @@ impl Store {
         )
     }
 
+    /// One page of tasks, newest first: those matching `filter`, at most `filter.limit`, and
+    /// the token of the next page when there are more.
+    pub fn page(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<String>), StoreError> {
+        let (after_us, after_id) = match &filter.after {
+            Some(token) => parse_token(token)?,
+            None => (i64::MAX, String::new()),
+        };
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, record FROM tasks
+             WHERE (?1 IS NULL OR status = ?1)
+               AND (?2 IS NULL OR json_extract(record, '$.request.service') = ?2)
+               AND (created_us < ?3 OR (created_us = ?3 AND ?4 != '' AND id < ?4))
+             ORDER BY created_us DESC, id DESC LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.status.map(TaskStatus::as_str),
+                filter.service,
+                after_us,
+                after_id,
+                limit.saturating_add(1)
+            ],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, json) = row?;
+            out.push(parse::<TaskRecord>(&format!("task {id}"), &json)?);
+        }
+        let next = match out.len() > filter.limit {
+            true => {
+                out.truncate(filter.limit);
+                out.last().map(|r| format!("{}.{}", r.created_us, r.id))
+            }
+            false => None,
+        };
+        Ok((out, next))
+    }
+
+    /// Forgets finished tasks created before `before_us`; how many.
+    pub fn prune_finished(&self, before_us: u64) -> Result<usize, StoreError> {
+        let before = i64::try_from(before_us).unwrap_or(i64::MAX);
+        Ok(self.conn().execute(
+            "DELETE FROM tasks WHERE created_us < ?1 AND status NOT IN (?2, ?3)",
+            params![
+                before,
+                TaskStatus::Queued.as_str(),
+                TaskStatus::Running.as_str()
+            ],
+        )?)
+    }
+
     /// Tasks the driver had not finished (queued or running), oldest first.
     pub fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError> {
         self.select(
@@ -217,6 +277,28 @@ impl Store {
     }
 }
 
+/// Which tasks a page holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only tasks of this service.
+    pub service: Option<String>,
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// At most this many.
+    pub limit: usize,
+    /// The token of the page before (from its last task on).
+    pub after: Option<String>,
+}
+
+/// `<created_us>.<id>` of the last task of a page.
+fn parse_token(token: &str) -> Result<(i64, String), StoreError> {
+    token
+        .split_once('.')
+        .and_then(|(us, id)| Some((us.parse::<i64>().ok()?, id.to_string())))
+        .filter(|(_, id)| !id.is_empty())
+        .ok_or_else(|| StoreError::BadToken(token.to_string()))
+}
+
 /// `what` names the row in errors (`task m1-0`, `service redis`).
 fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
@@ -251,6 +333,74 @@ mod tests {
         assert_eq!(store.get("b").unwrap().unwrap(), b);
         assert_eq!(ids(store.unfinished().unwrap()), ["c"]);
         assert!(store.get("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn pages_filter_and_continue_without_gaps_or_repeats() {
+        let store = Store::in_memory().unwrap();
+        for (i, status) in [
+            TaskStatus::Succeeded,
+            TaskStatus::RolledBack,
+            TaskStatus::Succeeded,
+            TaskStatus::Running,
+            TaskStatus::Succeeded,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = record(&format!("m{i}"), 10 + i as u64 / 2, status);
+            if i == 2 {
+                r.request.service = "redis".into();
+            }
+            store.save(&r).unwrap();
+        }
+        let filter = |limit| TaskFilter {
+            service: None,
+            status: None,
+            limit,
+            after: None,
+        };
+        let ids = |v: &[TaskRecord]| v.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let (first, next) = store.page(&filter(2)).unwrap();
+        assert_eq!(ids(&first), ["m4", "m3"]);
+        let (second, next) = store
+            .page(&TaskFilter {
+                after: next,
+                ..filter(2)
+            })
+            .unwrap();
+        assert_eq!(
+            ids(&second),
+            ["m2", "m1"],
+            "same created_us: ordered by id, none lost"
+        );
+        let (third, next) = store
+            .page(&TaskFilter {
+                after: next,
+                ..filter(2)
+            })
+            .unwrap();
+        assert_eq!((ids(&third), next), (vec!["m0".to_string()], None));
+        let succeeded = TaskFilter {
+            status: Some(TaskStatus::Succeeded),
+            ..filter(10)
+        };
+        assert_eq!(ids(&store.page(&succeeded).unwrap().0), ["m4", "m2", "m0"]);
+        let redis = TaskFilter {
+            service: Some("redis".into()),
+            ..filter(10)
+        };
+        assert_eq!(ids(&store.page(&redis).unwrap().0), ["m2"]);
+        let bad = TaskFilter {
+            after: Some("nonsense".into()),
+            ..filter(10)
+        };
+        assert!(store.page(&bad).is_err());
+        // Pruning keeps what is unfinished, however old.
+        assert_eq!(store.prune_finished(12).unwrap(), 3);
+        assert_eq!(ids(&store.list().unwrap()), ["m4", "m3"]);
+        assert_eq!(store.prune_finished(u64::MAX).unwrap(), 1);
+        assert_eq!(ids(&store.list().unwrap()), ["m3"]);
     }
 
     #[test]
