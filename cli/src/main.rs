@@ -317,8 +317,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let limit = limit.to_string();
             let mut query = vec![("limit", limit.as_str())];
-            let filters = [("service", &service), ("status", &status), ("after", &after)];
-            query.extend(filters.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+            let filters = [
+                ("service", &service),
+                ("status", &status),
+                ("after", &after),
+            ];
+            query.extend(
+                filters
+                    .iter()
+                    .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))),
+            );
             let (tasks, next) = client.migrations_page(&query).await?;
             print_as(out, &tasks, || migrations_table(&tasks))?;
             if let (Some(token), Output::Table) = (next, out) {

@@ -18,7 +18,11 @@ fn help_succeeds_and_documents_the_exit_statuses() {
     let out = mose(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["Exit status:", "3  the migration rolled back", "4  the migration failed"] {
+    for needle in [
+        "Exit status:",
+        "3  the migration rolled back",
+        "4  the migration failed",
+    ] {
         assert!(help.contains(needle), "{help}");
     }
 }
@@ -26,14 +30,21 @@ fn help_succeeds_and_documents_the_exit_statuses() {
 #[test]
 fn usage_errors_and_an_absent_orchestrator_exit_1_with_the_reason() {
     let out = mose(&["migrate", "redis"]);
-    assert_eq!(out.status.code(), Some(1), "usage errors are 1, not clap's 2");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "usage errors are 1, not clap's 2"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--to"));
 
     // Port 1 on loopback: nothing listens there.
     let out = mose(&["--api", "http://127.0.0.1:1", "services"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the orchestrator at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the orchestrator at http://127.0.0.1:1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -41,6 +52,9 @@ fn completion_scripts_are_printed() {
     for shell in ["bash", "zsh", "fish"] {
         let out = mose(&["completion", shell]);
         assert_eq!(out.status.code(), Some(0), "{shell}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("mose"), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("mose"),
+            "{shell}"
+        );
     }
 }
