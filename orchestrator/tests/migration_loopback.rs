@@ -767,6 +767,22 @@ async fn a_restarted_orchestrator_reconciles_running_tasks() {
         after.id = "crashed-after".into();
         after.progress.switched = true;
         store.save(&after).unwrap();
+        // The service is a deployed one, its record still at the source.
+        store
+            .save_service(&ServiceRecord {
+                name: "counter".into(),
+                image: "localhost/mose/counter:latest".into(),
+                host: "edge1".into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                mobiles: vec!["drone".into()],
+                network: spec().network,
+                status: ServiceStatus::Running,
+                last_migration: Some("crashed-after".into()),
+                created_us: 1,
+                updated_us: 1,
+            })
+            .unwrap();
     }
 
     let rig = Rig::start(Store::open(&path).unwrap(), test_config()).await;
@@ -785,7 +801,13 @@ async fn a_restarted_orchestrator_reconciles_running_tasks() {
     let after = rig.wait_finished("crashed-after").await;
     assert_eq!(after.status, TaskStatus::Succeeded, "{after:#?}");
     assert_eq!(rig.world.calls("crashed-after"), ["edge1:release"]);
-    assert!(Store::open(&path).unwrap().unfinished().unwrap().is_empty());
+    let store = Store::open(&path).unwrap();
+    assert!(store.unfinished().unwrap().is_empty());
+    assert_eq!(
+        store.service("counter").unwrap().unwrap().host,
+        "edge2",
+        "a task reconciled past its point of no return moves the service's record"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

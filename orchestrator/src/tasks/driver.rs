@@ -306,7 +306,6 @@ impl Driver {
         }
         self.set(|r| r.progress.switched = true);
         info!("point of no return passed: the destination is the truth now");
-        self.shared.move_service(service, destination);
         self.nudge_clients(destination, service, t.switch_flow)
             .await;
         Ok(())
@@ -523,6 +522,9 @@ impl Driver {
     async fn release(&mut self) {
         let Some(r) = self.snapshot() else { return };
         let (source, destination) = (&r.route.source, &r.route.destination);
+        // Past the point of no return the service runs at the destination, also when this
+        // release is a restarted orchestrator's reconciliation: its record says so first.
+        self.shared.move_service(&r.request.service, destination);
         let release = Release {
             service: r.request.service.clone(),
         };
