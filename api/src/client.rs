@@ -9,6 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::agents::AgentView;
+use crate::events::EventStream;
 use crate::problem::{Problem, Reason};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView};
 use crate::tasks::{MigrationRequest, TaskRecord};
@@ -56,6 +57,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// For event streams: no overall limit (a migration may take minutes), an idle one instead
+    /// ([`crate::events::IDLE_TIMEOUT`]).
+    streams: reqwest::Client,
 }
 
 impl ApiClient {
@@ -63,15 +67,14 @@ impl ApiClient {
     /// (connecting after [`CONNECT_TIMEOUT`]): an orchestrator that hangs is reported, not
     /// waited for forever.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .build()
-            // Only a TLS backend failing to initialise makes the builder fail; none is used.
-            .unwrap_or_default();
+        let builder = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        // Only a TLS backend failing to initialise makes a builder fail; none is used.
+        let http = builder().timeout(CALL_TIMEOUT).build().unwrap_or_default();
+        let streams = builder().build().unwrap_or_default();
         Self {
             base: base.trim_end_matches('/').to_string(),
             http,
+            streams,
         }
     }
 
@@ -151,6 +154,28 @@ impl ApiClient {
     /// `GET /v1/migrations/{id}`.
     pub async fn migration(&self, id: &str) -> Result<TaskRecord, ClientError> {
         self.get(&format!("/v1/migrations/{id}")).await
+    }
+
+    /// `GET /v1/migrations/{id}/events`: every event of the task so far, then each new one as
+    /// it happens, then its end ([`crate::MigrationEvent`]).
+    pub async fn events(&self, id: &str) -> Result<EventStream, ClientError> {
+        let url = format!("{}/v1/migrations/{id}/events", self.base);
+        let response = tokio::time::timeout(CALL_TIMEOUT, self.streams.get(&url).send())
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                url: url.clone(),
+                reason: format!("no answer in {} s", CALL_TIMEOUT.as_secs()),
+            })?
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(api_error(url, status.as_u16(), &body));
+        }
+        Ok(EventStream::new(url, response))
     }
 
     /// Plans and starts a migration; the answer is the accepted task with its plan.

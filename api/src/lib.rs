@@ -8,6 +8,7 @@
 //! * [`agents`]: [`AgentView`] (`GET /v1/agents`).
 //! * [`problem`]: every error answer, RFC 9457 [`Problem`] with a stable [`Reason`].
 //! * [`client`]: [`ApiClient`] over reqwest; failures as [`ClientError`].
+//! * [`events`]: a migration's server-sent event stream as [`MigrationEvent`]s.
 //! * [`format`]: the tables and summaries the `mose` CLI prints, and the parsers of the
 //!   durations and rates it accepts.
 //!
@@ -17,6 +18,7 @@
 
 pub mod agents;
 pub mod client;
+pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod format;
@@ -26,6 +28,7 @@ pub mod tasks;
 
 pub use agents::AgentView;
 pub use client::{ApiClient, ClientError};
+pub use events::{EventStream, MigrationEvent};
 pub use problem::{Problem, Reason, PROBLEM_JSON};
 pub use services::{DeployRequest, ServiceRecord, ServiceStatus, ServiceView};
 pub use tasks::{

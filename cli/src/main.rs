@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use mose_api::format::{
     agents_table, event_line, kpi_table, migrations_table, parse_bandwidth_bytes_per_s,
     parse_duration_ms, plan_summary, service_summary, services_table,
 };
-use mose_api::{ApiClient, DeployRequest, MigrationRequest, TaskRecord, TaskStatus};
+use mose_api::{
+    ApiClient, DeployRequest, MigrationEvent, MigrationRequest, TaskRecord, TaskStatus,
+};
+use mose_protocol::messages::{Phase, PhaseEvent, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::units::BytesPerSec;
 use serde::Serialize;
@@ -50,6 +54,8 @@ enum Output {
     Table,
     /// The API's JSON documents, pretty-printed
     Json,
+    /// The API's documents as YAML
+    Yaml,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -186,8 +192,8 @@ enum Command {
     },
 }
 
-/// How often the progress display polls the task.
-const POLL: Duration = Duration::from_millis(200);
+/// How long `follow` waits before attaching again to a stream that broke.
+const REATTACH_AFTER: Duration = Duration::from_millis(200);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -221,7 +227,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent { id } => {
             // One agent is best read as its full document.
-            print_json(&client.agent(&id).await?)?;
+            let agent = client.agent(&id).await?;
+            print_doc(
+                if out == Output::Table {
+                    Output::Json
+                } else {
+                    out
+                },
+                &agent,
+            )?;
         }
         Command::Deploy {
             name,
@@ -302,8 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", plan_summary(&task));
             }
             if no_wait {
-                if out == Output::Json {
-                    print_json(&task)?;
+                if out != Output::Table {
+                    print_doc(out, &task)?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -342,13 +356,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migration { id, follow: false } => {
             let task = client.migration(&id).await?;
-            match out {
-                Output::Json => print_json(&task)?,
-                Output::Table => {
-                    print!("{}", plan_summary(&task));
-                    print!("{}", kpi_table(&task));
-                }
-            }
+            print_as(out, &task, || {
+                format!("{}{}", plan_summary(&task), kpi_table(&task))
+            })?;
         }
         Command::Cancel { id } => {
             let task = client.cancel(&id).await?;
@@ -366,10 +376,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints every new phase event as it appears (events only ever get appended) until the task
-/// ends, then the KPIs; the exit status says how it ended. Interrupted, the migration goes on:
-/// `mose migration ID --follow` picks it up again.
-async fn follow(client: &ApiClient, mut task: TaskRecord, out: Output) -> anyhow::Result<ExitCode> {
+/// Follows the task's event stream to its end: each phase event as a line, a progress line
+/// under them on a terminal (the phase running, the image's size and transfer rate once
+/// known), then the KPIs; the exit status says how it ended. A stream that breaks or lags is
+/// picked up again (it replays every event; those shown are skipped). Interrupted, the
+/// migration goes on: `mose migration ID --follow` picks it up again.
+async fn follow(client: &ApiClient, task: TaskRecord, out: Output) -> anyhow::Result<ExitCode> {
     let id = task.id.clone();
     let interrupted = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -377,35 +389,158 @@ async fn follow(client: &ApiClient, mut task: TaskRecord, out: Output) -> anyhow
         }
     };
     tokio::pin!(interrupted);
-    let mut shown = 0;
-    loop {
-        if out == Output::Table {
-            for event in task.events.iter().skip(shown) {
-                println!("{}", event_line(event, task.created_us));
-            }
-            let _ = std::io::stdout().flush();
-        }
-        shown = task.events.len();
-        if task.status.is_finished() {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
+    let mut progress = Progress::new(out == Output::Table, &task);
+    let task = loop {
+        let attach = progress.attach(client, &id);
+        let ended = tokio::select! {
+            ended = attach => ended,
             () = &mut interrupted => {
+                progress.finish();
                 eprintln!(
                     "\ninterrupted: migration {id} goes on without you; follow it again with \
                      `mose migration {id} --follow`, or roll it back with `mose cancel {id}`"
                 );
                 return Ok(ExitCode::from(130));
             }
+        };
+        if let Some(record) = ended {
+            break record;
         }
-        task = client.migration(&id).await?;
-    }
+        // The stream broke or lagged: the record says whether there is more to wait for.
+        let now = client.migration(&id).await?;
+        progress.catch_up(&now);
+        if now.status.is_finished() {
+            break now;
+        }
+        tokio::time::sleep(REATTACH_AFTER).await;
+    };
+    progress.finish();
     match out {
-        Output::Json => print_json(&task)?,
         Output::Table => print!("\n{}", kpi_table(&task)),
+        doc => print_doc(doc, &task)?,
     }
     Ok(ExitCode::from(exit_status(task.status)))
+}
+
+/// What `follow` shows of a running migration: event lines, and on a terminal a spinner line
+/// under them (indicatif) with the phase and what is known of the image.
+struct Progress {
+    /// `None` for document output, which prints only the final record.
+    bar: Option<ProgressBar>,
+    created_us: u64,
+    /// Events already shown (the task's `events` only ever grow).
+    shown: usize,
+    image_bytes: Option<u64>,
+}
+
+impl Progress {
+    fn new(lines: bool, task: &TaskRecord) -> Self {
+        let bar = lines.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let mut progress = Progress {
+            bar,
+            created_us: task.created_us,
+            shown: 0,
+            image_bytes: None,
+        };
+        progress.catch_up(task);
+        progress
+    }
+
+    /// Reads the task's event stream until it ends: the final record, or `None` when the
+    /// stream broke or lagged before the end.
+    async fn attach(&mut self, client: &ApiClient, id: &str) -> Option<TaskRecord> {
+        let mut stream = client.events(id).await.ok()?;
+        loop {
+            match stream.next().await {
+                Ok(Some(MigrationEvent::Phase { index, event })) if index >= self.shown => {
+                    self.shown = index + 1;
+                    self.show(&event);
+                    let image_known = matches!(event.phase, Phase::Checkpoint | Phase::Transfer)
+                        && matches!(event.status, PhaseStatus::Finished);
+                    if image_known {
+                        if let Ok(now) = client.migration(id).await {
+                            self.image(&now);
+                        }
+                    }
+                }
+                Ok(Some(MigrationEvent::Phase { .. })) => {} // replayed: shown already
+                Ok(Some(MigrationEvent::End(record))) => {
+                    self.catch_up(&record);
+                    return Some(*record);
+                }
+                Ok(Some(MigrationEvent::Lagged(_)) | None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Shows the record's events not shown yet.
+    fn catch_up(&mut self, task: &TaskRecord) {
+        for event in task.events.iter().skip(self.shown) {
+            self.show(event);
+        }
+        self.shown = self.shown.max(task.events.len());
+        self.image(task);
+    }
+
+    fn show(&self, event: &PhaseEvent) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let line = event_line(event, self.created_us);
+        if bar.is_hidden() {
+            // Not a terminal: the lines alone, as they come.
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        } else {
+            bar.println(line);
+        }
+        bar.set_message(format!(
+            "{} on {}{}",
+            event.phase,
+            event.agent,
+            self.image_note()
+        ));
+    }
+
+    /// Takes the image's size (known after the checkpoint) and transfer time from the record.
+    fn image(&mut self, task: &TaskRecord) {
+        let m = &task.measurements;
+        if m.image_bytes.is_some() {
+            self.image_bytes = m.image_bytes;
+        }
+        if let (Some(bar), Some(bytes), Some(ms)) = (
+            &self.bar,
+            self.image_bytes,
+            m.phases_ms.get(&Phase::Transfer),
+        ) {
+            let rate = bytes as f64 / (ms / 1000.0).max(1e-3);
+            bar.set_message(format!(
+                "image {} moved in {ms:.0} ms ({}/s)",
+                HumanBytes(bytes),
+                HumanBytes(mose_protocol::units::saturating_u64(rate))
+            ));
+        }
+    }
+
+    fn image_note(&self) -> String {
+        self.image_bytes
+            .map(|b| format!(", image {}", HumanBytes(b)))
+            .unwrap_or_default()
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The exit status of a finished migration (see [`EXIT_HELP`]).
@@ -419,22 +554,27 @@ fn exit_status(status: TaskStatus) -> u8 {
     }
 }
 
+/// `table()` for people, the document itself for `-o json|yaml`.
 fn print_as<T: Serialize>(
     out: Output,
     value: &T,
     table: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
     match out {
-        Output::Json => print_json(value),
         Output::Table => {
             print!("{}", table());
             Ok(())
         }
+        doc => print_doc(doc, value),
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// The document as JSON (also for `table`: one agent is best read whole) or YAML.
+fn print_doc<T: Serialize>(out: Output, value: &T) -> anyhow::Result<()> {
+    match out {
+        Output::Yaml => print!("{}", serde_norway::to_string(value)?),
+        Output::Json | Output::Table => println!("{}", serde_json::to_string_pretty(value)?),
+    }
     Ok(())
 }
 

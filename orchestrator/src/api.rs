@@ -385,12 +385,23 @@ async fn openapi() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let text = crate::prometheus::render(&state.agents.list(), &state.migrations.list()?);
+    let services: Vec<_> = state
+        .services
+        .list()?
+        .into_iter()
+        .map(|s| {
+            let moving = state.migrations.migrating(&s.name).is_some();
+            (s, moving)
+        })
+        .collect();
+    let now = crate::prometheus::Scrape {
+        agents: &state.agents.list(),
+        running: state.migrations.running(),
+        services: &services,
+    };
+    let text = crate::prometheus::render(state.migrations.metrics(), &now);
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
         text,
     )
         .into_response())

@@ -1,136 +1,243 @@
-//! `GET /metrics` in the Prometheus text format (version 0.0.4), written by hand: a few
-//! gauges, counters and histograms derived from the agents' view and the task store at scrape
-//! time, so nothing can drift from what the API shows.
+//! `GET /metrics` in the Prometheus text format (version 0.0.4), through `prometheus-client`.
+//!
+//! Two kinds of metric:
+//! * **counted as migrations finish** ([`MigrationMetrics`], fed by the task service): outcomes,
+//!   downtime, duration and per-phase histograms, bytes moved. They live in memory and start at
+//!   zero with the process, as Prometheus counters are meant to: a rate over them survives
+//!   restarts, and pruning old records ([`crate::tasks`] retention) never makes them go down.
+//! * **read at scrape time** ([`render`]): agents present, migrations running, each service's
+//!   state size and dirty rate from its host's latest metrics. They describe now, so they are
+//!   gauges taken from the same views the API answers from.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::registry::AgentView;
 use crate::tasks::{TaskRecord, TaskStatus};
+use mose_api::ServiceRecord;
 
-/// Histogram buckets (s), spanning a fast cold migration (≈0.5 s) to a slow pre-copy.
-const BUCKETS_S: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// The exposition for these agents and tasks.
-pub fn render(agents: &[AgentView], tasks: &[TaskRecord]) -> String {
-    let mut out = String::new();
+/// Downtime buckets (s): fine below 500 ms, where cold and pre-copy migrations of small
+/// services land (≈0.2–0.6 s on the testbed), coarse above.
+const DOWNTIME_BUCKETS_S: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0, 2.5, 5.0,
+];
+/// Duration buckets (s) of whole migrations and of their phases: a flow switch takes
+/// milliseconds, an image transfer over a slow link minutes.
+const DURATION_BUCKETS_S: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
-    let mut by_role: BTreeMap<String, u64> = ["edge", "mobile", "unknown"]
-        .into_iter()
-        .map(|r| (r.to_string(), 0))
-        .collect();
-    for a in agents {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    strategy: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+    host: String,
+}
+
+fn phase_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_S)
+}
+
+/// What is counted as migrations finish. Cloning shares the counts.
+#[derive(Clone, Debug)]
+pub struct MigrationMetrics {
+    finished: Family<OutcomeLabels, Counter>,
+    downtime: Histogram,
+    duration: Histogram,
+    phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    bytes_moved: Counter,
+}
+
+impl Default for MigrationMetrics {
+    fn default() -> Self {
+        MigrationMetrics {
+            finished: Family::default(),
+            downtime: Histogram::new(DOWNTIME_BUCKETS_S),
+            duration: Histogram::new(DURATION_BUCKETS_S),
+            phases: Family::new_with_constructor(phase_histogram),
+            bytes_moved: Counter::default(),
+        }
+    }
+}
+
+impl MigrationMetrics {
+    /// Counts a task that has just finished.
+    pub fn finished(&self, r: &TaskRecord) {
+        self.finished
+            .get_or_create(&OutcomeLabels {
+                strategy: r.plan.strategy.to_string(),
+                outcome: r.status.as_str().to_string(),
+            })
+            .inc();
+        for (phase, ms) in &r.measurements.phases_ms {
+            self.phases
+                .get_or_create(&PhaseLabels {
+                    phase: phase.to_string(),
+                })
+                .observe(ms / 1000.0);
+        }
+        if r.status != TaskStatus::Succeeded {
+            return;
+        }
+        let m = &r.measurements;
+        if let Some(ms) = m.frozen_ms {
+            self.downtime.observe(ms / 1000.0);
+        }
+        if let Some(ms) = m.total_ms {
+            self.duration.observe(ms / 1000.0);
+        }
+        self.bytes_moved.inc_by(m.image_bytes.unwrap_or(0));
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mose_migrations",
+            "Finished migrations by planned strategy and outcome",
+            self.finished.clone(),
+        );
+        registry.register_with_unit(
+            "mose_migration_downtime",
+            "Frozen time of succeeded migrations as the orchestrator sees it (checkpoint start \
+             to flow switched)",
+            Unit::Seconds,
+            self.downtime.clone(),
+        );
+        registry.register_with_unit(
+            "mose_migration_duration",
+            "Total time of succeeded migrations (accepted to source released)",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        registry.register_with_unit(
+            "mose_migration_phase_duration",
+            "Time of each phase of finished migrations (first start to last end over the agents)",
+            Unit::Seconds,
+            self.phases.clone(),
+        );
+        registry.register_with_unit(
+            "mose_migration_moved",
+            "Checkpoint image bytes of succeeded migrations",
+            Unit::Bytes,
+            self.bytes_moved.clone(),
+        );
+    }
+}
+
+/// What a scrape reads besides the counts: the agents present, the tasks not finished, the
+/// services.
+pub struct Scrape<'a> {
+    /// Every agent present.
+    pub agents: &'a [AgentView],
+    /// How many migrations are queued or running.
+    pub running: usize,
+    /// Every service record, with the migration running on it if any.
+    pub services: &'a [(ServiceRecord, bool)],
+}
+
+/// The exposition: the counts of `metrics` and the gauges of `now`.
+pub fn render(metrics: &MigrationMetrics, now: &Scrape<'_>) -> String {
+    let mut registry = Registry::default();
+    registry.register(
+        "mose_build",
+        "The orchestrator's version",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+
+    let agents = Family::<RoleLabels, Gauge>::default();
+    for role in ["edge", "mobile", "unknown"] {
+        // Every role is listed, also with no agent.
+        let _ = agents.get_or_create(&RoleLabels { role: role.into() });
+    }
+    for a in now.agents {
         let role = a
             .profile
             .as_ref()
             .map_or("unknown".to_string(), |p| p.role.to_string());
-        *by_role.entry(role).or_default() += 1;
+        agents.get_or_create(&RoleLabels { role }).inc();
     }
-    header(
-        &mut out,
+    registry.register(
         "mose_agents_online",
-        "gauge",
-        "Agents present, by role (unknown: no profile yet).",
+        "Agents present, by role (unknown: no profile yet)",
+        agents,
     );
-    for (role, n) in &by_role {
-        let _ = writeln!(out, "mose_agents_online{{role=\"{role}\"}} {n}");
-    }
-
-    let mut outcomes: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-    let mut running = 0u64;
-    let mut frozen = Histogram::default();
-    let mut duration = Histogram::default();
-    let mut bytes_moved = 0u64;
-    for t in tasks {
-        if !t.status.is_finished() {
-            running += 1;
-            continue;
-        }
-        *outcomes
-            .entry((t.plan.strategy.to_string(), t.status.as_str()))
-            .or_default() += 1;
-        if t.status == TaskStatus::Succeeded {
-            let m = &t.measurements;
-            if let Some(ms) = m.frozen_ms {
-                frozen.observe(ms / 1000.0);
-            }
-            if let Some(ms) = m.total_ms {
-                duration.observe(ms / 1000.0);
-            }
-            bytes_moved += m.image_bytes.unwrap_or(0);
-        }
-    }
-    header(
-        &mut out,
+    let running: Gauge = Gauge::default();
+    running.set(i64::try_from(now.running).unwrap_or(i64::MAX));
+    registry.register(
         "mose_migrations_running",
-        "gauge",
-        "Migrations queued or running.",
+        "Migrations queued or running",
+        running,
     );
-    let _ = writeln!(out, "mose_migrations_running {running}");
-    header(
-        &mut out,
-        "mose_migrations_total",
-        "counter",
-        "Finished migrations by planned strategy and outcome.",
-    );
-    for ((strategy, outcome), n) in &outcomes {
-        let _ = writeln!(
-            out,
-            "mose_migrations_total{{strategy=\"{strategy}\",outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    frozen.write(
-        &mut out,
-        "mose_migration_downtime_seconds",
-        "Frozen time of succeeded migrations as the orchestrator sees it (checkpoint start to flow switched).",
-    );
-    duration.write(
-        &mut out,
-        "mose_migration_duration_seconds",
-        "Total time of succeeded migrations (accepted to source released).",
-    );
-    header(
-        &mut out,
-        "mose_migration_bytes_moved_total",
-        "counter",
-        "Checkpoint image bytes of succeeded migrations.",
-    );
-    let _ = writeln!(out, "mose_migration_bytes_moved_total {bytes_moved}");
-    out
-}
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS_S.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        for (bound, count) in BUCKETS_S.iter().zip(self.counts.iter_mut()) {
-            if value <= *bound {
-                *count += 1;
+    let state = Family::<ServiceLabels, Gauge>::default();
+    let dirty = Family::<ServiceLabels, Gauge>::default();
+    let migrating = Family::<ServiceLabels, Gauge>::default();
+    for (record, moving) in now.services {
+        let labels = ServiceLabels {
+            service: record.name.clone(),
+            host: record.host.clone(),
+        };
+        migrating.get_or_create(&labels).set(i64::from(*moving));
+        let sample = now
+            .agents
+            .iter()
+            .find(|a| a.id == record.host)
+            .and_then(|a| a.metrics.as_ref())
+            .and_then(|m| m.containers.iter().find(|c| c.name == record.name));
+        if let Some(c) = sample {
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            state.get_or_create(&labels).set(clamp(c.state_bytes));
+            if let Some(rate) = c.dirty_rate_bytes_per_s {
+                dirty.get_or_create(&labels).set(clamp(rate.0));
             }
         }
-        self.sum += value;
-        self.count += 1;
     }
+    registry.register_with_unit(
+        "mose_service_state",
+        "M: anonymous memory of the service's processes, from its host's latest metrics",
+        Unit::Bytes,
+        state,
+    );
+    registry.register(
+        "mose_service_dirty_rate_bytes_per_second",
+        "R: bytes the service dirties per second, from its host's latest metrics",
+        dirty,
+    );
+    registry.register(
+        "mose_service_migrating",
+        "1 while a migration of the service is queued or running",
+        migrating,
+    );
 
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        for (bound, count) in BUCKETS_S.iter().zip(self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+    metrics.register(&mut registry);
+    let mut out = String::new();
+    // Writing into a String cannot fail; an error here would be the crate's bug.
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "cannot encode the metrics");
     }
+    out
 }
 
 #[cfg(test)]
@@ -138,30 +245,46 @@ mod tests {
     use super::*;
     use mose_api::fixtures::task_record as record;
 
+    /// The value of the sample line that starts with `prefix` (name and labels).
+    fn sample(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {prefix} in\n{text}"))
+    }
+
     #[test]
-    fn counts_outcomes_histograms_and_bytes() {
+    fn counts_outcomes_histograms_and_bytes_as_tasks_finish() {
+        let metrics = MigrationMetrics::default();
         let mut ok = record("a", 1, TaskStatus::Succeeded);
-        ok.measurements.frozen_ms = Some(400.0);
+        ok.measurements.frozen_ms = Some(180.0);
         ok.measurements.total_ms = Some(1500.0);
         ok.measurements.image_bytes = Some(1000);
-        let tasks = vec![
-            ok,
-            record("b", 2, TaskStatus::RolledBack),
-            record("c", 3, TaskStatus::Running),
-        ];
-        let text = render(&[], &tasks);
-        assert!(
-            text.contains("mose_agents_online{role=\"edge\"} 0"),
+        metrics.finished(&ok);
+        metrics.finished(&record("b", 2, TaskStatus::RolledBack));
+        let now = Scrape {
+            agents: &[],
+            running: 1,
+            services: &[],
+        };
+        let text = render(&metrics, &now);
+        assert_eq!(sample(&text, "mose_agents_online{role=\"edge\"}"), 0.0);
+        assert_eq!(sample(&text, "mose_migrations_running"), 1.0);
+        let total = "mose_migrations_total{strategy=\"cold\",outcome=";
+        assert_eq!(sample(&text, &format!("{total}\"succeeded\"}}")), 1.0);
+        assert_eq!(sample(&text, &format!("{total}\"rolled_back\"}}")), 1.0);
+        // 180 ms lands between the 150 ms and 200 ms buckets.
+        let downtime = "mose_migration_downtime_seconds_bucket";
+        assert_eq!(sample(&text, &format!("{downtime}{{le=\"0.15\"}}")), 0.0);
+        assert_eq!(sample(&text, &format!("{downtime}{{le=\"0.2\"}}")), 1.0);
+        assert_eq!(sample(&text, "mose_migration_duration_seconds_count"), 1.0);
+        assert_eq!(sample(&text, "mose_migration_moved_bytes_total"), 1000.0);
+        assert_eq!(
+            sample(&text, "mose_build_info{version=\"0.1.0\"}"),
+            1.0,
             "{text}"
         );
-        assert!(text.contains("mose_migrations_running 1"));
-        assert!(text.contains("mose_migrations_total{strategy=\"cold\",outcome=\"succeeded\"} 1"));
-        assert!(text.contains("mose_migrations_total{strategy=\"cold\",outcome=\"rolled_back\"} 1"));
-        assert!(text.contains("mose_migration_downtime_seconds_bucket{le=\"0.25\"} 0"));
-        assert!(text.contains("mose_migration_downtime_seconds_bucket{le=\"0.5\"} 1"));
-        assert!(text.contains("mose_migration_duration_seconds_bucket{le=\"2\"} 1"));
-        assert!(text.contains("mose_migration_duration_seconds_count 1"));
-        assert!(text.contains("mose_migration_bytes_moved_total 1000"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(line.rsplit(' ').count(), 2, "{line}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::steps::{StepExecutor, StepServer};
-use mose_api::{ApiClient, ClientError, Reason};
+use mose_api::{ApiClient, ClientError, MigrationEvent, Reason};
 use mose_orchestrator::api::{self, ApiState};
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::services::{
@@ -295,7 +295,6 @@ struct Rig {
     registry: Registry,
     endpoint: String,
     client: ApiClient,
-    http: std::net::SocketAddr,
     migrations: Migrations,
     services: Services,
     _agents: Vec<(AgentNode, StepServer)>,
@@ -361,7 +360,6 @@ impl Rig {
             registry,
             endpoint,
             client: ApiClient::new(&format!("http://{http}")),
-            http,
             migrations,
             services,
             _agents: agents,
@@ -630,6 +628,70 @@ async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
             "nothing is released at the source"
         );
     }
+}
+
+/// Two mobiles: both switch at once; when one of them fails, the rollback switches both back
+/// (the one that moved and the one that may have), after the source resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_mobile_failing_its_switch_rolls_back_every_mobile() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let _car = start_agent(
+        &rig.endpoint,
+        &rig.keys,
+        &rig.world,
+        "car",
+        Role::Mobile,
+        false,
+    )
+    .await;
+    let view = rig.registry.view();
+    assert!(
+        view.wait_until(Duration::from_secs(10), |m| m.len() == 4)
+            .await,
+        "the second mobile never showed up"
+    );
+    rig.world.set(Script {
+        fail: vec![("car".into(), "switch-flow->edge2".into())],
+        ..Script::default()
+    });
+    let both = MigrationRequest {
+        mobiles: Some(vec!["drone".into(), "car".into()]),
+        ..request()
+    };
+    let task = rig.client.submit(&both).await.unwrap();
+    let done = rig.wait_finished(&task.id).await;
+    assert_eq!(done.status, TaskStatus::RolledBack, "{done:#?}");
+    let calls = rig.world.calls(&task.id);
+    let at = |call: &str| {
+        calls
+            .iter()
+            .position(|c| c == call)
+            .unwrap_or_else(|| panic!("no {call} in {calls:?}"))
+    };
+    for mobile in ["drone", "car"] {
+        assert!(
+            at(&format!("{mobile}:switch-flow->edge2")) < at("edge1:resume"),
+            "{calls:?}"
+        );
+        assert!(
+            at("edge1:resume") < at(&format!("{mobile}:switch-flow->edge1")),
+            "{mobile} switched back after the source resumed: {calls:?}"
+        );
+    }
+    for mobile in ["drone", "car"] {
+        let events: Vec<_> = done
+            .events
+            .iter()
+            .filter(|e| e.agent == mobile && e.phase == Phase::FlowSwitch)
+            .map(|e| e.status.clone())
+            .collect();
+        assert_eq!(
+            events.len(),
+            2,
+            "one started/ended pair per mobile: {events:?}"
+        );
+    }
+    assert!(!calls.iter().any(|c| c.ends_with("release")), "{calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1173,40 +1235,6 @@ async fn a_dry_run_plans_without_running_or_storing() {
     assert_refused(rig.client.plan(&bad).await, 400, "nothing to migrate");
 }
 
-/// Reads `GET path` as server-sent events until the stream closes: (event, id, data) each.
-async fn read_sse(
-    http: std::net::SocketAddr,
-    path: &str,
-    events: tokio::sync::mpsc::UnboundedSender<(String, String, String)>,
-) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut conn = tokio::net::TcpStream::connect(http).await.unwrap();
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut lines = BufReader::new(conn).lines();
-    let (mut event, mut id) = (String::new(), String::new());
-    while let Ok(Some(line)) = lines.next_line().await {
-        // Chunked transfer framing and headers interleave with the event lines; only the
-        // `field: value` lines of the events matter here.
-        if let Some(v) = line.strip_prefix("event: ") {
-            event = v.to_string();
-        } else if let Some(v) = line.strip_prefix("id: ") {
-            id = v.to_string();
-        } else if let Some(data) = line.strip_prefix("data: ") {
-            let done = event == "end";
-            events
-                .send((event.clone(), id.clone(), data.to_string()))
-                .unwrap();
-            if done {
-                return;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migrations_events_stream_while_it_runs_and_end_with_it() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
@@ -1216,14 +1244,12 @@ async fn a_migrations_events_stream_while_it_runs_and_end_with_it() {
         ..Script::default()
     });
     let task = rig.submit().await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let path = format!("/v1/migrations/{}/events", task.id);
-    let (http, stream_path) = (rig.http, path.clone());
-    tokio::spawn(async move { read_sse(http, &stream_path, tx).await });
-    let (event, id, data) = rx.recv().await.expect("a first event");
-    assert_eq!((event.as_str(), id.as_str()), ("phase", "0"), "{data}");
-    let first: PhaseEvent = serde_json::from_str(&data).unwrap();
-    assert_eq!(first.phase, Phase::Prepare);
+    let mut stream = rig.client.events(&task.id).await.unwrap();
+    let first = stream.next().await.unwrap().expect("a first event");
+    match &first {
+        MigrationEvent::Phase { index: 0, event } => assert_eq!(event.phase, Phase::Prepare),
+        other => panic!("{other:?}"),
+    }
     assert!(
         !rig.client
             .migration(&task.id)
@@ -1235,28 +1261,39 @@ async fn a_migrations_events_stream_while_it_runs_and_end_with_it() {
     );
     let mut phases = 1;
     let end = loop {
-        let (event, id, data) = rx.recv().await.expect("the stream ends with `end`");
-        match event.as_str() {
-            "phase" => {
-                assert_eq!(id, phases.to_string(), "in order, none missed");
+        match stream
+            .next()
+            .await
+            .unwrap()
+            .expect("the stream ends with `end`")
+        {
+            MigrationEvent::Phase { index, .. } => {
+                assert_eq!(index, phases, "in order, none missed");
                 phases += 1;
             }
-            "end" => break serde_json::from_str::<TaskRecord>(&data).unwrap(),
-            other => panic!("unexpected event {other}: {data}"),
+            MigrationEvent::End(record) => break *record,
+            other => panic!("unexpected {other:?}"),
         }
     };
+    assert!(
+        stream.next().await.unwrap().is_none(),
+        "nothing after the end"
+    );
     assert_eq!(end.status, TaskStatus::RolledBack, "{end:#?}");
     assert_eq!(phases, end.events.len(), "every event of the task, once");
     // A finished task's stream replays its events and ends at once.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    read_sse(rig.http, &path, tx).await;
+    let mut replay = rig.client.events(&task.id).await.unwrap();
     let mut replayed = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        replayed.push(e.0);
+    while let Some(e) = replay.next().await.unwrap() {
+        replayed.push(e);
     }
     assert_eq!(replayed.len(), end.events.len() + 1);
-    assert_eq!(replayed.last().map(String::as_str), Some("end"));
-    assert_refused(rig.client.migration("nope").await, 404, "no migration");
+    assert!(matches!(replayed.last(), Some(MigrationEvent::End(_))));
+    assert_refused(
+        rig.client.events("nope").await.map(drop),
+        404,
+        "no migration",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -140,6 +140,22 @@ impl OfctlBackend {
         Ok(c.stdout().await?)
     }
 
+    /// Let `port` of `bridge` take part in flooding or not (the OpenFlow `no-flood` port flag,
+    /// honoured by the `NORMAL` action's floods): a bridge topology with a loop stays usable
+    /// when one wire of the loop floods at neither end. OpenFlow 1.0, the flag's last version
+    /// (1.1 dropped it; OvS still keeps it per port). Not kept in the database: lost when
+    /// ovs-vswitchd restarts.
+    pub async fn set_flooding(&self, bridge: &str, port: &str, flood: bool) -> Result<()> {
+        crate::netns::validate_ifname(port)?;
+        let target = self.target(bridge)?;
+        let flag = if flood { "flood" } else { "no-flood" };
+        Cmd::new("ovs-ofctl")
+            .args(["-O", "OpenFlow10", "mod-port", &target, port, flag])
+            .output()
+            .await?;
+        Ok(())
+    }
+
     /// Make the datapath follow the new tables now. The OpenFlow reply only says the *tables*
     /// changed; packets keep following cached datapath flows until a revalidator pass, so a new
     /// connection right after a switch had its SYN sent to the old host and its data to the new
@@ -282,6 +298,16 @@ impl<B: FlowBackend> Steering<B> {
     /// The flows currently steering `ip`.
     pub async fn flows(&self, ip: Ipv4Addr) -> Result<Vec<String>> {
         self.backend.list(&self.bridge, service_cookie(ip)).await
+    }
+
+    /// The backend the flows go through.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The bridge steered.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
     }
 }
 

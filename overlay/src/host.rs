@@ -153,6 +153,14 @@ impl HostOverlay {
         Ok(())
     }
 
+    /// Let `port` take part in the bridge's floods or not ([`OfctlBackend::set_flooding`]).
+    pub async fn set_flooding(&self, port: &str, flood: bool) -> Result<()> {
+        self.steering
+            .backend()
+            .set_flooding(self.steering.bridge(), port, flood)
+            .await
+    }
+
     /// The OpenFlow port number of `port` (error if it has none).
     pub async fn ofport(&self, port: &str) -> Result<u32> {
         Ok(self

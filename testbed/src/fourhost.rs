@@ -1,6 +1,7 @@
 //! The MOSE paper's four hosts, emulated (docs/testbed.md#the-four-hosts): **edge1** (source
 //! edge), **edge2** (destination edge), **mobile** (the client's device) and **ctrl** (the edge
-//! controller).
+//! controller); with [`Config::second_mobile`] a fifth, **mobile2**, a second device wired to
+//! both edges like the first (see [`FourHost::up`] for how its wires stay loop-free).
 //!
 //! ```text
 //!  root namespace: <prefix>br (LAN bridge, no address)   <prefix>api 10.98.N.1/30 ── HTTP API
@@ -57,6 +58,8 @@ pub const EDGE1: &str = "edge1";
 pub const EDGE2: &str = "edge2";
 /// The mobile device.
 pub const MOBILE: &str = "mobile";
+/// The second mobile device ([`Config::second_mobile`]).
+pub const MOBILE2: &str = "mobile2";
 /// The edge controller's host name (short: `<prefix><name>` must fit an interface name).
 pub const CONTROLLER: &str = "ctrl";
 /// The edge hosts, in the order the demo migrates between them.
@@ -70,6 +73,8 @@ pub const SERVICE_PORT: u16 = 7000;
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
 /// The mobile client's address on the overlay.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+/// The second mobile's client address ([`Config::second_mobile`]).
+pub const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 3);
 /// Prefix length of the overlay subnet.
 pub const OVERLAY_PREFIX_LEN: u8 = 24;
 /// Every host's OvS bridge (the agents' default `--ovs-bridge`).
@@ -78,6 +83,8 @@ pub const BRIDGE: &str = "br0";
 pub const API_PORT: u16 = 7070;
 /// Name of the client's namespace (under `/run/netns`), after the prefix: swept with it.
 const CLIENT_NETNS_SUFFIX: &str = "cli";
+/// The second mobile's client namespace, after the prefix.
+const CLIENT2_NETNS_SUFFIX: &str = "cli2";
 /// The agents' work directory (checkpoint archives), inside each host's private `/var/tmp`.
 pub const AGENT_WORK_DIR: &str = "/var/tmp/mose-agent";
 /// Inside ctrl, the API link's end.
@@ -85,15 +92,13 @@ const API_IFNAME: &str = "api0";
 /// How long agents may take to be listed with their profiles (capability probes run at start).
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The agent's port toward an edge host on the mobile bridge (`--flow-port <edge>=to-<edge>`).
-pub fn port_toward(edge: &str) -> String {
-    format!("to-{edge}")
+/// The port toward another host's bridge: on a mobile bridge toward an edge (the agent's
+/// `--flow-port <edge>=to-<edge>`), on an edge bridge toward a mobile.
+pub fn port_toward(host: &str) -> String {
+    format!("to-{host}")
 }
 /// How long `up` retries a deployment the agents cannot take yet.
 const DEPLOY_RETRY: Duration = Duration::from_secs(10);
-
-/// The edge bridges' port toward the mobile host.
-const PORT_TO_MOBILE: &str = "to-mobile";
 
 /// A MAC derived from an overlay address (the same rule as the LAN's, `02:00:<ip>`).
 pub fn overlay_mac(ip: Ipv4Addr) -> MacAddr {
@@ -179,6 +184,9 @@ pub struct Config {
     pub api_net: u8,
     /// Zenoh lease of agents and orchestrator (how fast a vanished host is noticed).
     pub lease_ms: u64,
+    /// Add **mobile2** (agent, bridge wired to both edges, client namespace at
+    /// [`CLIENT2_IP`]): services with clients on two devices.
+    pub second_mobile: bool,
 }
 
 impl Config {
@@ -233,6 +241,9 @@ pub struct State {
     pub service_addr: SocketAddr,
     /// The client's namespace on the mobile host (`/run/netns/<prefix>cli`).
     pub client_netns: PathBuf,
+    /// The client's namespace on mobile2 (`/run/netns/<prefix>cli2`), if it is up.
+    #[serde(default)]
+    pub client2_netns: Option<PathBuf>,
     /// The daemons' log directory.
     pub log_dir: PathBuf,
 }
@@ -411,7 +422,8 @@ pub struct FourHost {
     state: State,
     /// (what, process) of the agents and the orchestrator.
     processes: Vec<(String, Child)>,
-    client_netns: Option<PathBuf>,
+    /// The client namespaces made on the mobile hosts.
+    client_netns: Vec<PathBuf>,
     api_link: Option<String>,
     /// Field order = drop order: the hosts before the LAN they hang on.
     hosts: Vec<Host>,
@@ -441,6 +453,12 @@ impl FourHost {
     /// Bring the four hosts up (see the module docs), wait until the orchestrator lists the three
     /// agents with their profiles, deploy the counter on edge1 with the mobile flow toward it,
     /// and write `state.json`. On failure everything made so far is removed.
+    ///
+    /// Every mobile is wired to every edge, so with a second mobile the bridges form a loop
+    /// (edge1–mobile–edge2–mobile2–edge1) and OvS runs no spanning tree. Only flooding can
+    /// circle, so the second mobile's wires to edges other than edge1 do not flood (the
+    /// OpenFlow `no-flood` port flag, at both ends): floods follow the tree
+    /// mobile2–edge1–mobile–edge2, while steered traffic still takes any wire.
     pub async fn up(cfg: Config) -> Result<(FourHost, UpTimings)> {
         Self::up_with(cfg, Vec::new()).await
     }
@@ -475,24 +493,26 @@ impl FourHost {
                     Path::new(mose_overlay::netns::NETNS_DIR),
                     &format!("{}{CLIENT_NETNS_SUFFIX}", cfg.prefix),
                 ),
+                client2_netns: None,
                 log_dir: cfg.log_dir(),
             },
             cfg,
             processes: Vec::new(),
-            client_netns: None,
+            client_netns: Vec::new(),
             api_link: None,
             hosts: Vec::new(),
             lan: None,
         };
-        for (i, (name, role)) in [
+        let mut hosts = vec![
             (EDGE1, "edge"),
             (EDGE2, "edge"),
             (MOBILE, "mobile"),
             (CONTROLLER, "controller"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ];
+        if tb.cfg.second_mobile {
+            hosts.push((MOBILE2, "mobile"));
+        }
+        for (i, (name, role)) in hosts.into_iter().enumerate() {
             let mut h = Host::create(
                 name,
                 &lan,
@@ -523,15 +543,17 @@ impl FourHost {
         timings.hosts_ms = since(t);
 
         let t = Instant::now();
-        let mobile = overlay_of(tb.host(MOBILE)?)?;
-        for edge in EDGES {
-            connect_wire(
-                &mobile,
-                &port_toward(edge),
-                &overlay_of(tb.host(edge)?)?,
-                PORT_TO_MOBILE,
-            )
-            .await?;
+        for mobile_name in tb.mobiles() {
+            let mobile = overlay_of(tb.host(mobile_name)?)?;
+            for edge_name in EDGES {
+                let edge = overlay_of(tb.host(edge_name)?)?;
+                let (to_edge, to_mobile) = (port_toward(edge_name), port_toward(mobile_name));
+                connect_wire(&mobile, &to_edge, &edge, &to_mobile).await?;
+                if mobile_name != MOBILE && edge_name != EDGE1 {
+                    mobile.set_flooding(&to_edge, false).await?;
+                    edge.set_flooding(&to_mobile, false).await?;
+                }
+            }
         }
         tb.make_api_link(api_root, api_ctrl).await?;
         timings.wiring_ms = since(t);
@@ -562,6 +584,20 @@ impl FourHost {
         self.lan
             .as_ref()
             .ok_or_else(|| TestbedError::State("the testbed's LAN is gone".into()))
+    }
+
+    /// The mobile hosts: [`MOBILE`], and [`MOBILE2`] with [`Config::second_mobile`].
+    pub fn mobiles(&self) -> Vec<&'static str> {
+        if self.cfg.second_mobile {
+            vec![MOBILE, MOBILE2]
+        } else {
+            vec![MOBILE]
+        }
+    }
+
+    /// Every agent's id: the edges, then the mobiles.
+    fn agent_ids(&self) -> Vec<&'static str> {
+        EDGES.into_iter().chain(self.mobiles()).collect()
     }
 
     /// One host by short name.
@@ -659,7 +695,7 @@ impl FourHost {
         args.extend(extra);
         let orchestrator = self.cfg.binaries.orchestrator.clone();
         self.spawn_in(CONTROLLER, "orchestrator", &orchestrator, &args, false)?;
-        for id in [EDGE1, EDGE2, MOBILE] {
+        for id in self.agent_ids() {
             self.spawn_agent(id, false)?;
         }
         Ok(())
@@ -667,7 +703,11 @@ impl FourHost {
 
     /// Start the agent of `id` (an edge host or the mobile host) inside its host.
     fn spawn_agent(&mut self, id: &str, append_log: bool) -> Result<()> {
-        let role = if id == MOBILE { "mobile" } else { "edge" };
+        let role = if self.mobiles().contains(&id) {
+            "mobile"
+        } else {
+            "edge"
+        };
         let ovs = self
             .host(id)?
             .ovs()
@@ -802,8 +842,8 @@ impl FourHost {
             .map_err(|e| TestbedError::io(format!("kill {what}"), e))
     }
 
-    /// Until `GET /v1/agents` lists edge1, edge2 and mobile, each with its profile (edge agents:
-    /// with their probed capabilities, see [`profiled`]).
+    /// Until `GET /v1/agents` lists every agent (edge1, edge2, the mobiles), each with its
+    /// profile (edge agents: with their probed capabilities, see [`profiled`]).
     pub async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
         let api = self.state.api();
         let t = Instant::now();
@@ -821,7 +861,8 @@ impl FourHost {
             }
             match api.agents().await {
                 Ok(agents) => {
-                    let ready = [EDGE1, EDGE2, MOBILE]
+                    let ready = self
+                        .agent_ids()
                         .iter()
                         .all(|id| agents.iter().any(|a| a.id == *id && profiled(a)));
                     if ready {
@@ -849,8 +890,8 @@ impl FourHost {
             if t.elapsed() > DISCOVERY_TIMEOUT {
                 return Err(TestbedError::Timeout {
                     what: format!(
-                        "the orchestrator to list {EDGE1}, {EDGE2} and {MOBILE} with profiles ({last}); \
-                         logs in {}",
+                        "the orchestrator to list {} with profiles ({last}); logs in {}",
+                        self.agent_ids().join(", "),
                         self.cfg.log_dir().display()
                     ),
                     after_ms: mose_protocol::units::millis(DISCOVERY_TIMEOUT),
@@ -861,8 +902,8 @@ impl FourHost {
     }
 
     /// The counter deployed on edge1 through the orchestrator's service API (its namespace,
-    /// flows and container; the mobile's flow toward it), and the client's namespace on the
-    /// mobile host.
+    /// flows and container; the first mobile's flow toward it), and the client namespaces on
+    /// the mobile hosts.
     async fn deploy_service(&mut self, counter: &BuiltImage) -> Result<()> {
         let request = DeployRequest {
             name: SERVICE.into(),
@@ -895,8 +936,15 @@ impl FourHost {
 
         let mobile = overlay_of(self.host(MOBILE)?)?;
         let netns = format!("{}{CLIENT_NETNS_SUFFIX}", self.cfg.prefix);
-        let path = attach_client(&mobile, EDGE1, &netns, CLIENT_NETNS_SUFFIX).await?;
-        self.client_netns = Some(path);
+        let path = attach_client(&mobile, &netns, CLIENT_NETNS_SUFFIX, CLIENT_IP).await?;
+        self.client_netns.push(path);
+        if self.cfg.second_mobile {
+            let mobile2 = overlay_of(self.host(MOBILE2)?)?;
+            let netns = format!("{}{CLIENT2_NETNS_SUFFIX}", self.cfg.prefix);
+            let path = attach_client(&mobile2, &netns, CLIENT2_NETNS_SUFFIX, CLIENT2_IP).await?;
+            self.state.client2_netns = Some(path.clone());
+            self.client_netns.push(path);
+        }
         Ok(())
     }
 
@@ -963,7 +1011,7 @@ impl FourHost {
     pub fn persist(mut self) {
         // Dropping a tokio Child without kill_on_drop leaves the process running.
         self.processes.clear();
-        self.client_netns = None;
+        self.client_netns.clear();
         self.api_link = None;
         for h in self.hosts.drain(..) {
             h.persist();
@@ -1009,7 +1057,7 @@ impl FourHost {
                 }
             }
         }
-        if let Some(ns) = self.client_netns.take() {
+        for ns in self.client_netns.drain(..) {
             if let Err(e) = mose_overlay::netns::delete_netns(&ns) {
                 problems.push(format!("delete {}: {e}", ns.display()));
             }
@@ -1059,29 +1107,17 @@ fn profiled(agent: &AgentView) -> bool {
     }
 }
 
-/// On the mobile host's bridge `mobile`: the service steered toward `edge`'s wire and the
-/// client's namespace `netns` (10.88.0.2, the service pre-loaded as its neighbour) attached
-/// through the port `ifname`. Returns the namespace's path. Shared with the VM testbed.
+/// On the mobile host's bridge `mobile`: a client's namespace `netns` at `ip` (MAC derived
+/// from it, the counter pre-loaded as its neighbour) attached through the port `ifname`.
+/// Steering toward a service is its mobile agent's, installed when the service is deployed.
+/// Returns the namespace's path. Shared with the VM testbed.
 pub async fn attach_client(
     mobile: &HostOverlay,
-    edge: &str,
     netns: &str,
     ifname: &str,
+    ip: Ipv4Addr,
 ) -> Result<PathBuf> {
-    let svc = ServiceAddr {
-        ip: SERVICE_IP,
-        mac: overlay_mac(SERVICE_IP),
-    };
-    mobile
-        .steer(svc, mobile.ofport(&port_toward(edge)).await?)
-        .await?;
-    let mut cli = EndpointSpec::new(
-        netns,
-        ifname,
-        CLIENT_IP,
-        OVERLAY_PREFIX_LEN,
-        overlay_mac(CLIENT_IP),
-    );
+    let mut cli = EndpointSpec::new(netns, ifname, ip, OVERLAY_PREFIX_LEN, overlay_mac(ip));
     cli.neighbours.push(Neighbour {
         ip: SERVICE_IP,
         mac: overlay_mac(SERVICE_IP),
@@ -1123,8 +1159,9 @@ mod tests {
             out_dir: "/tmp/x".into(),
             api_net: 0,
             lease_ms: 1000,
+            second_mobile: true,
         };
-        for name in [EDGE1, EDGE2, MOBILE, CONTROLLER] {
+        for name in [EDGE1, EDGE2, MOBILE, MOBILE2, CONTROLLER] {
             assert!(cfg.prefix.len() + name.len() <= 15, "{name}");
         }
         assert!(cfg.api_link().len() <= 15);

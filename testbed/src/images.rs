@@ -62,6 +62,9 @@ pub struct ImageSpec {
     pub default_args: &'static [&'static str],
     /// TCP ports the workload listens on (image metadata only).
     pub tcp_ports: &'static [u16],
+    /// (absolute path, contents) of configuration files written into the image, for programs
+    /// that read their settings only from a file.
+    pub config_files: &'static [(&'static str, &'static str)],
 }
 
 impl ImageSpec {
@@ -84,6 +87,7 @@ pub const COUNTER: ImageSpec = ImageSpec {
     entry_args: &[],
     default_args: &[],
     tcp_ports: &[7000],
+    config_files: &[],
 };
 
 /// The memory-dirtying calibration workload.
@@ -94,6 +98,7 @@ pub const MEMLOAD: ImageSpec = ImageSpec {
     entry_args: &[],
     default_args: &[],
     tcp_ports: &[],
+    config_files: &[],
 };
 
 /// memcached 1.6 (Debian 12) on TCP 11211. `podman run <image> -m <MiB>` sets the cache size
@@ -109,6 +114,7 @@ pub const MEMCACHED: ImageSpec = ImageSpec {
     entry_args: &["-u", "root", "-p", "11211"],
     default_args: &["-m", "64"],
     tcp_ports: &[11211],
+    config_files: &[],
 };
 
 /// The Redis 7.0 server (Debian 12) on TCP 6379, in memory only (`--save ''`, no AOF), serving
@@ -135,6 +141,7 @@ pub const REDIS: ImageSpec = ImageSpec {
     ],
     default_args: &[],
     tcp_ports: &[6379],
+    config_files: &[],
 };
 
 /// The iperf3 3.12 server (Debian 12) on TCP 5201; arguments given to `podman run` are added
@@ -149,6 +156,27 @@ pub const IPERF3: ImageSpec = ImageSpec {
     entry_args: &["-s", "-p", "5201"],
     default_args: &[],
     tcp_ports: &[5201],
+    config_files: &[],
+};
+
+/// The Mosquitto 2.0 MQTT broker (Debian 12) on TCP 1883. Its settings come only from a file:
+/// without one it listens on loopback only. Anonymous clients (the overlay's flows are the
+/// only way in), in memory only, and `user root`: the image's only user (Mosquitto would
+/// otherwise look for a `mosquitto` user to drop to).
+pub const MOSQUITTO: ImageSpec = ImageSpec {
+    name: "mosquitto",
+    reference: "localhost/mose/mosquitto:latest",
+    source: ImageSource::Debian {
+        package: "mosquitto",
+        program: "/usr/sbin/mosquitto",
+    },
+    entry_args: &["-c", "/etc/mosquitto/mose.conf"],
+    default_args: &[],
+    tcp_ports: &[1883],
+    config_files: &[(
+        "/etc/mosquitto/mose.conf",
+        "listener 1883 0.0.0.0\nallow_anonymous true\npersistence false\nuser root\n",
+    )],
 };
 
 /// The images every testbed host gets ([`ImageBuilder::build_all`], `FourHost::up`).
@@ -157,7 +185,7 @@ pub const ALL: &[ImageSpec] = &[COUNTER, MEMLOAD];
 /// The images of Debian programs, built on demand ([`ImageBuilder::build`]): they are ≈ 8 MB
 /// each (glibc, OpenSSL), and loading them on every host of every testbed would slow down
 /// `FourHost::up` for tests that never use them (measured in `docs/testbed.md`, "Workloads").
-pub const DEBIAN: &[ImageSpec] = &[MEMCACHED, IPERF3, REDIS];
+pub const DEBIAN: &[ImageSpec] = &[MEMCACHED, IPERF3, REDIS, MOSQUITTO];
 
 /// A built image archive, ready for [`crate::Host::load_image`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -653,7 +681,15 @@ fn sha256_hex(data: &[u8]) -> String {
 /// Write `<out_dir>/<name>.tar` (docker-archive) and `<out_dir>/<name>-rootfs.tar` for `spec`
 /// with `content`. Deterministic: the same content gives the same bytes and ID.
 pub fn write_image(spec: &ImageSpec, content: &ImageContent, out_dir: &Path) -> Result<BuiltImage> {
-    let layer = rootfs_tar(&content.files)?;
+    let mut files = content.files.clone();
+    for (path, text) in spec.config_files {
+        files.push(LayerFile {
+            path: relative(Path::new(path))?,
+            mode: 0o644,
+            data: text.as_bytes().to_vec(),
+        });
+    }
+    let layer = rootfs_tar(&files)?;
     let layer_hex = sha256_hex(&layer);
     let config = image_config(spec, &content.packages, &layer_hex);
     let config_hex = sha256_hex(&config);
@@ -927,6 +963,7 @@ mod tests {
             entry_args: &[],
             default_args: &[],
             tcp_ports: &[],
+            config_files: &[],
         };
         assert_eq!(
             missing_packages(&[COUNTER, NOPE]).await,

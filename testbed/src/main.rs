@@ -37,6 +37,10 @@ struct UpArgs {
     /// N of the API link 10.98.N.0/30 between this namespace and the controller.
     #[arg(long, default_value_t = 0)]
     api_net: u8,
+    /// Add a fifth host, mobile2: a second device wired to both edges, with its own agent and
+    /// a client namespace at 10.88.0.3 (services with clients on two devices).
+    #[arg(long)]
+    second_mobile: bool,
 }
 
 #[derive(clap::Args, Clone, Copy)]
@@ -285,6 +289,7 @@ async fn config(args: &UpArgs, out_dir: &Path) -> anyhow::Result<Config> {
         out_dir: out_dir.to_path_buf(),
         api_net: args.api_net,
         lease_ms: args.lease_ms,
+        second_mobile: args.second_mobile,
     })
 }
 

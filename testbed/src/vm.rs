@@ -847,11 +847,13 @@ fn guest_overlay() -> mose_overlay::HostOverlay {
     mose_overlay::HostOverlay::new(GUEST_OVSDB, GUEST_OVS_RUNDIR, crate::fourhost::BRIDGE)
 }
 
-/// In the mobile VM: the service steered toward edge1's wire, the client namespace on br0.
+/// In the mobile VM: the client namespace on br0 (the deployment steers the service).
 async fn guest_mobile() -> anyhow::Result<()> {
     let ov = guest_overlay();
     ov.ensure_bridge().await?;
-    let path = crate::fourhost::attach_client(&ov, "edge1", GUEST_CLIENT_NETNS, "cli").await?;
+    let path =
+        crate::fourhost::attach_client(&ov, GUEST_CLIENT_NETNS, "cli", crate::fourhost::CLIENT_IP)
+            .await?;
     println!("{}", path.display());
     Ok(())
 }
@@ -1087,6 +1089,7 @@ async fn demo(
         service: SERVICE.into(),
         service_addr: std::net::SocketAddr::from((SERVICE_IP, SERVICE_PORT)),
         client_netns: PathBuf::from("/run/netns").join(GUEST_CLIENT_NETNS),
+        client2_netns: None,
         log_dir: vm_dir(),
     };
     let mut done: Vec<(mose_api::tasks::TaskRecord, f64, f64)> = Vec::new();

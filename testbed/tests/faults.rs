@@ -75,6 +75,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         out_dir: out.clone(),
         api_net: API_NET,
         lease_ms: LEASE_MS,
+        second_mobile: false,
     };
     let t = Instant::now();
     let (mut tb, _) = FourHost::up_with(

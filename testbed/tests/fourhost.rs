@@ -38,6 +38,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
         // Not the CLI's 0: a demo may run next to this test.
         api_net: 1,
         lease_ms: 1000,
+        second_mobile: false,
     };
 
     let t = Instant::now();

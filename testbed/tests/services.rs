@@ -103,6 +103,7 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
         out_dir: out.path().to_path_buf(),
         api_net: API_NET,
         lease_ms: 1000,
+        second_mobile: false,
     };
     let (tb, _) = FourHost::up(cfg).await.expect("four hosts up");
     let api = tb.state().api();

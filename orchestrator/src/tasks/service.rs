@@ -18,6 +18,7 @@ use super::driver::{Driver, DriverConfig};
 use super::plan::{check_agents, check_request, design, resolve_route, Gathered};
 use super::store::{Store, StoreError, TaskFilter};
 use super::{MigrationRequest, Progress, TaskError, TaskRecord, TaskStatus};
+use crate::prometheus::MigrationMetrics;
 use crate::registry::AgentsView;
 use crate::rpc::AgentRpc;
 use crate::services::ServiceStatus;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     active: Mutex<HashMap<String, Active>>,
     /// Every change of an active task's events or status, for the event streams.
     changes: broadcast::Sender<TaskChange>,
+    /// What is counted as tasks finish (`GET /metrics`).
+    metrics: MigrationMetrics,
 }
 
 /// What an event stream hears of a task: an event appended at `index`, or the task's end.
@@ -153,6 +156,9 @@ impl Shared {
     ) -> Option<TaskRecord> {
         let record = self.update(id, change);
         self.active().remove(id);
+        if let Some(r) = &record {
+            self.metrics.finished(r);
+        }
         record
     }
 
@@ -219,6 +225,7 @@ impl Migrations {
             store,
             active: Mutex::default(),
             changes: broadcast::channel(CHANGES_BACKLOG).0,
+            metrics: MigrationMetrics::default(),
         });
         let weak = Arc::downgrade(&shared);
         let listener = tokio::spawn(async move {
@@ -445,6 +452,16 @@ impl Migrations {
     }
 
     /// The id of the active migration of `service`, if one is running.
+    /// What has been counted as tasks finished, since this process started.
+    pub fn metrics(&self) -> &MigrationMetrics {
+        &self.shared.metrics
+    }
+
+    /// How many tasks are queued or running.
+    pub fn running(&self) -> usize {
+        self.shared.active().len()
+    }
+
     pub(crate) fn migrating(&self, service: &str) -> Option<String> {
         self.shared
             .active()
