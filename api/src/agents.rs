@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the orchestrator knows about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentView {
     /// The agent's id.
     pub id: String,

@@ -8,6 +8,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An error answer: `{"type", "title", "status", "detail", "reason"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// `about:blank`: the status and the reason say what kind of problem it is.
     #[serde(rename = "type", default = "about_blank")]
@@ -29,6 +30,7 @@ fn about_blank() -> String {
 /// Why a call was refused or failed. The names are stable: scripts match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Reason {
     /// The request is malformed or names something impossible (400).
     InvalidRequest,

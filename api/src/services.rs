@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// A service to deploy (`POST /v1/services`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployRequest {
     /// The service's name: its container's, unique among services, one key chunk.
     pub name: String,
@@ -32,6 +33,7 @@ pub struct DeployRequest {
 /// Where a service is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ServiceStatus {
     /// Its address is allocated and its host is creating it.
     Deploying,
@@ -60,6 +62,7 @@ impl std::fmt::Display for ServiceStatus {
 
 /// A service as the orchestrator stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceRecord {
     /// The service's name.
     pub name: String,
@@ -87,6 +90,7 @@ pub struct ServiceRecord {
 
 /// A service with what the orchestrator sees of it now (`GET /v1/services/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceView {
     /// The stored record.
     #[serde(flatten)]

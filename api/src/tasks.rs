@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskStatus {
     /// Accepted and planned, the driver has not started yet.
     Queued,
@@ -63,6 +64,7 @@ fn default_objective() -> Objective {
 /// A migration as an operator asks for it (`POST /v1/migrations`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationRequest {
     /// The service to move.
     pub service: String,
@@ -91,6 +93,7 @@ pub struct MigrationRequest {
 
 /// Who takes part in a migration, resolved from the request and the service's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Route {
     /// The edge host the service leaves.
     pub source: String,
@@ -102,6 +105,7 @@ pub struct Route {
 
 /// What the designer was fed, kept with the task so its plan can be reproduced and judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanInputs {
     /// M, as the source's Describe reported it.
     pub state_bytes: u64,
@@ -121,6 +125,7 @@ pub struct PlanInputs {
 /// How far the forward path got. Each flag is set *before* the step it guards is sent, except
 /// the confirmations, so a crash at any moment leaves a conservative record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// The destination confirmed the restore.
     pub restored: bool,
@@ -140,6 +145,7 @@ impl Progress {
 
 /// What was measured while the task ran (docs/testbed.md#kpis), next to the plan's predictions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Measurements {
     /// Per phase (`prepare`, `pre_copy`, `checkpoint`, `transfer`, `netns`, `restore`,
     /// `flow_switch`, `cleanup`, `rollback`): first start to last end over all agents' events.
@@ -207,6 +213,7 @@ fn ms(us: u64) -> f64 {
 
 /// One migration task, as stored and as `GET /v1/migrations/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRecord {
     /// The task's id.
     pub id: String,

@@ -82,10 +82,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Health {
+/// `GET /healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok` when it answers.
     status: &'static str,
+    /// The orchestrator's version.
     version: &'static str,
+    /// Agents present.
     agents: usize,
 }
 
@@ -131,7 +135,9 @@ pub async fn serve(
         .await
 }
 
-async fn healthz(State(state): State<ApiState>) -> Json<Health> {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up, with the number of agents present", body = Health)))]
+pub(crate) async fn healthz(State(state): State<ApiState>) -> Json<Health> {
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
@@ -139,11 +145,19 @@ async fn healthz(State(state): State<ApiState>) -> Json<Health> {
     })
 }
 
-async fn list_agents(State(state): State<ApiState>) -> Json<Vec<AgentView>> {
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    responses((status = 200, description = "Agents present, with profile and latest metrics", body = [AgentView])))]
+pub(crate) async fn list_agents(State(state): State<ApiState>) -> Json<Vec<AgentView>> {
     Json(state.agents.list())
 }
 
-async fn get_agent(
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "the agent's id")),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 404, description = "No such agent is present", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn get_agent(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
@@ -152,7 +166,16 @@ async fn get_agent(
     })
 }
 
-async fn deploy_service(
+#[utoipa::path(post, path = "/v1/services", tag = "services", request_body = DeployRequest,
+    responses(
+        (status = 201, description = "Deployed: address allocated, container started, mobiles steered", body = ServiceRecord),
+        (status = 400, description = "Bad JSON or name, an agent in the wrong role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Name taken, address pool exhausted, image missing on the host", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown agent", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The host or a mobile failed the deployment (nothing is left)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "An agent has not finished probing", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn deploy_service(
     State(state): State<ApiState>,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -167,20 +190,36 @@ async fn deploy_service(
         .into_response())
 }
 
-async fn list_services(
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    responses((status = 200, description = "Every service, by name", body = [ServiceRecord])))]
+pub(crate) async fn list_services(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<ServiceRecord>>, ApiError> {
     Ok(Json(state.services.list()?))
 }
 
-async fn get_service(
+#[utoipa::path(get, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "the service's name")),
+    responses(
+        (status = 200, description = "The service with its live state (state size, dirty rate, clients)", body = ServiceView),
+        (status = 404, description = "No such service", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn get_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
     Ok(Json(state.services.view(&name).await?))
 }
 
-async fn remove_service(
+#[utoipa::path(delete, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "the service's name")),
+    responses(
+        (status = 204, description = "Removed from its mobiles and its host; its address is free"),
+        (status = 404, description = "No such service", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "It is migrating", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Its host did not confirm (repeat the call)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn remove_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -191,11 +230,23 @@ async fn remove_service(
 /// `POST /v1/migrations?dry_run=true`: plan only.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct SubmitParams {
+pub(crate) struct SubmitParams {
     dry_run: bool,
 }
 
-async fn submit_migration(
+#[utoipa::path(post, path = "/v1/migrations", tag = "migrations", request_body = MigrationRequest,
+    params(("dry_run" = Option<bool>, Query, description = "plan only: answer the plan with its predictions (200), store and run nothing")),
+    responses(
+        (status = 201, description = "Accepted: the task with its plan (status queued)", body = TaskRecord),
+        (status = 200, description = "With dry_run: the plan the migration would follow", body = TaskRecord),
+        (status = 400, description = "Invalid request: bad JSON or id, source = destination, non-positive target, an agent in the wrong role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such service, and no source named", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already being migrated, or not where --from says", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown agent, or inputs the designer cannot plan with", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The source did not answer Describe", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "An agent has joined but its profile is not known yet", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn submit_migration(
     State(state): State<ApiState>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     body: Result<Json<MigrationRequest>, JsonRejection>,
@@ -226,7 +277,7 @@ async fn submit_migration(
 /// `GET /v1/migrations?service=&status=&limit=&after=`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+pub(crate) struct ListParams {
     service: Option<String>,
     status: Option<TaskStatus>,
     #[serde(default = "default_page")]
@@ -242,7 +293,18 @@ fn default_page() -> usize {
 const DEFAULT_PAGE: usize = 100;
 
 /// A page of tasks, newest first; a `Link: <…>; rel="next"` header points at the next page.
-async fn list_migrations(
+#[utoipa::path(get, path = "/v1/migrations", tag = "migrations",
+    params(
+        ("service" = Option<String>, Query, description = "only this service's tasks"),
+        ("status" = Option<TaskStatus>, Query, description = "only tasks in this status"),
+        ("limit" = Option<usize>, Query, description = "at most this many (default 100, at most 1000)"),
+        ("after" = Option<String>, Query, description = "continuation token from the previous page's Link header"),
+    ),
+    responses(
+        (status = 200, description = "A page of tasks, newest first; `Link: <…>; rel=\"next\"` when there are more", body = [TaskRecord]),
+        (status = 400, description = "A bad filter, limit or token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn list_migrations(
     State(state): State<ApiState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -276,7 +338,13 @@ async fn list_migrations(
     Ok(response)
 }
 
-async fn get_migration(
+#[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations",
+    params(("id" = String, Path, description = "task id as returned by POST /v1/migrations")),
+    responses(
+        (status = 200, description = "One task: phase, status, plan and predictions, events, measurements", body = TaskRecord),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn get_migration(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskRecord>, ApiError> {
@@ -288,7 +356,13 @@ async fn get_migration(
 /// each new one as the agents and the driver report it, and `event: end` with the finished
 /// task, after which the stream closes. A client that falls too far behind gets `event:
 /// lagged` and should read the task instead.
-async fn migration_events(
+#[utoipa::path(get, path = "/v1/migrations/{id}/events", tag = "migrations",
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "Server-sent events: `phase` (id: the index in the task's events, data: the event), then `end` (data: the finished task); `lagged` for a reader that fell behind", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn migration_events(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -372,7 +446,14 @@ fn end_event(record: &TaskRecord) -> Event {
     Event::default().event("end").data(data)
 }
 
-async fn cancel_migration(
+#[utoipa::path(delete, path = "/v1/migrations/{id}", tag = "migrations",
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 202, description = "Cancel requested: it rolls back to the source; poll until cancelled", body = TaskRecord),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Finished, or past the point of no return", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn cancel_migration(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TaskRecord>), ApiError> {
@@ -380,11 +461,15 @@ async fn cancel_migration(
     Ok((StatusCode::ACCEPTED, Json(state.migrations.cancel(&id)?)))
 }
 
-async fn openapi() -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+pub(crate) async fn openapi() -> Json<&'static serde_json::Value> {
     Json(crate::openapi::document())
 }
 
-async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition (docs/protocol.md#metrics)", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let services: Vec<_> = state
         .services
         .list()?

@@ -295,6 +295,8 @@ struct Rig {
     registry: Registry,
     endpoint: String,
     client: ApiClient,
+    /// The HTTP API's address, for raw calls.
+    http: std::net::SocketAddr,
     migrations: Migrations,
     services: Services,
     _agents: Vec<(AgentNode, StepServer)>,
@@ -360,6 +362,7 @@ impl Rig {
             registry,
             endpoint,
             client: ApiClient::new(&format!("http://{http}")),
+            http,
             migrations,
             services,
             _agents: agents,
@@ -1376,4 +1379,253 @@ async fn the_task_list_pages_and_filters() {
     // Retention: finished records older than it go, here all of them.
     assert_eq!(rig.migrations.prune(Duration::ZERO).unwrap(), 2);
     assert!(rig.client.migrations().await.unwrap().is_empty());
+}
+
+/// The OpenAPI document describes what the API really answers: every route is called on the
+/// running orchestrator (successes and refusals, a queued task, a dry run, the event stream's
+/// events) and each body is validated against the schema the document gives for that route,
+/// method, status and content type.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_what_its_openapi_document_says() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let base = format!("http://{}", rig.http);
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value =
+        serde_json::from_str(&rig.client.text("/openapi.json").await.unwrap()).unwrap();
+    let conformance = Conformance { doc: &doc };
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let mut request = http.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, content_type, response.text().await.unwrap())
+        }
+    };
+    use reqwest::Method as M;
+    let mut checked = Vec::new();
+    let mut check = |method: &str, route: &str, answer: (u16, Option<String>, String)| {
+        conformance.check(method, route, &answer);
+        checked.push(format!("{method} {route} {}", answer.0));
+        answer
+    };
+
+    check(
+        "get",
+        "/healthz",
+        call(M::GET, "/healthz".into(), None).await,
+    );
+    check(
+        "get",
+        "/openapi.json",
+        call(M::GET, "/openapi.json".into(), None).await,
+    );
+    check(
+        "get",
+        "/metrics",
+        call(M::GET, "/metrics".into(), None).await,
+    );
+    check(
+        "get",
+        "/v1/agents",
+        call(M::GET, "/v1/agents".into(), None).await,
+    );
+    check(
+        "get",
+        "/v1/agents/{id}",
+        call(M::GET, "/v1/agents/edge1".into(), None).await,
+    );
+    check(
+        "get",
+        "/v1/agents/{id}",
+        call(M::GET, "/v1/agents/nope".into(), None).await,
+    );
+
+    // Services: deployed (the first queries may find no queryable yet: 502, retried).
+    let deploy = serde_json::to_value(deploy_request("counter")).unwrap();
+    let start = Instant::now();
+    let deployed = loop {
+        let answer = call(M::POST, "/v1/services".into(), Some(deploy.clone())).await;
+        if answer.0 != 502 || start.elapsed() > Duration::from_secs(5) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(deployed.0, 201, "{}", deployed.2);
+    check("post", "/v1/services", deployed);
+    let twice = call(M::POST, "/v1/services".into(), Some(deploy)).await;
+    assert_eq!(twice.0, 409);
+    check("post", "/v1/services", twice);
+    let bad = call(
+        M::POST,
+        "/v1/services".into(),
+        Some(serde_json::json!({"name": 1})),
+    )
+    .await;
+    assert_eq!(bad.0, 400);
+    check("post", "/v1/services", bad);
+    check(
+        "get",
+        "/v1/services",
+        call(M::GET, "/v1/services".into(), None).await,
+    );
+    let one = call(M::GET, "/v1/services/counter".into(), None).await;
+    assert_eq!(one.0, 200, "{}", one.2);
+    check("get", "/v1/services/{name}", one);
+    check(
+        "get",
+        "/v1/services/{name}",
+        call(M::GET, "/v1/services/nope".into(), None).await,
+    );
+
+    // Migrations: a dry run, a queued task, its stream, the list, one, a cancel too late.
+    let by_name = serde_json::json!({"service": "counter", "destination": "edge2",
+        "target_downtime_ms": 1000.0, "target_duration_ms": 5000.0});
+    let plan = call(
+        M::POST,
+        "/v1/migrations?dry_run=true".into(),
+        Some(by_name.clone()),
+    )
+    .await;
+    assert_eq!(plan.0, 200, "{}", plan.2);
+    check("post", "/v1/migrations", plan);
+    let accepted = call(M::POST, "/v1/migrations".into(), Some(by_name)).await;
+    assert_eq!(accepted.0, 201, "{}", accepted.2);
+    let task: TaskRecord = serde_json::from_str(&accepted.2).unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Queued,
+        "the answer is the queued task"
+    );
+    check("post", "/v1/migrations", accepted);
+    let events = call(M::GET, format!("/v1/migrations/{}/events", task.id), None).await;
+    let (mut phases, mut ends) = (0, 0);
+    for block in events.2.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(str::trim_start))
+                .unwrap_or_default()
+        };
+        let data: serde_json::Value = serde_json::from_str(field("data:")).unwrap();
+        match field("event:") {
+            "phase" => {
+                conformance.check_schema("PhaseEvent", &data);
+                phases += 1;
+            }
+            "end" => {
+                conformance.check_schema("TaskRecord", &data);
+                ends += 1;
+            }
+            other => panic!("event {other}: {block}"),
+        }
+    }
+    assert!(phases > 0 && ends == 1, "{}", events.2);
+    check("get", "/v1/migrations/{id}/events", events);
+    check(
+        "get",
+        "/v1/migrations",
+        call(M::GET, "/v1/migrations".into(), None).await,
+    );
+    let bad_page = call(M::GET, "/v1/migrations?limit=x".into(), None).await;
+    assert_eq!(bad_page.0, 400);
+    check("get", "/v1/migrations", bad_page);
+    let id_path = format!("/v1/migrations/{}", task.id);
+    check(
+        "get",
+        "/v1/migrations/{id}",
+        call(M::GET, id_path.clone(), None).await,
+    );
+    check(
+        "get",
+        "/v1/migrations/{id}",
+        call(M::GET, "/v1/migrations/nope".into(), None).await,
+    );
+    let late = call(M::DELETE, id_path, None).await;
+    assert_eq!(late.0, 409, "finished: too late to cancel");
+    check("delete", "/v1/migrations/{id}", late);
+
+    let removed = call(M::DELETE, "/v1/services/counter".into(), None).await;
+    assert_eq!(removed.0, 204, "{}", removed.2);
+    check("delete", "/v1/services/{name}", removed);
+    check(
+        "delete",
+        "/v1/services/{name}",
+        call(M::DELETE, "/v1/services/counter".into(), None).await,
+    );
+
+    // Every route and method of the document was called.
+    for (route, methods) in doc["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            let prefix = format!("{method} {route} ");
+            assert!(
+                checked.iter().any(|c| c.starts_with(&prefix)),
+                "{method} {route} was not exercised: {checked:?}"
+            );
+        }
+    }
+}
+
+/// Checks answers against an OpenAPI 3.1 document (its schemas are JSON Schema 2020-12).
+struct Conformance<'a> {
+    doc: &'a serde_json::Value,
+}
+
+impl Conformance<'_> {
+    /// `answer` = (status, content type, body) of `method route` matches the document.
+    fn check(&self, method: &str, route: &str, answer: &(u16, Option<String>, String)) {
+        let (status, content_type, body) = answer;
+        let response = &self.doc["paths"][route][method]["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {route} answered {status}, which the document does not list: {body}"
+        );
+        let Some(content) = response.get("content").and_then(|c| c.as_object()) else {
+            assert!(
+                body.is_empty(),
+                "{method} {route} {status}: no content documented: {body}"
+            );
+            return;
+        };
+        let content_type = content_type.as_deref().unwrap_or_default();
+        let (documented, media) = content
+            .iter()
+            .find(|(ct, _)| content_type.starts_with(ct.as_str()))
+            .unwrap_or_else(|| {
+                panic!("{method} {route} {status}: content type {content_type} not in {content:?}")
+            });
+        if documented.contains("json") {
+            let instance: serde_json::Value = serde_json::from_str(body).unwrap();
+            self.validate(
+                &media["schema"],
+                &instance,
+                &format!("{method} {route} {status}"),
+            );
+        }
+    }
+
+    /// `instance` matches the component schema `name`.
+    fn check_schema(&self, name: &str, instance: &serde_json::Value) {
+        let schema = serde_json::json!({"$ref": format!("#/components/schemas/{name}")});
+        self.validate(&schema, instance, name);
+    }
+
+    fn validate(&self, schema: &serde_json::Value, instance: &serde_json::Value, what: &str) {
+        // The schema with the document's components next to it, so its $refs resolve.
+        let mut root = schema.clone();
+        root["components"] = self.doc["components"].clone();
+        let validator = jsonschema::draft202012::new(&root)
+            .unwrap_or_else(|e| panic!("{what}: the document's schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{what}: {errors:#?}\n{instance:#}");
+    }
 }

@@ -14,6 +14,7 @@ use crate::units::BytesPerSec;
 /// What an agent runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// An edge host next to a base station: runs services, can be a source or destination.
     Edge,
@@ -45,6 +46,7 @@ impl std::str::FromStr for Role {
 
 /// What the host can do; the orchestrator never plans a strategy a host cannot run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// `podman version` of the host, if podman answered.
     pub podman_version: Option<String>,
@@ -68,6 +70,7 @@ pub struct Capabilities {
 
 /// Who an agent is and what its host can do. Served by the agent's profile queryable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentProfile {
     /// The agent's id, unique in the key space.
     pub id: String,
@@ -88,6 +91,7 @@ pub struct AgentProfile {
 
 /// Host-wide load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostMetrics {
     /// CPU busy over the last sample interval, in percent of the whole host.
     pub cpu_percent: f32,
@@ -104,6 +108,7 @@ pub struct HostMetrics {
 /// How a dirty rate was measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DirtyMethod {
     /// Kernel soft-dirty bits: pages really written.
     SoftDirty,
@@ -113,6 +118,7 @@ pub enum DirtyMethod {
 
 /// One container's migration-relevant state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerMetrics {
     /// The container's (service's) name.
     pub name: String,
@@ -126,6 +132,7 @@ pub struct ContainerMetrics {
 
 /// An estimate of the bandwidth towards a peer agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkEstimate {
     /// The peer agent's id.
     pub peer: String,
@@ -135,6 +142,7 @@ pub struct LinkEstimate {
 
 /// Periodic sample published by every agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsSample {
     /// The publishing agent.
     pub agent: String,
@@ -152,8 +160,10 @@ pub struct MetricsSample {
 
 /// The network identity a service keeps wherever it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceNetwork {
     /// The service's address, the same on every host.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub ip: Ipv4Addr,
     /// Prefix length of the service subnet.
     pub prefix_len: u8,
@@ -166,8 +176,10 @@ pub struct ServiceNetwork {
 
 /// A host on the service's subnet: its address and MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Peer {
     /// The peer's IPv4 address.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub ip: Ipv4Addr,
     /// Its MAC.
     pub mac: [u8; 6],
@@ -194,6 +206,7 @@ pub fn overlay_mac(ip: Ipv4Addr) -> [u8; 6] {
 
 /// What a destination needs to recreate a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSpec {
     /// The service (and container) name.
     pub name: String,
@@ -224,6 +237,7 @@ pub struct Task {
 
 /// CRIU statistics of a dump or restore, in microseconds and pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CriuStats {
     /// CRIU's time to freeze the process tree.
     pub freezing_time_us: Option<u64>,
@@ -242,6 +256,7 @@ pub struct CriuStats {
 /// A migration phase, as in MOSE's downtime breakdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Phase {
     /// Destination readiness before the freeze (its namespace is [`Phase::Netns`]).
     Prepare,
@@ -307,6 +322,7 @@ impl std::fmt::Display for Phase {
 /// How a phase went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PhaseStatus {
     /// The phase began.
     Started,
@@ -321,6 +337,7 @@ pub enum PhaseStatus {
 
 /// A phase start/end on `tasks/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseEvent {
     /// The task the phase belongs to.
     pub task: String,

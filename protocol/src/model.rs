@@ -16,6 +16,7 @@ use crate::units::BytesPerSec;
 /// `precopy`, `iterative_precopy`, `ms2m`, `hot_standby`, the names the report format uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Strategy {
     /// Stop-and-copy: freeze, dump everything, transfer, restore.
     Cold,
@@ -44,6 +45,7 @@ impl fmt::Display for Strategy {
 /// What the task owner wants minimised (the "vertical's objective" of the MOSE paper).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Objective {
     /// Minimise the service disruption seen by the client.
     Downtime,
@@ -67,6 +69,7 @@ impl fmt::Display for Objective {
 /// R̂ = (R − R_min)/(R_max − R_min); that is the same family written in absolute R, so a
 /// calibration at two rates gives both numbers directly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLaw {
     /// Value at R = 0.
     pub at_zero_rate: f64,
@@ -85,6 +88,7 @@ impl RateLaw {
 /// (β … Λ, α_c, ρ, τ) describe a host as a migration source, restore-side fields (ψ, ω, α_r) as
 /// a destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PamParams {
     /// β: CRIU freezing time (seizing the process tree) (s).
     pub beta_s: f64,
@@ -175,6 +179,7 @@ impl PamParams {
 /// PAM predictions are upper bounds (evaluated at the worst-case dirty rate R_max); the measured
 /// KPIs are reported next to them once the migration has run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Plan {
     /// The migration strategy chosen.
     pub strategy: Strategy,

@@ -66,6 +66,7 @@ macro_rules! ops {
         /// A step operation; its [`Op::as_str`] is the last chunk of the queryable's key.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum Op { $($(#[$doc])* $name),* }
 
         impl Op {
@@ -398,6 +399,7 @@ outcomes!(Done, Described, Prepared, Exported, Dumped, Fetched, Restored, Resent
 /// What kind of failure a step met: what the caller may conclude from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum FailureKind {
     /// The request itself is wrong (bad name, unknown port): repeating it cannot help.
     InvalidRequest,
@@ -461,6 +463,7 @@ pub struct StepFailure {
 
 /// A step failure as the orchestrator records it in a task: where, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Fault {
     /// The agent the step was sent to.
     pub agent: String,
