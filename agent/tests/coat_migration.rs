@@ -427,6 +427,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     let deployed = ServiceSpec {
         name: SERVICE.into(),
         image: counter.reference.clone(),
+        image_id: None,
         network: ServiceNetwork::new(SVC_IP, 24),
     };
     let deploy = Deploy {
@@ -487,8 +488,18 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         spec: got,
         state_bytes,
     } = described;
+    let hex = |id: &str| id.trim_start_matches("sha256:").to_string();
     assert_eq!(
-        got, spec,
+        got.image_id.as_deref().map(hex),
+        Some(hex(&counter.id)),
+        "describe names the image by its ID"
+    );
+    assert_eq!(
+        ServiceSpec {
+            image_id: None,
+            ..got
+        },
+        spec,
         "describe reports what the service was deployed with, and its client"
     );
     assert!(state_bytes > 0, "state size from the cgroup");

@@ -30,6 +30,7 @@ pub fn task_record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord 
         spec: ServiceSpec {
             name: "counter".into(),
             image: "localhost/counter".into(),
+            image_id: None,
             network: ServiceNetwork::new(Ipv4Addr::new(10, 77, 0, 10), 24),
         },
         inputs: PlanInputs {

@@ -100,6 +100,7 @@ fn spec() -> ServiceSpec {
     ServiceSpec {
         name: "counter".into(),
         image: "localhost/mose/counter:latest".into(),
+        image_id: None,
         network: ServiceNetwork {
             clients: vec![Peer {
                 ip: Ipv4Addr::new(10, 77, 0, 2),

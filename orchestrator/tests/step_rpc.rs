@@ -17,7 +17,7 @@ use mose_protocol::steps::{
     StepOutcome, StepRequest,
 };
 use mose_protocol::transport::ZenohOptions;
-use mose_protocol::{encode, KeySpace};
+use mose_protocol::{encode, KeySpace, PROTOCOL_VERSION};
 use zenoh::query::Reply;
 use zenoh::Session;
 
@@ -212,7 +212,9 @@ async fn a_request_of_another_protocol_version_is_refused_naming_both_versions()
     };
     let err = error_text(&reply);
     assert!(
-        err.contains("unsupported protocol version 2, this node speaks 4"),
+        err.contains(&format!(
+            "unsupported protocol version 2, this node speaks {PROTOCOL_VERSION}"
+        )),
         "{err}"
     );
 }
@@ -265,6 +267,7 @@ async fn a_restore_that_succeeds_after_its_timeout_is_undone_by_the_agent() {
     let spec = ServiceSpec {
         name: "counter".into(),
         image: "i".into(),
+        image_id: None,
         network: ServiceNetwork::new(std::net::Ipv4Addr::new(10, 0, 0, 1), 24),
     };
     let restore = Restore {

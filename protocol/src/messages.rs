@@ -210,8 +210,15 @@ pub fn overlay_mac(ip: Ipv4Addr) -> [u8; 6] {
 pub struct ServiceSpec {
     /// The service (and container) name.
     pub name: String,
-    /// The container image the service runs.
+    /// The container image the service runs (its reference: `localhost/mose/redis:latest`).
     pub image: String,
+    /// That image's ID where the service runs (as its podman reports it), once a host has
+    /// described it:
+    /// a destination looks for the image by this ID, so another image under the same name is
+    /// not taken for it. `None` before the service runs anywhere (a deployment names the
+    /// image by reference only).
+    #[serde(default)]
+    pub image_id: Option<String>,
     /// Its network identity.
     pub network: ServiceNetwork,
 }

@@ -530,6 +530,7 @@ mod tests {
         ServiceSpec {
             name: "counter".into(),
             image: "localhost/mose/counter:latest".into(),
+            image_id: None,
             network: ServiceNetwork {
                 ip: Ipv4Addr::new(10, 77, 0, 10),
                 prefix_len: 24,

@@ -48,13 +48,15 @@ impl<H: Host> Inner<H> {
         Ok(Prepared { image_present })
     }
 
-    /// Whether the image of `spec` is on this host.
+    /// Whether the image of `spec` is on this host: by its ID when the spec has one (the
+    /// same name may name another image here), else by its reference.
     async fn has_image(&self, spec: &ServiceSpec) -> Result<bool> {
+        let wanted = spec.image_id.as_deref().unwrap_or(&spec.image);
         self.host
-            .image_exists(&spec.image)
+            .image_exists(wanted)
             .await
             .map_err(runtime(format!(
-                "check that image {} of {} is here",
+                "check that image {} ({wanted}) of {} is here",
                 spec.image, spec.name
             )))
     }

@@ -45,14 +45,11 @@ impl<H: Host> Inner<H> {
             ))?,
             false => 0,
         };
-        let image = match info.image_name.is_empty() {
-            true => info.image.clone(),
-            false => info.image_name.clone(),
-        };
         Ok(Described {
             spec: ServiceSpec {
                 name: service.to_string(),
-                image,
+                image: info.image_reference().to_string(),
+                image_id: (!info.image.is_empty()).then(|| info.image.clone()),
                 network: ServiceNetwork {
                     ip: net.ip,
                     prefix_len: net.prefix_len,
@@ -209,10 +206,7 @@ impl<H: Host> Inner<H> {
         let path = self.image_path(task, ImageId::Container);
         if !path.is_file() {
             let info = self.inspect(service).await?;
-            let image = match info.image_name.is_empty() {
-                true => info.image.clone(),
-                false => info.image_name.clone(),
-            };
+            let image = info.image_reference().to_string();
             create_task_dir(&path).await?;
             let partial = path.with_extension("tar.partial");
             let mut file = tokio::fs::File::create(&partial)

@@ -32,6 +32,7 @@ fn spec() -> ServiceSpec {
     ServiceSpec {
         name: SERVICE.into(),
         image: "localhost/mose/counter:latest".into(),
+        image_id: None,
         network: ServiceNetwork {
             ip: Ipv4Addr::new(10, 77, 0, 100),
             prefix_len: 24,
@@ -263,6 +264,33 @@ async fn prepare_never_replaces_the_network_of_a_running_service() {
     assert_eq!(b.calls("add_endpoint"), 1);
     let w = b.host.world();
     assert_eq!(w.netns["mose-counter"], identity_of(&spec()));
+}
+
+/// A described spec names its image by ID: the same name over another image here is not it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_is_looked_for_by_its_id_when_the_spec_has_one() {
+    let lab = Lab::new().await;
+    let b = lab.agent("b");
+    b.host.world().images.insert(spec().image);
+    let by_id = ServiceSpec {
+        image_id: Some("sha256:0123".into()),
+        ..spec()
+    };
+    let p = b
+        .ok(
+            "t1",
+            Prepare {
+                spec: by_id.clone(),
+            },
+        )
+        .await;
+    assert!(!p.image_present, "another image under the name");
+    b.host.world().images.insert("sha256:0123".into());
+    assert!(b.ok("t1", Prepare { spec: by_id }).await.image_present);
+    assert!(
+        b.ok("t2", Prepare { spec: spec() }).await.image_present,
+        "without an ID, by its name"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,14 @@ pub struct HostConfig {
 }
 
 impl ContainerInfo {
+    /// The reference of the image it runs (its ID when it was created from a bare ID).
+    pub fn image_reference(&self) -> &str {
+        match self.image_name.is_empty() {
+            true => &self.image,
+            false => &self.image_name,
+        }
+    }
+
     /// The namespace path the container joined, if it was created with [`Netns::Path`].
     pub fn netns_path(&self) -> Option<PathBuf> {
         self.host_config

@@ -300,6 +300,7 @@ fn spec_of(record: &ServiceRecord) -> ServiceSpec {
     ServiceSpec {
         name: record.name.clone(),
         image: record.image.clone(),
+        image_id: None,
         network: record.network.clone(),
     }
 }

@@ -293,6 +293,7 @@ mod tests {
         ServiceSpec {
             name: "counter".into(),
             image: "counter".into(),
+            image_id: None,
             network: ServiceNetwork {
                 clients: client_ip
                     .map(|ip| Peer { ip, mac: [2; 6] })
