@@ -45,6 +45,11 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(prune(migrations.clone(), retention));
     }
     let services = Services::new(migrations.clone(), config.service_pool);
+    // …and the services: deployments and removals it did not finish.
+    tokio::spawn({
+        let services = services.clone();
+        async move { services.reconcile().await }
+    });
     let rpc_server =
         QueryServer::start(&session, &config.keys, migrations.clone(), services.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.http)

@@ -345,6 +345,11 @@ impl Rig {
             .await
             .unwrap();
         let services = Services::new(migrations.clone(), pool);
+        // As mose-orchestrator does at start.
+        tokio::spawn({
+            let services = services.clone();
+            async move { services.reconcile().await }
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
         tokio::spawn(api::serve(
@@ -1628,5 +1633,54 @@ impl Conformance<'_> {
             .map(|e| format!("{} at {}", e, e.instance_path()))
             .collect();
         assert!(errors.is_empty(), "{what}: {errors:#?}\n{instance:#}");
+    }
+}
+
+/// A restarted orchestrator finishes the service calls a previous run left half done: a
+/// deployment that never answered is brought up (its steps again), a removal is completed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_orchestrator_finishes_deployments_and_removals() {
+    let store = Store::in_memory().unwrap();
+    let record = |name: &str, last: u8, status| ServiceRecord {
+        name: name.into(),
+        image: "localhost/mose/counter:latest".into(),
+        host: "edge1".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        mobiles: vec!["drone".into()],
+        network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, last), 24),
+        status,
+        last_migration: None,
+        created_us: 1,
+        updated_us: 1,
+    };
+    store
+        .save_service(&record("half-up", 100, ServiceStatus::Deploying))
+        .unwrap();
+    store
+        .save_service(&record("half-gone", 101, ServiceStatus::Removing))
+        .unwrap();
+    let rig = Rig::start(store, test_config()).await;
+    let start = Instant::now();
+    let services = loop {
+        let services = rig.client.services().await.unwrap();
+        if services.len() == 1 && services[0].status == ServiceStatus::Running {
+            break services;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never reconciled: {services:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(services[0].name, "half-up");
+    let calls = all_calls(&rig.world);
+    for call in [
+        "edge1:deploy",
+        "drone:switch-flow->edge1",
+        "edge1:remove",
+        "drone:clear-flow",
+    ] {
+        assert!(calls.iter().any(|c| c == call), "{call} in {calls:?}");
     }
 }

@@ -123,10 +123,22 @@ impl Services {
             check_agent("mobile agent", mobile, Role::Mobile, lookup)?;
         }
         let record = self.reserve(&request, mobiles)?;
-        let op = new_op_id("d");
+        self.settle(&new_op_id("d"), record, &request).await
+    }
+
+    /// Brings a reserved (`deploying`) record's service up on its host and mobiles and marks
+    /// it running; if that fails, removes what was made and forgets the record, or, when even
+    /// that fails, leaves it `removing` for a later `DELETE`.
+    async fn settle(
+        &self,
+        op: &str,
+        record: ServiceRecord,
+        request: &DeployRequest,
+    ) -> Result<ServiceRecord, TaskError> {
+        let shared = &self.migrations.shared;
         let span = info_span!("deploy", service = %record.name, host = %record.host, ip = %record.network.ip);
         match self
-            .bring_up(&op, &record, &request)
+            .bring_up(op, &record, request)
             .instrument(span.clone())
             .await
         {
@@ -140,7 +152,7 @@ impl Services {
             }
             Err(e) => {
                 span.in_scope(|| warn!(error = %e, "deployment failed: removing what was made"));
-                if let Err(left) = self.tear_down(&op, &record).instrument(span).await {
+                if let Err(left) = self.tear_down(op, &record).instrument(span).await {
                     // The record stays (removing), so `DELETE` can finish the job later.
                     let mut removing = record;
                     removing.status = ServiceStatus::Removing;
@@ -156,6 +168,60 @@ impl Services {
                 }
                 shared.store.delete_service(&record.name)?;
                 Err(e)
+            }
+        }
+    }
+
+    /// Finishes what a previous run of the orchestrator left half done, as the task service
+    /// does for migrations: a deployment that never answered is brought up again (its steps
+    /// are idempotent on the agents) or, failing that, removed; an unfinished removal is
+    /// repeated. Waits for the agents involved up to the configured reconcile wait.
+    pub async fn reconcile(&self) {
+        let shared = &self.migrations.shared;
+        let records = match self.list() {
+            Ok(records) => records,
+            Err(e) => {
+                warn!(error = %e, "cannot read the service records to reconcile");
+                return;
+            }
+        };
+        for record in records
+            .into_iter()
+            .filter(|r| r.status != ServiceStatus::Running)
+        {
+            let needed: Vec<&String> = std::iter::once(&record.host)
+                .chain(&record.mobiles)
+                .collect();
+            let present = shared
+                .agents
+                .wait_until(shared.config.reconcile_wait, |m| {
+                    needed.iter().all(|id| m.contains_key(*id))
+                })
+                .await;
+            let (name, status) = (record.name.clone(), record.status);
+            info!(service = %name, %status, present, "service left unfinished by a previous run");
+            let result = match status {
+                ServiceStatus::Deploying => {
+                    let request = DeployRequest {
+                        name: record.name.clone(),
+                        image: record.image.clone(),
+                        host: record.host.clone(),
+                        args: record.args.clone(),
+                        env: record.env.clone(),
+                        mobiles: Some(record.mobiles.clone()),
+                    };
+                    self.settle(&new_op_id("d"), record, &request)
+                        .await
+                        .map(drop)
+                }
+                ServiceStatus::Removing => self.remove(&name).await,
+                ServiceStatus::Running => Ok(()),
+            };
+            match result {
+                Ok(()) => info!(service = %name, "reconciled"),
+                Err(e) => {
+                    warn!(service = %name, error = %e, "cannot reconcile; DELETE it to retry")
+                }
             }
         }
     }
