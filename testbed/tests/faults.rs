@@ -197,8 +197,9 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         .await
         .expect("edge1's agent listed again");
 
-    // 4. Timeout: edge2's agent is paused once it has fetched the image (podman's restore under
-    // way), for longer than the restore's timeout and then the orchestrator's patience with it
+    // 4. Timeout: edge2's agent is paused once podman's restore is under way (the restored
+    // container exists in edge2's podman), for longer than the restore's timeout and then the
+    // orchestrator's patience with it
     // (`agent_wait_ms`): the rollback resumes the source without it and gives up on cleaning
     // edge2, where podman finished the restore meanwhile — a running orphan copy. Continued
     // only after that, the agent must remove it by itself: the restore it finishes late was
@@ -214,6 +215,19 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         })
     })
     .await;
+    // Not at the transfer's end: the agent still has work to do before it calls podman, and
+    // paused there it never would (seen once in CI). The container appears when podman has
+    // the whole archive; CRIU's restore takes ≈0.25 s more, which this poll does not miss.
+    let edge2_podman =
+        mose_agent::runtime::Podman::new(tb.host(EDGE2).unwrap().podman_socket()).unwrap();
+    let polled = Instant::now();
+    while !edge2_podman.exists("counter").await.unwrap_or(false) {
+        assert!(
+            polled.elapsed() < Duration::from_secs(10),
+            "podman on edge2 never began the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     tb.pause_agent(EDGE2).expect("pause edge2's agent");
     let paused = Instant::now();
     let task = wait_finished(&api, &id, t).await;
