@@ -58,6 +58,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, reason, detail)
     }
 
+    /// A 400 for a query string that does not parse.
+    fn bad_query(e: &QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            Reason::InvalidRequest,
+            format!("invalid query: {}", e.body_text()),
+        )
+    }
+
     /// A 400 for a body that is not the document expected.
     fn bad_body(what: &str, e: &JsonRejection) -> Self {
         Self::new(
@@ -251,13 +260,7 @@ pub(crate) async fn submit_migration(
     params: Result<Query<SubmitParams>, QueryRejection>,
     body: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            Reason::InvalidRequest,
-            format!("invalid query: {}", e.body_text()),
-        )
-    })?;
+    let Query(params) = params.map_err(|e| ApiError::bad_query(&e))?;
     // axum's own rejection is plain text; every error of this API is a problem document.
     let Json(request) = body.map_err(|e| ApiError::bad_body("migration request", &e))?;
     if params.dry_run {
@@ -308,13 +311,7 @@ pub(crate) async fn list_migrations(
     State(state): State<ApiState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            Reason::InvalidRequest,
-            format!("invalid query: {}", e.body_text()),
-        )
-    })?;
+    let Query(p) = params.map_err(|e| ApiError::bad_query(&e))?;
     let filter = TaskFilter {
         service: p.service.clone(),
         status: p.status,

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use mose_api::{DeployRequest, MigrationRequest, TaskRecord, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
-use mose_testbed::fourhost::{port_toward, Config, FourHost, EDGE1, EDGE2, MOBILE, MOBILE2};
-use mose_testbed::images::{ImageBuilder, MOSQUITTO};
+use mose_testbed::fourhost::{port_toward, FourHost, EDGE1, EDGE2, MOBILE, MOBILE2};
+use mose_testbed::images::MOSQUITTO;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -159,28 +159,8 @@ fn switched_on_both(task: &TaskRecord) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_with_clients_on_two_mobiles_moves_there_and_back_losing_nothing() {
     mose_testkit::root_test!(TESTBED_TOOLS);
-    sweep_before(PREFIX).await;
-    let out = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        prefix: PREFIX.into(),
-        binaries: test_binaries(),
-        out_dir: out.path().to_path_buf(),
-        api_net: API_NET,
-        lease_ms: 1000,
-        second_mobile: true,
-    };
-    let (tb, _) = FourHost::up(cfg).await.expect("five hosts up");
+    let (tb, _out) = up_with_image_on_edge1(PREFIX, API_NET, true, &MOSQUITTO).await;
     let api = tb.state().api();
-    let broker = ImageBuilder::default()
-        .build(&[MOSQUITTO])
-        .await
-        .expect("build the mosquitto image")
-        .remove(0);
-    tb.host(EDGE1)
-        .unwrap()
-        .load_image(&broker)
-        .await
-        .expect("load mosquitto on edge1");
     let svc = api
         .deploy(&DeployRequest {
             name: "mosquitto".into(),
@@ -253,22 +233,7 @@ async fn a_broker_with_clients_on_two_mobiles_moves_there_and_back_losing_nothin
     // The way back, refused once by edge1's restore: another container named mosquitto runs
     // there, which a restore never replaces. Rolled back: the broker stays on edge2, and so
     // do both flows.
-    tb.host(EDGE1)
-        .unwrap()
-        .podman_output(
-            [
-                "run",
-                "-d",
-                "--name",
-                "mosquitto",
-                "--network",
-                "none",
-                mose_testbed::images::COUNTER.reference,
-            ],
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("a squatter named mosquitto on edge1");
+    squat(&tb, EDGE1, "mosquitto").await;
     let refused = migrate(&tb, EDGE1).await;
     assert_eq!(refused.status, TaskStatus::RolledBack, "{refused:#?}");
     assert!(
@@ -281,11 +246,7 @@ async fn a_broker_with_clients_on_two_mobiles_moves_there_and_back_losing_nothin
     );
     assert_flows_toward(&tb, ip, EDGE2).await;
     assert_eq!(api.service("mosquitto").await.unwrap().record.host, EDGE2);
-    let _ = tb
-        .host(EDGE1)
-        .unwrap()
-        .podman_output(["rm", "--force", "mosquitto"], Duration::from_secs(60))
-        .await;
+    unsquat(&tb, EDGE1, "mosquitto").await;
 
     // edge2 → edge1, now without a fault.
     let back = migrate(&tb, EDGE1).await;

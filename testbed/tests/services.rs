@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use mose_api::{ClientError, DeployRequest, MigrationRequest, TaskStatus};
 use mose_protocol::messages::{Phase, PhaseStatus};
 use mose_protocol::model::Objective;
-use mose_testbed::fourhost::{Config, FourHost, EDGE1, EDGE2, MOBILE};
-use mose_testbed::images::{ImageBuilder, REDIS};
+use mose_testbed::fourhost::{EDGE1, EDGE2, MOBILE};
+use mose_testbed::images::REDIS;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -95,30 +95,8 @@ fn mose_binary() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_removed() {
     mose_testkit::root_test!(TESTBED_TOOLS);
-    sweep_before(PREFIX).await;
-    let out = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        prefix: PREFIX.into(),
-        binaries: test_binaries(),
-        out_dir: out.path().to_path_buf(),
-        api_net: API_NET,
-        lease_ms: 1000,
-        second_mobile: false,
-    };
-    let (tb, _) = FourHost::up(cfg).await.expect("four hosts up");
+    let (tb, _out) = up_with_image_on_edge1(PREFIX, API_NET, false, &REDIS).await;
     let api = tb.state().api();
-
-    // The image on edge1 only: the migration to edge2 moves it.
-    let redis = ImageBuilder::default()
-        .build(&[REDIS])
-        .await
-        .expect("build the redis image")
-        .remove(0);
-    tb.host(EDGE1)
-        .unwrap()
-        .load_image(&redis)
-        .await
-        .expect("load redis");
 
     let request = DeployRequest {
         name: "redis".into(),
@@ -266,22 +244,7 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
     // The CLI's exit status tells a script where the service is. Another container named
     // redis running on edge1 makes the way back's restore refuse (it never replaces a container
     // it did not restore) and the migration roll back: 3, the service safe on edge2.
-    tb.host(EDGE1)
-        .unwrap()
-        .podman_output(
-            [
-                "run",
-                "-d",
-                "--name",
-                "redis",
-                "--network",
-                "none",
-                mose_testbed::images::COUNTER.reference,
-            ],
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("a squatter named redis on edge1");
+    squat(&tb, EDGE1, "redis").await;
     let mose = |args: &[&str]| {
         let mut c = Command::new(mose_binary());
         c.args(["--api", &tb.state().api_url]).args(args);
@@ -298,11 +261,7 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
     );
     // The squatter gone (the rollback's abort removed it), the way back succeeds: 0, and the
     // same connection still has every key.
-    let _ = tb
-        .host(EDGE1)
-        .unwrap()
-        .podman_output(["rm", "--force", "redis"], Duration::from_secs(60))
-        .await;
+    unsquat(&tb, EDGE1, "redis").await;
     let status = mose(&back).status().await.expect("run mose");
     assert_eq!(status.code(), Some(0), "succeeded: exit 0");
     assert_eq!(api.service("redis").await.unwrap().record.host, EDGE1);

@@ -385,3 +385,67 @@ pub async fn lan_with_hosts<const N: usize>(prefix: &str, names: [&str; N]) -> (
         Err(_) => unreachable!("one host per name"),
     }
 }
+
+/// A testbed (`prefix`, API link `10.98.<api_net>.0/30`, optionally with the second mobile)
+/// with `image` built and loaded on edge1 only, so a migration to edge2 must move it. Keep the
+/// directory for as long as the testbed: it holds its state and logs.
+pub async fn up_with_image_on_edge1(
+    prefix: &str,
+    api_net: u8,
+    second_mobile: bool,
+    image: &mose_testbed::images::ImageSpec,
+) -> (mose_testbed::fourhost::FourHost, tempfile::TempDir) {
+    use mose_testbed::fourhost::{Config, FourHost, EDGE1};
+    sweep_before(prefix).await;
+    let out = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        prefix: prefix.into(),
+        binaries: test_binaries(),
+        out_dir: out.path().to_path_buf(),
+        api_net,
+        lease_ms: 1000,
+        second_mobile,
+    };
+    let (tb, _) = FourHost::up(cfg).await.expect("testbed up");
+    let built = mose_testbed::images::ImageBuilder::default()
+        .build(std::slice::from_ref(image))
+        .await
+        .unwrap_or_else(|e| panic!("build the {} image: {e}", image.name))
+        .remove(0);
+    tb.host(EDGE1)
+        .unwrap()
+        .load_image(&built)
+        .await
+        .unwrap_or_else(|e| panic!("load {} on edge1: {e}", image.name));
+    (tb, out)
+}
+
+/// Another container named `name` running on `host` (the counter image, no network): a
+/// restore of a service of that name there refuses to replace it, so the migration rolls back.
+pub async fn squat(tb: &mose_testbed::fourhost::FourHost, host: &str, name: &str) {
+    tb.host(host)
+        .unwrap()
+        .podman_output(
+            [
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "none",
+                mose_testbed::images::COUNTER.reference,
+            ],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a squatter named {name} on {host}: {e}"));
+}
+
+/// Removes the container [`squat`] started.
+pub async fn unsquat(tb: &mose_testbed::fourhost::FourHost, host: &str, name: &str) {
+    let _ = tb
+        .host(host)
+        .unwrap()
+        .podman_output(["rm", "--force", name], Duration::from_secs(60))
+        .await;
+}
