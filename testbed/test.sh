@@ -9,4 +9,4 @@ testbed/setup-host.sh
 # The root integration tests run only with this set (else they print SKIPPED and return), and
 # then a missing prerequisite fails them: see docs/developing.md, "Tests".
 export MOSE_ROOT_TESTS=1
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"

@@ -434,6 +434,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         spec: deployed.clone(),
         args: Vec::new(),
         env: BTreeMap::new(),
+        volumes: Vec::new(),
     };
     ok(&session, &keys, "a", "deploy", deploy.clone()).await;
     // A repeat finds it running and changes nothing.

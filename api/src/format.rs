@@ -163,6 +163,9 @@ pub fn service_summary(view: &ServiceView) -> String {
         false => s.mobiles.join(", "),
     };
     let _ = writeln!(out, "mobiles: {mobiles}");
+    for v in &s.volumes {
+        let _ = writeln!(out, "volume:  {} at {}", v.name, v.path);
+    }
     if let Some(bytes) = view.state_bytes {
         let _ = writeln!(
             out,

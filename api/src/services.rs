@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use mose_protocol::messages::{Peer, ServiceNetwork};
 use mose_protocol::units::BytesPerSec;
+use mose_protocol::volumes::VolumeMount;
 use serde::{Deserialize, Serialize};
 
 /// A service to deploy (`POST /v1/services`).
@@ -24,6 +25,10 @@ pub struct DeployRequest {
     /// Environment variables of the container.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Named volumes, created empty at deployment. Their content moves with the service in its
+    /// checkpoint (inside the freeze) and is deleted with it.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
     /// Mobile agents whose devices use the service: their flows are steered to it and follow
     /// it on every migration. Omitted: every mobile agent present at deployment.
     #[serde(default)]
@@ -74,6 +79,9 @@ pub struct ServiceRecord {
     pub args: Vec<String>,
     /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Its named volumes.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
     /// The mobile agents whose flows follow it.
     pub mobiles: Vec<String>,
     /// Its overlay address and MAC, allocated from the orchestrator's pool.

@@ -19,6 +19,7 @@ use mose_api::{
 use mose_protocol::messages::{Phase, PhaseEvent, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::units::BytesPerSec;
+use mose_protocol::volumes::VolumeMount;
 use serde::Serialize;
 
 /// What the exit status says, for scripts.
@@ -87,7 +88,7 @@ enum Command {
     /// Deploy a service on an edge host: its overlay address is allocated, its container
     /// started in its own namespace, and the flows of its mobiles steered to it
     #[command(
-        after_help = "Example:\n  mose deploy redis --image localhost/mose/redis:latest --on edge1 -- --save ''"
+        after_help = "Example:\n  mose deploy redis --image localhost/mose/redis:latest --on edge1 \\\n    --volume data:/data -- --dir /data --appendonly yes"
     )]
     Deploy {
         /// Service name (letters, digits, '-', '_', '.')
@@ -101,6 +102,10 @@ enum Command {
         /// Environment variable of the container (repeatable)
         #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// Named volume mounted at PATH (repeatable). It starts empty, moves with the service
+        /// inside its checkpoint (so its size adds to the freeze) and is deleted by `mose rm`
+        #[arg(long = "volume", short = 'v', value_name = "NAME:PATH")]
+        volumes: Vec<VolumeMount>,
         /// Mobile agent whose device uses the service (repeatable) [default: every mobile
         /// agent present]
         #[arg(long = "mobile", value_name = "AGENT")]
@@ -116,7 +121,8 @@ enum Command {
         /// Service name
         name: String,
     },
-    /// Remove a service: its flows on the mobiles, its container and namespace on its host
+    /// Remove a service: its flows on the mobiles, its container, namespace and volumes (their
+    /// data is deleted) on its host
     Rm {
         /// Service name
         name: String,
@@ -242,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             image,
             host,
             env,
+            volumes,
             mobiles,
             args,
         } => {
@@ -251,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 host,
                 args,
                 env: env.into_iter().collect::<BTreeMap<_, _>>(),
+                volumes,
                 mobiles: (!mobiles.is_empty()).then_some(mobiles),
             };
             let service = client.deploy(&request).await?;
@@ -602,15 +610,36 @@ mod tests {
     fn the_command_line_parses_as_documented() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
-            "mose", "-o", "json", "deploy", "redis", "--image", "r:1", "--on", "edge1", "-e",
-            "A=1", "--mobile", "m1", "--", "--port", "7000",
+            "mose",
+            "-o",
+            "json",
+            "deploy",
+            "redis",
+            "--image",
+            "r:1",
+            "--on",
+            "edge1",
+            "-e",
+            "A=1",
+            "-v",
+            "data:/data",
+            "--mobile",
+            "m1",
+            "--",
+            "--port",
+            "7000",
         ])
         .unwrap();
         match cli.command {
             Command::Deploy {
-                env, mobiles, args, ..
+                env,
+                volumes,
+                mobiles,
+                args,
+                ..
             } => {
                 assert_eq!(env, [("A".to_string(), "1".to_string())]);
+                assert_eq!(volumes, ["data:/data".parse::<VolumeMount>().unwrap()]);
                 assert_eq!(
                     (mobiles, args),
                     (

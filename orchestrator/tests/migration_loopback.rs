@@ -38,6 +38,7 @@ use mose_protocol::steps::{
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::units::BytesPerSec;
+use mose_protocol::volumes::VolumeMount;
 use mose_protocol::{decode, encode, KeySpace};
 use zenoh::Session;
 
@@ -846,6 +847,7 @@ async fn a_restarted_orchestrator_reconciles_running_tasks() {
                 host: "edge1".into(),
                 args: vec![],
                 env: BTreeMap::new(),
+                volumes: Vec::new(),
                 mobiles: vec!["drone".into()],
                 network: spec().network,
                 status: ServiceStatus::Running,
@@ -1043,6 +1045,7 @@ fn deploy_request(name: &str) -> DeployRequest {
         host: "edge1".into(),
         args: vec![],
         env: BTreeMap::new(),
+        volumes: Vec::new(),
         mobiles: None,
     }
 }
@@ -1185,6 +1188,29 @@ async fn deployment_errors_are_clear_and_a_failed_deployment_leaves_nothing() {
         ..deploy_request("other")
     };
     assert_refused(rig.deploy(&no_image).await, 400, "not an image reference");
+    let volumes = |specs: &[&str]| DeployRequest {
+        volumes: specs
+            .iter()
+            .map(|s| {
+                let (name, path) = s.split_once(':').unwrap();
+                VolumeMount {
+                    name: name.into(),
+                    path: path.into(),
+                }
+            })
+            .collect(),
+        ..deploy_request("other")
+    };
+    assert_refused(
+        rig.deploy(&volumes(&["a.b:/x"])).await,
+        400,
+        "volume name \"a.b\"",
+    );
+    assert_refused(
+        rig.deploy(&volumes(&["data:/x", "data:/y"])).await,
+        400,
+        "given twice",
+    );
 
     // The address comes free with the removal; a host failing Deploy leaves no record, no
     // address taken, and is told to remove what it made.
@@ -1647,6 +1673,7 @@ async fn a_restarted_orchestrator_finishes_deployments_and_removals() {
         host: "edge1".into(),
         args: vec![],
         env: BTreeMap::new(),
+        volumes: Vec::new(),
         mobiles: vec!["drone".into()],
         network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, last), 24),
         status,

@@ -2,7 +2,7 @@
 //!
 //! * [`keys`]: the Zenoh key-expression scheme (one configurable prefix, docs/protocol.md).
 //! * [`messages`]: profiles, metrics, tasks and phase events; [`steps`]: the typed step
-//!   contract between orchestrator and agents; [`model`]: the PAM data types; [`units`]: rates.
+//!   contract between orchestrator and agents; [`model`]: the PAM data types; [`units`]: rates; [`volumes`]: a service's named volumes.
 //! * [`codec`]: the versioned binary envelope (postcard inside) with typed errors.
 //! * [`blob`]: chunked, digest-checked transfer of large files (checkpoint images) over Zenoh.
 //! * `cli` (feature `cli`): command-line pieces shared by the MOSE binaries.
@@ -27,6 +27,7 @@ pub mod steps;
 #[cfg(feature = "zenoh")]
 pub mod transport;
 pub mod units;
+pub mod volumes;
 
 pub use codec::{decode, encode, CodecError, Message, PROTOCOL_VERSION};
 pub use keys::{KeyError, KeySpace};

@@ -19,6 +19,7 @@ use crate::codec::{Message, MessageKind};
 #[cfg(test)]
 use crate::messages::Peer;
 use crate::messages::{CriuStats, ServiceNetwork, ServiceSpec};
+use crate::volumes::VolumeMount;
 
 /// A checkpoint image of one task, by its role: a pre-copy round or the final dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -234,6 +235,8 @@ pub struct Deploy {
     pub args: Vec<String>,
     /// Environment variables of the container.
     pub env: BTreeMap<String, String>,
+    /// Named volumes, created empty here (the host names each `mose.{service}.{name}`).
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// Edge: remove the service from this host — container, endpoint, flows and any migration
@@ -584,6 +587,10 @@ mod tests {
                 spec: spec(),
                 args: vec!["--port".into(), "7000".into()],
                 env: BTreeMap::from([("STATE_MIB".into(), "1".into())]),
+                volumes: vec![VolumeMount {
+                    name: "data".into(),
+                    path: "/data".into(),
+                }],
             }
             .into(),
             Remove {

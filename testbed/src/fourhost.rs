@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mose_agent::coat::{host_ifname, netns_name};
+use mose_agent::coat::{host_ifname, netns_name, volume_of};
 use mose_agent::runtime::{CreateSpec, Netns, Podman};
 use mose_api::{AgentView, ApiClient, ClientError, DeployRequest};
 use mose_command::Cmd;
@@ -780,8 +780,8 @@ impl FourHost {
     }
 
     /// What of the service is on `host` (an edge host) that a host not running it must not
-    /// keep: the container, its namespace, its bridge port/veth, steering flows for its
-    /// address, and task directories (checkpoint archives) in the agent's work directory. Empty
+    /// keep: the container, its volumes, its namespace, its bridge port/veth, steering flows for
+    /// its address, and task directories (checkpoint archives) in the agent's work directory. Empty
     /// when the host is clean.
     pub async fn service_traces(&self, host: &str) -> Result<Vec<String>> {
         self.traces_of(host, SERVICE, SERVICE_IP).await
@@ -797,6 +797,14 @@ impl FourHost {
             Ok(false) => {}
             Ok(true) => found.push(format!("container {service}")),
             Err(e) => found.push(format!("podman on {host} cannot tell: {e}")),
+        }
+        match podman.volumes().await {
+            Ok(all) => found.extend(
+                all.into_iter()
+                    .filter(|v| volume_of(service, &v.name))
+                    .map(|v| format!("volume {}", v.name)),
+            ),
+            Err(e) => found.push(format!("podman on {host} cannot list volumes: {e}")),
         }
         let netns = Path::new(mose_overlay::netns::NETNS_DIR).join(netns_name(service));
         if h.outside_path(&netns).is_some_and(|p| p.exists()) {
@@ -911,6 +919,7 @@ impl FourHost {
             host: EDGE1.into(),
             args: Vec::new(),
             env: BTreeMap::new(),
+            volumes: Vec::new(),
             mobiles: Some(vec![MOBILE.into()]),
         };
         let api = self.state.api();

@@ -1036,6 +1036,7 @@ async fn demo(
             workload.dirty_mib_per_s.to_string(),
         ],
         env: std::collections::BTreeMap::new(),
+        volumes: Vec::new(),
         mobiles: Some(vec!["mobile".into()]),
     };
     let record = api.deploy(&deploy).await?;

@@ -10,9 +10,14 @@
 //!    orchestrator's restore timeout passes and it gave up waiting for the agent; podman finished
 //!    the restore meanwhile, and the agent, continued, must remove that late copy by itself.
 //!
-//! After each: the task is rolled back, the counter runs on edge1 again and the client is served
+//! 5. **release unconfirmed**: the source's agent is paused once the destination's restore is
+//!    under way, so the release past the point of no return never answers.
+//!
+//! After each of 1-4: the task is rolled back, the counter runs on edge1 again and the client is served
 //! again on its one connection with its count continuing, and edge2 keeps nothing of the service
-//! (no container, namespace, port, flows, task files). One testbed is brought up for all four.
+//! (no container, namespace, port, flows, task files). After 5 the task failed (exit status 4 of
+//! `mose migration`), the counter runs on edge2 and the client followed it. One testbed is
+//! brought up for all five.
 //!
 //! Determinism: the destination fetches the image within milliseconds of the checkpoint, faster
 //! than this test can see the checkpoint finish. So the test pauses edge2's agent (SIGSTOP) once
@@ -50,9 +55,11 @@ const LEASE_MS: u64 = 8000;
 /// failing restore of fault 2 takes ≈3 s (podman tries to pull the missing image) and must fail,
 /// not time out; rollback attempts are short so the timeout fault rolls back within seconds; an
 /// absent agent is waited for 4 s (fault 3's source returns after 2 s, fault 4's destination
-/// only after the orchestrator gave up on it).
+/// only after the orchestrator gave up on it); a release may take 3 s (fault 5's source never
+/// answers: its attempts time out until the lease declares it gone, ≈10 s).
 const ORCHESTRATOR_TOML: &str = "[steps]
 restore_ms = 4000
+release_ms = 3000
 rollback_ms = 1000
 retry_backoff_ms = 200
 agent_wait_ms = 4000
@@ -207,27 +214,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
     let from = client.now_ms();
     let task = api.submit(&request).await.expect("submit");
     let (id, t) = (task.id, Instant::now());
-    wait_for(&api, &id, Duration::from_secs(30), |r| {
-        r.events.iter().any(|e| {
-            e.phase == Phase::Transfer
-                && e.agent == EDGE2
-                && matches!(e.status, PhaseStatus::Finished)
-        })
-    })
-    .await;
-    // Not at the transfer's end: the agent still has work to do before it calls podman, and
-    // paused there it never would (seen once in CI). The container appears when podman has
-    // the whole archive; CRIU's restore takes ≈0.25 s more, which this poll does not miss.
-    let edge2_podman =
-        mose_agent::runtime::Podman::new(tb.host(EDGE2).unwrap().podman_socket()).unwrap();
-    let polled = Instant::now();
-    while !edge2_podman.exists("counter").await.unwrap_or(false) {
-        assert!(
-            polled.elapsed() < Duration::from_secs(10),
-            "podman on edge2 never began the restore"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    restore_under_way(&tb, &api, &id).await;
     tb.pause_agent(EDGE2).expect("pause edge2's agent");
     let paused = Instant::now();
     let task = wait_finished(&api, &id, t).await;
@@ -283,6 +270,44 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+    );
+
+    // 5. The source never confirms its release: edge1's agent is paused once edge2's restore
+    // is under way (edge1's part is done by then: edge2 has its archive). Past the point of no
+    // return the service runs at edge2 and the client follows it, but edge1 keeps its stopped
+    // copy until its agent answers again: the task fails, since an operator must look, and
+    // `mose migration ID` says so with exit status 4.
+    let task = api.submit(&request).await.expect("submit");
+    let (id, t) = (task.id, Instant::now());
+    restore_under_way(&tb, &api, &id).await;
+    tb.pause_agent(EDGE1).expect("pause edge1's agent");
+    let task = wait_finished(&api, &id, t).await;
+    tb.continue_agent(EDGE1).expect("continue edge1's agent");
+    assert_eq!(task.status, TaskStatus::Failed, "{task:?}");
+    let error = task.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("runs at edge2, but edge1 did not release its copy"),
+        "{error}"
+    );
+    assert_eq!(
+        tb.state().service_location().await.expect("ask podman"),
+        Some(EDGE2.to_string()),
+        "the service runs at the destination"
+    );
+    client
+        .served_again(20, Duration::from_secs(30))
+        .await
+        .expect("the client follows the service to edge2");
+    let status = tokio::process::Command::new(mose_binary())
+        .args(["--api", &state.api_url, "migration", &id, "--follow"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("run mose");
+    assert_eq!(status.code(), Some(4), "failed: exit 4");
+    println!(
+        "RELEASE UNCONFIRMED: {error}; edge1 keeps, once its agent runs again: {:?}",
+        tb.service_traces(EDGE1).await.expect("inspect edge1")
     );
 
     // The client over all of it: one connection, a count without jump or reset, and per fault
@@ -351,6 +376,33 @@ async fn rolled_back(tb: &FourHost, client: &LiveClient, task: &TaskRecord) -> (
         .expect("rollback events");
     let rollback_ms = (task.finished_us.expect("finished") - start) as f64 / 1e3;
     (to, rollback_ms)
+}
+
+/// Waits until the destination (edge2) of task `id` has begun podman's restore: its fetch
+/// finished and the restored container exists in edge2's podman. Not at the transfer's end: the
+/// agent still has work to do before it calls podman (seen once in CI). The container appears
+/// when podman has the whole archive; CRIU's restore takes ≈0.25 s more, which this poll does
+/// not miss.
+async fn restore_under_way(tb: &FourHost, api: &mose_api::ApiClient, id: &str) {
+    wait_for(api, id, Duration::from_secs(30), |r| {
+        r.events.iter().any(|e| {
+            e.phase == Phase::Transfer
+                && e.agent == EDGE2
+                && matches!(e.status, PhaseStatus::Finished)
+        })
+    })
+    .await;
+    let edge2 = tb.host(EDGE2).expect("edge2");
+    let edge2_podman =
+        mose_agent::runtime::Podman::new(edge2.podman_socket()).expect("edge2's podman");
+    let polled = Instant::now();
+    while !edge2_podman.exists("counter").await.unwrap_or(false) {
+        assert!(
+            polled.elapsed() < Duration::from_secs(10),
+            "podman on edge2 never began the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Polls `traces` until it returns nothing or `limit` passes; returns the last answer.

@@ -168,6 +168,7 @@ async fn a_broker_with_clients_on_two_mobiles_moves_there_and_back_losing_nothin
             host: EDGE1.into(),
             args: Vec::new(),
             env: BTreeMap::new(),
+            volumes: Vec::new(),
             mobiles: None,
         })
         .await

@@ -2,9 +2,11 @@
 //! (Debian's redis-server, built locally, loaded on edge1 only) is deployed on edge1 through
 //! `POST /v1/services`, a `redis-cli` on the mobile host writes keys over one connection while
 //! the service is migrated to edge2 by name only (no source, no mobile named; its image moves
-//! before the freeze), and the same connection reads every key back. Then the `mose` CLI's exit
-//! statuses (3 for a rollback, 0, 1), the deployment errors an operator meets, and `DELETE`
-//! leaving nothing on the hosts.
+//! before the freeze; its volume, holding the AOF, moves inside the checkpoint), and the same
+//! connection reads every key back, also after edge2's redis reloaded them from the volume.
+//! Then the `mose` CLI's exit statuses (3 for a rollback, 0, 1), `mose -o json services`, the
+//! deployment errors an operator meets, and `DELETE` leaving nothing on the hosts (volumes
+//! included).
 //!
 //! Needs root, a host prepared by `testbed/setup-host.sh` (redis-server, redis-tools), and
 //! `mose-agent` + `mose-orchestrator` built in the same profile.
@@ -76,38 +78,42 @@ impl RedisCli {
     }
 }
 
-/// The `mose` CLI of the profile this test was built in.
-fn mose_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("mose"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is not built (cargo build -p mose-cli)",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_removed() {
     mose_testkit::root_test!(TESTBED_TOOLS);
     let (tb, _out) = up_with_image_on_edge1(PREFIX, API_NET, false, &REDIS).await;
     let api = tb.state().api();
 
+    // Its data in a volume: every write appended to /data's AOF, which must move with it.
     let request = DeployRequest {
         name: "redis".into(),
         image: REDIS.reference.into(),
         host: EDGE1.into(),
-        args: Vec::new(),
+        args: [
+            "--dir",
+            "/data",
+            "--appendonly",
+            "yes",
+            "--enable-debug-command",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec(),
         env: BTreeMap::new(),
+        volumes: vec!["data:/data".parse().unwrap()],
         mobiles: None,
     };
     let svc = api.deploy(&request).await.expect("POST /v1/services");
     assert_eq!(svc.mobiles, [MOBILE], "every mobile present by default");
+    assert_eq!(
+        tb.traces_of(EDGE1, "redis", svc.network.ip)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|t| t.starts_with("volume"))
+            .collect::<Vec<_>>(),
+        ["volume mose.redis.data"]
+    );
     assert_ne!(
         svc.network.ip,
         tb.state().service_addr.ip(),
@@ -233,6 +239,21 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
          longest SET round trip during the migration {longest:.0} ms; frozen {:?} ms",
         done.measurements.frozen_ms
     );
+    // The volume moved: edge2's redis reloads its whole dataset from the AOF in its own
+    // volume, and edge1 kept nothing (its volume went with its release).
+    assert_eq!(cli.ask("DEBUG LOADAOF").await, "OK");
+    for i in 0..written {
+        assert_eq!(
+            cli.ask(&format!("GET k{i}")).await,
+            format!("v{i}"),
+            "k{i} from edge2's volume"
+        );
+    }
+    assert_eq!(
+        tb.traces_of(EDGE1, "redis", svc.network.ip).await.unwrap(),
+        Vec::<String>::new(),
+        "edge1 released everything of redis"
+    );
     let moved = api.service("redis").await.unwrap();
     assert_eq!(moved.record.host, EDGE2, "the record follows the service");
     assert_eq!(
@@ -278,6 +299,30 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
         status.code(),
         Some(1),
         "refused (nothing to migrate): exit 1"
+    );
+    // What a script reads: `mose -o json services`.
+    let listed = mose(&["-o", "json", "services"])
+        .output()
+        .await
+        .expect("run mose");
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let redis = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "redis"))
+        .unwrap_or_else(|| panic!("no redis in {listed}"));
+    assert_eq!(
+        (&redis["host"], &redis["status"], &redis["network"]["ip"]),
+        (
+            &serde_json::json!(EDGE1),
+            &serde_json::json!("running"),
+            &serde_json::json!(svc.network.ip.to_string())
+        ),
+        "{redis}"
+    );
+    assert_eq!(
+        redis["volumes"],
+        serde_json::json!([{"name": "data", "path": "/data"}])
     );
 
     // Removal: the hosts and the mobile keep nothing of it, the address is free again.

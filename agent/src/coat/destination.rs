@@ -15,7 +15,7 @@ use super::error::{blob, overlay, runtime, CoatError, Result};
 use super::host::Host;
 use super::naming::{check_service, host_ifname, netns_name, task_dir, SERVICE_IFNAME};
 use super::state::{self, ServiceRole, ServiceState};
-use super::{create_task_dir, restore_stats, Inner};
+use super::{create_task_dir, restore_stats, Inner, Volumes};
 
 impl<H: Host> Inner<H> {
     /// Image present, namespace with the service's identity, explicit flows to it. Returns the
@@ -26,6 +26,14 @@ impl<H: Host> Inner<H> {
         let t0 = Instant::now();
         // A missing image is not a failure: the caller moves it before the freeze.
         let image_present = self.has_image(spec).await?;
+        // Podman restores a volume only where none of its name exists. Where the service does
+        // not run, one of its volumes is a leftover of an earlier abort or release (the service's
+        // data is at the source): it goes now, not as a failed restore inside the freeze.
+        if self.container(&spec.name).await?.is_none() {
+            for left in self.remove_volumes(&spec.name, "prepare").await? {
+                warn!(volume = %left, "removed a stale volume of the service");
+            }
+        }
         let ofport = self
             .in_phase(task, Phase::Netns, self.ensure_endpoint(spec))
             .await?;
@@ -296,6 +304,7 @@ impl<H: Host> Inner<H> {
                 service,
                 &final_path,
                 &rounds,
+                Volumes::FromArchive,
                 format!("restore {service} from the checkpoint of task {task}"),
             )
             .await;

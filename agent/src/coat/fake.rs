@@ -44,6 +44,7 @@ pub struct FakeContainer {
 pub struct World {
     pub containers: BTreeMap<String, FakeContainer>,
     pub images: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
     /// Every mutating call, in order (`"checkpoint counter Full"`, `"remove_port mv-counter"`).
     pub calls: Vec<String>,
     pub netns: BTreeMap<String, NetIdentity>,
@@ -373,21 +374,21 @@ impl Host for FakeHost {
 
     async fn restore(
         &self,
-        _opts: &RestoreOptions,
+        opts: &RestoreOptions,
         mut archive: tokio::fs::File,
     ) -> Result<RestoreReport, RuntimeError> {
         let mut bytes = Vec::new();
         archive.read_to_end(&mut bytes).await.unwrap();
         let (name, seq) = read_archive(&bytes)
             .ok_or_else(|| podman_error(Op::Restore, "?", "not a checkpoint archive"))?;
-        self.record(format!("restore {name}"));
+        self.record(format!("restore {name}{}", volumes_kept(opts)));
         self.enter("restore", &name).await?;
         self.restored(&name, seq, bytes.len() as u64)
     }
 
     async fn restore_with_previous(
         &self,
-        _opts: &RestoreOptions,
+        opts: &RestoreOptions,
         previous: &Path,
         archive: &Path,
     ) -> Result<RestoreReport, RuntimeError> {
@@ -397,7 +398,10 @@ impl Host for FakeHost {
         let rounds = joined_rounds(previous)
             .ok_or_else(|| podman_error(Op::Restore, &name, "not a pre-checkpoint archive"))?;
         let file = archive.file_name().unwrap_or_default().to_string_lossy();
-        self.record(format!("restore_with_previous {name} {file} {rounds:?}"));
+        self.record(format!(
+            "restore_with_previous {name} {file} {rounds:?}{}",
+            volumes_kept(opts)
+        ));
         self.enter("restore", &name).await?;
         self.restored(&name, seq, bytes.len() as u64)
     }
@@ -442,12 +446,23 @@ impl Host for FakeHost {
         }
         w.containers
             .insert(spec.name.clone(), running(netns, &spec.image, 0));
+        w.volumes
+            .extend(spec.volumes.iter().map(|v| v.name.clone()));
         Ok(())
     }
 
     async fn remove(&self, name: &str) -> Result<bool, RuntimeError> {
         self.record(format!("remove {name}"));
         Ok(self.world().containers.remove(name).is_some())
+    }
+
+    async fn volumes(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.world().volumes.iter().cloned().collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<bool, RuntimeError> {
+        self.record(format!("remove_volume {name}"));
+        Ok(self.world().volumes.remove(name))
     }
 
     fn netns_path(&self, netns: &str) -> PathBuf {
@@ -588,5 +603,13 @@ impl FakeHost {
                 ..CriuRestoreStats::default()
             }),
         })
+    }
+}
+
+/// How a recorded restore says it kept the host's volumes.
+fn volumes_kept(opts: &RestoreOptions) -> &'static str {
+    match opts.ignore_volumes {
+        true => " keeping volumes",
+        false => "",
     }
 }

@@ -78,6 +78,10 @@ pub trait Host: Send + Sync + 'static {
     fn run_container(&self, spec: &CreateSpec) -> impl Future<Output = RtResult<()>> + Send;
     /// Removes the container `name` (stopping it); `false` when there was none.
     fn remove(&self, name: &str) -> impl Future<Output = RtResult<bool>> + Send;
+    /// The names of every volume on the host.
+    fn volumes(&self) -> impl Future<Output = RtResult<Vec<String>>> + Send;
+    /// Removes the volume `name`; `false` when there was none.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = RtResult<bool>> + Send;
 
     // --- network
 
@@ -225,6 +229,15 @@ impl Host for PodmanHost {
 
     async fn remove(&self, name: &str) -> RtResult<bool> {
         self.podman.remove(name).await
+    }
+
+    async fn volumes(&self) -> RtResult<Vec<String>> {
+        let all = self.podman.volumes().await?;
+        Ok(all.into_iter().map(|v| v.name).collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> RtResult<bool> {
+        self.podman.remove_volume(name).await
     }
 
     fn netns_path(&self, netns: &str) -> PathBuf {

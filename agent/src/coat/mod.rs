@@ -60,7 +60,7 @@ use crate::steps::StepExecutor;
 
 pub use error::CoatError;
 pub use host::{Host, PodmanHost};
-pub use naming::{host_ifname, netns_name, SERVICE_IFNAME};
+pub use naming::{host_ifname, netns_name, volume_name, volume_of, SERVICE_IFNAME};
 pub use state::{ServiceRole, ServiceState};
 
 use error::{blob, io, runtime, Result};
@@ -456,6 +456,7 @@ impl<H: Host> Inner<H> {
         service: &str,
         path: &Path,
         rounds: &[(String, PathBuf)],
+        volumes: Volumes,
         what: String,
     ) -> Result<(RestoreReport, Vec<u32>)> {
         // Opened in both cases: a missing archive fails here, before podman is involved.
@@ -466,7 +467,10 @@ impl<H: Host> Inner<H> {
             let path = path.to_path_buf();
             move || crate::runtime::criu_tcp::tcp_receive_seqs(&path)
         });
-        let opts = RestoreOptions::default();
+        let opts = RestoreOptions {
+            ignore_volumes: matches!(volumes, Volumes::KeptHere),
+            ..RestoreOptions::default()
+        };
         let result = match rounds.is_empty() {
             true => self.host.restore(&opts, file).await,
             // The API uploads one archive only: the final dump and the joined rounds go to the
@@ -502,6 +506,28 @@ impl<H: Host> Inner<H> {
             }
         };
         Ok((result.map_err(runtime(what))?, seqs))
+    }
+
+    /// The names of `service`'s volumes on this host.
+    async fn volumes_of(&self, service: &str) -> Result<Vec<String>> {
+        let all = self
+            .host
+            .volumes()
+            .await
+            .map_err(runtime(format!("list the volumes of {service}")))?;
+        Ok(all.into_iter().filter(|n| volume_of(service, n)).collect())
+    }
+
+    /// Removes every volume of `service` on this host; their names.
+    async fn remove_volumes(&self, service: &str, why: &str) -> Result<Vec<String>> {
+        let names = self.volumes_of(service).await?;
+        for name in &names {
+            self.host
+                .remove_volume(name)
+                .await
+                .map_err(runtime(format!("{why}: remove volume {name} of {service}")))?;
+        }
+        Ok(names)
     }
 
     /// Abort (destination), Release (source) and Remove: everything of `service` on this host.
@@ -540,6 +566,7 @@ impl<H: Host> Inner<H> {
             .remove(service)
             .await
             .map_err(runtime(format!("{why}: remove container {service}")))?;
+        let volumes = self.remove_volumes(service, why).await?;
         self.host
             .remove_endpoint(&name, &host_if)
             .await
@@ -552,11 +579,21 @@ impl<H: Host> Inner<H> {
         self.remove_service_files(task, service);
         info!(
             container_removed = removed,
+            ?volumes,
             ?ip,
             "service removed from this host"
         );
         Ok(Done)
     }
+}
+
+/// Where a restored container's named volumes come from.
+#[derive(Debug, Clone, Copy)]
+enum Volumes {
+    /// The archive: podman creates them, so none may exist here (a destination).
+    FromArchive,
+    /// This host: the checkpointed container's own, untouched since its freeze (Resume).
+    KeptHere,
 }
 
 /// The task's work directory, where `path` (one of its archives) goes.

@@ -38,6 +38,21 @@ pub fn host_ifname(service: &str) -> String {
     format!("mv-{:012x}", hash >> 16)
 }
 
+/// The host's volume for the volume `volume` of `service`: `mose.<service>.<volume>`. A volume
+/// name has no dot, so [`volume_of`] splits every such name one way only; the `mose.` prefix is
+/// MOSE's on every host (docs/operations.md, "Volumes").
+pub fn volume_name(service: &str, volume: &str) -> String {
+    format!("mose.{service}.{volume}")
+}
+
+/// Whether the host volume `name` is one of `service`'s ([`volume_name`]).
+pub fn volume_of(service: &str, name: &str) -> bool {
+    name.strip_prefix("mose.")
+        .and_then(|rest| rest.strip_prefix(service))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|volume| !volume.is_empty() && !volume.contains('.'))
+}
+
 /// Container names as podman accepts them, short enough for [`netns_name`] (a netns name is a
 /// file name, and `mose-` + 59 fits every tool that prints it).
 pub fn check_service(service: &str) -> Result<()> {
@@ -94,6 +109,25 @@ mod tests {
         assert_eq!(long.len(), 15);
         assert_eq!(long, host_ifname("a-rather-long-service-name"));
         assert_ne!(long, host_ifname("a-rather-long-service-namf"));
+    }
+
+    #[test]
+    fn a_volume_belongs_to_one_service_only() {
+        assert_eq!(volume_name("redis", "data"), "mose.redis.data");
+        assert!(volume_of("redis", "mose.redis.data"));
+        // "a.b" is not "a" with a volume "b.data", nor is "a" a part of "a.b".
+        assert!(volume_of("a.b", &volume_name("a.b", "data")));
+        assert!(!volume_of("a", &volume_name("a.b", "data")));
+        assert!(!volume_of("a.b", &volume_name("a", "b")));
+        for other in [
+            "redis.data",
+            "mose.redis.",
+            "mose.redis",
+            "mose.redisx.data",
+            "data",
+        ] {
+            assert!(!volume_of("redis", other), "{other}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::error::{io, overlay, runtime, CoatError, Result};
 use super::host::Host;
 use super::naming::{check_service, netns_name};
 use super::state::{ServiceRole, ServiceState};
-use super::{create_task_dir, dump_stats, Inner};
+use super::{create_task_dir, dump_stats, Inner, Volumes};
 use crate::runtime::{CheckpointOptions, DumpKind};
 
 impl<H: Host> Inner<H> {
@@ -318,7 +318,7 @@ impl<H: Host> Inner<H> {
             archive.display()
         );
         let (report, seqs) = self
-            .restore_archive(service, &archive, &rounds, what)
+            .restore_archive(service, &archive, &rounds, Volumes::KeptHere, what)
             .await?;
         info!(
             ms = mose_protocol::units::millis(report.elapsed),

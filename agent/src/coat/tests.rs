@@ -16,6 +16,7 @@ use mose_protocol::steps::{
     StepFailure, StepKind, SwitchFlow,
 };
 use mose_protocol::transport::ZenohOptions;
+use mose_protocol::volumes::VolumeMount;
 use mose_protocol::KeySpace;
 use tempfile::TempDir;
 use zenoh::Session;
@@ -809,6 +810,11 @@ async fn a_stale_container_of_a_failed_restore_is_removed_first() {
         "{:?}",
         w.calls
     );
+    assert_eq!(
+        w.count("restore counter keeping"),
+        0,
+        "a destination's volumes come from the archive"
+    );
     assert!(w.containers[SERVICE].restored);
 }
 
@@ -1062,7 +1068,7 @@ async fn a_restarted_source_resumes_from_its_persisted_state_not_by_file_age() {
             .iter()
             .filter(|c| c.starts_with("restore"))
             .collect::<Vec<_>>(),
-        [r#"restore_with_previous counter final.tar ["round-0", "round-1"]"#]
+        [r#"restore_with_previous counter final.tar ["round-0", "round-1"] keeping volumes"#]
     );
     drop(w);
     assert!(
@@ -1365,7 +1371,95 @@ fn deploy() -> Deploy {
         },
         args: vec!["--verbose".into()],
         env: [("STATE_MIB".to_string(), "1".to_string())].into(),
+        volumes: vec![VolumeMount {
+            name: "data".into(),
+            path: "/data".into(),
+        }],
     }
+}
+
+/// The host volume of [`deploy`]'s volume.
+const VOLUME: &str = "mose.counter.data";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_made_at_deployment_never_reused_and_go_with_the_service() {
+    let lab = Lab::new().await;
+    let a = lab.agent("a");
+    a.host.world().images.insert(spec().image);
+    // Another service's volume, and one of an earlier service of this name.
+    a.host.world().volumes.insert("mose.counter2.data".into());
+    a.host.world().volumes.insert(VOLUME.into());
+    let f = a.fail("d1", deploy()).await;
+    assert_eq!(f.kind, FailureKind::WrongState, "{f}");
+    assert!(f.reason.contains(VOLUME), "{f}");
+    assert!(
+        a.host.world().volumes.contains(VOLUME),
+        "somebody's data stays"
+    );
+    assert_eq!(a.host.world().count("add_endpoint"), 0);
+
+    a.host.world().volumes.remove(VOLUME);
+    a.ok("d1", deploy()).await;
+    assert!(a.host.world().volumes.contains(VOLUME));
+    let bad = Deploy {
+        volumes: vec![VolumeMount {
+            name: "a.b".into(),
+            path: "/x".into(),
+        }],
+        ..deploy()
+    };
+    assert_eq!(a.fail("d2", bad).await.kind, FailureKind::InvalidRequest);
+
+    a.ok(
+        "r1",
+        Remove {
+            service: service(),
+            ip: spec().network.ip,
+        },
+    )
+    .await;
+    let w = a.host.world();
+    assert_eq!(
+        w.volumes.iter().collect::<Vec<_>>(),
+        ["mose.counter2.data"],
+        "its volume went with it, the other service's stayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_drops_stale_volumes_at_prepare_and_the_source_resumes_on_its_own() {
+    let lab = Lab::new().await;
+    let (a, b) = (lab.agent("a"), lab.agent("b"));
+    a.host.run_service(&spec(), SEQ);
+    a.host.world().volumes.insert(VOLUME.into());
+    b.host.world().images.insert(spec().image);
+    b.host.world().volumes.insert(VOLUME.into());
+    b.ok("t1", Prepare { spec: spec() }).await;
+    assert!(
+        b.host.world().volumes.is_empty(),
+        "left over by an earlier abort"
+    );
+    // A Prepare where the service runs keeps the volume it uses.
+    a.ok("t0", Prepare { spec: spec() }).await;
+    assert!(a.host.world().volumes.contains(VOLUME));
+
+    a.ok(
+        "t1",
+        Checkpoint {
+            service: service(),
+            rounds: 0,
+        },
+    )
+    .await;
+    a.ok("t1", Resume { service: service() }).await;
+    let w = a.host.world();
+    assert_eq!(
+        w.count("restore counter keeping volumes"),
+        1,
+        "the source's volumes hold the frozen content: {:?}",
+        w.calls
+    );
+    assert!(w.volumes.contains(VOLUME));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,10 @@ pub struct RestoreOptions {
     pub file_locks: bool,
     /// Ask for CRIU's statistics ([`RestoreReport::criu`]).
     pub print_stats: bool,
+    /// Keep the host's named volumes as they are instead of creating them from the archive
+    /// (which podman refuses while they exist): right where the container was checkpointed,
+    /// whose volumes hold the content the archive has.
+    pub ignore_volumes: bool,
     /// Deadline for upload, import and restore.
     pub timeout: Duration,
 }
@@ -140,6 +144,7 @@ impl Default for RestoreOptions {
             tcp_established: true,
             file_locks: true,
             print_stats: true,
+            ignore_volumes: false,
             timeout: Duration::from_secs(300),
         }
     }
@@ -283,6 +288,7 @@ impl Podman {
                 ("tcpEstablished", flag(opts.tcp_established)),
                 ("fileLocks", flag(opts.file_locks)),
                 ("printStats", flag(opts.print_stats)),
+                ("ignoreVolumes", flag(opts.ignore_volumes)),
             ])
             // Required: with Go's default form parsing, any other type lets the handler consume
             // the body before saving it, and the import fails with "spec.dump: no such file".
@@ -454,6 +460,7 @@ fn restore_with_previous_args(
         (opts.tcp_established, "--tcp-established"),
         (opts.file_locks, "--file-locks"),
         (opts.print_stats, "--print-stats"),
+        (opts.ignore_volumes, "--ignore-volumes"),
     ] {
         if on {
             args.push(flag.into());
@@ -721,6 +728,15 @@ mod tests {
         assert_eq!(
             shown(&args),
             "container restore --import-previous p --import f"
+        );
+        let at_the_source = RestoreOptions {
+            ignore_volumes: true,
+            ..bare
+        };
+        let args = restore_with_previous_args(&at_the_source, "", Path::new("p"), Path::new("f"));
+        assert_eq!(
+            shown(&args),
+            "container restore --ignore-volumes --import-previous p --import f"
         );
     }
 

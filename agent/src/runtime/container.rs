@@ -41,6 +41,29 @@ pub struct CreateSpec {
     pub netns: Netns,
     /// Usually [`super::HostLimits::container_ulimits`].
     pub ulimits: Vec<Ulimit>,
+    /// Named volumes to mount; podman creates those that do not exist yet.
+    pub volumes: Vec<NamedVolume>,
+}
+
+/// A named volume and where the container mounts it (libpod's `NamedVolume`, whose fields
+/// carry no JSON tags: hence the capitalised names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedVolume {
+    /// The volume's name on the host.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The absolute path in the container.
+    #[serde(rename = "Dest")]
+    pub dest: String,
+}
+
+/// One entry of `GET /volumes/json`: the part the agent uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct VolumeSummary {
+    /// The volume's name.
+    #[serde(rename = "Name")]
+    pub name: String,
 }
 
 /// libpod's `SpecGenerator`, reduced to what [`CreateSpec`] sets.
@@ -59,6 +82,8 @@ pub(crate) struct SpecGenerator<'a> {
     netns: Namespace,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     r_limits: &'a [Ulimit],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    volumes: &'a [NamedVolume],
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +114,7 @@ impl<'a> From<&'a CreateSpec> for SpecGenerator<'a> {
             labels: &s.labels,
             netns,
             r_limits: &s.ulimits,
+            volumes: &s.volumes,
         }
     }
 }
@@ -330,12 +356,16 @@ mod tests {
     }
 
     #[test]
-    fn create_request_has_netns_path_and_ulimits() {
+    fn create_request_has_netns_path_ulimits_and_volumes() {
         let spec = CreateSpec {
             name: "svc".into(),
             image: "localhost/mose/counter:latest".into(),
             netns: Netns::Path("/run/netns/svc".into()),
             ulimits: vec![Ulimit::fixed("nofile", 20000)],
+            volumes: vec![NamedVolume {
+                name: "mose.svc.data".into(),
+                dest: "/data".into(),
+            }],
             ..CreateSpec::default()
         };
         let v = serde_json::to_value(SpecGenerator::from(&spec)).unwrap();
@@ -345,11 +375,14 @@ mod tests {
                 "name": "svc", "image": "localhost/mose/counter:latest",
                 "netns": {"nsmode": "path", "value": "/run/netns/svc"},
                 "r_limits": [{"type": "nofile", "soft": 20000, "hard": 20000}],
+                "volumes": [{"Name": "mose.svc.data", "Dest": "/data"}],
             })
         );
         let v = serde_json::to_value(SpecGenerator::from(&CreateSpec::default())).unwrap();
         assert_eq!(v["netns"], serde_json::json!({"nsmode": "none"}));
-        assert!(v.get("r_limits").is_none() && v.get("command").is_none());
+        assert!(
+            v.get("r_limits").is_none() && v.get("command").is_none() && v.get("volumes").is_none()
+        );
     }
 
     #[test]

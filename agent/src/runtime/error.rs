@@ -40,6 +40,10 @@ pub enum Op {
     PreDump,
     /// Restoring a checkpoint.
     Restore,
+    /// Listing volumes.
+    VolumeList,
+    /// Removing a volume.
+    VolumeRemove,
 }
 
 impl fmt::Display for Op {
@@ -61,6 +65,8 @@ impl fmt::Display for Op {
             Op::Checkpoint => "checkpoint",
             Op::PreDump => "pre-dump",
             Op::Restore => "restore",
+            Op::VolumeList => "volume list",
+            Op::VolumeRemove => "volume remove",
         })
     }
 }

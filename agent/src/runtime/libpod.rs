@@ -17,7 +17,7 @@ use tokio_util::io::ReaderStream;
 
 use super::container::{
     ContainerInfo, ContainerStats, ContainerSummary, CreateResponse, CreateSpec, HostInfo,
-    SpecGenerator, StatsEnvelope, VersionResponse,
+    SpecGenerator, StatsEnvelope, VersionResponse, VolumeSummary,
 };
 use super::error::{Op, Result, RuntimeError};
 
@@ -283,6 +283,33 @@ impl Podman {
         .await
     }
 
+    /// Every volume on this host.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn volumes(&self) -> Result<Vec<VolumeSummary>> {
+        self.json(
+            Op::VolumeList,
+            "volumes",
+            self.http.get(self.url("/volumes/json")),
+        )
+        .await
+    }
+
+    /// Removes the volume `name` (with any container using it). Returns `false` if there was
+    /// none (idempotent).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn remove_volume(&self, name: &str) -> Result<bool> {
+        check_name(Op::VolumeRemove, name)?;
+        let req = self
+            .http
+            .delete(self.url(&format!("/volumes/{name}")))
+            .query(&[("force", "true")]);
+        match self.call(Op::VolumeRemove, name, req).await {
+            Ok(_) => Ok(true),
+            Err(RuntimeError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One stats sample of a running container.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn stats(&self, name: &str) -> Result<ContainerStats> {
@@ -449,7 +476,7 @@ pub(crate) fn check_name(op: Op, name: &str) -> Result<()> {
     } else {
         Err(RuntimeError::Invalid {
             op,
-            why: format!("`{name}` is not a valid container name or ID"),
+            why: format!("`{name}` is not a valid podman name or ID"),
         })
     }
 }

@@ -30,7 +30,10 @@ pub use capabilities::{probe, ProbeOptions, ProbeReport};
 pub use checkpoint::{
     CheckpointOptions, CheckpointReport, DumpKind, RestoreOptions, RestoreReport,
 };
-pub use container::{ContainerInfo, ContainerStats, ContainerSummary, CreateSpec, HostInfo, Netns};
+pub use container::{
+    ContainerInfo, ContainerStats, ContainerSummary, CreateSpec, HostInfo, NamedVolume, Netns,
+    VolumeSummary,
+};
 pub use criu_stats::{CriuDumpStats, CriuRestoreStats};
 pub use error::{Op, Result, RuntimeError};
 pub use libpod::Podman;

@@ -17,6 +17,7 @@ use futures::future::join_all;
 use mose_protocol::keys::validate_id;
 use mose_protocol::messages::{now_us, Role, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{ClearFlow, Deploy, Remove, SwitchFlow};
+use mose_protocol::volumes::check_volumes;
 use tracing::{info, info_span, warn, Instrument};
 
 pub use mose_api::services::{DeployRequest, ServiceRecord, ServiceStatus, ServiceView};
@@ -208,6 +209,7 @@ impl Services {
                         host: record.host.clone(),
                         args: record.args.clone(),
                         env: record.env.clone(),
+                        volumes: record.volumes.clone(),
                         mobiles: Some(record.mobiles.clone()),
                     };
                     self.settle(&new_op_id("d"), record, &request)
@@ -294,6 +296,7 @@ impl Services {
             host: request.host.clone(),
             args: request.args.clone(),
             env: request.env.clone(),
+            volumes: request.volumes.clone(),
             mobiles,
             network: ServiceNetwork::new(ip, self.pool.prefix_len()),
             status: ServiceStatus::Deploying,
@@ -318,6 +321,7 @@ impl Services {
             spec: spec_of(record),
             args: request.args.clone(),
             env: request.env.clone(),
+            volumes: request.volumes.clone(),
         };
         shared.rpc.call(&record.host, op, deploy, t.prepare).await?;
         let switches = record.mobiles.iter().map(|mobile| {
@@ -393,6 +397,7 @@ fn check_deploy(request: &DeployRequest) -> Result<(), TaskError> {
             )));
         }
     }
+    check_volumes(&request.volumes).map_err(|e| TaskError::Invalid(e.to_string()))?;
     if let Some(mobiles) = &request.mobiles {
         for (i, m) in mobiles.iter().enumerate() {
             validate_id("mobile", m).map_err(invalid)?;

@@ -579,6 +579,7 @@ mod tests {
             host: host.into(),
             args: vec![],
             env: BTreeMap::new(),
+            volumes: Vec::new(),
             mobiles: vec!["drone".into(), "car".into()],
             network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, 100), 24),
             status: crate::services::ServiceStatus::Running,

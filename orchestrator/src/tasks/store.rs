@@ -455,6 +455,7 @@ mod tests {
             host: "edge1".into(),
             args: vec![],
             env: Default::default(),
+            volumes: vec![],
             mobiles: vec!["mobile1".into()],
             network: ServiceNetwork::new(Ipv4Addr::new(10, 88, 0, last), 24),
             status: ServiceStatus::Running,

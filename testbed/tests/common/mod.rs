@@ -370,6 +370,22 @@ pub fn test_binaries() -> mose_testbed::fourhost::Binaries {
         .expect("agent and orchestrator binaries (cargo build -p mose-agent -p mose-orchestrator)")
 }
 
+/// The `mose` CLI of the profile this test was built in.
+pub fn mose_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|profile| profile.join("mose"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is not built (cargo build -p mose-cli)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh LAN `prefix` (after sweeping an earlier crashed run's) with one host per name, at
 /// the LAN's first addresses. Bind as `let (lan, [a, b]) = …`: the hosts drop before the LAN.
 pub async fn lan_with_hosts<const N: usize>(prefix: &str, names: [&str; N]) -> (Lan, [Host; N]) {
