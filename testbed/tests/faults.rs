@@ -289,15 +289,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
         error.contains("runs at edge2, but edge1 did not release its copy"),
         "{error}"
     );
-    assert_eq!(
-        tb.state().service_location().await.expect("ask podman"),
-        Some(EDGE2.to_string()),
-        "the service runs at the destination"
-    );
-    client
-        .served_again(20, Duration::from_secs(30))
-        .await
-        .expect("the client follows the service to edge2");
+    runs_and_serves_at(&tb, &client, EDGE2).await;
     let status = tokio::process::Command::new(mose_binary())
         .args(["--api", &state.api_url, "migration", &id, "--follow"])
         .stdout(std::process::Stdio::null())
@@ -351,15 +343,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
 async fn rolled_back(tb: &FourHost, client: &LiveClient, task: &TaskRecord) -> (f64, f64) {
     assert_eq!(task.status, TaskStatus::RolledBack, "{task:?}");
     println!("ROLLED BACK: {:?}", task.error);
-    assert_eq!(
-        tb.state().service_location().await.expect("ask podman"),
-        Some(EDGE1.to_string()),
-        "the service runs at the source again"
-    );
-    client
-        .served_again(20, Duration::from_secs(30))
-        .await
-        .expect("the client is served again on its connection");
+    runs_and_serves_at(tb, client, EDGE1).await;
     let to = client.now_ms();
     // The destination's agent may still be removing what it made (a late step's own end).
     let clean = eventually_async(Duration::from_secs(10), || async {
@@ -403,6 +387,20 @@ async fn restore_under_way(tb: &FourHost, api: &mose_api::ApiClient, id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// The service runs at `host`, and the client is served again on its one
+/// connection.
+async fn runs_and_serves_at(tb: &FourHost, client: &LiveClient, host: &str) {
+    assert_eq!(
+        tb.state().service_location().await.expect("ask podman"),
+        Some(host.to_string()),
+        "where the service runs"
+    );
+    client
+        .served_again(20, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("the client is not served at {host} again: {e}"));
 }
 
 /// Polls `traces` until it returns nothing or `limit` passes; returns the last answer.
