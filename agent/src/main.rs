@@ -13,7 +13,7 @@ use mose_agent::profiling::{memory_cgroup_of, CgroupProbe};
 use mose_agent::runtime::{self, Podman, ProbeOptions};
 use mose_agent::steps::StepServer;
 use mose_overlay::HostOverlay;
-use mose_protocol::messages::{now_us, AgentProfile};
+use mose_protocol::messages::{now_us, AgentProfile, LinkSecurity};
 use mose_protocol::model::PamParams;
 
 #[tokio::main]
@@ -33,9 +33,10 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!(file = %calibration_file.display(),
                        "not calibrated: the orchestrator will plan with paper defaults (run `mose-agent calibrate`)");
     }
+    let security = link_security(&config)?;
     let session = config
         .zenoh
-        .open()
+        .open(&config.keys)
         .await
         .context("joining the MOSE network")?;
     // The podman client connects lazily: a mobile host without podman still serves its steps
@@ -65,6 +66,7 @@ async fn run() -> anyhow::Result<()> {
     // Steps are served before the profile is announced: whoever sees the agent can use it.
     let _steps = StepServer::start(&session, &config.keys, &config.id, Arc::new(executor)).await?;
     let profile = AgentProfile {
+        security,
         id: config.id.clone(),
         role: config.role,
         hostname: sysinfo::System::host_name().unwrap_or_default(),
@@ -204,4 +206,17 @@ async fn calibrate(config: &AgentConfig, args: CalibrateArgs) -> anyhow::Result<
         path.display()
     );
     Ok(())
+}
+
+/// The agent's link security, its own certificate checked first (it must name this agent).
+fn link_security(config: &AgentConfig) -> anyhow::Result<LinkSecurity> {
+    let Some(tls) = config.zenoh.tls()? else {
+        return Ok(LinkSecurity::Insecure);
+    };
+    let cert = mose_pki::check_node(&tls.cert, &tls.key, config.role.into(), Some(&config.id))?;
+    tracing::info!(name = %cert.common_name, not_after_unix_s = cert.not_after_unix_s, "mutual TLS");
+    Ok(LinkSecurity::MutualTls {
+        common_name: cert.common_name,
+        not_after_unix_s: cert.not_after_unix_s,
+    })
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use mose_agent::runtime::Podman;
 use mose_overlay::netns::{self, EndpointSpec, MacAddr, Neighbour, NETNS_DIR};
 use mose_overlay::{connect_wire, HostOverlay};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{overlay_mac, Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
     Abort, Checkpoint, Deploy, Describe, Described, Fetch, ImageId, PreDump, Prepare, Release,
@@ -49,6 +50,7 @@ use mose_protocol::steps::{
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{decode, encode, KeySpace};
 use mose_testbed::{Host, Lan};
+use mose_testkit::TestDomain;
 use runtime_common::image;
 use tokio::process::Child;
 use zenoh::query::ConsolidationMode;
@@ -86,6 +88,8 @@ struct Lab {
     client_ns: Option<PathBuf>,
     hosts: Vec<Host>,
     lan: Option<Lan>,
+    /// The certificates: this test (as the orchestrator) and agents a, b, m.
+    domain: TestDomain,
 }
 
 impl Drop for Lab {
@@ -124,8 +128,16 @@ fn overlay_of(host: &Host) -> HostOverlay {
         .with_host_netns(host.netns_path())
 }
 
-/// Start `mose-agent` inside `host`, listening on its LAN address and connected to `peers`.
-fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&str]) -> Child {
+/// Start `mose-agent` inside `host` with the TLS directory of the lab's domain, listening on its
+/// LAN address and connected to `peers`.
+fn spawn_agent(
+    lab: &Lab,
+    host: &Host,
+    id: &str,
+    role: &str,
+    peers: &[Ipv4Addr],
+    extra: &[&str],
+) -> Child {
     let ovs = host.ovs().expect("OvS started");
     let mut c = host.command(env!("CARGO_BIN_EXE_mose-agent"));
     c.args([
@@ -137,7 +149,9 @@ fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&
         "--ovs-bridge",
         "br0",
     ])
-    .args(["--listen", &format!("tcp/{}:7447", host.addr())])
+    .args(["--listen", &format!("tls/{}:7447", host.addr())])
+    .arg("--tls-dir")
+    .arg(lab.domain.tls_dir(role.parse().expect("member role"), id))
     .args(["--podman-socket", "/run/podman/podman.sock"])
     .arg("--ovsdb-socket")
     .arg(ovs.db_socket())
@@ -150,7 +164,7 @@ fn spawn_agent(host: &Host, id: &str, role: &str, peers: &[Ipv4Addr], extra: &[&
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
     for p in peers {
-        c.args(["--connect", &format!("tcp/{p}:7447")]);
+        c.args(["--connect", &format!("tls/{p}:7447")]);
     }
     c.spawn().expect("spawn mose-agent")
 }
@@ -364,6 +378,12 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
         client_ns: None,
         hosts: Vec::new(),
         lan: None,
+        domain: TestDomain::new(&[
+            (MemberRole::Orchestrator, "test"),
+            (MemberRole::Edge, "a"),
+            (MemberRole::Edge, "b"),
+            (MemberRole::Mobile, "m"),
+        ]),
     };
     for (i, name) in ["a", "b", "m"].into_iter().enumerate() {
         let mut h = Host::create(name, &lan, lan.host_addr(i as u8).unwrap())
@@ -399,25 +419,26 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
             .map(|(_, a)| *a)
             .collect::<Vec<_>>()
     };
-    lab.agents
-        .push(spawn_agent(a, "a", "edge", &others(0), &[]));
-    lab.agents
-        .push(spawn_agent(b, "b", "edge", &others(1), &[]));
-    lab.agents.push(spawn_agent(
+    let agent_a = spawn_agent(&lab, a, "a", "edge", &others(0), &[]);
+    let agent_b = spawn_agent(&lab, b, "b", "edge", &others(1), &[]);
+    let agent_m = spawn_agent(
+        &lab,
         m,
         "m",
         "mobile",
         &others(2),
         &["--flow-port", "a=to-a", "--flow-port", "b=to-b"],
-    ));
-    let session = ZenohOptions::explicit(
+    );
+    lab.agents.extend([agent_a, agent_b, agent_m]);
+    let keys = KeySpace::new("mose").unwrap();
+    let session = ZenohOptions::secured(
+        lab.domain.tls_dir(MemberRole::Orchestrator, "test"),
         vec![],
-        addrs.iter().map(|a| format!("tcp/{a}:7447")).collect(),
+        addrs.iter().map(|a| format!("tls/{a}:7447")).collect(),
     )
-    .open()
+    .open(&keys)
     .await
     .expect("test session");
-    let keys = KeySpace::new("mose").unwrap();
     for id in ["a", "b", "m"] {
         wait_ready(&session, &keys, id).await;
     }
@@ -519,6 +540,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
     let ckpt = Checkpoint {
         service: SERVICE.into(),
         rounds: 0,
+        to: "b".into(),
     };
     ok(&session, &keys, "a", "t-fail", ckpt.clone()).await;
     // Break B's restore at the CRIU level: something else listens on the service's port in the
@@ -643,6 +665,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
             PreDump {
                 service: SERVICE.into(),
                 round: 3,
+                to: "b".into(),
             }
             .into(),
             "does not follow",
@@ -652,6 +675,7 @@ async fn coat_migrates_with_the_connection_and_rolls_back_a_failed_restore() {
             Checkpoint {
                 service: SERVICE.into(),
                 rounds: 2,
+                to: "b".into(),
             }
             .into(),
             "holds 0 round(s)",
@@ -797,6 +821,7 @@ async fn migrate(
     let ckpt = Checkpoint {
         service: service(),
         rounds: 0,
+        to: "b".into(),
     };
     let (c, t) = ok(session, keys, from, task, ckpt).await;
     steps.push(("checkpoint", t));

@@ -9,6 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::agents::AgentView;
+use crate::auth::ApiToken;
 use crate::events::EventStream;
 use crate::problem::{Problem, Reason};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView};
@@ -63,11 +64,25 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` like `http://127.0.0.1:7070`. Every call gives up after [`CALL_TIMEOUT`]
-    /// (connecting after [`CONNECT_TIMEOUT`]): an orchestrator that hangs is reported, not
-    /// waited for forever.
-    pub fn new(base: &str) -> Self {
-        let builder = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    /// `base` like `http://127.0.0.1:7070`; every call carries `token` as its bearer
+    /// credential (without one, only `/healthz` and `/openapi.json` answer). Every call gives up
+    /// after [`CALL_TIMEOUT`] (connecting after [`CONNECT_TIMEOUT`]): an orchestrator that
+    /// hangs is reported, not waited for forever.
+    pub fn new(base: &str, token: Option<&ApiToken>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        // A parsed token holds only header-safe characters.
+        if let Some(value) = token.and_then(|t| {
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose())).ok()
+        }) {
+            let mut value = value;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .default_headers(headers.clone())
+        };
         // Only a TLS backend failing to initialise makes a builder fail; none is used.
         let http = builder().timeout(CALL_TIMEOUT).build().unwrap_or_default();
         let streams = builder().build().unwrap_or_default();

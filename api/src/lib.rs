@@ -17,6 +17,7 @@
 //! used (`default-features = false`): nothing here links Zenoh, axum or SQLite.
 
 pub mod agents;
+pub mod auth;
 pub mod client;
 pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
@@ -27,6 +28,7 @@ pub mod services;
 pub mod tasks;
 
 pub use agents::AgentView;
+pub use auth::{ApiToken, ApiTokens, AuthError};
 pub use client::{ApiClient, ClientError};
 pub use events::{EventStream, MigrationEvent};
 pub use problem::{Problem, Reason, PROBLEM_JSON};

@@ -78,6 +78,10 @@ pub enum Reason {
     AgentInternal,
     /// The orchestrator failed internally (500).
     Internal,
+    /// No valid bearer token came with the call (401).
+    Unauthorized,
+    /// The request's Host header names a host the API does not answer for (421).
+    HostNotAllowed,
 }
 
 impl Reason {
@@ -106,6 +110,8 @@ impl Reason {
         Reason::AgentTimeout,
         Reason::AgentInternal,
         Reason::Internal,
+        Reason::Unauthorized,
+        Reason::HostNotAllowed,
     ];
 
     /// The name used in JSON.
@@ -134,6 +140,8 @@ impl Reason {
             Reason::AgentTimeout => "agent_timeout",
             Reason::AgentInternal => "agent_internal",
             Reason::Internal => "internal",
+            Reason::Unauthorized => "unauthorized",
+            Reason::HostNotAllowed => "host_not_allowed",
         }
     }
 }

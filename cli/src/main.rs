@@ -14,13 +14,15 @@ use mose_api::format::{
     parse_duration_ms, plan_summary, service_summary, services_table,
 };
 use mose_api::{
-    ApiClient, DeployRequest, MigrationEvent, MigrationRequest, TaskRecord, TaskStatus,
+    ApiClient, ApiToken, DeployRequest, MigrationEvent, MigrationRequest, TaskRecord, TaskStatus,
 };
 use mose_protocol::messages::{Phase, PhaseEvent, PhaseStatus};
 use mose_protocol::model::Objective;
 use mose_protocol::units::BytesPerSec;
 use mose_protocol::volumes::VolumeMount;
 use serde::Serialize;
+
+mod pki;
 
 /// What the exit status says, for scripts.
 const EXIT_HELP: &str = "\
@@ -42,6 +44,19 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     api: String,
+    /// The API's bearer token (prefer --token-file: a command line is visible to others)
+    #[arg(
+        long,
+        global = true,
+        env = "MOSE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the API's bearer token: a bare token, or the orchestrator's tokens file
+    /// (its first line's token); readable by its owner only
+    #[arg(long, global = true, env = "MOSE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Output format
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -191,6 +206,9 @@ enum Command {
         /// Task id
         id: String,
     },
+    /// The domain's certificate authority: create it, issue members' TLS directories, list
+    /// expiries (files only, no orchestrator needed)
+    Pki(pki::PkiArgs),
     /// Print a shell completion script (e.g. `mose completion bash > /etc/bash_completion.d/mose`)
     Completion {
         /// The shell
@@ -224,9 +242,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(&cli.api);
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(ApiToken::parse(t)?),
+        (None, Some(path)) => Some(ApiToken::read_file(path)?),
+        (None, None) => None,
+    };
+    let client = ApiClient::new(&cli.api, token.as_ref());
     let out = cli.output;
     match cli.command {
+        Command::Pki(args) => pki::run(args)?,
         Command::Agents => {
             let agents = client.agents().await?;
             print_as(out, &agents, || agents_table(&agents))?;

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use mose_protocol::messages::PhaseEvent;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::api_auth::{authorize, ApiAuth, Caller};
 use crate::registry::{AgentView, AgentsView};
 use crate::services::{DeployRequest, ServiceRecord, ServiceView, Services};
 use crate::tasks::{
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub migrations: Migrations,
     /// Deployment and removal of services.
     pub services: Services,
+    /// Who may call, for which Host.
+    pub auth: std::sync::Arc<ApiAuth>,
 }
 
 /// An error answer: a problem document (RFC 9457) with its reason.
@@ -130,6 +133,10 @@ pub fn router(state: ApiState) -> Router {
                 "no such endpoint; see GET /openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            authorize,
+        ))
         .with_state(state)
 }
 
@@ -186,10 +193,17 @@ pub(crate) async fn get_agent(
     ))]
 pub(crate) async fn deploy_service(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad_body("deploy request", &e))?;
-    let service = state.services.deploy(request).await?;
+    let name = request.name.clone();
+    let service = audit(
+        &caller,
+        "deploy",
+        &name,
+        state.services.deploy(request).await,
+    )?;
     let location = format!("/v1/services/{}", service.name);
     Ok((
         StatusCode::CREATED,
@@ -230,9 +244,10 @@ pub(crate) async fn get_service(
     ))]
 pub(crate) async fn remove_service(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.services.remove(&name).await?;
+    audit(&caller, "remove", &name, state.services.remove(&name).await)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -257,6 +272,7 @@ pub(crate) struct SubmitParams {
     ))]
 pub(crate) async fn submit_migration(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     body: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -267,7 +283,14 @@ pub(crate) async fn submit_migration(
         // The plan the migration would follow; nothing is stored or run.
         return Ok(Json(state.migrations.plan(request).await?).into_response());
     }
-    let task = state.migrations.submit(request).await?;
+    let service = request.service.clone();
+    let task = audit(
+        &caller,
+        "submit",
+        &service,
+        state.migrations.submit(request).await,
+    )?;
+    tracing::info!(target: "mose::audit", operator = %caller, task = %task.id, service, "task created");
     let location = format!("/v1/migrations/{}", task.id);
     Ok((
         StatusCode::CREATED,
@@ -452,10 +475,38 @@ fn end_event(record: &TaskRecord) -> Event {
     ))]
 pub(crate) async fn cancel_migration(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TaskRecord>), ApiError> {
+    let task = audit(&caller, "cancel", &id, state.migrations.cancel(&id))?;
     // Accepted, not done: the rollback runs in the driver; poll the task for its end.
-    Ok((StatusCode::ACCEPTED, Json(state.migrations.cancel(&id)?)))
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// The audit line of a state-changing call (`what` on `subject`, a service or task) and its
+/// outcome; hands the result on.
+fn audit<T, E: Into<ApiError>>(
+    caller: &Caller,
+    what: &str,
+    subject: &str,
+    result: Result<T, E>,
+) -> Result<T, ApiError> {
+    let result = result.map_err(Into::into);
+    match &result {
+        Ok(_) => {
+            tracing::info!(target: "mose::audit", operator = %caller, call = what, subject, "accepted")
+        }
+        Err(e) => tracing::info!(
+            target: "mose::audit",
+            operator = %caller,
+            call = what,
+            subject,
+            status = e.0.status,
+            reason = %e.0.reason,
+            "refused"
+        ),
+    }
+    result
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",

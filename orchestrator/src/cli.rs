@@ -48,6 +48,14 @@ pub struct Cli {
     /// 10.88.0.100-10.88.0.254/24]
     #[arg(long, value_name = "RANGE")]
     pub service_pool: Option<AddressPool>,
+    /// The HTTP API's bearer tokens, `operator token` per line, readable by its owner only;
+    /// created with one random `admin` token when missing [default: STATE_DIR/api-tokens]
+    #[arg(long, value_name = "FILE")]
+    pub api_tokens: Option<PathBuf>,
+    /// A DNS name clients may reach the HTTP API by (its Host header); IP literals and
+    /// localhost are always accepted. Repeatable
+    #[arg(long = "api-allowed-host", value_name = "NAME")]
+    pub api_allowed_hosts: Vec<String>,
     /// Zenoh connection flags.
     #[command(flatten)]
     pub zenoh: ZenohArgs,
@@ -65,6 +73,10 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     /// Bandwidth to plan with when the source has no estimate.
     pub default_bandwidth_bytes_per_s: Option<u64>,
+    /// The HTTP API's tokens file.
+    pub api_tokens: Option<PathBuf>,
+    /// DNS names the HTTP API answers for.
+    pub api_allowed_hosts: Vec<String>,
     /// Step timeouts and retries (`[steps]`); what is absent keeps its default.
     pub steps: StepsFile,
     /// Deployed services (`[services]`).
@@ -176,6 +188,10 @@ pub struct OrchestratorConfig {
     pub task_retention: Option<Duration>,
     /// Zenoh session settings.
     pub zenoh: ZenohOptions,
+    /// The HTTP API's tokens file.
+    pub api_tokens: PathBuf,
+    /// DNS names the HTTP API answers for.
+    pub api_allowed_hosts: Vec<String>,
 }
 
 impl OrchestratorConfig {
@@ -244,17 +260,25 @@ impl Cli {
             (None, Some(text)) => text.parse()?,
             (None, None) => AddressPool::default(),
         };
+        let state_dir = self
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut api_allowed_hosts = file.api_allowed_hosts;
+        api_allowed_hosts.extend(self.api_allowed_hosts);
         Ok(OrchestratorConfig {
+            api_tokens: self
+                .api_tokens
+                .or(file.api_tokens)
+                .unwrap_or_else(|| state_dir.join("api-tokens")),
+            api_allowed_hosts,
             http,
             keys: KeySpace::new(
                 prefix
                     .as_deref()
                     .unwrap_or(mose_protocol::keys::DEFAULT_PREFIX),
             )?,
-            state_dir: self
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir,
             driver,
             service_pool,
             task_retention: match file.tasks.retention_hours {

@@ -14,6 +14,7 @@
 //! `mose-cli`), so neither links Zenoh.
 
 pub mod api;
+pub mod api_auth;
 pub mod cli;
 pub mod designer;
 pub mod openapi;

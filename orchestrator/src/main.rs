@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::api_auth::ApiAuth;
 use mose_orchestrator::cli::Cli;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::services::Services;
@@ -24,10 +25,23 @@ async fn run() -> anyhow::Result<()> {
             config.state_dir.display()
         )
     })?;
+    // Tasks name hosts, services and images; tokens are secrets: the owner's only (SQLite gives
+    // its journal files the database's mode).
+    private(&config.state_dir, 0o700)?;
     let store = Store::open(&config.task_db())?;
+    private(&config.task_db(), 0o600)?;
+    if let Some(tls) = config.zenoh.tls()? {
+        let cert = mose_pki::check_node(
+            &tls.cert,
+            &tls.key,
+            mose_protocol::domain::MemberRole::Orchestrator,
+            None,
+        )?;
+        tracing::info!(name = %cert.common_name, not_after_unix_s = cert.not_after_unix_s, "mutual TLS");
+    }
     let session = config
         .zenoh
-        .open()
+        .open(&config.keys)
         .await
         .context("joining the MOSE network")?;
     let registry =
@@ -59,13 +73,17 @@ async fn run() -> anyhow::Result<()> {
         http = %config.http,
         prefix = config.keys.prefix(),
         tasks = %config.task_db().display(),
+        api_tokens = %config.api_tokens.display(),
         service_pool = %config.service_pool,
         "orchestrator up"
     );
+    let tokens =
+        mose_api::ApiTokens::load_or_create(&config.api_tokens).context("the HTTP API's tokens")?;
     let state = ApiState {
         agents: registry.view(),
         services,
         migrations,
+        auth: std::sync::Arc::new(ApiAuth::new(tokens, config.api_allowed_hosts.clone())),
     };
     let shutdown = async {
         if let Err(e) = mose_protocol::cli::shutdown_signal().await {
@@ -83,6 +101,12 @@ async fn run() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("closing zenoh: {e}"))?;
     Ok(())
+}
+
+fn private(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))
 }
 
 /// Forgets finished task records older than `retention`, at start and every hour.

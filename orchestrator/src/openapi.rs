@@ -49,8 +49,40 @@ pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
         // A document of plain data always serialises.
-        serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        add_access_policy(&mut doc);
+        doc
     })
+}
+
+/// What `crate::api_auth` enforces on every route, written once here rather than on each
+/// handler: the bearer scheme, and the 401 and 421 answers.
+fn add_access_policy(doc: &mut Value) {
+    let problem = |description: &str| {
+        serde_json::json!({
+            "description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        })
+    };
+    doc["components"]["securitySchemes"] =
+        serde_json::json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            if !crate::api_auth::PUBLIC_PATHS.contains(&path.as_str()) {
+                operation["security"] = serde_json::json!([{"bearer": []}]);
+                operation["responses"]["401"] =
+                    problem("No valid bearer token (reason unauthorized)");
+            }
+            operation["responses"]["421"] =
+                problem("The Host header names a host this API does not answer for");
+        }
+    }
 }
 
 #[cfg(test)]

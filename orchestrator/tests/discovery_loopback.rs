@@ -1,32 +1,40 @@
 //! Discovery in one process over explicit loopback endpoints: an agent appears with its profile
 //! and metrics, profile changes propagate, bad publications are ignored, and an agent that leaves
-//! disappears from the view and the HTTP API.
+//! disappears from the view and the HTTP API. Every session is a member of a test domain
+//! (mutual TLS, access control).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
-use mose_api::{ApiClient, ClientError};
+use mose_api::{ApiClient, ApiToken, ApiTokens, ClientError};
 use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::api_auth::ApiAuth;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::services::{AddressPool, Services};
 use mose_orchestrator::tasks::{DriverConfig, Migrations, Store};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, HostMetrics, MetricsSample, Role,
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{encode, KeySpace};
+use mose_testkit::domain::tls_loopback;
+use mose_testkit::TestDomain;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// The orchestrator, an edge and a mobile, with mutual TLS and the domain's access control.
+fn test_domain() -> TestDomain {
+    TestDomain::new(&[
+        (MemberRole::Orchestrator, "orchestrator"),
+        (MemberRole::Edge, "edge1"),
+        (MemberRole::Mobile, "drone1"),
+    ])
 }
 
 fn profile(id: &str, role: Role) -> AgentProfile {
     AgentProfile {
+        security: mose_protocol::messages::LinkSecurity::Insecure,
         id: id.into(),
         role,
         hostname: "test-host".into(),
@@ -39,12 +47,17 @@ fn profile(id: &str, role: Role) -> AgentProfile {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_joins_reports_and_leaves() {
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let endpoint = tls_loopback();
+    let domain = test_domain();
     let keys = KeySpace::default();
-    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
+    let orch = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Orchestrator, "orchestrator"),
+        vec![endpoint.clone()],
+        vec![],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
     let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
         .await
         .unwrap();
@@ -61,21 +74,30 @@ async fn agent_joins_reports_and_leaves() {
     )
     .await
     .unwrap();
+    let token = ApiToken::generate().unwrap();
     tokio::spawn(api::serve(
         listener,
         ApiState {
             agents: view.clone(),
             services: Services::new(migrations.clone(), AddressPool::default()),
             migrations,
+            auth: Arc::new(ApiAuth::new(
+                ApiTokens::single("ops", token.clone()),
+                vec![],
+            )),
         },
         std::future::pending(),
     ));
-    let client = ApiClient::new(&format!("http://{http}"));
+    let client = ApiClient::new(&format!("http://{http}"), Some(&token));
 
-    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
-        .open()
-        .await
-        .unwrap();
+    let agent_session = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Edge, "edge1"),
+        vec![],
+        vec![endpoint.clone()],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
     let node = AgentNode::start(
         agent_session,
         keys.clone(),
@@ -165,21 +187,30 @@ async fn agent_joins_reports_and_leaves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_and_impostor_publications_are_ignored() {
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let endpoint = tls_loopback();
+    let domain = test_domain();
     let keys = KeySpace::new("garbage-test").unwrap();
-    let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
+    let orch = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Orchestrator, "orchestrator"),
+        vec![endpoint.clone()],
+        vec![],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
     let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
         .await
         .unwrap();
     let view = registry.view();
 
-    let agent_session = ZenohOptions::explicit(vec![], vec![endpoint.clone()])
-        .open()
-        .await
-        .unwrap();
+    let agent_session = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Mobile, "drone1"),
+        vec![],
+        vec![endpoint.clone()],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
     let _node = AgentNode::start(
         agent_session,
         keys.clone(),
@@ -196,10 +227,14 @@ async fn garbage_and_impostor_publications_are_ignored() {
         .await
     );
 
-    let rogue = ZenohOptions::explicit(vec![], vec![endpoint])
-        .open()
-        .await
-        .unwrap();
+    let rogue = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Mobile, "drone1"),
+        vec![],
+        vec![endpoint],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
     // Random bytes, a message of the wrong kind, and a sample claiming another agent's id.
     rogue
         .put(keys.agent_metrics("drone1"), vec![0xde, 0xad, 0xbe, 0xef])

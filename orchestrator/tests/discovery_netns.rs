@@ -1,6 +1,6 @@
 //! Discovery across network namespaces with NO configured endpoints (root): an orchestrator
 //! and two agents, each in its own namespace on a bridged LAN, find each other by multicast
-//! scouting. A killed agent leaves at once; an agent whose link dies is noticed within the lease.
+//! scouting, and speak mutual TLS under the domain's access control. A killed agent leaves at once; an agent whose link dies is noticed within the lease.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_api::{AgentView, ApiClient};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{now_us, AgentProfile, Capabilities, Role};
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::KeySpace;
-use mose_testkit::{child_role, spawn_self, ChildGuard, TestNet};
+use mose_testkit::{child_role, spawn_self, ChildGuard, TestDomain, TestNet};
 
 const LEASE_MS: u64 = 1000;
 
@@ -25,10 +26,15 @@ fn agent_child() {
         let options = ZenohOptions {
             lease_ms: LEASE_MS,
             multicast_interface: Some("eth0".into()),
+            tls_dir: Some(std::env::var("MOSE_TLS_DIR").unwrap().into()),
             ..ZenohOptions::default()
         };
-        let session = options.open().await.unwrap();
+        let session = options.open(&KeySpace::default()).await.unwrap();
         let profile = AgentProfile {
+            security: mose_protocol::messages::LinkSecurity::MutualTls {
+                common_name: format!("edge:{id}"),
+                not_after_unix_s: 0,
+            },
             id: id.clone(),
             role: Role::Edge,
             hostname: id.clone(),
@@ -83,19 +89,47 @@ async fn discovery_across_namespaces() {
     let http = format!("{}:7070", net.ip(1));
     // Its own task database, not the host's /var/lib/mose.
     let state = tempfile::tempdir().unwrap();
+    // Scouting finds the peers; every link is mutual TLS under the domain's access control.
+    let domain = TestDomain::new(&[
+        (MemberRole::Orchestrator, "orchestrator"),
+        (MemberRole::Edge, "edge-a"),
+        (MemberRole::Edge, "edge-b"),
+    ]);
+    let tls = |role, id| {
+        let dir = domain.tls_dir(role, id);
+        ("MOSE_TLS_DIR", dir.to_string_lossy().into_owned())
+    };
+    // Made before the orchestrator starts, which then loads it.
+    let tokens = state.path().join("api-tokens");
+    mose_api::ApiTokens::load_or_create(&tokens).unwrap();
+    let token = mose_api::ApiToken::read_file(&tokens).unwrap();
     let _orchestrator = ChildGuard(
         net.command(1, env!("CARGO_BIN_EXE_mose-orchestrator"))
             .args(["--http", &http, "--lease-ms", &LEASE_MS.to_string()])
             .arg("--state-dir")
             .arg(state.path())
             .args(["--multicast-interface", "eth0"])
+            .arg("--tls-dir")
+            .arg(domain.tls_dir(MemberRole::Orchestrator, "orchestrator"))
             .spawn()
             .unwrap(),
     );
-    let mut agent_a = Some(spawn_self(&net, 2, "agent_child", "edge-a", &[]));
-    let _agent_b = spawn_self(&net, 3, "agent_child", "edge-b", &[]);
+    let mut agent_a = Some(spawn_self(
+        &net,
+        2,
+        "agent_child",
+        "edge-a",
+        &[tls(MemberRole::Edge, "edge-a")],
+    ));
+    let _agent_b = spawn_self(
+        &net,
+        3,
+        "agent_child",
+        "edge-b",
+        &[tls(MemberRole::Edge, "edge-b")],
+    );
 
-    let client = ApiClient::new(&format!("http://{http}"));
+    let client = ApiClient::new(&format!("http://{http}"), Some(&token));
     let found = wait_for(&client, Duration::from_secs(30), |agents| {
         agents.len() == 2
             && agents

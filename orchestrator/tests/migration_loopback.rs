@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use mose_agent::node::AgentNode;
 use mose_agent::profiling::CgroupProbe;
 use mose_agent::steps::{StepExecutor, StepServer};
-use mose_api::{ApiClient, ClientError, MigrationEvent, Reason};
+use mose_api::{ApiClient, ApiToken, ApiTokens, ClientError, MigrationEvent, Reason};
 use mose_orchestrator::api::{self, ApiState};
+use mose_orchestrator::api_auth::ApiAuth;
 use mose_orchestrator::registry::{Registry, RegistryOptions};
 use mose_orchestrator::services::{
     AddressPool, DeployRequest, ServiceRecord, ServiceStatus, Services,
@@ -27,6 +28,7 @@ use mose_orchestrator::tasks::queryables::QueryServer;
 use mose_orchestrator::tasks::{
     DriverConfig, MigrationRequest, Migrations, StepTimeouts, Store, TaskRecord, TaskStatus,
 };
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{
     now_us, AgentProfile, Capabilities, CriuStats, Peer, Phase, PhaseEvent, PhaseStatus, Role,
     ServiceNetwork, ServiceSpec, Task,
@@ -40,14 +42,9 @@ use mose_protocol::transport::ZenohOptions;
 use mose_protocol::units::BytesPerSec;
 use mose_protocol::volumes::VolumeMount;
 use mose_protocol::{decode, encode, KeySpace};
+use mose_testkit::domain::tls_loopback;
+use mose_testkit::TestDomain;
 use zenoh::Session;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// What the scripted agents do differently from succeeding at once.
 #[derive(Default, Clone)]
@@ -122,7 +119,10 @@ impl Scripted {
             at_us: now_us(),
         };
         self.session
-            .put(self.keys.task_events(task), encode(&event).unwrap())
+            .put(
+                self.keys.agent_events(&self.agent, task),
+                encode(&event).unwrap(),
+            )
             .await
             .unwrap();
     }
@@ -222,6 +222,7 @@ impl StepExecutor for Scripted {
 
 fn profile(id: &str, role: Role, dirty_tracking: bool) -> AgentProfile {
     AgentProfile {
+        security: mose_protocol::messages::LinkSecurity::Insecure,
         id: id.into(),
         role,
         hostname: id.into(),
@@ -255,8 +256,10 @@ fn test_config() -> DriverConfig {
     }
 }
 
-/// A scripted agent connected to the orchestrator at `endpoint`: its step server and its node.
+/// A scripted agent (TLS directory `tls_dir`) connected to the orchestrator at `endpoint`: its
+/// step server and its node.
 async fn start_agent(
+    tls_dir: std::path::PathBuf,
     endpoint: &str,
     keys: &KeySpace,
     world: &Arc<World>,
@@ -264,8 +267,8 @@ async fn start_agent(
     role: Role,
     dirty_tracking: bool,
 ) -> (AgentNode, StepServer) {
-    let session = ZenohOptions::explicit(vec![], vec![endpoint.to_string()])
-        .open()
+    let session = ZenohOptions::secured(tls_dir, vec![], vec![endpoint.to_string()])
+        .open(keys)
         .await
         .unwrap();
     let executor = Arc::new(Scripted {
@@ -299,9 +302,13 @@ struct Rig {
     client: ApiClient,
     /// The HTTP API's address, for raw calls.
     http: std::net::SocketAddr,
+    /// The HTTP API's one token (operator `ops`), which `client` sends.
+    token: ApiToken,
     migrations: Migrations,
     services: Services,
     _agents: Vec<(AgentNode, StepServer)>,
+    /// The members' certificates: the orchestrator, edge1, edge2, drone, car and operator `ops`.
+    domain: TestDomain,
 }
 
 impl Rig {
@@ -317,12 +324,24 @@ impl Rig {
         dirty_tracking: bool,
         pool: AddressPool,
     ) -> Self {
-        let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+        let endpoint = tls_loopback();
         let keys = KeySpace::default();
-        let orch = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-            .open()
-            .await
-            .unwrap();
+        let rig_domain = TestDomain::new(&[
+            (MemberRole::Orchestrator, "orchestrator"),
+            (MemberRole::Edge, "edge1"),
+            (MemberRole::Edge, "edge2"),
+            (MemberRole::Mobile, "drone"),
+            (MemberRole::Mobile, "car"),
+            (MemberRole::Operator, "ops"),
+        ]);
+        let orch = ZenohOptions::secured(
+            rig_domain.tls_dir(MemberRole::Orchestrator, "orchestrator"),
+            vec![endpoint.clone()],
+            vec![],
+        )
+        .open(&keys)
+        .await
+        .unwrap();
         let registry = Registry::start(&orch, keys.clone(), RegistryOptions::default())
             .await
             .unwrap();
@@ -333,7 +352,10 @@ impl Rig {
             ("edge2", Role::Edge),
             ("drone", Role::Mobile),
         ] {
-            agents.push(start_agent(&endpoint, &keys, &world, id, role, dirty_tracking).await);
+            let tls_dir = rig_domain.tls_dir(role.into(), id);
+            agents.push(
+                start_agent(tls_dir, &endpoint, &keys, &world, id, role, dirty_tracking).await,
+            );
         }
         let view = registry.view();
         let ready = view
@@ -353,12 +375,17 @@ impl Rig {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
+        let token = ApiToken::generate().unwrap();
         tokio::spawn(api::serve(
             listener,
             ApiState {
                 agents: view,
                 services: services.clone(),
                 migrations: migrations.clone(),
+                auth: Arc::new(ApiAuth::new(
+                    ApiTokens::single("ops", token.clone()),
+                    vec![],
+                )),
             },
             std::future::pending(),
         ));
@@ -368,11 +395,13 @@ impl Rig {
             orch,
             registry,
             endpoint,
-            client: ApiClient::new(&format!("http://{http}")),
+            client: ApiClient::new(&format!("http://{http}"), Some(&token)),
+            token,
             http,
             migrations,
             services,
             _agents: agents,
+            domain: rig_domain,
         }
     }
 
@@ -646,6 +675,7 @@ async fn failure_at_each_step_before_the_point_of_no_return_rolls_back() {
 async fn one_mobile_failing_its_switch_rolls_back_every_mobile() {
     let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
     let _car = start_agent(
+        rig.domain.tls_dir(MemberRole::Mobile, "car"),
         &rig.endpoint,
         &rig.keys,
         &rig.world,
@@ -764,6 +794,7 @@ async fn the_rollback_waits_for_a_source_agent_that_restarts() {
     assert!(!now.status.is_finished(), "gave up on the source: {now:#?}");
     rig.world.set(Script::default());
     let _back = start_agent(
+        rig.domain.tls_dir(MemberRole::Edge, "edge1"),
         &rig.endpoint,
         &rig.keys,
         &rig.world,
@@ -949,10 +980,14 @@ async fn the_same_calls_work_over_zenoh() {
     )
     .await
     .unwrap();
-    let caller = ZenohOptions::explicit(vec![], vec![rig.endpoint.clone()])
-        .open()
-        .await
-        .unwrap();
+    let caller = ZenohOptions::secured(
+        rig.domain.tls_dir(MemberRole::Operator, "ops"),
+        vec![],
+        vec![rig.endpoint.clone()],
+    )
+    .open(&rig.keys)
+    .await
+    .unwrap();
     let ask = |op: &'static str, body: Vec<u8>| {
         let (caller, key) = (caller.clone(), rig.keys.orchestrator_rpc(op));
         async move {
@@ -1413,6 +1448,108 @@ async fn the_task_list_pages_and_filters() {
     assert!(rig.client.migrations().await.unwrap().is_empty());
 }
 
+/// A caller without the token (none, a wrong one, another scheme) gets 401 and changes
+/// nothing; a Host that is neither an IP literal nor allowed gets 421; health and the API's
+/// description stay public; the real token works, and the answers are in the OpenAPI document.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_api_refuses_callers_without_a_token() {
+    let rig = Rig::start(Store::in_memory().unwrap(), test_config()).await;
+    let base = format!("http://{}", rig.http);
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value =
+        serde_json::from_str(&rig.client.text("/openapi.json").await.unwrap()).unwrap();
+    let conformance = Conformance { doc: &doc };
+    let submit = serde_json::to_value(request()).unwrap();
+    let wrong = ApiToken::generate().unwrap();
+    let stranger = ApiClient::new(&base, Some(&wrong));
+    let anonymous = ApiClient::new(&base, None);
+    for client in [&stranger, &anonymous] {
+        for refused in [
+            client.agents().await.map(drop),
+            client.submit(&request()).await.map(drop),
+            client.deploy(&deploy_request("counter")).await.map(drop),
+            client.cancel("anything").await.map(drop),
+            client.remove_service("counter").await,
+            client.text("/metrics").await.map(drop),
+        ] {
+            assert_refused(refused, 401, "bearer token");
+        }
+    }
+    for (method, route, auth) in [
+        (reqwest::Method::GET, "/v1/agents", None),
+        (
+            reqwest::Method::POST,
+            "/v1/migrations",
+            Some(format!("Basic {}", rig.token.expose())),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/migrations",
+            Some(format!("Bearer {}x", rig.token.expose())),
+        ),
+    ] {
+        let mut call = http
+            .request(method.clone(), format!("{base}{route}"))
+            .json(&submit);
+        if let Some(auth) = auth {
+            call = call.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let answer = call.send().await.unwrap();
+        assert_eq!(answer.status(), 401);
+        assert_eq!(
+            answer.headers()[reqwest::header::WWW_AUTHENTICATE],
+            "Bearer"
+        );
+        let ct = answer.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = answer.text().await.unwrap();
+        assert!(body.contains("\"unauthorized\""), "{body}");
+        conformance.check(
+            &method.as_str().to_lowercase(),
+            route,
+            &(401, Some(ct), body),
+        );
+    }
+    assert!(
+        rig.migrations.list().unwrap().is_empty(),
+        "no task was created"
+    );
+    assert!(
+        rig.services.list().unwrap().is_empty(),
+        "no service was deployed"
+    );
+
+    // DNS rebinding: a page of evil.example whose name now resolves to the API.
+    let rebound = http
+        .get(format!("{base}/v1/agents"))
+        .bearer_auth(rig.token.expose())
+        .header(reqwest::header::HOST, "evil.example:7070")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
+    let ct = rebound.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    conformance.check(
+        "get",
+        "/v1/agents",
+        &(421, Some(ct), rebound.text().await.unwrap()),
+    );
+
+    for public in ["/healthz", "/openapi.json"] {
+        assert_eq!(
+            anonymous.text(public).await.map(drop).ok(),
+            Some(()),
+            "{public}"
+        );
+    }
+    assert_eq!(rig.client.agents().await.unwrap().len(), 3);
+}
+
 /// The OpenAPI document describes what the API really answers: every route is called on the
 /// running orchestrator (successes and refusals, a queued task, a dry run, the event stream's
 /// events) and each body is validated against the schema the document gives for that route,
@@ -1426,7 +1563,9 @@ async fn every_route_answers_what_its_openapi_document_says() {
         serde_json::from_str(&rig.client.text("/openapi.json").await.unwrap()).unwrap();
     let conformance = Conformance { doc: &doc };
     let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
-        let mut request = http.request(method, format!("{base}{path}"));
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(rig.token.expose());
         if let Some(body) = body {
             request = request.json(&body);
         }

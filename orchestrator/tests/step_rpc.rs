@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use mose_agent::steps::{StepExecutor, StepServer};
 use mose_orchestrator::rpc::{AgentRpc, RpcError};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{CriuStats, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
     Abort, Done, FailureKind, Op, Release, Restore, Restored, Resume, Step, StepFailure,
@@ -18,6 +19,8 @@ use mose_protocol::steps::{
 };
 use mose_protocol::transport::ZenohOptions;
 use mose_protocol::{encode, KeySpace, PROTOCOL_VERSION};
+use mose_testkit::domain::tls_loopback;
+use mose_testkit::TestDomain;
 use zenoh::query::Reply;
 use zenoh::Session;
 
@@ -40,23 +43,31 @@ impl StepExecutor for Scripted {
     }
 }
 
-/// An agent session and an orchestrator session connected over loopback.
-async fn sessions() -> (Session, Session) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let agent = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
-    let orch = ZenohOptions::explicit(vec![], vec![endpoint])
-        .open()
-        .await
-        .unwrap();
-    (agent, orch)
+/// Agent `agent`'s session and the orchestrator's, connected over loopback with mutual TLS
+/// in a test domain (kept alive by the caller).
+async fn sessions(agent: &str) -> (Session, Session, TestDomain) {
+    let domain = TestDomain::new(&[
+        (MemberRole::Orchestrator, "orchestrator"),
+        (MemberRole::Edge, agent),
+    ]);
+    let endpoint = tls_loopback();
+    let agent_session = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Edge, agent),
+        vec![endpoint.clone()],
+        vec![],
+    )
+    .open(&KeySpace::default())
+    .await
+    .unwrap();
+    let orch = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Orchestrator, "orchestrator"),
+        vec![],
+        vec![endpoint],
+    )
+    .open(&KeySpace::default())
+    .await
+    .unwrap();
+    (agent_session, orch, domain)
 }
 
 fn resume(s: &str) -> Resume {
@@ -85,7 +96,7 @@ fn error_text(reply: &Reply) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn steps_answer_fail_and_time_out_with_typed_errors() {
-    let (agent, orch) = sessions().await;
+    let (agent, orch, _domain) = sessions("edge1").await;
     let keys = KeySpace::default();
     let _server = StepServer::start(&agent, &keys, "edge1", Arc::new(Scripted))
         .await
@@ -180,7 +191,7 @@ async fn steps_answer_fail_and_time_out_with_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_of_another_protocol_version_is_refused_naming_both_versions() {
-    let (agent, orch) = sessions().await;
+    let (agent, orch, _domain) = sessions("edge1").await;
     let keys = KeySpace::default();
     let _server = StepServer::start(&agent, &keys, "edge1", Arc::new(Scripted))
         .await
@@ -257,7 +268,7 @@ impl StepExecutor for Recording {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_that_succeeds_after_its_timeout_is_undone_by_the_agent() {
-    let (agent, orch) = sessions().await;
+    let (agent, orch, _domain) = sessions("edge2").await;
     let keys = KeySpace::default();
     let executor = Arc::new(Recording::default());
     let _server = StepServer::start(&agent, &keys, "edge2", executor.clone())

@@ -1,5 +1,6 @@
 //! Blob transfer throughput over Zenoh vs a raw TCP copy of the same bytes over the same path
-//! (loopback), measured in the same run. `cargo bench -p mose-protocol`.
+//! (loopback), measured in the same run, over mutual TLS with the domain's access control (what
+//! MOSE ships) and over plaintext (`--insecure`, the comparison). `cargo bench -p mose-protocol`.
 //!
 //! The raw copy is the floor: one TCP stream, no chunking, no framing. Both sides hash what they
 //! receive (SHA-256), since a fetch that did not verify would not be the same job.
@@ -13,7 +14,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mose_protocol::blob::{self, BlobServer, FetchOptions};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::transport::ZenohOptions;
+use mose_protocol::KeySpace;
+use mose_testkit::TestDomain;
 use sha2::{Digest, Sha256};
 
 const SIZE: usize = 256 << 20;
@@ -64,22 +68,48 @@ fn raw_tcp_copy(path: &Path) -> Duration {
     took
 }
 
-async fn zenoh_fetch(path: &Path, in_flight: usize) -> Duration {
+/// The image edge `a` serves to edge `b`.
+const KEY: &str = "mose/agents/a/images/b/bench/final";
+
+/// Owner and fetcher options: TLS directories of edges `a` and `b`, or plaintext.
+fn link_options(domain: Option<&TestDomain>) -> (ZenohOptions, ZenohOptions) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let owner = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
-    let fetcher = ZenohOptions::explicit(vec![], vec![endpoint])
-        .open()
-        .await
-        .unwrap();
-    let _server = BlobServer::serve_file(&owner, "bench/blob", path, blob::DEFAULT_CHUNK_SIZE)
+    match domain {
+        Some(d) => {
+            let endpoint = format!("tls/127.0.0.1:{port}");
+            (
+                ZenohOptions::secured(
+                    d.tls_dir(MemberRole::Edge, "a"),
+                    vec![endpoint.clone()],
+                    vec![],
+                ),
+                ZenohOptions::secured(d.tls_dir(MemberRole::Edge, "b"), vec![], vec![endpoint]),
+            )
+        }
+        None => {
+            let endpoint = format!("tcp/127.0.0.1:{port}");
+            let plain = |listen, connect| ZenohOptions {
+                insecure: true,
+                ..ZenohOptions::explicit(listen, connect)
+            };
+            (
+                plain(vec![endpoint.clone()], vec![]),
+                plain(vec![], vec![endpoint]),
+            )
+        }
+    }
+}
+
+async fn zenoh_fetch(path: &Path, in_flight: usize, domain: Option<&TestDomain>) -> Duration {
+    let keys = KeySpace::default();
+    let (owner, fetcher) = link_options(domain);
+    let owner = owner.open(&keys).await.unwrap();
+    let fetcher = fetcher.open(&keys).await.unwrap();
+    let _server = BlobServer::serve_file(&owner, KEY, path, blob::DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
     let opts = FetchOptions {
@@ -87,19 +117,11 @@ async fn zenoh_fetch(path: &Path, in_flight: usize) -> Duration {
         ..FetchOptions::default()
     };
     // The manifest is fetched once up front so a not-yet-propagated queryable does not count.
-    blob::fetch_manifest(&fetcher, "bench/blob", &opts)
+    blob::fetch_manifest(&fetcher, KEY, &opts).await.unwrap();
+    let start = Instant::now();
+    let m = blob::fetch_into(&fetcher, KEY, &mut tokio::io::sink(), &opts, &mut |_| {})
         .await
         .unwrap();
-    let start = Instant::now();
-    let m = blob::fetch_into(
-        &fetcher,
-        "bench/blob",
-        &mut tokio::io::sink(),
-        &opts,
-        &mut |_| {},
-    )
-    .await
-    .unwrap();
     let took = start.elapsed();
     assert_eq!(m.size, SIZE as u64);
     drop(_server);
@@ -133,16 +155,27 @@ fn main() {
         "  raw TCP copy + SHA-256      {:>8.0} MB/s  (baseline)",
         mb_per_s(raw)
     );
+    let domain = TestDomain::new(&[(MemberRole::Edge, "a"), (MemberRole::Edge, "b")]);
     for in_flight in [1, 4, 8] {
-        let z = median(
-            (0..runs)
-                .map(|_| rt.block_on(zenoh_fetch(&path, in_flight)))
-                .collect(),
+        let fetch = |domain| {
+            median(
+                (0..runs)
+                    .map(|_| rt.block_on(zenoh_fetch(&path, in_flight, domain)))
+                    .collect(),
+            )
+        };
+        let plain = fetch(None);
+        let tls = fetch(Some(&domain));
+        println!(
+            "  zenoh chunked, {in_flight} in flight, plaintext  {:>8.0} MB/s  ratio {:.2} of raw",
+            mb_per_s(plain),
+            raw.as_secs_f64() / plain.as_secs_f64()
         );
         println!(
-            "  zenoh chunked, {in_flight} in flight   {:>8.0} MB/s  ratio {:.2} of raw",
-            mb_per_s(z),
-            raw.as_secs_f64() / z.as_secs_f64()
+            "  zenoh chunked, {in_flight} in flight, mTLS+ACL   {:>8.0} MB/s  ratio {:.2} of raw, {:.2} of plaintext",
+            mb_per_s(tls),
+            raw.as_secs_f64() / tls.as_secs_f64(),
+            plain.as_secs_f64() / tls.as_secs_f64()
         );
     }
 }

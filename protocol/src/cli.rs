@@ -56,6 +56,14 @@ pub struct ZenohArgs {
     /// Link lease in ms: a host silent this long is declared gone [default: 1000]
     #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
+    /// This node's TLS directory (ca.pem, cert.pem, key.pem, roster.toml), as `mose pki issue`
+    /// writes it: links are mutual TLS and the domain's access control applies
+    #[arg(long, value_name = "DIR", env = "MOSE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Run without TLS and access control: anyone on the network can join, read and drive the
+    /// domain (for comparisons and throw-away labs only)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl ZenohOptions {
@@ -75,6 +83,12 @@ impl ZenohOptions {
         }
         if let Some(lease) = args.lease_ms {
             self.lease_ms = lease;
+        }
+        if let Some(dir) = &args.tls_dir {
+            self.tls_dir = Some(dir.clone());
+        }
+        if args.insecure {
+            self.insecure = true;
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 const MAGIC: [u8; 2] = *b"MO";
 const HEADER_LEN: usize = 5;

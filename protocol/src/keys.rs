@@ -137,14 +137,41 @@ impl KeySpace {
         format!("{}/tasks/{task}", self.prefix)
     }
 
-    /// Phase events of a task.
+    /// Phase events the orchestrator publishes for a task.
     pub fn task_events(&self, task: &str) -> String {
         format!("{}/tasks/{task}/events", self.prefix)
     }
 
-    /// A checkpoint image (blob) of a task, served by the source agent.
-    pub fn image(&self, task: &str, image: crate::steps::ImageId) -> String {
-        format!("{}/images/{task}/{}", self.prefix, image.key_chunk())
+    /// Phase events agent `agent` publishes for `task`: in the agent's own key space, so a
+    /// secured domain knows who sent them (access control, docs/security.md).
+    pub fn agent_events(&self, agent: &str, task: &str) -> String {
+        format!("{}/agents/{agent}/events/{task}", self.prefix)
+    }
+
+    /// Matches every agent's phase events.
+    pub fn all_agent_events(&self) -> String {
+        format!("{}/agents/*/events/*", self.prefix)
+    }
+
+    /// A checkpoint or container image of `task`, served by agent `source` to agent `to` (the
+    /// destination, the only one allowed to fetch it in a secured domain).
+    pub fn image(
+        &self,
+        source: &str,
+        to: &str,
+        task: &str,
+        image: crate::steps::ImageId,
+    ) -> String {
+        format!(
+            "{}/agents/{source}/images/{to}/{task}/{}",
+            self.prefix,
+            image.key_chunk()
+        )
+    }
+
+    /// Matches every image served to agent `to`, whoever serves it.
+    pub fn images_for(&self, to: &str) -> String {
+        format!("{}/agents/*/images/{to}/**", self.prefix)
     }
 
     /// An orchestrator call (submit/inspect/cancel a task).
@@ -193,9 +220,11 @@ mod tests {
         assert_eq!(k.task("t1"), "mose/tasks/t1");
         assert_eq!(k.task_events("t1"), "mose/tasks/t1/events");
         assert_eq!(
-            k.image("t1", crate::steps::ImageId::Final),
-            "mose/images/t1/final"
+            k.image("edge1", "edge2", "t1", crate::steps::ImageId::Final),
+            "mose/agents/edge1/images/edge2/t1/final"
         );
+        assert_eq!(k.images_for("edge2"), "mose/agents/*/images/edge2/**");
+        assert_eq!(k.agent_events("edge1", "t1"), "mose/agents/edge1/events/t1");
         assert_eq!(k.orchestrator_rpc("submit"), "mose/orchestrator/rpc/submit");
     }
 

@@ -3,6 +3,8 @@
 //! * [`keys`]: the Zenoh key-expression scheme (one configurable prefix, docs/protocol.md).
 //! * [`messages`]: profiles, metrics, tasks and phase events; [`steps`]: the typed step
 //!   contract between orchestrator and agents; [`model`]: the PAM data types; [`units`]: rates; [`volumes`]: a service's named volumes.
+//! * [`domain`]: the members of a secured domain and their certificate names; [`acl`]: the
+//!   access control every node derives from the domain's roster.
 //! * [`codec`]: the versioned binary envelope (postcard inside) with typed errors.
 //! * [`blob`]: chunked, digest-checked transfer of large files (checkpoint images) over Zenoh.
 //! * `cli` (feature `cli`): command-line pieces shared by the MOSE binaries.
@@ -16,10 +18,13 @@
 //! agent's and the orchestrator's business.
 
 #[cfg(feature = "zenoh")]
+pub mod acl;
+#[cfg(feature = "zenoh")]
 pub mod blob;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
+pub mod domain;
 pub mod keys;
 pub mod messages;
 pub mod model;

@@ -87,6 +87,24 @@ pub struct AgentProfile {
     pub capabilities: Option<Capabilities>,
     /// Calibrated model parameters of this host, once calibration has run.
     pub pam: Option<PamParams>,
+    /// How the agent's links are secured.
+    pub security: LinkSecurity,
+}
+
+/// How a node's Zenoh links are secured (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum LinkSecurity {
+    /// Plaintext and no access control (`--insecure`).
+    Insecure,
+    /// Mutual TLS with the domain's certificates and its access control.
+    MutualTls {
+        /// The node's certificate name, `{role}:{id}`.
+        common_name: String,
+        /// When the node's certificate expires, Unix seconds.
+        not_after_unix_s: i64,
+    },
 }
 
 /// Host-wide load.
@@ -380,6 +398,10 @@ mod tests {
 
     fn profile() -> AgentProfile {
         AgentProfile {
+            security: LinkSecurity::MutualTls {
+                common_name: "edge:edge1".into(),
+                not_after_unix_s: 1_900_000_000,
+            },
             id: "edge1".into(),
             role: Role::Edge,
             hostname: "edge1".into(),

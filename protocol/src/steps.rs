@@ -146,6 +146,8 @@ pub struct Prepare {
 pub struct ExportImage {
     /// The service (container) name.
     pub service: String,
+    /// The agent the image is for (the destination): the only one that may fetch it.
+    pub to: String,
 }
 
 /// Source: pre-copy round `round` of the running service, on top of round `round - 1`.
@@ -155,6 +157,8 @@ pub struct PreDump {
     pub service: String,
     /// The round's number, from 0; the agent refuses a round that does not follow its last.
     pub round: u32,
+    /// The agent the image is for (the destination): the only one that may fetch it.
+    pub to: String,
 }
 
 /// Source: the final dump with established TCP, built on pre-copy rounds `0..rounds`.
@@ -164,6 +168,8 @@ pub struct Checkpoint {
     pub service: String,
     /// How many pre-copy rounds this task made before (0: a cold, full dump).
     pub rounds: u32,
+    /// The agent the image is for (the destination): the only one that may fetch it.
+    pub to: String,
 }
 
 /// Destination, during pre-copy: fetch `image` from agent `from` now, while the service runs.
@@ -552,10 +558,15 @@ mod tests {
         vec![
             Describe { service: service() }.into(),
             Prepare { spec: spec() }.into(),
-            ExportImage { service: service() }.into(),
+            ExportImage {
+                service: service(),
+                to: "edge2".into(),
+            }
+            .into(),
             PreDump {
                 service: service(),
                 round: 1,
+                to: "edge2".into(),
             }
             .into(),
             Fetch {
@@ -566,6 +577,7 @@ mod tests {
             Checkpoint {
                 service: service(),
                 rounds: 2,
+                to: "edge2".into(),
             }
             .into(),
             Restore {

@@ -4,11 +4,20 @@
 //! find each other with no configured endpoints; and a short lease, so a host that vanishes
 //! without closing its connections (power loss, radio gone) is noticed in about a second instead
 //! of Zenoh's default ten.
+//!
+//! Secure by default: every link is TLS with mutual authentication against the domain's CA,
+//! and Zenoh's access control enforces the domain's policy ([`crate::acl`]). Plaintext needs an
+//! explicit `insecure`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::acl::AccessControl;
+use crate::domain::Roster;
+use crate::keys::KeySpace;
 
 /// Zenoh settings shared by every MOSE binary. Deserialised from the `[zenoh]` table of a
 /// config file; command-line flags override it field by field.
@@ -26,7 +35,54 @@ pub struct ZenohOptions {
     pub multicast_interface: Option<String>,
     /// Link lease in milliseconds: a silent peer is declared gone after this.
     pub lease_ms: u64,
+    /// This node's TLS identity and the domain's roster, as `mose pki issue` writes them
+    /// ([`TlsDir`]). Required unless `insecure`.
+    pub tls_dir: Option<PathBuf>,
+    /// Plaintext links and no access control: anyone on the network may join, read and drive
+    /// the domain. Only for comparisons and throw-away labs.
+    pub insecure: bool,
 }
+
+/// The files of a node's TLS directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsDir {
+    /// The domain CA's certificate (`ca.pem`): peers must present a certificate it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (`cert.pem`), common name `{role}:{id}`.
+    pub cert: PathBuf,
+    /// Its private key (`key.pem`, mode 0600).
+    pub key: PathBuf,
+    /// The domain's members (`roster.toml`), from which the access control is built.
+    pub roster: PathBuf,
+}
+
+impl TlsDir {
+    /// The files under `dir`.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            roster: dir.join("roster.toml"),
+        }
+    }
+
+    /// The domain's roster.
+    pub fn load_roster(&self) -> Result<Roster, TransportError> {
+        let bad = |reason: String| TransportError::Roster {
+            path: self.roster.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&self.roster).map_err(|e| bad(e.to_string()))?;
+        let roster: Roster = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        roster.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(roster)
+    }
+}
+
+/// Zenoh's largest message, received: a blob chunk and its envelope. Zenoh's own default
+/// (1 GiB) lets any peer make a node buffer a gigabyte.
+pub const MAX_MESSAGE_BYTES: u64 = crate::blob::MAX_CHUNK_SIZE as u64 + (64 << 10);
 
 impl Default for ZenohOptions {
     fn default() -> Self {
@@ -36,6 +92,8 @@ impl Default for ZenohOptions {
             multicast_scouting: true,
             multicast_interface: None,
             lease_ms: 1000,
+            tls_dir: None,
+            insecure: false,
         }
     }
 }
@@ -56,6 +114,31 @@ pub enum TransportError {
     /// The session could not be opened (zenoh's message).
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
+    /// Neither a TLS directory nor `insecure`.
+    #[error(
+        "no TLS identity: give --tls-dir DIR (made by `mose pki issue`) or, to run without \
+         encryption and access control, --insecure"
+    )]
+    NoTls,
+    /// A plaintext endpoint on a secured node.
+    #[error("endpoint {0} is not tls/…: a secured node speaks only TLS (or give --insecure)")]
+    Plaintext(String),
+    /// A file of the TLS directory is missing.
+    #[error("TLS file {path} is missing: {reason}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The roster cannot be read or is invalid.
+    #[error("invalid roster {path}: {reason}")]
+    Roster {
+        /// The roster file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl ZenohOptions {
@@ -75,8 +158,33 @@ impl ZenohOptions {
         }
     }
 
-    /// Builds the Zenoh configuration (peer mode).
-    pub fn to_config(&self) -> Result<zenoh::Config, TransportError> {
+    /// A secured node with explicit `tls/` endpoints and the TLS directory `tls_dir`.
+    pub fn secured(tls_dir: PathBuf, listen: Vec<String>, connect: Vec<String>) -> Self {
+        Self {
+            tls_dir: Some(tls_dir),
+            ..Self::explicit(listen, connect)
+        }
+    }
+
+    /// The TLS directory a secured node uses; `None` when `insecure`.
+    pub fn tls(&self) -> Result<Option<TlsDir>, TransportError> {
+        if self.insecure {
+            return Ok(None);
+        }
+        let dir = self.tls_dir.as_deref().ok_or(TransportError::NoTls)?;
+        let tls = TlsDir::at(dir);
+        for path in [&tls.ca, &tls.cert, &tls.key, &tls.roster] {
+            std::fs::metadata(path).map_err(|e| TransportError::TlsFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Some(tls))
+    }
+
+    /// Builds the Zenoh configuration (peer mode) for the domain of `keys`: TLS with mutual
+    /// authentication and the domain's access control, unless `insecure`.
+    pub fn to_config(&self, keys: &KeySpace) -> Result<zenoh::Config, TransportError> {
         if self.lease_ms < 100 {
             return Err(TransportError::Config {
                 key: "lease_ms",
@@ -95,8 +203,40 @@ impl ZenohOptions {
                 })
         };
         set("mode", "\"peer\"".into())?;
-        if !self.listen.is_empty() {
-            set("listen/endpoints", json_list(&self.listen))?;
+        let tls = self.tls()?;
+        if let Some(tls) = &tls {
+            if let Some(e) = self
+                .listen
+                .iter()
+                .chain(&self.connect)
+                .find(|e| !e.starts_with("tls/"))
+            {
+                return Err(TransportError::Plaintext(e.clone()));
+            }
+            let path = |p: &Path| json_string(&p.to_string_lossy());
+            set("transport/link/tls/root_ca_certificate", path(&tls.ca))?;
+            set("transport/link/tls/listen_certificate", path(&tls.cert))?;
+            set("transport/link/tls/listen_private_key", path(&tls.key))?;
+            set("transport/link/tls/connect_certificate", path(&tls.cert))?;
+            set("transport/link/tls/connect_private_key", path(&tls.key))?;
+            set("transport/link/tls/enable_mtls", "true".into())?;
+            // Peers are found by scouting at addresses no certificate can name; who a peer
+            // is comes from its certificate's common name, which the access control checks.
+            set("transport/link/tls/verify_name_on_connect", "false".into())?;
+            set("transport/link/tls/close_link_on_expiration", "true".into())?;
+            let roster = tls.load_roster()?;
+            set(
+                "access_control",
+                AccessControl::for_domain(keys, &roster).to_json(),
+            )?;
+        }
+        let listen = match (&tls, self.listen.is_empty()) {
+            // Zenoh's default for peers, over TLS.
+            (Some(_), true) => vec!["tls/[::]:0".to_string()],
+            _ => self.listen.clone(),
+        };
+        if !listen.is_empty() {
+            set("listen/endpoints", json_list(&listen))?;
         }
         if !self.connect.is_empty() {
             set("connect/endpoints", json_list(&self.connect))?;
@@ -111,12 +251,22 @@ impl ZenohOptions {
         set("transport/link/tx/lease", self.lease_ms.to_string())?;
         // Four keep-alives per lease (Zenoh's own ratio), so one lost keep-alive is not fatal.
         set("transport/link/tx/keep_alive", "4".into())?;
+        set(
+            "transport/link/rx/max_message_size",
+            MAX_MESSAGE_BYTES.to_string(),
+        )?;
         Ok(config)
     }
 
-    /// Opens the session.
-    pub async fn open(&self) -> Result<zenoh::Session, TransportError> {
-        let config = self.to_config()?;
+    /// Opens the session for the domain of `keys`.
+    pub async fn open(&self, keys: &KeySpace) -> Result<zenoh::Session, TransportError> {
+        let config = self.to_config(keys)?;
+        if self.insecure {
+            tracing::warn!(
+                "INSECURE: plaintext Zenoh links and no access control; any host on the network \
+                 can join, read and drive this domain"
+            );
+        }
         zenoh::open(config)
             .await
             .map_err(|e| TransportError::Open(e.to_string()))
@@ -171,22 +321,46 @@ fn json_list(items: &[String]) -> String {
 mod tests {
     use super::*;
 
+    fn insecure() -> ZenohOptions {
+        ZenohOptions {
+            insecure: true,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn defaults_build_a_peer_config_with_short_lease() {
-        let config = ZenohOptions::default().to_config().unwrap();
+    fn a_node_without_tls_or_insecure_refuses_to_start() {
+        let err = ZenohOptions::default()
+            .to_config(&KeySpace::default())
+            .unwrap_err();
+        assert!(matches!(err, TransportError::NoTls), "{err}");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+    }
+
+    #[test]
+    fn insecure_defaults_build_a_peer_config_with_short_lease() {
+        let config = insecure().to_config(&KeySpace::default()).unwrap();
         let json = format!("{config}");
         assert!(json.contains("\"mode\":\"peer\""), "{json}");
         assert!(json.contains("\"lease\":1000"), "{json}");
+        assert!(
+            json.contains(&format!("\"max_message_size\":{MAX_MESSAGE_BYTES}")),
+            "{json}"
+        );
+        assert!(!json.contains("\"enable_mtls\":true"), "{json}");
     }
 
     #[test]
     fn explicit_endpoints_and_interface_are_set() {
-        let mut o = ZenohOptions::explicit(
-            vec!["tcp/127.0.0.1:17447".into()],
-            vec!["tcp/127.0.0.1:17448".into()],
-        );
+        let mut o = ZenohOptions {
+            insecure: true,
+            ..ZenohOptions::explicit(
+                vec!["tcp/127.0.0.1:17447".into()],
+                vec!["tcp/127.0.0.1:17448".into()],
+            )
+        };
         o.multicast_interface = Some("veth0".into());
-        let json = format!("{}", o.to_config().unwrap());
+        let json = format!("{}", o.to_config(&KeySpace::default()).unwrap());
         assert!(json.contains("tcp/127.0.0.1:17447"), "{json}");
         assert!(json.contains("tcp/127.0.0.1:17448"), "{json}");
         assert!(json.contains("veth0"), "{json}");
@@ -194,13 +368,21 @@ mod tests {
 
     #[test]
     fn bad_settings_are_clear_errors() {
+        let keys = KeySpace::default();
         let o = ZenohOptions {
             lease_ms: 5,
-            ..Default::default()
+            ..insecure()
         };
-        assert!(o.to_config().unwrap_err().to_string().contains("lease_ms"));
-        let o = ZenohOptions::explicit(vec!["not-an-endpoint".into()], vec![]);
-        let err = o.to_config().unwrap_err().to_string();
+        assert!(o
+            .to_config(&keys)
+            .unwrap_err()
+            .to_string()
+            .contains("lease_ms"));
+        let o = ZenohOptions {
+            insecure: true,
+            ..ZenohOptions::explicit(vec!["not-an-endpoint".into()], vec![])
+        };
+        let err = o.to_config(&keys).unwrap_err().to_string();
         assert!(err.contains("listen/endpoints"), "{err}");
     }
 }

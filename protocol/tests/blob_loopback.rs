@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pseudo_random, session_pair};
+use common::{image_key, pseudo_random, session_pair};
 use mose_protocol::blob::{self, BlobError, BlobManifest, BlobServer, FetchOptions};
 use mose_protocol::codec;
 use sha2::{Digest, Sha256};
@@ -19,21 +19,21 @@ fn quick() -> FetchOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_arrives_intact_in_order_with_progress() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("image.tar");
     // Not a multiple of the chunk size, so the short last chunk is exercised.
     let data = pseudo_random((8 << 20) + 12345, 7);
     std::fs::write(&src, &data).unwrap();
 
-    let server = BlobServer::serve_file(&a, "mose/images/t1/ckpt", &src, 1 << 20)
+    let server = BlobServer::serve_file(&a, &image_key("t1", "ckpt"), &src, 1 << 20)
         .await
         .unwrap();
     assert_eq!(server.manifest().chunks, 9);
 
     let dest = dir.path().join("fetched.tar");
     let mut seen = Vec::new();
-    let manifest = blob::fetch_to_file(&b, "mose/images/t1/ckpt", &dest, &quick(), &mut |p| {
+    let manifest = blob::fetch_to_file(&b, &image_key("t1", "ckpt"), &dest, &quick(), &mut |p| {
         seen.push(p)
     })
     .await
@@ -49,24 +49,30 @@ async fn file_arrives_intact_in_order_with_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_blob_transfers() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("empty");
     std::fs::write(&src, b"").unwrap();
-    let _server = BlobServer::serve_file(&a, "mose/images/t0/empty", &src, 1 << 20)
+    let _server = BlobServer::serve_file(&a, &image_key("t0", "empty"), &src, 1 << 20)
         .await
         .unwrap();
     let mut sink = Vec::new();
-    let m = blob::fetch_into(&b, "mose/images/t0/empty", &mut sink, &quick(), &mut |_| {})
-        .await
-        .unwrap();
+    let m = blob::fetch_into(
+        &b,
+        &image_key("t0", "empty"),
+        &mut sink,
+        &quick(),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(m.size, 0);
     assert!(sink.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_image_fails_and_leaves_no_file() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("image.tar");
     let data = pseudo_random(3 << 20, 11);
@@ -77,12 +83,12 @@ async fn corrupted_image_fails_and_leaves_no_file() {
     let mut rotten = data.clone();
     rotten[(1 << 20) + 77] ^= 0x10;
     std::fs::write(&src, &rotten).unwrap();
-    let _server = BlobServer::serve(&a, "mose/images/t2/ckpt", &src, manifest)
+    let _server = BlobServer::serve(&a, &image_key("t2", "ckpt"), &src, manifest)
         .await
         .unwrap();
 
     let dest = dir.path().join("fetched.tar");
-    let err = blob::fetch_to_file(&b, "mose/images/t2/ckpt", &dest, &quick(), &mut |_| {})
+    let err = blob::fetch_to_file(&b, &image_key("t2", "ckpt"), &dest, &quick(), &mut |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
@@ -93,11 +99,11 @@ async fn corrupted_image_fails_and_leaves_no_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_gone_mid_transfer_is_a_chunk_error() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("image.tar");
     std::fs::write(&src, pseudo_random(16 << 20, 3)).unwrap();
-    let server = BlobServer::serve_file(&a, "mose/images/t3/ckpt", &src, 1 << 20)
+    let server = BlobServer::serve_file(&a, &image_key("t3", "ckpt"), &src, 1 << 20)
         .await
         .unwrap();
 
@@ -108,7 +114,7 @@ async fn source_gone_mid_transfer_is_a_chunk_error() {
         chunk_timeout: Duration::from_millis(300),
         retries: 2,
     };
-    let err = blob::fetch_to_file(&b, "mose/images/t3/ckpt", &dest, &opts, &mut |p| {
+    let err = blob::fetch_to_file(&b, &image_key("t3", "ckpt"), &dest, &opts, &mut |p| {
         // The source agent dies after a quarter of the image.
         if p.chunks_done == 4 {
             server.take();
@@ -132,16 +138,22 @@ async fn source_gone_mid_transfer_is_a_chunk_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_blob_and_bad_manifest_are_clear_errors() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let opts = FetchOptions {
         in_flight: 2,
         chunk_timeout: Duration::from_millis(200),
         retries: 1,
     };
     let mut sink = Vec::new();
-    let err = blob::fetch_into(&b, "mose/images/none/ckpt", &mut sink, &opts, &mut |_| {})
-        .await
-        .unwrap_err();
+    let err = blob::fetch_into(
+        &b,
+        &image_key("none", "ckpt"),
+        &mut sink,
+        &opts,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, BlobError::ManifestUnavailable { attempts: 2, .. }),
         "{err}"
@@ -149,7 +161,7 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
 
     // A hand-rolled server answering garbage, then an inconsistent manifest.
     let garbage = a
-        .declare_queryable("mose/images/bad/ckpt/**")
+        .declare_queryable(&image_key("bad", "ckpt/**"))
         .await
         .unwrap();
     let answers = tokio::spawn(async move {
@@ -168,17 +180,17 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
             .await
             .unwrap();
     });
-    let err = blob::fetch_into(&b, "mose/images/bad/ckpt", &mut sink, &opts, &mut |_| {})
+    let err = blob::fetch_into(&b, &image_key("bad", "ckpt"), &mut sink, &opts, &mut |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::Codec(_)), "{err}");
-    let err = blob::fetch_into(&b, "mose/images/bad/ckpt", &mut sink, &opts, &mut |_| {})
+    let err = blob::fetch_into(&b, &image_key("bad", "ckpt"), &mut sink, &opts, &mut |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::BadManifest { .. }), "{err}");
     answers.await.unwrap();
 
-    let err = blob::fetch_into(&b, "mose/images/*/ckpt", &mut sink, &opts, &mut |_| {})
+    let err = blob::fetch_into(&b, &image_key("*", "ckpt"), &mut sink, &opts, &mut |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::InvalidKey { .. }), "{err}");
@@ -186,9 +198,9 @@ async fn missing_blob_and_bad_manifest_are_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_chunk_is_retried_then_refused() {
-    let (a, b) = session_pair().await;
+    let (a, b, _domain) = session_pair().await;
     let q = a
-        .declare_queryable("mose/images/short/ckpt/**")
+        .declare_queryable(&image_key("short", "ckpt/**"))
         .await
         .unwrap();
     let manifest = BlobManifest {
@@ -222,9 +234,15 @@ async fn truncated_chunk_is_retried_then_refused() {
         retries: 1,
     };
     let mut sink = Vec::new();
-    let err = blob::fetch_into(&b, "mose/images/short/ckpt", &mut sink, &opts, &mut |_| {})
-        .await
-        .unwrap_err();
+    let err = blob::fetch_into(
+        &b,
+        &image_key("short", "ckpt"),
+        &mut sink,
+        &opts,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("5 bytes, expected 8"), "{err}");
     assert_eq!(
         served.await.unwrap(),

@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use common::pseudo_random;
 use mose_protocol::blob::{self, BlobError, BlobServer, FetchOptions};
+use mose_protocol::domain::MemberRole;
 use mose_protocol::transport::ZenohOptions;
-use mose_testkit::{child_role, spawn_self, TestNet};
+use mose_protocol::KeySpace;
+use mose_testkit::{child_role, spawn_self, TestDomain, TestNet};
 use sha2::{Digest, Sha256};
 
 const SIZE: usize = 64 << 20;
 const SEED: u64 = 64;
-const KEY: &str = "mose/images/netns/ckpt";
+/// Served by edge `a` (the child) to edge `b` (this process).
+const KEY: &str = "mose/agents/a/images/b/netns/ckpt";
 const CORRUPT_AT: u64 = 10 << 20;
 
 /// Child entry: serves the image from inside host 1; role "corrupt" flips a byte after the
@@ -32,8 +35,9 @@ fn blob_server_child() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image");
         std::fs::write(&path, pseudo_random(SIZE, SEED)).unwrap();
-        let session = ZenohOptions::explicit(vec![], vec![connect])
-            .open()
+        let tls_dir = std::env::var("MOSE_TLS_DIR").unwrap().into();
+        let session = ZenohOptions::secured(tls_dir, vec![], vec![connect])
+            .open(&KeySpace::default())
             .await
             .unwrap();
         let _server = BlobServer::serve_file(&session, KEY, &path, blob::DEFAULT_CHUNK_SIZE)
@@ -73,20 +77,39 @@ async fn setup(
     tag: &str,
     subnet: u8,
     role: &str,
-) -> (TestNet, mose_testkit::ChildGuard, zenoh::Session) {
+) -> (
+    TestNet,
+    mose_testkit::ChildGuard,
+    zenoh::Session,
+    TestDomain,
+) {
     let mut net = TestNet::new(tag, subnet).unwrap();
     net.add_host(1).unwrap();
-    let endpoint = format!("tcp/{}:{}", net.bridge_ip(), common::free_port());
-    let session = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
+    let domain = TestDomain::new(&[(MemberRole::Edge, "a"), (MemberRole::Edge, "b")]);
+    let endpoint = format!("tls/{}:{}", net.bridge_ip(), common::free_port());
+    let session = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Edge, "b"),
+        vec![endpoint.clone()],
+        vec![],
+    )
+    .open(&KeySpace::default())
+    .await
+    .unwrap();
     let child = spawn_self(
         &net,
         1,
         "blob_server_child",
         role,
-        &[("MOSE_TEST_CONNECT", endpoint)],
+        &[
+            ("MOSE_TEST_CONNECT", endpoint),
+            (
+                "MOSE_TLS_DIR",
+                domain
+                    .tls_dir(MemberRole::Edge, "a")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ],
     );
     // The child writes and hashes 64 MiB before it serves: wait for the manifest.
     let start = Instant::now();
@@ -102,13 +125,13 @@ async fn setup(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (net, child, session)
+    (net, child, session, domain)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn image_of_64_mib_crosses_namespaces_intact() {
     mose_testkit::root_test!(&["ip"]);
-    let (_net, _child, session) = setup("blobok", 72, "serve").await;
+    let (_net, _child, session, _domain) = setup("blobok", 72, "serve").await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image");
     let mut reports = 0u64;
@@ -143,7 +166,7 @@ async fn image_of_64_mib_crosses_namespaces_intact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_chunk_fails_the_fetch_and_leaves_no_file() {
     mose_testkit::root_test!(&["ip"]);
-    let (_net, _child, session) = setup("blobbad", 73, "corrupt").await;
+    let (_net, _child, session, _domain) = setup("blobbad", 73, "corrupt").await;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image");
     let err = blob::fetch_to_file(&session, KEY, &dest, &FetchOptions::default(), &mut |_| {})

@@ -140,7 +140,7 @@ pub async fn run(
         stopped = swept.err().map(|e| e.to_string());
     }
     let report = Report {
-        host: host_info(&tb.state().api()).await?,
+        host: host_info(&tb.state().api()?).await?,
         raw_floor_ms: median(floor.iter().map(|f| f.client.client_downtime_ms)),
         migrations,
     };
@@ -159,7 +159,7 @@ pub async fn run(
 /// placed by hand (its migrations name their source), as an operator's pre-existing container
 /// would be: the deployed one is removed through the API first.
 async fn place_by_hand(tb: &FourHost, env: BTreeMap<String, String>) -> Result<()> {
-    match tb.state().api().remove_service(SERVICE).await {
+    match tb.state().api()?.remove_service(SERVICE).await {
         Ok(()) | Err(ClientError::Api { status: 404, .. }) => {}
         Err(e) => return Err(e.into()),
     }

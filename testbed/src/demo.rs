@@ -53,7 +53,7 @@ pub async fn migrate(
     targets: Targets,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TaskRecord> {
-    let api = state.api();
+    let api = state.api()?;
     let request = MigrationRequest {
         service: state.service.clone(),
         // Named although a deployed service brings both: the bench migrates a container it
@@ -229,7 +229,7 @@ pub async fn run(
     // Asked at the end: the agents' capability probes (CRIU, podman) finish seconds after they
     // join, and the profile is updated then.
     let report = Report {
-        host: host_info(&state.api()).await?,
+        host: host_info(&state.api()?).await?,
         raw_floor_ms: None,
         migrations,
     };

@@ -37,6 +37,12 @@ pub enum TestbedError {
     /// The host's Open vSwitch could not be started or stopped.
     #[error("open vswitch: {0}")]
     Ovs(#[from] mose_overlay::OverlayError),
+    /// The testbed's domain CA could not issue its members' certificates.
+    #[error("testbed PKI: {0}")]
+    Pki(#[from] mose_pki::PkiError),
+    /// A member name the domain cannot hold.
+    #[error(transparent)]
+    Domain(#[from] mose_protocol::domain::DomainError),
     /// The orchestrator's HTTP API refused a call or could not be reached.
     #[error("orchestrator API: {0}")]
     Api(#[from] mose_api::ClientError),

@@ -44,6 +44,7 @@ use mose_agent::runtime::{CreateSpec, Netns, Podman};
 use mose_api::{AgentView, ApiClient, ClientError, DeployRequest};
 use mose_command::Cmd;
 use mose_overlay::{connect_wire, EndpointSpec, HostOverlay, MacAddr, Neighbour, ServiceAddr};
+use mose_protocol::domain::{Member, MemberRole};
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
 
@@ -87,6 +88,12 @@ const CLIENT_NETNS_SUFFIX: &str = "cli";
 const CLIENT2_NETNS_SUFFIX: &str = "cli2";
 /// The agents' work directory (checkpoint archives), inside each host's private `/var/tmp`.
 pub const AGENT_WORK_DIR: &str = "/var/tmp/mose-agent";
+/// The orchestrator's member id in the testbed's domain.
+pub const ORCHESTRATOR_ID: &str = "orchestrator";
+/// The operator identity the testbed's own Zenoh RPC calls use.
+pub const OPERATOR: &str = "testbed";
+/// How long the testbed's certificates are valid: a testbed left up for a month needs a new `up`.
+const PKI_DAYS: u32 = 30;
 /// Inside ctrl, the API link's end.
 const API_IFNAME: &str = "api0";
 /// How long agents may take to be listed with their profiles (capability probes run at start).
@@ -209,6 +216,17 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.out_dir.join("logs")
     }
+    /// The run's domain: `ca/` and one TLS directory per member, `<role>-<id>/`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.out_dir.join("pki")
+    }
+    /// The TLS directory of member `role:id` (see [`Config::pki_dir`]).
+    pub fn tls_dir(&self, role: MemberRole, id: &str) -> Result<PathBuf> {
+        Ok(mose_pki::member_dir(
+            &self.pki_dir(),
+            &Member::new(role, id)?,
+        ))
+    }
 }
 
 /// One host as `state.json` records it.
@@ -233,6 +251,8 @@ pub struct State {
     pub prefix: String,
     /// `http://10.98.N.2:7070`, reachable from the root namespace.
     pub api_url: String,
+    /// The API's tokens file (the orchestrator's `--api-tokens`; `mose --token-file` reads it).
+    pub api_tokens: PathBuf,
     /// Every host.
     pub hosts: Vec<HostState>,
     /// The service placed on edge1.
@@ -273,9 +293,9 @@ impl State {
             .map_err(|e| TestbedError::io(format!("write {}", path.display()), e))
     }
 
-    /// A client of the testbed's orchestrator API.
-    pub fn api(&self) -> ApiClient {
-        ApiClient::new(&self.api_url)
+    /// A client of the testbed's orchestrator API, with the testbed's token.
+    pub fn api(&self) -> Result<ApiClient> {
+        crate::api_client(&self.api_url, &self.api_tokens)
     }
 
     /// The edge host the service runs on now, asked from the hosts' podman (not remembered):
@@ -322,7 +342,11 @@ impl State {
             ));
         }
         out.push_str(&format!("\nagents ({}):\n", self.api_url));
-        match self.api().agents().await {
+        let agents = match self.api() {
+            Ok(api) => api.agents().await.map_err(TestbedError::from),
+            Err(e) => Err(e),
+        };
+        match agents {
             Ok(agents) => out.push_str(&mose_api::format::agents_table(&agents)),
             Err(e) => out.push_str(&format!("  {e}\n")),
         }
@@ -486,6 +510,7 @@ impl FourHost {
             state: State {
                 prefix: cfg.prefix.clone(),
                 api_url: format!("http://{api_ctrl}:{API_PORT}"),
+                api_tokens: cfg.pki_dir().join("api-tokens"),
                 hosts: Vec::new(),
                 service: SERVICE.into(),
                 service_addr: SocketAddr::from((SERVICE_IP, SERVICE_PORT)),
@@ -559,6 +584,7 @@ impl FourHost {
         timings.wiring_ms = since(t);
 
         let t = Instant::now();
+        tb.issue_domain()?;
         tb.start_processes(api_ctrl, orchestrator_args)?;
         tb.wait_for_agents().await?;
         timings.discovery_ms = since(t);
@@ -675,12 +701,45 @@ impl FourHost {
         Ok(())
     }
 
-    /// Scouting only on the LAN interface of each host (never in the root namespace).
-    fn zenoh_args(&self) -> Vec<String> {
-        let lease = self.cfg.lease_ms.to_string();
-        ["--multicast-interface", "eth0", "--lease-ms", &lease]
-            .map(String::from)
-            .to_vec()
+    /// A new domain CA for this run and a certificate for every member: the orchestrator,
+    /// each agent, and [`OPERATOR`] (what the tests call the orchestrator's RPC as).
+    fn issue_domain(&self) -> Result<()> {
+        let dir = self.cfg.pki_dir();
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TestbedError::io(format!("remove {}", dir.display()), e)),
+        }
+        let mut members = vec![Member::new(MemberRole::Orchestrator, ORCHESTRATOR_ID)?];
+        for id in self.agent_ids() {
+            members.push(Member::new(self.agent_role(id), id)?);
+        }
+        members.push(Member::new(MemberRole::Operator, OPERATOR)?);
+        let name = format!("MOSE testbed {}", self.cfg.prefix);
+        mose_pki::issue_domain(&dir, &name, &members, PKI_DAYS)?;
+        crate::api_tokens_file(&dir)?;
+        Ok(())
+    }
+
+    /// Mutual TLS as member `role:id`; scouting only on the LAN interface of each host (never
+    /// in the root namespace).
+    fn zenoh_args(&self, role: MemberRole, id: &str) -> Result<Vec<String>> {
+        Ok(vec![
+            "--tls-dir".into(),
+            self.cfg.tls_dir(role, id)?.to_string_lossy().into_owned(),
+            "--multicast-interface".into(),
+            "eth0".into(),
+            "--lease-ms".into(),
+            self.cfg.lease_ms.to_string(),
+        ])
+    }
+
+    fn agent_role(&self, id: &str) -> MemberRole {
+        if self.mobiles().contains(&id) {
+            MemberRole::Mobile
+        } else {
+            MemberRole::Edge
+        }
     }
 
     fn start_processes(&mut self, api_ctrl: Ipv4Addr, extra: Vec<String>) -> Result<()> {
@@ -690,8 +749,10 @@ impl FourHost {
             // /var/tmp is private to each emulated host (/var/lib is shared with the machine).
             "--state-dir".into(),
             "/var/tmp/mose-orchestrator".into(),
+            "--api-tokens".into(),
+            self.state.api_tokens.to_string_lossy().into_owned(),
         ];
-        args.extend(self.zenoh_args());
+        args.extend(self.zenoh_args(MemberRole::Orchestrator, ORCHESTRATOR_ID)?);
         args.extend(extra);
         let orchestrator = self.cfg.binaries.orchestrator.clone();
         self.spawn_in(CONTROLLER, "orchestrator", &orchestrator, &args, false)?;
@@ -703,11 +764,8 @@ impl FourHost {
 
     /// Start the agent of `id` (an edge host or the mobile host) inside its host.
     fn spawn_agent(&mut self, id: &str, append_log: bool) -> Result<()> {
-        let role = if self.mobiles().contains(&id) {
-            "mobile"
-        } else {
-            "edge"
-        };
+        let member_role = self.agent_role(id);
+        let role = member_role.to_string();
         let ovs = self
             .host(id)?
             .ovs()
@@ -716,7 +774,7 @@ impl FourHost {
             "--id".into(),
             id.into(),
             "--role".into(),
-            role.into(),
+            role.clone(),
             "--ovs-bridge".into(),
             BRIDGE.into(),
             "--ovsdb-socket".into(),
@@ -726,7 +784,7 @@ impl FourHost {
             "--work-dir".into(),
             AGENT_WORK_DIR.into(),
         ];
-        if role == "edge" {
+        if member_role == MemberRole::Edge {
             args.extend([
                 "--podman-socket".into(),
                 crate::host::PODMAN_SOCKET_INSIDE.into(),
@@ -739,7 +797,7 @@ impl FourHost {
                 ]);
             }
         }
-        args.extend(self.zenoh_args());
+        args.extend(self.zenoh_args(member_role, id)?);
         let agent = self.cfg.binaries.agent.clone();
         self.spawn_in(id, "agent", &agent, &args, append_log)
     }
@@ -853,7 +911,7 @@ impl FourHost {
     /// Until `GET /v1/agents` lists every agent (edge1, edge2, the mobiles), each with its
     /// profile (edge agents: with their probed capabilities, see [`profiled`]).
     pub async fn wait_for_agents(&mut self) -> Result<Vec<AgentView>> {
-        let api = self.state.api();
+        let api = self.state.api()?;
         let t = Instant::now();
         let mut last;
         loop {
@@ -922,7 +980,7 @@ impl FourHost {
             volumes: Vec::new(),
             mobiles: Some(vec![MOBILE.into()]),
         };
-        let api = self.state.api();
+        let api = self.state.api()?;
         let t = Instant::now();
         let record = loop {
             match api.deploy(&request).await {

@@ -63,3 +63,18 @@ pub async fn run_script(relative: &str) -> Result<()> {
 pub fn out_dir() -> std::path::PathBuf {
     workspace_dir().join("target/testbed")
 }
+
+/// The file a testbed's orchestrator takes its HTTP API tokens from (`--api-tokens`), made on
+/// first use in `pki_dir` (each run's own domain directory).
+pub fn api_tokens_file(pki_dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let path = pki_dir.join("api-tokens");
+    mose_api::ApiTokens::load_or_create(&path).map_err(|e| TestbedError::State(e.to_string()))?;
+    Ok(path)
+}
+
+/// A client of the orchestrator at `url` with the token of `tokens` (see [`api_tokens_file`]).
+pub fn api_client(url: &str, tokens: &std::path::Path) -> Result<mose_api::ApiClient> {
+    let token = mose_api::ApiToken::read_file(tokens)
+        .map_err(|e| TestbedError::State(format!("the testbed's API token: {e}")))?;
+    Ok(mose_api::ApiClient::new(url, Some(&token)))
+}

@@ -177,10 +177,12 @@ async fn run() -> anyhow::Result<()> {
             let (tb, timings) = interruptible(FourHost::up(cfg)).await??;
             println!("testbed up ({timings:?})\n");
             println!("{}", tb.state().status().await);
+            let st = tb.state();
             println!(
-                "API: {} (e.g. `mose --api {} agents`)",
-                tb.state().api_url,
-                tb.state().api_url
+                "API: {} (e.g. `mose --api {} --token-file {} agents`)",
+                st.api_url,
+                st.api_url,
+                st.api_tokens.display()
             );
             tb.persist();
         }

@@ -44,6 +44,8 @@ use mose_protocol::messages::Phase;
 use mose_protocol::units::BytesPerSec;
 use serde::{Deserialize, Serialize};
 
+use mose_protocol::domain::{Member, MemberRole};
+
 use crate::error::{Result, TestbedError};
 
 /// Prefix of every interface and QEMU name the VM testbed makes.
@@ -147,7 +149,7 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<()> {
                 .context("no VM testbed state (run `mose-testbed vm up`)")?;
             println!("{}", st.summary());
             println!("agents ({}):", st.api_url);
-            match ApiClient::new(&st.api_url).agents().await {
+            match st.api()?.agents().await {
                 Ok(a) => print!("{}", mose_api::format::agents_table(&a)),
                 Err(e) => println!("  {e}"),
             }
@@ -218,6 +220,8 @@ pub struct VmState {
     pub accel: String,
     /// The orchestrator's API, reachable from the host.
     pub api_url: String,
+    /// Its tokens file (handed to the controller VM; `mose --token-file` reads it).
+    pub api_tokens: PathBuf,
     /// Every VM.
     pub vms: Vec<VmInfo>,
     /// From QEMU start to the orchestrator listing all agents with profiles, ms.
@@ -250,6 +254,11 @@ pub struct VmInfo {
 }
 
 impl VmState {
+    /// A client of the controller VM's orchestrator API, with the testbed's token.
+    pub fn api(&self) -> Result<ApiClient> {
+        crate::api_client(&self.api_url, &self.api_tokens)
+    }
+
     /// Reads a saved state.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -342,6 +351,7 @@ impl VmLab {
             state: VmState {
                 accel: accel.clone(),
                 api_url: format!("http://127.0.0.1:{API_HOST_PORT}"),
+                api_tokens: PathBuf::new(),
                 vms: Vec::new(),
                 discovery_ms: None,
             },
@@ -367,10 +377,13 @@ impl VmLab {
         {
             tracing::warn!("br_netfilter is on: bridged VM traffic passes iptables FORWARD");
         }
+        let pki = issue_domain(&dir)?;
+        lab.state.api_tokens = crate::api_tokens_file(&pki)?;
         let t0 = Instant::now();
         // Mobile first: nothing depends on the order with UDP wires, but its log comes first.
         for (i, (name, role, octet)) in VMS.into_iter().enumerate() {
-            let info = start_vm(&dir, &accel, i, name, role, octet).await?;
+            let tls = mose_pki::member_dir(&pki, &member_of(name, role)?);
+            let info = start_vm(&dir, &accel, i, name, role, octet, &tls).await?;
             lab.state.vms.push(info);
             lab.state.save(&state_file())?;
         }
@@ -410,7 +423,7 @@ impl VmLab {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        wait_for_agents(&lab.state.api_url).await?;
+        wait_for_agents(&lab.state).await?;
         lab.state.discovery_ms = Some(mose_protocol::units::millis(t0.elapsed()));
         lab.state.save(&state_file())?;
         Ok(lab)
@@ -513,6 +526,42 @@ fn wire_ports(w: usize, side: usize) -> (u16, u16) {
     (base + side, base + 1 - side)
 }
 
+/// The domain member a VM's node is: its agent, or on the controller the orchestrator.
+fn member_of(name: &str, role: &str) -> Result<Member> {
+    let role = match role {
+        "controller" => MemberRole::Orchestrator,
+        other => other
+            .parse()
+            .map_err(|e| TestbedError::Invalid(format!("VM {name}: {e}")))?,
+    };
+    Ok(Member::new(role, name)?)
+}
+
+/// A new domain CA for this VM testbed and one TLS directory per VM (`<role>-<id>/` under
+/// `vm/pki/`), handed to each guest through QEMU's fw_cfg (see [`FW_CFG_TLS`]).
+fn issue_domain(dir: &Path) -> Result<PathBuf> {
+    let pki = dir.join("pki");
+    match std::fs::remove_dir_all(&pki) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(TestbedError::io(format!("remove {}", pki.display()), e)),
+    }
+    let members = VMS
+        .into_iter()
+        .map(|(name, role, _)| member_of(name, role))
+        .collect::<Result<Vec<_>>>()?;
+    mose_pki::issue_domain(&pki, "MOSE VM testbed", &members, 30)?;
+    Ok(pki)
+}
+
+/// fw_cfg names under which a guest finds its TLS directory's files (`mose-node-setup` copies
+/// them to /etc/mose/tls): no disk image has to be rewritten per run, and only the guest's
+/// root can read them.
+const FW_CFG_TLS: &str = "opt/mose/tls";
+/// fw_cfg name of the orchestrator's HTTP API tokens file (controller VM only).
+const FW_CFG_API_TOKENS: &str = "opt/mose/api-tokens";
+
+#[allow(clippy::too_many_arguments)]
 async fn start_vm(
     dir: &Path,
     accel: &str,
@@ -520,6 +569,7 @@ async fn start_vm(
     name: &str,
     role: &str,
     octet: u8,
+    tls: &Path,
 ) -> anyhow::Result<VmInfo> {
     let tap = format!("{PREFIX}{name}");
     ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
@@ -631,6 +681,31 @@ async fn start_vm(
         "file={},if=virtio,format=qcow2,cache=unsafe",
         overlay.display()
     ))
+    .args(
+        [
+            mose_pki::CA_CERT,
+            mose_pki::NODE_CERT,
+            mose_pki::NODE_KEY,
+            mose_pki::ROSTER,
+        ]
+        .iter()
+        .flat_map(|f| {
+            [
+                "-fw_cfg".to_string(),
+                format!("name={FW_CFG_TLS}/{f},file={}", tls.join(f).display()),
+            ]
+        }),
+    )
+    .args(match role {
+        "controller" => vec![
+            "-fw_cfg".to_string(),
+            format!(
+                "name={FW_CFG_API_TOKENS},file={}",
+                dir.join("pki").join("api-tokens").display()
+            ),
+        ],
+        _ => Vec::new(),
+    })
     // eth0: the LAN (tap on mvm-br); eth1: management (user net, nothing reachable).
     .arg("-netdev")
     .arg(format!("tap,id=lan,ifname={tap},script=no,downscript=no"))
@@ -677,8 +752,8 @@ fn ready_line(log: &Path) -> Option<f64> {
 }
 
 /// Until `GET /v1/agents` lists edge1, edge2 and mobile, edge agents with their probed podman.
-async fn wait_for_agents(api_url: &str) -> anyhow::Result<Vec<AgentView>> {
-    let api = ApiClient::new(api_url);
+async fn wait_for_agents(st: &VmState) -> anyhow::Result<Vec<AgentView>> {
+    let api = st.api()?;
     let t = Instant::now();
     let mut last;
     loop {
@@ -971,7 +1046,7 @@ async fn calibrate_edges(st: &VmState) -> anyhow::Result<()> {
         };
         println!("{name} {what}:\n{}", indent(&text.join("\n")));
     }
-    wait_for_agents(&st.api_url).await?;
+    wait_for_agents(st).await?;
     println!(
         "calibration done in {:.0} s; agents back with their profiles",
         t.elapsed().as_secs_f64()
@@ -1024,7 +1099,7 @@ async fn demo(
     let long = Duration::from_secs(180);
     let t = Instant::now();
     // 1. The counter deployed on edge1 through the orchestrator's service API.
-    let api = mose_api::ApiClient::new(&st.api_url);
+    let api = st.api()?;
     let deploy = mose_api::DeployRequest {
         name: SERVICE.into(),
         image: crate::images::COUNTER.reference.into(),
@@ -1086,6 +1161,7 @@ async fn demo(
     let state = fh::State {
         prefix: PREFIX.into(),
         api_url: st.api_url.clone(),
+        api_tokens: st.api_tokens.clone(),
         hosts: Vec::new(),
         service: SERVICE.into(),
         service_addr: std::net::SocketAddr::from((SERVICE_IP, SERVICE_PORT)),
@@ -1167,7 +1243,7 @@ async fn demo(
         .collect();
     // The agents' profile gives CRIU, podman and dirty tracking; the kernel is the guest's
     // (host_info reads this machine's).
-    let mut host = crate::demo::host_info(&ApiClient::new(&st.api_url)).await?;
+    let mut host = crate::demo::host_info(&st.api()?).await?;
     host.kernel = ssh(edge1, "uname -r", long).await?.trim().to_string();
     let report = Report {
         host,

@@ -93,7 +93,7 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
     .expect("four hosts up");
     println!("UP in {} ms", t.elapsed().as_millis());
     let state = tb.state().clone();
-    let api = state.api();
+    let api = state.api().expect("API client");
     assert_eq!(
         tb.service_traces(EDGE2).await.expect("inspect edge2"),
         Vec::<String>::new(),

@@ -52,7 +52,12 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     // Discovery: the orchestrator (inside ctrl, reached over the API link) lists the three
     // agents with their profiles; nobody configured an endpoint.
     let state = tb.state().clone();
-    let agents = state.api().agents().await.expect("GET /v1/agents");
+    let agents = state
+        .api()
+        .expect("API client")
+        .agents()
+        .await
+        .expect("GET /v1/agents");
     let mut ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, [EDGE1, EDGE2, MOBILE]);
@@ -72,6 +77,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     let svc = loop {
         let edge1 = state
             .api()
+            .expect("API client")
             .agent(EDGE1)
             .await
             .expect("GET /v1/agents/edge1");
@@ -128,7 +134,7 @@ async fn four_hosts_up_discover_migrate_under_a_live_client_and_go_down() {
     // its way); then the destination's agent dies during the checkpoint. Each time the orchestrator
     // must roll back: the service runs at the source again, the client keeps its connection
     // and its count.
-    let api = state.api();
+    let api = state.api().expect("API client");
     let back = MigrationRequest {
         service: state.service.clone(),
         // A deployed service: its source and mobiles come from its record.

@@ -127,7 +127,7 @@ async fn assert_flows_toward(tb: &FourHost, ip: Ipv4Addr, edge: &str) {
 
 /// Migrates the broker to `to` by name and waits for the outcome.
 async fn migrate(tb: &FourHost, to: &str) -> TaskRecord {
-    let api = tb.state().api();
+    let api = tb.state().api().expect("API client");
     let request = MigrationRequest {
         service: "mosquitto".into(),
         destination: to.into(),
@@ -160,7 +160,7 @@ fn switched_on_both(task: &TaskRecord) {
 async fn a_broker_with_clients_on_two_mobiles_moves_there_and_back_losing_nothing() {
     mose_testkit::root_test!(TESTBED_TOOLS);
     let (tb, _out) = up_with_image_on_edge1(PREFIX, API_NET, true, &MOSQUITTO).await;
-    let api = tb.state().api();
+    let api = tb.state().api().expect("API client");
     let svc = api
         .deploy(&DeployRequest {
             name: "mosquitto".into(),

@@ -82,7 +82,7 @@ impl RedisCli {
 async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_removed() {
     mose_testkit::root_test!(TESTBED_TOOLS);
     let (tb, _out) = up_with_image_on_edge1(PREFIX, API_NET, false, &REDIS).await;
-    let api = tb.state().api();
+    let api = tb.state().api().expect("API client");
 
     // Its data in a volume: every write appended to /data's AOF, which must move with it.
     let request = DeployRequest {

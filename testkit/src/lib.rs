@@ -12,7 +12,9 @@
 
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod domain;
 pub mod gate;
+pub use domain::TestDomain;
 pub use gate::{is_root, privileged, Gate, ROOT_TESTS_ENV};
 
 /// Environment variable that tells a re-executed test binary which role to play.

@@ -211,7 +211,7 @@ impl<H: Host> Inner<H> {
         path: &Path,
         from: &str,
     ) -> Result<u64> {
-        let key = self.keys.image(task, image);
+        let key = self.keys.image(from, &self.settings.agent_id, task, image);
         let manifest = fetch_to_file(&self.session, &key, path, &self.settings.fetch, &mut |_| {})
             .await
             .map_err(blob(format!("fetch the {image} {key} from agent {from}")))?;

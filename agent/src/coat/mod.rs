@@ -259,10 +259,16 @@ impl<H: Host> Inner<H> {
         Ok(match step {
             Step::Describe(s) => self.describe(&s.service).await?.into(),
             Step::Prepare(s) => self.prepare(task, &s.spec).await?.into(),
-            Step::ExportImage(s) => self.export_image(task, &s.service).await?.into(),
-            Step::PreDump(s) => self.pre_dump(task, &s.service, s.round).await?.into(),
+            Step::ExportImage(s) => self.export_image(task, &s.service, &s.to).await?.into(),
+            Step::PreDump(s) => self
+                .pre_dump(task, &s.service, s.round, &s.to)
+                .await?
+                .into(),
             Step::Fetch(s) => self.fetch(task, &s.from, s.image).await?.into(),
-            Step::Checkpoint(s) => self.checkpoint(task, &s.service, s.rounds).await?.into(),
+            Step::Checkpoint(s) => self
+                .checkpoint(task, &s.service, s.rounds, &s.to)
+                .await?
+                .into(),
             Step::Restore(s) => self.restore(task, &s.spec, &s.from, s.rounds).await?.into(),
             Step::SwitchFlow(s) => self.switch_flow(&s.network, &s.to).await?.into(),
             Step::Resend(s) => self.resend(task, &s.service).await?.into(),
@@ -314,7 +320,7 @@ impl<H: Host> Inner<H> {
         let sent = match encode(&event) {
             Ok(bytes) => self
                 .session
-                .put(self.keys.task_events(task), bytes)
+                .put(self.keys.agent_events(&self.settings.agent_id, task), bytes)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -356,9 +362,10 @@ impl<H: Host> Inner<H> {
         state.save(self.work_dir())
     }
 
-    /// Serves `image` of `service`'s `task` under `images/{task}/{image}`, unless it already
-    /// is: a repeated step, or one after an agent restart, serves it again from its archive.
-    async fn serve(&self, task: &str, service: &str, image: ImageId) -> Result<()> {
+    /// Serves `image` of `service`'s `task` to agent `to` (its key names both, so in a secured
+    /// domain only `to` may fetch it), unless it already is: a repeated step, or one after an
+    /// agent restart, serves it again from its archive.
+    async fn serve(&self, task: &str, service: &str, image: ImageId, to: &str) -> Result<()> {
         let served_already = lock(&self.served)
             .get(service)
             .is_some_and(|s| s.task == task && s.images.contains_key(&image));
@@ -366,7 +373,7 @@ impl<H: Host> Inner<H> {
             return Ok(());
         }
         let path = self.image_path(task, image);
-        let key = self.keys.image(task, image);
+        let key = self.keys.image(&self.settings.agent_id, to, task, image);
         let server = BlobServer::serve_file(&self.session, &key, &path, self.settings.chunk_size)
             .await
             .map_err(blob(format!("serve the {image} of {service} as {key}")))?;

@@ -75,13 +75,19 @@ impl<H: Host> Inner<H> {
     /// Pre-copy round `round`: `runc` pre-dumps the running service on top of round
     /// `round - 1`, and the round's images are archived for the destination to fetch.
     #[tracing::instrument(name = "coat.pre_dump", skip(self))]
-    pub(super) async fn pre_dump(&self, task: &str, service: &str, round: u32) -> Result<Dumped> {
+    pub(super) async fn pre_dump(
+        &self,
+        task: &str,
+        service: &str,
+        round: u32,
+        to: &str,
+    ) -> Result<Dumped> {
         check_service(service)?;
         let mut state = self.dump_state(task, service)?;
         let image = ImageId::Round(round);
         if let Some(done) = state.rounds.iter().find(|d| d.image == image).cloned() {
             info!("round already dumped for this task: answering from the state");
-            self.serve(task, service, image).await?;
+            self.serve(task, service, image, to).await?;
             return Ok(done);
         }
         if state.final_dump.is_some() {
@@ -137,7 +143,7 @@ impl<H: Host> Inner<H> {
         };
         state.rounds.push(dumped.clone());
         self.save_state(&state)?;
-        self.serve(task, service, image).await?;
+        self.serve(task, service, image, to).await?;
         Ok(dumped)
     }
 
@@ -148,6 +154,7 @@ impl<H: Host> Inner<H> {
         task: &str,
         service: &str,
         rounds: u32,
+        to: &str,
     ) -> Result<Dumped> {
         check_service(service)?;
         let mut state = self.dump_state(task, service)?;
@@ -160,7 +167,7 @@ impl<H: Host> Inner<H> {
         }
         if let Some(done) = state.final_dump.clone() {
             info!("already checkpointed for this task: answering from the state");
-            self.serve(task, service, ImageId::Final).await?;
+            self.serve(task, service, ImageId::Final, to).await?;
             return Ok(done);
         }
         let path = self.image_path(task, ImageId::Final);
@@ -192,7 +199,7 @@ impl<H: Host> Inner<H> {
         };
         state.final_dump = Some(dumped.clone());
         self.save_state(&state)?;
-        self.serve(task, service, ImageId::Final).await?;
+        self.serve(task, service, ImageId::Final, to).await?;
         Ok(dumped)
     }
 
@@ -201,7 +208,12 @@ impl<H: Host> Inner<H> {
     /// so a named archive is whole) and served as [`ImageId::Container`]. A repeat, or a
     /// restarted agent, serves the archive it already has.
     #[tracing::instrument(name = "coat.export_image", skip(self))]
-    pub(super) async fn export_image(&self, task: &str, service: &str) -> Result<Exported> {
+    pub(super) async fn export_image(
+        &self,
+        task: &str,
+        service: &str,
+        to: &str,
+    ) -> Result<Exported> {
         check_service(service)?;
         let path = self.image_path(task, ImageId::Container);
         if !path.is_file() {
@@ -230,7 +242,7 @@ impl<H: Host> Inner<H> {
             );
         }
         let image_bytes = file_len(&path)?;
-        self.serve(task, service, ImageId::Container).await?;
+        self.serve(task, service, ImageId::Container, to).await?;
         Ok(Exported { image_bytes })
     }
 

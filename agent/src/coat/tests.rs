@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mose_protocol::blob::FetchOptions;
+use mose_protocol::domain::MemberRole;
 use mose_protocol::messages::{Peer, ServiceNetwork, ServiceSpec};
 use mose_protocol::steps::{
     Abort, Checkpoint, ClearFlow, Deploy, Describe, Done, Dumped, ExportImage, FailureKind, Fetch,
@@ -46,11 +47,13 @@ fn spec() -> ServiceSpec {
     }
 }
 
-/// One test's world: a Zenoh session, and per agent a fake host and a work directory.
+/// One test's world: a Zenoh session (every agent's, in one process), and per agent a fake
+/// host and a work directory.
 struct Lab {
     session: Session,
     keys: KeySpace,
     dir: TempDir,
+    _domain: mose_testkit::TestDomain,
 }
 
 /// One agent: its host (which outlives the agent) and the executor (the agent process).
@@ -62,14 +65,18 @@ struct Agent {
 
 impl Lab {
     async fn new() -> Lab {
-        let session = ZenohOptions::explicit(vec!["tcp/127.0.0.1:0".into()], vec![])
-            .open()
+        let domain = mose_testkit::TestDomain::new(&[(MemberRole::Edge, "a")]);
+        let keys = KeySpace::default();
+        let tls_dir = domain.tls_dir(MemberRole::Edge, "a");
+        let session = ZenohOptions::secured(tls_dir, vec!["tls/127.0.0.1:0".into()], vec![])
+            .open(&keys)
             .await
             .expect("loopback zenoh session");
         Lab {
             session,
-            keys: KeySpace::default(),
+            keys,
             dir: tempfile::tempdir().unwrap(),
+            _domain: domain,
         }
     }
 
@@ -304,7 +311,15 @@ async fn a_missing_image_is_exported_by_the_source_and_loaded_before_the_freeze(
     assert!(!p.image_present);
     assert_eq!(b.calls("add_endpoint"), 1);
 
-    let exported = a.ok("t1", ExportImage { service: service() }).await;
+    let exported = a
+        .ok(
+            "t1",
+            ExportImage {
+                service: service(),
+                to: "b".into(),
+            },
+        )
+        .await;
     assert!(exported.image_bytes > 0);
     let fetch = Fetch {
         from: "a".into(),
@@ -321,7 +336,14 @@ async fn a_missing_image_is_exported_by_the_source_and_loaded_before_the_freeze(
         "the archive goes once loaded"
     );
     // Repeats: the source serves what it exported, the destination loads nothing twice.
-    a.ok("t1", ExportImage { service: service() }).await;
+    a.ok(
+        "t1",
+        ExportImage {
+            service: service(),
+            to: "b".into(),
+        },
+    )
+    .await;
     assert_eq!(a.calls("export_image"), 1);
     b.ok("t1", fetch).await;
     assert_eq!(b.calls("load_image"), 1);
@@ -330,7 +352,15 @@ async fn a_missing_image_is_exported_by_the_source_and_loaded_before_the_freeze(
 
     // A source without the service cannot export it.
     let c = lab.agent("c");
-    let f = c.fail("t2", ExportImage { service: service() }).await;
+    let f = c
+        .fail(
+            "t2",
+            ExportImage {
+                service: service(),
+                to: "b".into(),
+            },
+        )
+        .await;
     assert_eq!(f.kind, FailureKind::WrongState, "{f}");
 }
 
@@ -343,6 +373,7 @@ async fn pre_dump_rounds_follow_each_other_and_a_repeat_answers_from_the_state()
     let round = |round| PreDump {
         service: service(),
         round,
+        to: "b".into(),
     };
     let f = a.fail("t1", round(1)).await;
     assert_eq!(f.kind, FailureKind::WrongState);
@@ -371,6 +402,7 @@ async fn pre_dump_rounds_follow_each_other_and_a_repeat_answers_from_the_state()
         Checkpoint {
             service: service(),
             rounds: 2,
+            to: "b".into(),
         },
     )
     .await;
@@ -390,6 +422,7 @@ async fn a_pre_dump_of_a_stopped_service_is_wrong_state() {
             PreDump {
                 service: service(),
                 round: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -407,6 +440,7 @@ async fn checkpoint_needs_exactly_the_rounds_the_state_holds() {
             Checkpoint {
                 service: service(),
                 rounds: 1,
+                to: "b".into(),
             },
         )
         .await;
@@ -417,6 +451,7 @@ async fn checkpoint_needs_exactly_the_rounds_the_state_holds() {
         PreDump {
             service: service(),
             round: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -427,6 +462,7 @@ async fn checkpoint_needs_exactly_the_rounds_the_state_holds() {
                 Checkpoint {
                     service: service(),
                     rounds,
+                    to: "b".into(),
                 },
             )
             .await;
@@ -440,6 +476,7 @@ async fn checkpoint_needs_exactly_the_rounds_the_state_holds() {
             Checkpoint {
                 service: service(),
                 rounds: 1,
+                to: "b".into(),
             },
         )
         .await;
@@ -460,6 +497,7 @@ async fn a_repeated_checkpoint_answers_from_the_state_without_podman() {
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -470,7 +508,8 @@ async fn a_repeated_checkpoint_answers_from_the_state_without_podman() {
             "t1",
             Checkpoint {
                 service: service(),
-                rounds: 0
+                rounds: 0,
+                to: "b".into()
             }
         )
         .await,
@@ -484,6 +523,7 @@ async fn a_repeated_checkpoint_answers_from_the_state_without_podman() {
             Checkpoint {
                 service: service(),
                 rounds: 1,
+                to: "b".into(),
             },
         )
         .await;
@@ -500,6 +540,7 @@ async fn a_checkpoint_whose_record_was_lost_adopts_its_complete_archive() {
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -514,6 +555,7 @@ async fn a_checkpoint_whose_record_was_lost_adopts_its_complete_archive() {
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -543,6 +585,7 @@ async fn a_partial_archive_is_never_adopted() {
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -559,6 +602,7 @@ async fn a_restarted_source_serves_its_final_dump_again() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -574,6 +618,7 @@ async fn a_restarted_source_serves_its_final_dump_again() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -629,6 +674,7 @@ async fn a_fetched_round_is_not_fetched_again() {
             PreDump {
                 service: service(),
                 round: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -661,6 +707,7 @@ async fn restore_fetches_and_restores_and_a_repeat_answers_the_same() {
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -693,6 +740,7 @@ async fn restore_after_pre_copy_joins_the_rounds_and_fetches_only_what_is_missin
         PreDump {
             service: service(),
             round: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -710,6 +758,7 @@ async fn restore_after_pre_copy_joins_the_rounds_and_fetches_only_what_is_missin
             PreDump {
                 service: service(),
                 round: 1,
+                to: "b".into(),
             },
         )
         .await;
@@ -719,6 +768,7 @@ async fn restore_after_pre_copy_joins_the_rounds_and_fetches_only_what_is_missin
             Checkpoint {
                 service: service(),
                 rounds: 2,
+                to: "b".into(),
             },
         )
         .await;
@@ -758,6 +808,7 @@ async fn a_running_container_not_restored_is_never_replaced() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -777,6 +828,7 @@ async fn a_running_restored_container_this_agent_has_no_record_of_answers_succes
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -798,6 +850,7 @@ async fn a_stale_container_of_a_failed_restore_is_removed_first() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -827,6 +880,7 @@ async fn a_failed_restore_can_be_retried_and_fetches_again() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -853,6 +907,7 @@ async fn restore_without_a_prepared_namespace_prepares_first() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -875,6 +930,7 @@ async fn a_restore_repeated_while_the_first_still_runs_waits_and_answers_the_sam
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -908,6 +964,7 @@ async fn resend_nudges_the_restored_connections_also_after_a_restart() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -932,6 +989,7 @@ async fn resume_of_a_running_service_does_nothing() {
         PreDump {
             service: service(),
             round: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -948,6 +1006,7 @@ async fn resume_of_a_running_service_does_nothing() {
             PreDump {
                 service: service(),
                 round: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -963,6 +1022,7 @@ async fn resume_restores_from_the_archive_and_a_failed_attempt_can_be_retried() 
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -996,6 +1056,7 @@ async fn resume_restores_from_the_archive_and_a_failed_attempt_can_be_retried() 
             Checkpoint {
                 service: service(),
                 rounds: 0,
+                to: "b".into(),
             },
         )
         .await;
@@ -1027,6 +1088,7 @@ async fn a_restarted_source_resumes_from_its_persisted_state_not_by_file_age() {
         PreDump {
             service: service(),
             round: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1035,6 +1097,7 @@ async fn a_restarted_source_resumes_from_its_persisted_state_not_by_file_age() {
         PreDump {
             service: service(),
             round: 1,
+            to: "b".into(),
         },
     )
     .await;
@@ -1043,6 +1106,7 @@ async fn a_restarted_source_resumes_from_its_persisted_state_not_by_file_age() {
         Checkpoint {
             service: service(),
             rounds: 2,
+            to: "b".into(),
         },
     )
     .await;
@@ -1086,6 +1150,7 @@ async fn a_resume_repeated_after_its_timeout_converges() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1123,6 +1188,7 @@ async fn abort_detaches_first_removes_everything_and_repeats_harmlessly() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1157,6 +1223,7 @@ async fn release_removes_the_source_and_every_state_of_the_service_here() {
         PreDump {
             service: service(),
             round: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1166,6 +1233,7 @@ async fn release_removes_the_source_and_every_state_of_the_service_here() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1213,6 +1281,7 @@ async fn a_restore_that_finishes_after_its_timeout_is_aborted() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1249,6 +1318,7 @@ async fn a_checkpoint_that_finishes_after_its_timeout_is_resumed() {
     let step = Checkpoint {
         service: service(),
         rounds: 0,
+        to: "b".into(),
     };
     let f = run_step(&exec, "t1", step.into(), Duration::from_millis(50))
         .await
@@ -1273,6 +1343,7 @@ async fn a_late_step_that_failed_is_not_undone() {
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;
@@ -1333,6 +1404,7 @@ async fn the_executor_undoes_exactly_restore_checkpoint_and_deploy() {
             Checkpoint {
                 service: service(),
                 rounds: 1,
+                to: "b".into(),
             }
             .into(),
             Some(Resume { service: service() }.into()),
@@ -1341,6 +1413,7 @@ async fn the_executor_undoes_exactly_restore_checkpoint_and_deploy() {
             PreDump {
                 service: service(),
                 round: 0,
+                to: "b".into(),
             }
             .into(),
             None,
@@ -1448,6 +1521,7 @@ async fn a_destination_drops_stale_volumes_at_prepare_and_the_source_resumes_on_
         Checkpoint {
             service: service(),
             rounds: 0,
+            to: "b".into(),
         },
     )
     .await;

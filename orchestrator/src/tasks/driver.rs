@@ -237,6 +237,7 @@ impl Driver {
             // so its time is the migration's but never the client's.
             let export = ExportImage {
                 service: service.clone(),
+                to: destination.clone(),
             };
             let exported = self
                 .step(source, export, Phase::Image, t.checkpoint)
@@ -257,6 +258,7 @@ impl Driver {
             let pre_dump = PreDump {
                 service: service.clone(),
                 round,
+                to: destination.clone(),
             };
             let dumped = self
                 .step(source, pre_dump, Phase::PreCopy, t.checkpoint)
@@ -274,6 +276,7 @@ impl Driver {
         let checkpoint = Checkpoint {
             service: service.clone(),
             rounds,
+            to: destination.clone(),
         };
         let dumped = self
             .step(source, checkpoint, Phase::Checkpoint, t.checkpoint)

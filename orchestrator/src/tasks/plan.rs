@@ -335,6 +335,7 @@ mod tests {
             id: id.into(),
             joined_us: 0,
             profile: role.map(|role| AgentProfile {
+                security: mose_protocol::messages::LinkSecurity::Insecure,
                 id: id.into(),
                 role,
                 hostname: id.into(),

@@ -209,7 +209,7 @@ impl Migrations {
         config: DriverConfig,
     ) -> Result<Self, TaskError> {
         let unfinished = store.unfinished()?;
-        let events_key = keys.task_events("*");
+        let events_key = keys.all_agent_events();
         // Only the agents' events: the orchestrator records its own as it publishes them.
         let subscriber = session
             .declare_subscriber(&events_key)
@@ -499,8 +499,9 @@ pub(crate) fn new_op_id(kind: &str) -> String {
     )
 }
 
-/// Appends an agent's phase event to its task, if the task is active and the event speaks
-/// for the task its key names.
+/// Appends an agent's phase event to its task, if the task is active, the event speaks for
+/// the agent and the task its key names, and that agent takes part in the task (a secured
+/// domain already refuses events an agent puts under another's key: docs/security.md).
 fn record_agent_event(shared: &Weak<Shared>, key: &str, payload: &[u8]) {
     let Some(shared) = shared.upgrade() else {
         return;
@@ -512,12 +513,23 @@ fn record_agent_event(shared: &Weak<Shared>, key: &str, payload: &[u8]) {
             return;
         }
     };
-    if shared.keys.task_events(&event.task) != key {
-        warn!(key, task = %event.task, "ignoring phase event whose task does not match its key");
+    if shared.keys.agent_events(&event.agent, &event.task) != key {
+        warn!(key, task = %event.task, agent = %event.agent, "ignoring phase event whose agent or task does not match its key");
         return;
     }
     let task = event.task.clone();
-    if shared.update(&task, |r| r.events.push(event)).is_none() {
+    let recorded = shared.update(&task, |r| {
+        let route = &r.route;
+        let ours = route.source == event.agent
+            || route.destination == event.agent
+            || route.mobiles.contains(&event.agent);
+        if ours {
+            r.events.push(event);
+        } else {
+            warn!(key, task = %r.id, "ignoring phase event of an agent that is not in the task");
+        }
+    });
+    if recorded.is_none() {
         debug!(key, "phase event of a task that is not active");
     }
 }

@@ -4,7 +4,11 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)] // each test file uses a different subset
 
+use mose_protocol::domain::MemberRole;
 use mose_protocol::transport::ZenohOptions;
+use mose_protocol::KeySpace;
+use mose_testkit::domain::tls_loopback;
+use mose_testkit::TestDomain;
 
 /// A free TCP port on loopback (the small race with other binders is acceptable in tests).
 pub fn free_port() -> u16 {
@@ -14,19 +18,35 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Two Zenoh peers on loopback with explicit endpoints and no scouting.
-pub async fn session_pair() -> (zenoh::Session, zenoh::Session) {
-    let port = free_port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let a = ZenohOptions::explicit(vec![endpoint.clone()], vec![])
-        .open()
-        .await
-        .unwrap();
-    let b = ZenohOptions::explicit(vec![], vec![endpoint])
-        .open()
-        .await
-        .unwrap();
-    (a, b)
+/// Edges `a` and `b` of a test domain, on loopback with mutual TLS, explicit endpoints and no
+/// scouting; `a` serves images to `b` under [`image_key`]. The domain's files live as long as
+/// the returned [`TestDomain`].
+pub async fn session_pair() -> (zenoh::Session, zenoh::Session, TestDomain) {
+    let domain = TestDomain::new(&[(MemberRole::Edge, "a"), (MemberRole::Edge, "b")]);
+    let endpoint = tls_loopback();
+    let keys = KeySpace::default();
+    let a = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Edge, "a"),
+        vec![endpoint.clone()],
+        vec![],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
+    let b = ZenohOptions::secured(
+        domain.tls_dir(MemberRole::Edge, "b"),
+        vec![],
+        vec![endpoint],
+    )
+    .open(&keys)
+    .await
+    .unwrap();
+    (a, b, domain)
+}
+
+/// The key of image `name` of task `task`, served by edge `a` to edge `b`.
+pub fn image_key(task: &str, name: &str) -> String {
+    format!("mose/agents/a/images/b/{task}/{name}")
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so two processes can agree on content.
