@@ -2,10 +2,13 @@
 
 use std::net::Ipv4Addr;
 
-use mose_protocol::messages::{ServiceNetwork, ServiceSpec};
+use mose_protocol::messages::{
+    AgentProfile, Capabilities, LinkSecurity, Role, ServiceNetwork, ServiceSpec,
+};
 use mose_protocol::model::{Objective, Plan, Strategy};
 use mose_protocol::units::BytesPerSec;
 
+use crate::agents::AgentView;
 use crate::tasks::{MigrationRequest, PlanInputs, Progress, Route, TaskRecord, TaskStatus};
 
 /// A finished-looking task for tests of the rendering and the store.
@@ -61,5 +64,25 @@ pub fn task_record(id: &str, created_us: u64, status: TaskStatus) -> TaskRecord 
         created_us,
         updated_us: created_us,
         finished_us: None,
+    }
+}
+
+/// An agent present with a probed profile of `role` (`None`: no profile yet), its links insecure.
+pub fn agent_view(id: &str, role: Option<Role>) -> AgentView {
+    AgentView {
+        id: id.into(),
+        joined_us: 0,
+        profile: role.map(|role| AgentProfile {
+            security: LinkSecurity::Insecure,
+            id: id.into(),
+            role,
+            hostname: id.into(),
+            agent_version: "t".into(),
+            started_us: 0,
+            capabilities: Some(Capabilities::default()),
+            pam: None,
+        }),
+        metrics: None,
+        metrics_received_us: None,
     }
 }

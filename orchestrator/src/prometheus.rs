@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::registry::AgentView;
 use crate::tasks::{TaskRecord, TaskStatus};
 use mose_api::ServiceRecord;
+use mose_protocol::messages::LinkSecurity;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -49,6 +50,11 @@ struct PhaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    agent: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +189,35 @@ pub fn render(metrics: &MigrationMetrics, now: &Scrape<'_>) -> String {
         "Agents present, by role (unknown: no profile yet)",
         agents,
     );
+    let expiry = Family::<AgentLabels, Gauge>::default();
+    let insecure = Family::<AgentLabels, Gauge>::default();
+    for a in now.agents {
+        let labels = AgentLabels {
+            agent: a.id.clone(),
+        };
+        match a.profile.as_ref().map(|p| &p.security) {
+            Some(LinkSecurity::MutualTls {
+                not_after_unix_s, ..
+            }) => {
+                expiry.get_or_create(&labels).set(*not_after_unix_s);
+                insecure.get_or_create(&labels).set(0);
+            }
+            Some(LinkSecurity::Insecure) => {
+                insecure.get_or_create(&labels).set(1);
+            }
+            None => {}
+        }
+    }
+    registry.register(
+        "mose_agent_certificate_expiry_timestamp_seconds",
+        "When the agent's domain certificate expires (Unix time; alert on it minus time())",
+        expiry,
+    );
+    registry.register(
+        "mose_agent_insecure",
+        "1 for an agent running with --insecure (plaintext links, no access control)",
+        insecure,
+    );
     let running: Gauge = Gauge::default();
     running.set(i64::try_from(now.running).unwrap_or(i64::MAX));
     registry.register(
@@ -244,6 +279,7 @@ pub fn render(metrics: &MigrationMetrics, now: &Scrape<'_>) -> String {
 mod tests {
     use super::*;
     use mose_api::fixtures::task_record as record;
+    use mose_protocol::messages::Role;
 
     /// The value of the sample line that starts with `prefix` (name and labels).
     fn sample(text: &str, prefix: &str) -> f64 {
@@ -285,6 +321,35 @@ mod tests {
             1.0,
             "{text}"
         );
+        let mut secure = mose_api::fixtures::agent_view("edge1", Some(Role::Edge));
+        if let Some(p) = secure.profile.as_mut() {
+            p.security = LinkSecurity::MutualTls {
+                common_name: "edge:edge1".into(),
+                not_after_unix_s: 1_900_000_000,
+            };
+        }
+        let agents = [
+            secure,
+            mose_api::fixtures::agent_view("old", Some(Role::Mobile)),
+            mose_api::fixtures::agent_view("new", None),
+        ];
+        let text = render(
+            &metrics,
+            &Scrape {
+                agents: &agents,
+                running: 0,
+                services: &[],
+            },
+        );
+        let expiry = "mose_agent_certificate_expiry_timestamp_seconds";
+        assert_eq!(
+            sample(&text, &format!("{expiry}{{agent=\"edge1\"}}")),
+            1.9e9
+        );
+        assert!(!text.contains(&format!("{expiry}{{agent=\"old\"}}")));
+        assert_eq!(sample(&text, "mose_agent_insecure{agent=\"old\"}"), 1.0);
+        assert_eq!(sample(&text, "mose_agent_insecure{agent=\"edge1\"}"), 0.0);
+        assert!(!text.contains("agent=\"new\""), "no profile, no sample");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(line.rsplit(' ').count(), 2, "{line}");

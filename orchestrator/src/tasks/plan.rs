@@ -284,8 +284,8 @@ pub fn design(
 mod tests {
     use super::*;
     use mose_protocol::messages::{
-        AgentProfile, Capabilities, ContainerMetrics, HostMetrics, LinkEstimate, MetricsSample,
-        Peer, ServiceNetwork, ServiceSpec,
+        ContainerMetrics, HostMetrics, LinkEstimate, MetricsSample, Peer, ServiceNetwork,
+        ServiceSpec,
     };
     use std::net::Ipv4Addr;
 
@@ -330,24 +330,7 @@ mod tests {
         }
     }
 
-    fn view(id: &str, role: Option<Role>) -> AgentView {
-        AgentView {
-            id: id.into(),
-            joined_us: 0,
-            profile: role.map(|role| AgentProfile {
-                security: mose_protocol::messages::LinkSecurity::Insecure,
-                id: id.into(),
-                role,
-                hostname: id.into(),
-                agent_version: "t".into(),
-                started_us: 0,
-                capabilities: Some(Capabilities::default()),
-                pam: None,
-            }),
-            metrics: None,
-            metrics_received_us: None,
-        }
-    }
+    use mose_api::fixtures::agent_view as view;
 
     /// An agent that announced itself but has not finished its capability probe.
     fn unprobed(id: &str) -> AgentView {
