@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mose_protocol::keys::rpc_op;
+use mose_protocol::keys::exact_rpc_op;
 use mose_protocol::steps::{
     FailureKind, Op, Step, StepFailure, StepOutcome, StepReply, StepRequest,
 };
@@ -58,13 +58,15 @@ impl StepServer {
         executor: Arc<E>,
     ) -> Result<Self, NodeError> {
         let key = keys.agent_rpc(agent_id, "*");
-        let service =
-            QueryService::start(session, &key, move |query| answer(query, executor.clone()))
-                .await
-                .map_err(|e| NodeError::Zenoh {
-                    what: format!("declare queryable {key}"),
-                    reason: e.to_string(),
-                })?;
+        let space: Arc<str> = keys.agent_rpc_space(agent_id).into();
+        let service = QueryService::start(session, &key, move |query| {
+            answer(query, space.clone(), executor.clone())
+        })
+        .await
+        .map_err(|e| NodeError::Zenoh {
+            what: format!("declare queryable {key}"),
+            reason: e.to_string(),
+        })?;
         Ok(Self { _service: service })
     }
 }
@@ -134,9 +136,22 @@ async fn undo_late<E: StepExecutor>(
     }
 }
 
-async fn answer<E: StepExecutor>(query: Query, executor: Arc<E>) {
+async fn answer<E: StepExecutor>(query: Query, space: Arc<str>, executor: Arc<E>) {
     let key = query.key_expr().clone();
-    let chunk = rpc_op(key.as_str()).to_string();
+    let Some(chunk) = exact_rpc_op(key.as_str(), &space).map(str::to_string) else {
+        // Defence in depth: the access control lets only the orchestrator query steps, and
+        // it names one agent and one step per query.
+        warn!(key = %key, "refusing a step query that does not name this agent's step exactly");
+        if let Err(e) = query
+            .reply_err(format!(
+                "a step query must name {space}/<step> exactly, not {key}"
+            ))
+            .await
+        {
+            debug!(error = %e, "error reply not delivered");
+        }
+        return;
+    };
     let request = match parse(&query, &chunk) {
         Ok(r) => r,
         Err(reason) => {

@@ -26,10 +26,17 @@ use zenoh::Session;
 
 struct Scripted;
 
+/// How often `Resume {service: "count"}` ran.
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl StepExecutor for Scripted {
     async fn execute(&self, _task: &str, step: Step) -> Result<StepOutcome, StepFailure> {
         match step {
             Step::Resume(r) if r.service == "ok" => Ok(Done.into()),
+            Step::Resume(r) if r.service == "count" => {
+                COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Done.into())
+            }
             Step::Resume(r) if r.service == "slow" => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(Done.into())
@@ -178,6 +185,38 @@ async fn steps_answer_fail_and_time_out_with_typed_errors() {
     assert!(
         failure.reason.contains("sent to the 'release' queryable"),
         "{failure}"
+    );
+
+    // A wildcard does not run a step, even from the orchestrator: `agents/*/rpc/resume` would
+    // reach every agent, `rpc/*` every step. (The access control also drops the agent's
+    // answer to a key outside its own space, so the effect is what is checked.)
+    let counting = encode(&StepRequest {
+        task: "t1".into(),
+        step: resume("count").into(),
+        timeout_ms: 5000,
+    })
+    .unwrap();
+    for key in [
+        "mose/agents/*/rpc/resume",
+        "mose/agents/edge1/rpc/*",
+        "mose/agents/**",
+    ] {
+        let replies = orch.get(key).payload(counting.clone()).await.unwrap();
+        while let Ok(reply) = replies.recv_async().await {
+            let err = error_text(&reply);
+            assert!(err.contains("exactly"), "{key}: {err}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(COUNTED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    raw(&orch, &keys, "edge1", "resume", counting)
+        .await
+        .result()
+        .unwrap();
+    assert_eq!(
+        COUNTED.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the exact key runs it"
     );
 
     match rpc

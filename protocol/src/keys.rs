@@ -59,9 +59,12 @@ pub fn validate_id(what: &'static str, value: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// The operation named by an rpc key (`…/rpc/{op}`): its last chunk.
-pub fn rpc_op(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or_default()
+/// The operation a query on `{space}/{op}` names, only when its key names it exactly: one
+/// plain chunk after `space`, no wildcard anywhere. A query on `mose/agents/*/rpc/abort`
+/// reaches every agent's queryable; each must refuse it rather than act on it.
+pub fn exact_rpc_op<'a>(key: &'a str, space: &str) -> Option<&'a str> {
+    let op = key.strip_prefix(space)?.strip_prefix('/')?;
+    (!op.is_empty() && !op.contains(['/', '*', '$'])).then_some(op)
 }
 
 /// The keys of one MOSE domain.
@@ -129,7 +132,12 @@ impl KeySpace {
 
     /// A migration-step queryable of an agent.
     pub fn agent_rpc(&self, id: &str, op: &str) -> String {
-        format!("{}/agents/{id}/rpc/{op}", self.prefix)
+        format!("{}/{op}", self.agent_rpc_space(id))
+    }
+
+    /// The key space of agent `id`'s steps: `{prefix}/agents/{id}/rpc`.
+    pub fn agent_rpc_space(&self, id: &str) -> String {
+        format!("{}/agents/{id}/rpc", self.prefix)
     }
 
     /// A migration task with its plan.
@@ -176,7 +184,12 @@ impl KeySpace {
 
     /// An orchestrator call (submit/inspect/cancel a task).
     pub fn orchestrator_rpc(&self, op: &str) -> String {
-        format!("{}/orchestrator/rpc/{op}", self.prefix)
+        format!("{}/{op}", self.orchestrator_rpc_space())
+    }
+
+    /// The key space of the orchestrator's calls: `{prefix}/orchestrator/rpc`.
+    pub fn orchestrator_rpc_space(&self) -> String {
+        format!("{}/orchestrator/rpc", self.prefix)
     }
 
     /// The agent id in a key of the form `{prefix}/agents/{id}[/...]`.
@@ -202,9 +215,30 @@ mod tests {
     #[test]
     fn rpc_op_is_the_last_chunk() {
         let k = KeySpace::default();
-        assert_eq!(rpc_op(&k.agent_rpc("edge1", "switch-flow")), "switch-flow");
-        assert_eq!(rpc_op(&k.orchestrator_rpc("submit")), "submit");
-        assert_eq!(rpc_op(""), "");
+        let edge1 = k.agent_rpc_space("edge1");
+        assert_eq!(
+            exact_rpc_op(&k.agent_rpc("edge1", "switch-flow"), &edge1),
+            Some("switch-flow")
+        );
+        let orch = k.orchestrator_rpc_space();
+        assert_eq!(
+            exact_rpc_op(&k.orchestrator_rpc("submit"), &orch),
+            Some("submit")
+        );
+        for wild in [
+            "mose/agents/*/rpc/abort",
+            "mose/agents/**/abort",
+            "mose/agents/edge1/rpc/*",
+            "mose/agents/edge1/rpc/**",
+            "mose/agents/edge1/rpc/ab*",
+            "mose/agents/edge1/rpc/$*",
+            "mose/agents/edge1/rpc/abort/x",
+            "mose/agents/edge1/rpc/",
+            "mose/agents/edge1/rpc",
+            "",
+        ] {
+            assert_eq!(exact_rpc_op(wild, &edge1), None, "{wild}");
+        }
     }
 
     #[test]

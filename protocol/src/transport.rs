@@ -10,6 +10,7 @@
 //! explicit `insecure`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -287,8 +288,15 @@ impl Drop for QueryService {
     }
 }
 
+/// Queries one [`QueryService`] answers at once; one more is refused at once ("busy") rather
+/// than queued, so a flood of queries costs a peer its own answers, not this node's memory.
+/// Far above what a domain asks of one queryable (a step at a time per task, an image fetch
+/// keeps a few chunks in flight).
+pub const MAX_CONCURRENT_QUERIES: usize = 64;
+
 impl QueryService {
-    /// Declares a queryable on `key` and runs `answer` for each query.
+    /// Declares a queryable on `key` and runs `answer` for each query, at most
+    /// [`MAX_CONCURRENT_QUERIES`] at once.
     pub async fn start<F, Fut>(
         session: &zenoh::Session,
         key: &str,
@@ -299,9 +307,25 @@ impl QueryService {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let queryable = session.declare_queryable(key).await?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES));
         let task = tokio::spawn(async move {
             while let Ok(query) = queryable.recv_async().await {
-                tokio::spawn(answer(query));
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let answering = answer(query);
+                        tokio::spawn(async move {
+                            answering.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(key = %query.key_expr(), "busy: refusing a query");
+                        let busy = format!("busy: {MAX_CONCURRENT_QUERIES} queries in progress");
+                        if let Err(e) = query.reply_err(busy).await {
+                            tracing::debug!(error = %e, "busy reply not delivered");
+                        }
+                    }
+                }
             }
         });
         Ok(Self { task })

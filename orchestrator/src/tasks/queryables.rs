@@ -61,8 +61,9 @@ impl QueryServer {
         services: Services,
     ) -> Result<Self, TaskError> {
         let key = keys.orchestrator_rpc("*");
+        let space: std::sync::Arc<str> = keys.orchestrator_rpc_space().into();
         let service = QueryService::start(session, &key, move |query| {
-            answer(query, migrations.clone(), services.clone())
+            answer(query, space.clone(), migrations.clone(), services.clone())
         })
         .await
         .map_err(|e| TaskError::Internal(format!("cannot declare queryable {key}: {e}")))?;
@@ -70,14 +71,27 @@ impl QueryServer {
     }
 }
 
-async fn answer(query: Query, migrations: Migrations, services: Services) {
+async fn answer(
+    query: Query,
+    space: std::sync::Arc<str>,
+    migrations: Migrations,
+    services: Services,
+) {
     let key = query.key_expr().clone();
-    let op = mose_protocol::keys::rpc_op(key.as_str()).to_string();
     let payload = query
         .payload()
         .map(|p| p.to_bytes().into_owned())
         .unwrap_or_default();
-    let result = call(&migrations, &services, &op, &payload).await;
+    let op = mose_protocol::keys::exact_rpc_op(key.as_str(), &space)
+        .unwrap_or_default()
+        .to_string();
+    let result = match op.is_empty() {
+        // A wildcard must not run a call (one query could submit or cancel for every domain).
+        true => Err(TaskError::Invalid(format!(
+            "a call must name {space}/<call> exactly, not {key}"
+        ))),
+        false => call(&migrations, &services, &op, &payload).await,
+    };
     let sent = match result {
         Ok(json) => query.reply(key, json).await,
         Err(e) => {
