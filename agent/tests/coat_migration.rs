@@ -821,7 +821,7 @@ async fn migrate(
     let ckpt = Checkpoint {
         service: service(),
         rounds: 0,
-        to: "b".into(),
+        to: to.into(),
     };
     let (c, t) = ok(session, keys, from, task, ckpt).await;
     steps.push(("checkpoint", t));

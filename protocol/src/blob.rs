@@ -363,7 +363,7 @@ impl Default for FetchOptions {
         Self {
             in_flight: 4,
             chunk_timeout: Duration::from_secs(5),
-            retries: 3,
+            retries: 5,
         }
     }
 }
@@ -405,9 +405,12 @@ async fn get_once(session: &Session, key: &str, timeout: Duration) -> Result<Vec
     }
 }
 
-/// Backoff between attempts: short, since the common cause is a queryable not yet propagated.
+/// Backoff between attempts: short at first, since the common cause is a queryable not yet
+/// propagated, then doubling, so a route lost for a moment (a link re-established between two
+/// peers mid-transfer) is waited out for about 3 s over the default retries instead of failing
+/// the transfer in a few hundred milliseconds.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50 * u64::from(attempt + 1))
+    Duration::from_millis(100 << attempt.min(6))
 }
 
 /// Fetches the manifest of the blob under `key`.

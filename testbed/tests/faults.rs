@@ -292,6 +292,8 @@ async fn faults_after_prepare_roll_back_to_the_source_and_leave_the_destination_
     runs_and_serves_at(&tb, &client, EDGE2).await;
     let status = tokio::process::Command::new(mose_binary())
         .args(["--api", &state.api_url, "migration", &id, "--follow"])
+        .arg("--token-file")
+        .arg(&state.api_tokens)
         .stdout(std::process::Stdio::null())
         .status()
         .await

@@ -268,7 +268,10 @@ async fn an_operators_redis_is_deployed_migrated_by_name_under_its_client_and_re
     squat(&tb, EDGE1, "redis").await;
     let mose = |args: &[&str]| {
         let mut c = Command::new(mose_binary());
-        c.args(["--api", &tb.state().api_url]).args(args);
+        c.args(["--api", &tb.state().api_url])
+            .arg("--token-file")
+            .arg(&tb.state().api_tokens)
+            .args(args);
         c
     };
     let back = ["migrate", "redis", "--to", EDGE1];
