@@ -24,11 +24,10 @@ async fn main() -> std::process::ExitCode {
 /// Checkpoint archives are a service's whole memory: whatever this agent writes is its owner's
 /// only (files 0600, directories 0700), and so is the work directory, also one made earlier.
 fn make_private(work_dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     // SAFETY: umask sets this process's file-creation mask and cannot fail.
     unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(work_dir)
-        .and_then(|()| std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o700)))
+        .and_then(|()| mose_protocol::cli::set_mode(work_dir, 0o700))
         .with_context(|| {
             format!(
                 "cannot make the work directory {} private",

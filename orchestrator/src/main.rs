@@ -104,8 +104,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn private(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    mose_protocol::cli::set_mode(path, mode)
         .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))
 }
 

@@ -406,9 +406,9 @@ async fn get_once(session: &Session, key: &str, timeout: Duration) -> Result<Vec
 }
 
 /// Backoff between attempts: short at first, since the common cause is a queryable not yet
-/// propagated, then doubling, so a route lost for a moment (a link re-established between two
-/// peers mid-transfer) is waited out for about 3 s over the default retries instead of failing
-/// the transfer in a few hundred milliseconds.
+/// propagated, then doubling, so a route lost for a moment mid-transfer (seen once in the
+/// services test, cause not found) is waited out for about 3 s over the default retries
+/// instead of failing the transfer in a few hundred milliseconds.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100 << attempt.min(6))
 }

@@ -104,6 +104,12 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
+/// Gives `path` (which must exist) `mode`: a node's state is its owner's only.
+pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default: info, with Zenoh's own chatter at warn).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
